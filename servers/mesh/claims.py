@@ -1,0 +1,529 @@
+"""Token claims, and the local verifier every server runs on each request (plus the signer).
+
+A token is a PASETO v4.public whose footer is `{"kid": "k4.pid..."}` and whose payload is a
+JSON object of registered claims (iss, sub, aud, exp, nbf, iat, jti as RFC 3339 times and
+strings) plus `scope` (space-separated, RFC 8693 / RFC 6749 section 3.3) and `client_id`.
+
+`TokenVerifier` checks a bearer token without any network call: the key is chosen by kid
+from the public keys the token service publishes, and expiry, not-before, audience, issuer
+and the revocation set are checked on every call. A signature that verified once is cached
+by token string, so a repeated token costs a dictionary lookup plus those checks; the cache
+never skips a check, it only skips the Ed25519 verification and the JSON parsing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import nacl.signing
+
+from servers.mesh import paseto
+from servers.mesh.errors import Unauthenticated
+
+# Every reason a bearer token can be refused for; the format-level ones come from `paseto`.
+TOKEN_MALFORMED = paseto.TOKEN_MALFORMED
+"""Reason: not a well-formed token, or its footer or claims do not parse."""
+TOKEN_UNSUPPORTED = paseto.TOKEN_UNSUPPORTED
+"""Reason: a PASETO of another version or purpose than v4.public."""
+TOKEN_TOO_LARGE = paseto.TOKEN_TOO_LARGE
+"""Reason: longer than the verifier's maximum token length."""
+TOKEN_UNKNOWN_KEY = "TOKEN_UNKNOWN_KEY"
+"""Reason: the footer names a key id this server does not (or no longer) trust."""
+TOKEN_KEY_INACTIVE = "TOKEN_KEY_INACTIVE"
+"""Reason: the signing key is known but outside its published validity window (e.g. retired)."""
+TOKEN_SIGNATURE_INVALID = paseto.TOKEN_SIGNATURE_INVALID
+"""Reason: the signature does not verify under the key the footer names."""
+TOKEN_EXPIRED = "TOKEN_EXPIRED"
+"""Reason: `exp` has passed (beyond the leeway)."""
+TOKEN_NOT_YET_VALID = "TOKEN_NOT_YET_VALID"
+"""Reason: `nbf` lies in the future (beyond the leeway)."""
+TOKEN_AUDIENCE_MISMATCH = "TOKEN_AUDIENCE_MISMATCH"
+"""Reason: `aud` is not an audience this server accepts."""
+TOKEN_ISSUER_MISMATCH = "TOKEN_ISSUER_MISMATCH"
+"""Reason: `iss` is not the issuer this server trusts."""
+TOKEN_REVOKED = "TOKEN_REVOKED"
+"""Reason: the token's `jti` was revoked."""
+
+DEFAULT_LEEWAY = timedelta(seconds=30)
+"""Clock skew tolerated between the issuer and a verifier by default."""
+
+DEFAULT_CACHE_SIZE = 10_000
+"""Verified tokens remembered per verifier by default."""
+
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})",
+    re.ASCII,
+)
+# RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ).
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5B\x5D-\x7E]+")
+_STRING_CLAIMS = ("iss", "sub", "aud", "jti", "client_id", "scope")
+_TIME_CLAIMS = ("exp", "nbf", "iat")
+
+
+def parse_rfc3339(text: str) -> datetime:
+    """An RFC 3339 date-time (offset required, fractional seconds allowed) as an aware UTC datetime.
+
+    Raises ValueError for anything else, including date-only and offset-less ISO 8601 forms
+    that `datetime.fromisoformat` would accept. A leap second (`:60`) is read as the next
+    second, since `datetime` cannot represent it.
+    """
+    match = _RFC3339.fullmatch(text)
+    if match is None:
+        raise ValueError(f"not an RFC 3339 date-time: {text[:40]!r}")
+    leap = match.group(6) == "60"
+    if leap:
+        text = text[: match.start(6)] + "59" + text[match.end(6) :]
+    zone = match.group(8)
+    if zone in ("Z", "z"):
+        text = text[: match.start(8)] + "+00:00"
+    try:
+        moment = datetime.fromisoformat(text.replace("t", "T", 1).replace(" ", "T", 1))
+        if leap:
+            moment += timedelta(seconds=1)
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"date-time out of range: {text[:40]!r}") from None
+
+
+def format_rfc3339(moment: datetime) -> str:
+    """`moment` in UTC as RFC 3339, e.g. `2030-01-01T00:00:00+00:00` (microseconds only if any)."""
+    if moment.tzinfo is None:
+        raise ValueError("naive datetime: a token time needs a time zone")
+    utc = moment.astimezone(UTC)
+    return utc.isoformat(timespec="microseconds" if utc.microsecond else "seconds")
+
+
+def parse_scope(text: str) -> frozenset[str]:
+    """The scopes of a space-separated `scope` string (RFC 6749 section 3.3); ValueError if malformed."""
+    if text == "":
+        return frozenset()
+    scopes = text.split(" ")
+    for scope in scopes:
+        if not _SCOPE_TOKEN.fullmatch(scope):
+            raise ValueError(f"invalid scope token {scope[:40]!r}")
+    return frozenset(scopes)
+
+
+def format_scope(scopes: Iterable[str]) -> str:
+    """Scopes as one space-separated string, sorted so equal sets give equal strings."""
+    ordered = sorted(set(scopes))
+    for scope in ordered:
+        if not _SCOPE_TOKEN.fullmatch(scope):
+            raise ValueError(f"invalid scope token {scope[:40]!r}")
+    return " ".join(ordered)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenClaims:
+    """The claims of a verified token, as the issuer signed them."""
+
+    aud: str
+    """Audience: the service (or mesh) the token is meant for."""
+    exp: datetime
+    """Expiry (aware, UTC); the token is refused from this moment on, give or take the leeway."""
+    jti: str
+    """Unique token id; revocations name it."""
+    iss: str | None = None
+    """Issuer: who minted the token."""
+    sub: str | None = None
+    """Subject: the workload or person the token speaks for."""
+    nbf: datetime | None = None
+    """Not before (aware, UTC): the token is refused until then, give or take the leeway."""
+    iat: datetime | None = None
+    """Issued at (aware, UTC)."""
+    scope: frozenset[str] = frozenset()
+    """Granted scopes (the `scope` claim split on spaces)."""
+    client_id: str | None = None
+    """The token service client the token was issued to."""
+
+    @property
+    def scope_string(self) -> str:
+        """The scopes as the space-separated string RFC 7662 introspection reports."""
+        return format_scope(self.scope)
+
+    def has_scope(self, scope: str) -> bool:
+        """True if the token grants `scope`."""
+        return scope in self.scope
+
+    def to_payload(self) -> bytes:
+        """The JSON payload bytes to sign (absent optional claims are left out)."""
+        document: dict[str, str] = {}
+        if self.iss is not None:
+            document["iss"] = self.iss
+        if self.sub is not None:
+            document["sub"] = self.sub
+        document["aud"] = self.aud
+        document["exp"] = format_rfc3339(self.exp)
+        if self.nbf is not None:
+            document["nbf"] = format_rfc3339(self.nbf)
+        if self.iat is not None:
+            document["iat"] = format_rfc3339(self.iat)
+        document["jti"] = self.jti
+        if self.scope:
+            document["scope"] = self.scope_string
+        if self.client_id is not None:
+            document["client_id"] = self.client_id
+        return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+    @classmethod
+    def from_payload(cls, payload: bytes) -> TokenClaims:
+        """Parse the signed payload bytes; Unauthenticated(TOKEN_MALFORMED) if they are not valid claims.
+
+        Unknown claims are ignored; duplicate keys, non-objects, wrong types and a missing
+        `exp`, `aud` or `jti` are refused.
+        """
+        try:
+            document = json.loads(
+                payload.decode("utf-8"),
+                object_pairs_hook=_unique_keys,
+                parse_constant=_reject_constant,
+            )
+        except (ValueError, RecursionError) as exc:
+            raise _malformed(f"payload is not a JSON object: {exc}") from None
+        if not isinstance(document, dict):
+            raise _malformed("payload is not a JSON object")
+        return _claims_from_document(document)
+
+
+def _claims_from_document(document: dict[str, Any]) -> TokenClaims:
+    for name in _STRING_CLAIMS + _TIME_CLAIMS:
+        if name in document and not isinstance(document[name], str):
+            raise _malformed(f"claim {name!r} must be a string")
+    for name in ("exp", "aud", "jti"):
+        if name not in document:
+            raise _malformed(f"claim {name!r} is required")
+    if not document["jti"]:
+        raise _malformed("claim 'jti' must not be empty")
+    try:
+        times = {name: parse_rfc3339(document[name]) for name in _TIME_CLAIMS if name in document}
+        scope = parse_scope(document.get("scope", ""))
+    except ValueError as exc:
+        raise _malformed(str(exc)) from None
+    return TokenClaims(
+        aud=document["aud"],
+        exp=times["exp"],
+        jti=document["jti"],
+        iss=document.get("iss"),
+        sub=document.get("sub"),
+        nbf=times.get("nbf"),
+        iat=times.get("iat"),
+        scope=scope,
+        client_id=document.get("client_id"),
+    )
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Two parsers could disagree on which duplicate wins; refusing them closes that gap.
+    document: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in document:
+            raise ValueError(f"duplicate key {key[:40]!r}")
+        document[key] = value
+    return document
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _malformed(message: str) -> Unauthenticated:
+    return Unauthenticated(message, reason=TOKEN_MALFORMED)
+
+
+def read_kid(footer: bytes) -> str:
+    """The `kid` of a token footer `{"kid": "k4.pid..."}`; Unauthenticated(TOKEN_MALFORMED) otherwise."""
+    try:
+        document = json.loads(footer.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except (ValueError, RecursionError):
+        raise _malformed("footer is not a JSON object") from None
+    if not isinstance(document, dict) or not isinstance(document.get("kid"), str):
+        raise _malformed("footer carries no key id")
+    kid: str = document["kid"]
+    return kid
+
+
+def footer_for(kid: str) -> bytes:
+    """The footer bytes naming key `kid`."""
+    return json.dumps({"kid": kid}, separators=(",", ":")).encode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class TrustedKey:
+    """A public key the token service publishes, with the window in which its tokens are accepted."""
+
+    public_key: nacl.signing.VerifyKey
+    """The Ed25519 public key."""
+    not_before: datetime | None = None
+    """Tokens under this key are refused before this moment (None: no lower bound)."""
+    not_after: datetime | None = None
+    """Tokens under this key are refused after this moment, even unexpired ones (None: no bound)."""
+    kid: str = field(init=False)
+    """The key id, always the PASERK k4.pid of `public_key` (so a kid can never name another key)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kid", paseto.paserk_pid(self.public_key))
+
+    @classmethod
+    def from_paserk(
+        cls,
+        paserk: str,
+        *,
+        kid: str | None = None,
+        not_before: datetime | None = None,
+        not_after: datetime | None = None,
+    ) -> TrustedKey:
+        """A key from its `k4.public` PASERK; if `kid` is given it must match (InvalidPaserk otherwise)."""
+        key = cls(paseto.parse_paserk_public(paserk), not_before=not_before, not_after=not_after)
+        if kid is not None and kid != key.kid:
+            raise paseto.InvalidPaserk(f"kid {kid!r} is not the k4.pid of its key")
+        return key
+
+
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    """A token whose signature verified and whose payload parsed: what the cache keeps."""
+
+    claims: TokenClaims
+    kid: str
+    exp: float
+    nbf: float | None
+
+
+class TokenVerifier:
+    """Verifies bearer tokens locally against the published keys and the revocation set.
+
+    Thread-safe: keys are replaced by swapping one dictionary, and the cache and the
+    revocation set are guarded by locks held only for dictionary operations.
+    """
+
+    def __init__(
+        self,
+        *,
+        audience: str | Iterable[str] | None,
+        keys: Iterable[TrustedKey] = (),
+        issuer: str | None = None,
+        leeway: timedelta = DEFAULT_LEEWAY,
+        clock: Callable[[], float] = time.time,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        max_token_length: int = paseto.DEFAULT_MAX_TOKEN_LENGTH,
+        implicit_assertion: bytes = b"",
+    ) -> None:
+        """Create a verifier.
+
+        `audience` is the audience (or audiences) this server accepts; None accepts any
+        audience and is meant only for the token service's own introspection. `issuer`,
+        when set, must equal `iss`. `clock` returns the current time in seconds since the
+        epoch. `cache_size` 0 disables the cache.
+        """
+        if isinstance(audience, str):
+            audience = (audience,)
+        self._audiences = None if audience is None else frozenset(audience)
+        if self._audiences is not None and not all(self._audiences):
+            raise ValueError("audience must be a non-empty string (or None to accept any)")
+        if self._audiences == frozenset():
+            raise ValueError("an empty audience list would refuse every token; pass None to accept any")
+        if leeway < timedelta(0):
+            raise ValueError("leeway must not be negative")
+        if cache_size < 0:
+            raise ValueError("cache_size must not be negative")
+        self._issuer = issuer
+        self._leeway = leeway.total_seconds()
+        self._clock = clock
+        self._cache_size = cache_size
+        self._max_token_length = max_token_length
+        self._implicit = implicit_assertion
+        self._keys: dict[str, TrustedKey] = {}
+        self._cache: OrderedDict[str, _Verified] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._revoked: dict[str, float] = {}
+        self._revoked_lock = threading.Lock()
+        self.replace_keys(keys)
+
+    # --- keys ---------------------------------------------------------------------------------
+
+    def replace_keys(self, keys: Iterable[TrustedKey]) -> None:
+        """Trust exactly `keys` from now on (the result of a ListPublicKeys refresh).
+
+        Cached tokens under a key that disappeared are refused from the next call on: the
+        cache stores the kid and the warm path looks it up again.
+        """
+        self._keys = {key.kid: key for key in keys}
+
+    @property
+    def kids(self) -> frozenset[str]:
+        """Key ids currently trusted."""
+        return frozenset(self._keys)
+
+    # --- revocations --------------------------------------------------------------------------
+
+    def revoke(self, jti: str, expires_at: datetime) -> None:
+        """Refuse the token `jti` until `expires_at` (its own `exp`), after which expiry refuses it anyway."""
+        with self._revoked_lock:
+            self._revoked[jti] = expires_at.timestamp()
+
+    def is_revoked(self, jti: str) -> bool:
+        """True if `jti` is in the revocation set."""
+        return jti in self._revoked
+
+    @property
+    def revocation_count(self) -> int:
+        """Revocations currently held."""
+        return len(self._revoked)
+
+    def prune_revocations(self) -> int:
+        """Forget revocations of tokens that expiry refuses anyway; return how many were dropped."""
+        horizon = self._clock() - self._leeway
+        with self._revoked_lock:
+            stale = [jti for jti, expires in self._revoked.items() if expires <= horizon]
+            for jti in stale:
+                del self._revoked[jti]
+        return len(stale)
+
+    # --- verification -------------------------------------------------------------------------
+
+    def verify(self, token: str) -> TokenClaims:
+        """The claims of `token` if it is valid now; Unauthenticated with the reason otherwise."""
+        verified = self._cached(token)
+        if verified is None:
+            verified = self._verify_signature(token)
+            self._remember(token, verified)
+        self._check(verified)
+        return verified.claims
+
+    def _cached(self, token: str) -> _Verified | None:
+        if not self._cache_size:
+            return None
+        with self._cache_lock:
+            verified = self._cache.get(token)
+            if verified is not None:
+                self._cache.move_to_end(token)
+            return verified
+
+    def _remember(self, token: str, verified: _Verified) -> None:
+        if not self._cache_size or verified.exp + self._leeway <= self._clock():
+            return
+        with self._cache_lock:
+            self._cache[token] = verified
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+
+    def _verify_signature(self, token: str) -> _Verified:
+        footer = paseto.peek_footer(token, max_length=self._max_token_length)
+        if not footer:
+            raise _malformed("token has no footer naming its key")
+        kid = read_kid(footer)
+        key = self._keys.get(kid)
+        if key is None:
+            raise Unauthenticated("token signed by an unknown key", reason=TOKEN_UNKNOWN_KEY)
+        payload, _ = paseto.verify(token, key.public_key, self._implicit, max_length=self._max_token_length)
+        claims = TokenClaims.from_payload(payload)
+        return _Verified(
+            claims=claims,
+            kid=kid,
+            exp=claims.exp.timestamp(),
+            nbf=None if claims.nbf is None else claims.nbf.timestamp(),
+        )
+
+    def _check(self, verified: _Verified) -> None:
+        now = self._clock()
+        key = self._keys.get(verified.kid)
+        if key is None:
+            raise Unauthenticated("token signed by an unknown key", reason=TOKEN_UNKNOWN_KEY)
+        if key.not_after is not None and now - self._leeway > key.not_after.timestamp():
+            raise Unauthenticated("token signed by a retired key", reason=TOKEN_KEY_INACTIVE)
+        if key.not_before is not None and now + self._leeway < key.not_before.timestamp():
+            raise Unauthenticated("token signed by a key not yet in service", reason=TOKEN_KEY_INACTIVE)
+        if now - self._leeway >= verified.exp:
+            raise Unauthenticated("token has expired", reason=TOKEN_EXPIRED)
+        if verified.nbf is not None and now + self._leeway < verified.nbf:
+            raise Unauthenticated("token is not valid yet", reason=TOKEN_NOT_YET_VALID)
+        claims = verified.claims
+        if self._audiences is not None and claims.aud not in self._audiences:
+            raise Unauthenticated("token is for another audience", reason=TOKEN_AUDIENCE_MISMATCH)
+        if self._issuer is not None and claims.iss != self._issuer:
+            raise Unauthenticated("token from an untrusted issuer", reason=TOKEN_ISSUER_MISMATCH)
+        if claims.jti in self._revoked:
+            raise Unauthenticated("token has been revoked", reason=TOKEN_REVOKED)
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    """A freshly minted token and the claims it carries."""
+
+    token: str
+    """The `v4.public.` token string."""
+    claims: TokenClaims
+    """The claims signed into it."""
+    kid: str
+    """The key id in its footer."""
+
+
+class TokenSigner:
+    """Mints tokens with one secret key; the footer names the key by its k4.pid."""
+
+    def __init__(
+        self,
+        secret_key: nacl.signing.SigningKey,
+        *,
+        issuer: str,
+        clock: Callable[[], float] = time.time,
+        implicit_assertion: bytes = b"",
+    ) -> None:
+        """A signer for `issuer`; `clock` returns seconds since the epoch."""
+        if not issuer:
+            raise ValueError("issuer must not be empty")
+        self._secret_key = secret_key
+        self._issuer = issuer
+        self._clock = clock
+        self._implicit = implicit_assertion
+        self.kid = paseto.paserk_pid(secret_key.verify_key)
+        """The k4.pid of the public half, written into every footer."""
+        self._footer = footer_for(self.kid)
+
+    @property
+    def public_key(self) -> nacl.signing.VerifyKey:
+        """The public half of the signing key."""
+        return self._secret_key.verify_key
+
+    def mint(
+        self,
+        *,
+        audience: str,
+        ttl: timedelta,
+        subject: str | None = None,
+        scopes: Iterable[str] = (),
+        client_id: str | None = None,
+        not_before: datetime | None = None,
+        jti: str | None = None,
+    ) -> IssuedToken:
+        """Sign a token for `audience` valid for `ttl` from now (whole seconds).
+
+        `jti` defaults to 128 random bits; `not_before` defaults to the issue time.
+        """
+        if not audience:
+            raise ValueError("audience must not be empty")
+        if ttl <= timedelta(0):
+            raise ValueError("ttl must be positive")
+        issued_at = datetime.fromtimestamp(int(self._clock()), UTC)
+        claims = TokenClaims(
+            aud=audience,
+            exp=issued_at + ttl,
+            jti=jti or secrets.token_urlsafe(16),
+            iss=self._issuer,
+            sub=subject,
+            nbf=not_before or issued_at,
+            iat=issued_at,
+            scope=parse_scope(format_scope(scopes)),
+            client_id=client_id,
+        )
+        token = paseto.sign(self._secret_key, claims.to_payload(), self._footer, self._implicit)
+        return IssuedToken(token=token, claims=claims, kid=self.kid)
