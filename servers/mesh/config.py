@@ -1,0 +1,243 @@
+"""Typed configuration: dataclasses filled from a YAML file, then environment overrides, in one place.
+
+Precedence, lowest first: field defaults, the YAML file (`--config` or `SHIELDX_CONFIG`), then
+environment variables `SHIELDX_<FIELD>` with `__` between nested names (for example
+`SHIELDX_AUTH__ENABLED=false` or `SHIELDX_CREDITS__SNAPSHOT_EVERY=50`). Standard variables keep
+their standard meaning: `SHIELDX_DATABASE_URL` selects PostgreSQL, `OTEL_*` configure tracing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+# Default gRPC and metrics ports (DESIGN.md).
+DEFAULT_PORTS: dict[str, tuple[int, int]] = {
+    "tokens": (8080, 9080),
+    "credits": (5004, 9004),
+    "deployment": (5005, 9005),
+    "sharding": (5006, 9006),
+    "compliance": (5007, 9007),
+    "deception": (8089, 9089),
+}
+SERVICES = tuple(DEFAULT_PORTS)
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed; the message names the key."""
+
+
+@dataclasses.dataclass
+class TlsConfig:
+    """Transport security of a server, and of the calls it makes to its peers."""
+
+    cert_file: str = ""
+    """PEM certificate chain of this process. Setting it turns TLS on."""
+    key_file: str = ""
+    """PEM private key matching `cert_file`."""
+    ca_file: str = ""
+    """PEM CA bundle that peers' certificates must chain to."""
+    require_client_cert: bool = False
+    """Mutual TLS: refuse clients that present no certificate signed by `ca_file`."""
+
+    @property
+    def enabled(self) -> bool:
+        """Whether TLS is configured."""
+        return bool(self.cert_file)
+
+
+@dataclasses.dataclass
+class AuthConfig:
+    """Bearer-token authentication of incoming calls and credentials for outgoing ones."""
+
+    enabled: bool = True
+    """Verify tokens and enforce each RPC's declared scope."""
+    audience: str = "shieldx"
+    """The `aud` a token must carry to be accepted here."""
+    leeway_seconds: float = 30.0
+    """Clock skew tolerated on `exp` and `nbf`."""
+    credentials_file: str = ""
+    """File with this process's client credentials (default: `<data_dir>/credentials`)."""
+    key_refresh_seconds: float = 60.0
+    """How often the token service's public keys are fetched again."""
+
+
+@dataclasses.dataclass
+class RateLimitConfig:
+    """Per-caller token bucket."""
+
+    enabled: bool = True
+    """Apply the limit at all."""
+    rate_per_second: float = 5000.0
+    """Sustained calls per second allowed to one caller."""
+    burst: float = 10000.0
+    """Calls a caller may make at once before the rate applies."""
+
+
+@dataclasses.dataclass
+class MeshConfig:
+    """Everything the runtime needs to run one server process."""
+
+    service: str = ""
+    """Which service this process runs (`credits`, `tokens`, ...)."""
+    host: str = "127.0.0.1"
+    """Address to bind the gRPC port and the metrics port on."""
+    port: int = -1
+    """gRPC port; -1 means the service's default, 0 a free one."""
+    metrics_port: int = -1
+    """Prometheus `/metrics` port; -1 means the default, 0 a free one."""
+    data_dir: str = ".shieldx"
+    """Where the SQLite stores, keys and credentials live."""
+    database_url: str = ""
+    """PostgreSQL URL; empty means the embedded SQLite store under `data_dir`."""
+    database_schema: str = ""
+    """PostgreSQL schema for this service's tables (default: the service name)."""
+    shutdown_grace_seconds: float = 10.0
+    """How long in-flight calls may take to finish after SIGTERM."""
+    drain_delay_seconds: float = 0.0
+    """After SIGTERM, keep serving (reporting NOT_SERVING) this long so balancers notice."""
+    log_level: str = "INFO"
+    """Root log level."""
+    log_format: str = "json"
+    """`json` (structured, with trace ids) or `text`."""
+    version: str = "v1"
+    """The deployed version of this service (what traffic routing splits on)."""
+    endpoints: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Where peers listen, by service name (`host:port`); defaults to the default ports."""
+    tls: TlsConfig = dataclasses.field(default_factory=TlsConfig)
+    """Transport security."""
+    auth: AuthConfig = dataclasses.field(default_factory=AuthConfig)
+    """Bearer-token authentication."""
+    rate_limit: RateLimitConfig = dataclasses.field(default_factory=RateLimitConfig)
+    """Per-caller rate limit."""
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """The raw section of the YAML file named after the service; see `service_settings`."""
+
+    def endpoint(self, service: str) -> str:
+        """The `host:port` of a peer service."""
+        if service in self.endpoints:
+            return self.endpoints[service]
+        return f"127.0.0.1:{DEFAULT_PORTS[service][0]}"
+
+    @property
+    def data_path(self) -> Path:
+        """`data_dir` as a path."""
+        return Path(self.data_dir)
+
+
+def load_config(
+    service: str,
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> MeshConfig:
+    """The configuration of one server process: defaults, YAML file, then environment."""
+    if service not in DEFAULT_PORTS:
+        raise ConfigError(f"service: unknown service {service!r}; expected one of {', '.join(SERVICES)}")
+    environ = os.environ if environ is None else environ
+    document = _read_yaml(path or environ.get("SHIELDX_CONFIG") or None)
+    mesh_section = {k: v for k, v in document.items() if k not in SERVICES}
+    config = build(MeshConfig, mesh_section, environ, "SHIELDX_")
+    config.service = service
+    config.settings = dict(document.get(service) or {})
+    grpc_port, metrics_port = DEFAULT_PORTS[service]
+    if config.port == -1:
+        config.port = grpc_port
+    if config.metrics_port == -1:
+        config.metrics_port = metrics_port
+    return config
+
+
+def service_settings(cls: type[T], config: MeshConfig, environ: Mapping[str, str] | None = None) -> T:
+    """A service's own typed settings: its YAML section, then `SHIELDX_<SERVICE>__<FIELD>`."""
+    environ = os.environ if environ is None else environ
+    return build(cls, config.settings, environ, f"SHIELDX_{config.service.upper()}__")
+
+
+def build(cls: type[T], data: Mapping[str, Any], environ: Mapping[str, str], prefix: str) -> T:
+    """Instantiate dataclass `cls` from `data`, letting `<prefix><FIELD>` variables override."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix.rstrip('_').lower()}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"{prefix.lower()}{sorted(unknown)[0]}: unknown setting")
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):
+        if not field.init:
+            continue
+        hint = hints[field.name]
+        key = f"{prefix}{field.name.upper()}"
+        if dataclasses.is_dataclass(hint):
+            values[field.name] = build(hint, data.get(field.name) or {}, environ, key + "__")  # type: ignore[arg-type]
+        elif key in environ:
+            values[field.name] = _convert(hint, environ[key], key)
+        elif field.name in data:
+            values[field.name] = _convert(hint, data[field.name], key)
+    return cls(**values)
+
+
+def _convert(hint: Any, raw: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if raw is None or raw == "":
+            return None
+        return _convert(options[0], raw, key)
+    try:
+        if hint is bool:
+            return _boolean(raw)
+        if hint in (int, float, str):
+            if hint is int and isinstance(raw, float) and not raw.is_integer():
+                raise ValueError(raw)
+            return hint(raw)
+        if hint is Path:
+            return Path(raw)
+        if origin is list:
+            (item,) = typing.get_args(hint)
+            items = raw.split(",") if isinstance(raw, str) else list(raw)
+            return [_convert(item, x.strip() if isinstance(x, str) else x, key) for x in items if x != ""]
+        if origin is dict:
+            key_type, value_type = typing.get_args(hint)
+            pairs = (p.split("=", 1) for p in raw.split(",") if p) if isinstance(raw, str) else dict(raw).items()
+            return {_convert(key_type, k, key): _convert(value_type, v, key) for k, v in pairs}
+        if hint is typing.Any:
+            return raw
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{key}: cannot read {raw!r} as {getattr(hint, '__name__', hint)}") from exc
+    raise ConfigError(f"{key}: unsupported setting type {hint!r}")
+
+
+def _boolean(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(raw)
+
+
+def _read_yaml(path: str | os.PathLike[str] | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from exc
+    document = yaml.safe_load(text) or {}
+    if not isinstance(document, dict):
+        raise ConfigError(f"config file {path}: expected a mapping at the top level")
+    return document

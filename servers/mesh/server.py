@@ -1,0 +1,236 @@
+"""The server factory every ShieldX process runs on, and `serve()` with graceful shutdown.
+
+`create_server` registers the services, the standard health service (each service name and
+""), reflection v1 and v1alpha, and the interceptor chain — declared in `interceptor_chain`,
+the one place their order is written down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from prometheus_client import CollectorRegistry
+
+from clients.channel import ChannelOptions, ChannelTls, TokenSource, open_channel
+from servers.mesh.auth import AuthInterceptor, BearerVerifier, rules_from_contracts
+from servers.mesh.config import MeshConfig
+from servers.mesh.faults import FaultInjectionInterceptor, FaultTable
+from servers.mesh.logs import configure_logging
+from servers.mesh.metrics import MetricsInterceptor, serve_metrics
+from servers.mesh.ratelimit import RateLimitInterceptor, TokenBuckets
+from servers.mesh.reflection import enable_reflection
+from servers.mesh.status import ErrorMappingInterceptor
+from servers.mesh.storage import Database, open_database
+from servers.mesh.tracing import TracingInterceptor, configure_tracing, shutdown_tracing
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Mount:
+    """One gRPC service to serve: its contract, its servicer and the generated registration function."""
+
+    descriptor: ServiceDescriptor
+    """The service's descriptor (from the generated `_pb2` module)."""
+    servicer: Any
+    """The servicer instance."""
+    add_to_server: Callable[[Any, grpc.aio.Server], None]
+    """The generated `add_<Service>Servicer_to_server`."""
+
+
+@dataclass
+class Service:
+    """What one service contributes to a server process."""
+
+    mounts: list[Mount]
+    """The gRPC services it serves."""
+    tasks: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
+    """Background loops started with the server and cancelled when it stops."""
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    """Called after the server stopped, in reverse order (close stores, flush state)."""
+
+
+class Runtime:
+    """The per-process environment services are built with: config, metrics, peers, storage."""
+
+    def __init__(
+        self,
+        config: MeshConfig,
+        *,
+        registry: CollectorRegistry | None = None,
+        verifier: BearerVerifier | None = None,
+        token_source: TokenSource | None = None,
+    ) -> None:
+        self.config = config
+        self.registry = registry or CollectorRegistry()
+        self.verifier = verifier
+        self.token_source = token_source
+        self.faults = FaultTable(config.version)
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._databases: list[Database] = []
+
+    def channel(self, service: str) -> grpc.aio.Channel:
+        """A shared, traced, authenticated channel to a peer service."""
+        if service not in self._channels:
+            tls = self.config.tls
+            options = ChannelOptions(
+                tls=ChannelTls(tls.ca_file, tls.cert_file, tls.key_file) if tls.enabled else None,
+                token_source=self.token_source,
+                metrics_registry=self.registry,
+            )
+            self._channels[service] = open_channel(self.config.endpoint(service), options)
+        return self._channels[service]
+
+    async def database(self, migrations: str, *, name: str | None = None) -> Database:
+        """The service's store, migrated: PostgreSQL if configured, else SQLite under data_dir."""
+        database = await open_database(
+            name or self.config.service,
+            data_dir=self.config.data_dir,
+            database_url=self.config.database_url,
+            schema=self.config.database_schema or None,
+            migrations=migrations,
+        )
+        self._databases.append(database)
+        return database
+
+    async def close(self) -> None:
+        """Close channels and stores."""
+        for channel in self._channels.values():
+            await channel.close()
+        for database in self._databases:
+            await database.close()
+
+
+def interceptor_chain(runtime: Runtime, services: Sequence[ServiceDescriptor]) -> list[grpc.aio.ServerInterceptor]:
+    """The server interceptors, outermost first: tracing → metrics → auth → rate limit → faults → errors."""
+    config = runtime.config
+    chain: list[grpc.aio.ServerInterceptor] = [TracingInterceptor(), MetricsInterceptor(runtime.registry)]
+    if config.auth.enabled:
+        if runtime.verifier is None:
+            raise RuntimeError("auth is enabled but no token verifier was configured")
+        chain.append(AuthInterceptor(runtime.verifier, rules_from_contracts(services)))
+    if config.rate_limit.enabled:
+        chain.append(RateLimitInterceptor(TokenBuckets(config.rate_limit.rate_per_second, config.rate_limit.burst)))
+    chain.append(FaultInjectionInterceptor(runtime.faults))
+    chain.append(ErrorMappingInterceptor())
+    return chain
+
+
+class MeshServer:
+    """A started-or-not gRPC server with its health servicer and `/metrics` port."""
+
+    def __init__(self, server: grpc.aio.Server, port: int, health: Any, names: list[str], runtime: Runtime) -> None:
+        self.server = server
+        self.port = port
+        self.health = health
+        self.service_names = names
+        self.runtime = runtime
+        self.metrics_port: int | None = None
+        self._metrics_http: Any = None
+
+    async def start(self, *, metrics: bool = True) -> None:
+        """Start serving, report SERVING for every service, and open `/metrics` unless told not to."""
+        await self.server.start()
+        for name in ["", *self.service_names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if metrics:
+            config = self.runtime.config
+            self._metrics_http, self.metrics_port = serve_metrics(
+                self.runtime.registry, config.host, max(config.metrics_port, 0)
+            )
+
+    async def stop(self, grace: float | None = None, drain_delay: float | None = None) -> None:
+        """Graceful stop: health NOT_SERVING first, then in-flight calls get `grace` seconds to finish."""
+        config = self.runtime.config
+        await self.health.enter_graceful_shutdown()
+        delay = config.drain_delay_seconds if drain_delay is None else drain_delay
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await self.server.stop(config.shutdown_grace_seconds if grace is None else grace)
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+
+
+def _server_credentials(config: MeshConfig) -> grpc.ServerCredentials | None:
+    tls = config.tls
+    if not tls.enabled:
+        return None
+    pair = [(Path(tls.key_file).read_bytes(), Path(tls.cert_file).read_bytes())]
+    roots = Path(tls.ca_file).read_bytes() if tls.ca_file else None
+    return grpc.ssl_server_credentials(pair, root_certificates=roots, require_client_auth=tls.require_client_cert)
+
+
+def create_server(mounts: Sequence[Mount], runtime: Runtime, address: str | None = None) -> MeshServer:
+    """Build (not start) a server for `mounts`; binds `address` (default host:port from config)."""
+    descriptors = [m.descriptor for m in mounts]
+    server = grpc.aio.server(
+        interceptors=interceptor_chain(runtime, descriptors),
+        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 * 1024 * 1024)],
+    )
+    for mount in mounts:
+        mount.add_to_server(mount.servicer, server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    names = [d.full_name for d in descriptors]
+    enable_reflection(server, [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])
+    config = runtime.config
+    address = address or f"{config.host}:{config.port}"
+    credentials = _server_credentials(config)
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"could not bind {address}")
+    return MeshServer(server, port, health, names, runtime)
+
+
+ServiceBuilder = Callable[[Runtime], Awaitable[Service]]
+
+
+async def run(config: MeshConfig, build: ServiceBuilder, runtime: Runtime | None = None) -> None:
+    """Run one server process until SIGTERM or SIGINT, then shut down gracefully."""
+    runtime = runtime or Runtime(config)
+    service = await build(runtime)
+    server = create_server(service.mounts, runtime)
+    await server.start()
+    tasks = [asyncio.create_task(task(), name=task.__qualname__) for task in service.tasks]
+    log.info(
+        "serving",
+        extra={"port": server.port, "metrics_port": server.metrics_port, "services": server.service_names},
+    )
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    log.info("shutting down: NOT_SERVING, draining in-flight calls")
+    await server.stop()
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    for close in reversed(service.closers):
+        await close()
+    await runtime.close()
+    log.info("stopped")
+
+
+def serve(config: MeshConfig, build: ServiceBuilder) -> None:
+    """Entry point of `python -m servers.<name>`: logging, tracing, then `run` until a signal."""
+    configure_logging(config.service, config.log_level, config.log_format)
+    configure_tracing(config.service)
+    try:
+        asyncio.run(run(config, build))
+    finally:
+        shutdown_tracing()

@@ -1,0 +1,100 @@
+"""OpenTelemetry tracing: the process tracer provider and the server-side span interceptor.
+
+Spans are named `package.Service/Method`; W3C `traceparent` is read from incoming metadata
+(and written on outgoing calls by `clients.telemetry`). Export is OTLP/gRPC, configured by
+the standard `OTEL_*` variables; with no exporter endpoint set, spans are still created (so
+logs carry trace ids) but not exported.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from servers.mesh.interception import HEALTH_SERVICE, CallInterceptor, Context, Method, final_code
+
+log = logging.getLogger(__name__)
+
+# Server span statuses that are errors per the RPC semantic conventions; the rest are the
+# caller's fault and leave the server span unset.
+_SERVER_ERRORS = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+_configured = False
+
+
+def configure_tracing(service: str) -> trace.TracerProvider:
+    """Install the process-wide tracer provider once (OTLP export if an endpoint is configured)."""
+    global _configured
+    if _configured:
+        return trace.get_tracer_provider()
+    _configured = True
+    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return trace.get_tracer_provider()
+    os.environ.setdefault("OTEL_SERVICE_NAME", f"shieldx-{service}")
+    provider = TracerProvider(resource=Resource.create({"service.namespace": "shieldx"}))
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        log.info("exporting traces over OTLP/gRPC")
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def shutdown_tracing() -> None:
+    """Flush and stop exporting (called at process exit)."""
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, TracerProvider):
+        provider.shutdown()
+
+
+class TracingInterceptor(CallInterceptor[tuple[trace.Span, object]]):
+    """A SERVER span around every call except health checks, child of the caller's traceparent."""
+
+    def __init__(self, tracer: trace.Tracer | None = None) -> None:
+        super().__init__()
+        self._tracer = tracer or trace.get_tracer("shieldx.mesh")
+
+    def applies_to(self, method: Method) -> bool:
+        return method.service != HEALTH_SERVICE
+
+    async def enter(self, method: Method, context: Context, request: Any) -> tuple[trace.Span, object]:
+        carrier = {key: value for key, value in context.invocation_metadata() or ()}
+        parent = propagate.extract(carrier)
+        span = self._tracer.start_span(
+            method.span_name,
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.service": method.service, "rpc.method": method.name},
+        )
+        token = otel_context.attach(trace.set_span_in_context(span, parent))
+        return span, token
+
+    async def exit(
+        self, method: Method, context: Context, state: tuple[trace.Span, object], error: BaseException | None
+    ) -> None:
+        span, token = state
+        code = final_code(context, error)
+        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        if code in _SERVER_ERRORS:
+            span.set_status(Status(StatusCode.ERROR, code.name))
+        otel_context.detach(token)  # type: ignore[arg-type]
+        span.end()

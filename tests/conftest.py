@@ -1,0 +1,102 @@
+"""Shared fixtures: in-process servers on port 0, and both storage backends."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psycopg
+import pytest
+
+from servers.mesh.config import MeshConfig, load_config
+from servers.mesh.server import MeshServer, Mount, Runtime, create_server
+
+POSTGRES_URL = os.environ.get("SHIELDX_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+ROOT = Path(__file__).resolve().parents[1]
+VECTORS = ROOT.parent / "shared" / "vectors"
+
+
+def test_config(tmp_path: Path, service: str = "compliance", **changes: Any) -> MeshConfig:
+    """A config for an in-process test server: free ports, private data dir, auth off unless asked."""
+    config = load_config(service, environ={})
+    config.port = 0
+    config.metrics_port = 0
+    config.data_dir = str(tmp_path)
+    config.auth.enabled = False
+    for key, value in changes.items():
+        section, _, name = key.partition("__")
+        if name:
+            setattr(getattr(config, section), name, value)
+        else:
+            setattr(config, key, value)
+    return config
+
+
+test_config.__test__ = False  # type: ignore[attr-defined]
+
+
+@dataclasses.dataclass
+class Running:
+    """A started in-process server and a plain channel to it."""
+
+    server: MeshServer
+    channel: grpc.aio.Channel
+    runtime: Runtime
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+
+StartServer = Callable[..., Awaitable[Running]]
+
+
+@pytest.fixture
+async def start_server() -> AsyncIterator[StartServer]:
+    """Factory: start a server for mounts built from a runtime; everything is stopped afterwards."""
+    started: list[Running] = []
+
+    async def start(
+        build_mounts: Callable[[Runtime], list[Mount]],
+        config: MeshConfig,
+        *,
+        metrics: bool = False,
+        **runtime_args: Any,
+    ) -> Running:
+        runtime = Runtime(config, **runtime_args)
+        server = create_server(build_mounts(runtime), runtime, address="127.0.0.1:0")
+        await server.start(metrics=metrics)
+        running = Running(server, grpc.aio.insecure_channel(f"127.0.0.1:{server.port}"), runtime)
+        started.append(running)
+        return running
+
+    yield start
+    for running in reversed(started):
+        await running.channel.close()
+        await running.server.stop(grace=0, drain_delay=0)
+        await running.runtime.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_config(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    """Where a test's store lives: a SQLite file, or a fresh PostgreSQL schema dropped afterwards."""
+    if request.param == "sqlite":
+        yield {"data_dir": str(tmp_path), "database_url": ""}
+        return
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    yield {"data_dir": str(tmp_path), "database_url": POSTGRES_URL, "database_schema": schema}
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as connection:
+        connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tracing() -> None:
+    """A real SDK tracer provider, as every server process has (no exporter unless OTEL_* say so)."""
+    from servers.mesh.tracing import configure_tracing
+
+    configure_tracing("tests")

@@ -1,0 +1,1 @@
+"""Test support: the runtime's own test contract, servers and probes."""

@@ -1,0 +1,67 @@
+"""Typed config: defaults, YAML, environment overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from servers.mesh.config import ConfigError, load_config, service_settings
+
+
+@dataclasses.dataclass
+class ExampleSettings:
+    snapshot_every: int = 100
+    """Events between snapshots."""
+    regions: list[str] = dataclasses.field(default_factory=list)
+    """Regions."""
+
+
+def test_defaults_follow_the_design_ports() -> None:
+    config = load_config("credits", environ={})
+    assert (config.port, config.metrics_port) == (5004, 9004)
+    assert config.endpoint("tokens") == "127.0.0.1:8080"
+    assert config.auth.enabled and config.database_url == ""
+
+
+def test_yaml_then_environment_override(tmp_path: Path) -> None:
+    path = tmp_path / "shieldx.yaml"
+    path.write_text(
+        "port: 6000\nauth:\n  audience: ledger\ncredits:\n  snapshot_every: 25\n  regions: [eu, us]\n"
+        "endpoints:\n  tokens: tokens.svc:8080\n"
+    )
+    environ = {"SHIELDX_PORT": "6001", "SHIELDX_AUTH__ENABLED": "false", "SHIELDX_CREDITS__SNAPSHOT_EVERY": "7"}
+    config = load_config("credits", path, environ)
+    assert config.port == 6001
+    assert config.auth.enabled is False
+    assert config.auth.audience == "ledger"
+    assert config.endpoint("tokens") == "tokens.svc:8080"
+    settings = service_settings(ExampleSettings, config, environ)
+    assert settings == ExampleSettings(snapshot_every=7, regions=["eu", "us"])
+
+
+def test_database_url_comes_from_the_standard_variable() -> None:
+    config = load_config("credits", environ={"SHIELDX_DATABASE_URL": "postgresql://db/x"})
+    assert config.database_url == "postgresql://db/x"
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "environ", "named"),
+    [
+        ("port: many\n", {}, "SHIELDX_PORT"),
+        ("", {"SHIELDX_AUTH__ENABLED": "perhaps"}, "SHIELDX_AUTH__ENABLED"),
+        ("colour: blue\n", {}, "colour"),
+        ("- just\n- a list\n", {}, "top level"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path: Path, yaml_text: str, environ: dict[str, str], named: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=named):
+        load_config("credits", path, environ)
+
+
+def test_unknown_service_is_refused() -> None:
+    with pytest.raises(ConfigError, match="service"):
+        load_config("payroll", environ={})

@@ -1,0 +1,80 @@
+"""Both storage backends behave the same: migrations, transactions, constraint errors, streaming."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from servers.mesh import storage
+from servers.mesh.storage import Database, discover_migrations, open_database
+
+MIGRATIONS = "tests.support.migrations"
+
+
+@pytest.fixture
+async def database(store_config: dict[str, str]) -> AsyncIterator[Database]:
+    db = await open_database(
+        "storetest",
+        data_dir=store_config["data_dir"],
+        database_url=store_config["database_url"],
+        schema=store_config.get("database_schema"),
+        migrations=MIGRATIONS,
+    )
+    yield db
+    await db.close()
+
+
+def test_dialect_specific_migration_replaces_the_generic_one() -> None:
+    postgres = discover_migrations(MIGRATIONS, "postgres")
+    sqlite = discover_migrations(MIGRATIONS, "sqlite")
+    assert [m.version for m in postgres] == [1, 2] == [m.version for m in sqlite]
+    assert "BIGSERIAL" in postgres[1].sql
+    assert "BIGSERIAL" not in sqlite[1].sql
+
+
+async def test_migrations_apply_once(database: Database) -> None:
+    assert await database.migrate(MIGRATIONS) == []
+    versions = [row["version"] for row in await database.fetchall("SELECT version FROM schema_migrations")]
+    assert sorted(versions) == [1, 2]
+
+
+async def test_transaction_commits_or_rolls_back_as_a_whole(database: Database) -> None:
+    async with database.transaction() as tx:
+        await tx.execute("INSERT INTO accounts (id, balance) VALUES (?, ?)", ("a", 10))
+    with pytest.raises(RuntimeError):
+        async with database.transaction() as tx:
+            await tx.execute("UPDATE accounts SET balance = balance - 5 WHERE id = ?", ("a",))
+            raise RuntimeError("abandon")
+    row = await database.fetchone("SELECT balance FROM accounts WHERE id = ?", ("a",))
+    assert row is not None
+    assert row["balance"] == 10
+
+
+async def test_constraint_failures_are_backend_neutral(database: Database) -> None:
+    await database.execute("INSERT INTO accounts (id, balance) VALUES (?, ?)", ("a", 1))
+    with pytest.raises(storage.UniqueViolation):
+        await database.execute("INSERT INTO accounts (id, balance) VALUES (?, ?)", ("a", 2))
+    with pytest.raises(storage.CheckViolation):
+        await database.execute("UPDATE accounts SET balance = -1 WHERE id = ?", ("a",))
+    assert (await database.fetchone("SELECT balance FROM accounts"))["balance"] == 1
+
+
+async def test_percent_signs_and_placeholders_are_safe(database: Database) -> None:
+    await database.execute("INSERT INTO notes (body) VALUES (?)", ("100% sure?",))
+    rows = await database.fetchall("SELECT body FROM notes WHERE body LIKE '100%'")
+    assert [r["body"] for r in rows] == ["100% sure?"]
+
+
+async def test_stream_returns_every_row_in_batches(database: Database) -> None:
+    async with database.transaction() as tx:
+        await tx.executemany(
+            "INSERT INTO accounts (id, balance) VALUES (?, ?)", [(f"k{i:04d}", i) for i in range(1234)]
+        )
+    seen: list[tuple[object, ...]] = []
+    async with database.transaction() as tx:
+        async for batch in tx.stream("SELECT id, balance FROM accounts ORDER BY id", batch=500):
+            assert len(batch) <= 500
+            seen.extend(batch)
+    assert len(seen) == 1234
+    assert seen[0] == ("k0000", 0)
