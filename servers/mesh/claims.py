@@ -132,18 +132,18 @@ class TokenClaims:
     """Expiry (aware, UTC); the token is refused from this moment on, give or take the leeway."""
     jti: str
     """Unique token id; revocations name it."""
-    iss: str | None = None
-    """Issuer: who minted the token."""
-    sub: str | None = None
-    """Subject: the workload or person the token speaks for."""
+    iss: str = ""
+    """Issuer: who minted the token ("" if the claim is absent)."""
+    sub: str = ""
+    """Subject: the workload or person the token speaks for ("" if absent)."""
     nbf: datetime | None = None
     """Not before (aware, UTC): the token is refused until then, give or take the leeway."""
     iat: datetime | None = None
     """Issued at (aware, UTC)."""
     scope: frozenset[str] = frozenset()
     """Granted scopes (the `scope` claim split on spaces)."""
-    client_id: str | None = None
-    """The token service client the token was issued to."""
+    client_id: str = ""
+    """The token service client the token was issued to ("" if absent)."""
 
     @property
     def scope_string(self) -> str:
@@ -155,11 +155,11 @@ class TokenClaims:
         return scope in self.scope
 
     def to_payload(self) -> bytes:
-        """The JSON payload bytes to sign (absent optional claims are left out)."""
+        """The JSON payload bytes to sign (empty or absent optional claims are left out)."""
         document: dict[str, str] = {}
-        if self.iss is not None:
+        if self.iss:
             document["iss"] = self.iss
-        if self.sub is not None:
+        if self.sub:
             document["sub"] = self.sub
         document["aud"] = self.aud
         document["exp"] = format_rfc3339(self.exp)
@@ -170,7 +170,7 @@ class TokenClaims:
         document["jti"] = self.jti
         if self.scope:
             document["scope"] = self.scope_string
-        if self.client_id is not None:
+        if self.client_id:
             document["client_id"] = self.client_id
         return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
@@ -212,12 +212,12 @@ def _claims_from_document(document: dict[str, Any]) -> TokenClaims:
         aud=document["aud"],
         exp=times["exp"],
         jti=document["jti"],
-        iss=document.get("iss"),
-        sub=document.get("sub"),
+        iss=document.get("iss", ""),
+        sub=document.get("sub", ""),
         nbf=times.get("nbf"),
         iat=times.get("iat"),
         scope=scope,
-        client_id=document.get("client_id"),
+        client_id=document.get("client_id", ""),
     )
 
 
@@ -370,6 +370,12 @@ class TokenVerifier:
         with self._revoked_lock:
             self._revoked[jti] = expires_at.timestamp()
 
+    def replace_revocations(self, revocations: Iterable[tuple[str, datetime]]) -> None:
+        """Hold exactly these `(jti, expires_at)` revocations (a watch stream that restarted with a reset)."""
+        fresh = {jti: expires_at.timestamp() for jti, expires_at in revocations}
+        with self._revoked_lock:
+            self._revoked = fresh
+
     def is_revoked(self, jti: str) -> bool:
         """True if `jti` is in the revocation set."""
         return jti in self._revoked
@@ -499,9 +505,9 @@ class TokenSigner:
         *,
         audience: str,
         ttl: timedelta,
-        subject: str | None = None,
+        subject: str = "",
         scopes: Iterable[str] = (),
-        client_id: str | None = None,
+        client_id: str = "",
         not_before: datetime | None = None,
         jti: str | None = None,
     ) -> IssuedToken:

@@ -56,9 +56,7 @@ PASERK_PID = "k4.pid."
 
 _HEADER_BYTES = HEADER.encode("ascii")
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
-_BASE64URL_VALUES = {
-    c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
-}
+_BASE64URL_VALUES = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")}
 # Minimum body: an empty payload still carries a 64-byte signature (86 base64url characters).
 _MIN_BODY_CHARS = 86
 

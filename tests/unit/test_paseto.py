@@ -194,9 +194,7 @@ def test_flipping_any_payload_byte_breaks_the_signature() -> None:
     for index in range(len(raw) - paseto.SIGNATURE_SIZE):
         tampered = bytearray(raw)
         tampered[index] ^= 0x01
-        forged = (
-            paseto.HEADER + paseto.b64url_encode(bytes(tampered)) + token[len(paseto.HEADER) + len(body) :]
-        )
+        forged = paseto.HEADER + paseto.b64url_encode(bytes(tampered)) + token[len(paseto.HEADER) + len(body) :]
         assert _reason_of(forged) == paseto.TOKEN_SIGNATURE_INVALID
 
 
@@ -206,9 +204,7 @@ def test_flipping_any_signature_byte_breaks_the_signature() -> None:
     for index in range(len(raw) - paseto.SIGNATURE_SIZE, len(raw)):
         tampered = bytearray(raw)
         tampered[index] ^= 0x80
-        assert _reason_of(paseto.HEADER + paseto.b64url_encode(bytes(tampered))) == (
-            paseto.TOKEN_SIGNATURE_INVALID
-        )
+        assert _reason_of(paseto.HEADER + paseto.b64url_encode(bytes(tampered))) == (paseto.TOKEN_SIGNATURE_INVALID)
 
 
 def test_tampered_footer_breaks_the_signature() -> None:
@@ -282,9 +278,7 @@ def test_footer_with_non_canonical_trailing_bits_is_refused() -> None:
     assert _reason_of(token[:-1] + "J") == paseto.TOKEN_MALFORMED
 
 
-@pytest.mark.parametrize(
-    "header", ["v4.local.", "v3.public.", "v3.local.", "v2.public.", "v1.local.", "v5.public."]
-)
+@pytest.mark.parametrize("header", ["v4.local.", "v3.public.", "v3.local.", "v2.public.", "v1.local.", "v5.public."])
 def test_other_versions_and_purposes_are_unsupported(header: str) -> None:
     token = header + _signed()[len(paseto.HEADER) :]
     assert _reason_of(token) == paseto.TOKEN_UNSUPPORTED

@@ -127,7 +127,7 @@ def test_payload_is_parsed_from_the_signed_bytes_with_offsets_and_fractions() ->
     assert claims.nbf == datetime(2029, 12, 31, 23, tzinfo=UTC)
     assert claims.iat == datetime(2029, 12, 31, 23, 0, 0, 123456, tzinfo=UTC)
     assert claims.scope == {"x", "y"}
-    assert claims.iss is None and claims.sub is None and claims.client_id is None
+    assert claims.iss == claims.sub == claims.client_id == ""
 
 
 def test_claims_round_trip_through_the_payload() -> None:
@@ -357,6 +357,16 @@ def test_revocations_are_pruned_only_once_expiry_refuses_the_token(
     assert verifier.prune_revocations() == 1
     assert verifier.revocation_count == 0
     assert _reason(verifier, issued.token) == tc.TOKEN_EXPIRED
+
+
+def test_replacing_revocations_swaps_the_whole_set(signer: TokenSigner, verifier: TokenVerifier) -> None:
+    kept = signer.mint(audience="shieldx.credits", ttl=HOUR)
+    dropped = signer.mint(audience="shieldx.credits", ttl=HOUR)
+    verifier.revoke(dropped.claims.jti, dropped.claims.exp)
+    verifier.replace_revocations([(kept.claims.jti, kept.claims.exp)])
+    assert _reason(verifier, kept.token) == tc.TOKEN_REVOKED
+    assert verifier.verify(dropped.token).jti == dropped.claims.jti
+    assert verifier.revocation_count == 1
 
 
 # --- the cache never skips a check ---------------------------------------------------------------
