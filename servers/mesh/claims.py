@@ -13,6 +13,7 @@ never skips a check, it only skips the Ed25519 verification and the JSON parsing
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import secrets
@@ -82,14 +83,13 @@ def parse_rfc3339(text: str) -> datetime:
     leap = match.group(6) == "60"
     if leap:
         text = text[: match.start(6)] + "59" + text[match.end(6) :]
-    zone = match.group(8)
-    if zone in ("Z", "z"):
-        text = text[: match.start(8)] + "+00:00"
+    if match.group(8) == "z":
+        text = text[:-1] + "Z"  # fromisoformat (3.11) knows 'Z' and any separator, not 'z'
     try:
-        moment = datetime.fromisoformat(text.replace("t", "T", 1).replace(" ", "T", 1))
+        moment = datetime.fromisoformat(text)
         if leap:
             moment += timedelta(seconds=1)
-        return moment.astimezone(UTC)
+        return moment if moment.tzinfo is UTC else moment.astimezone(UTC)
     except OverflowError:
         raise ValueError(f"date-time out of range: {text[:40]!r}") from None
 
@@ -182,11 +182,7 @@ class TokenClaims:
         `exp`, `aud` or `jti` are refused.
         """
         try:
-            document = json.loads(
-                payload.decode("utf-8"),
-                object_pairs_hook=_unique_keys,
-                parse_constant=_reject_constant,
-            )
+            document = _STRICT_JSON.decode(payload.decode("utf-8"))
         except (ValueError, RecursionError) as exc:
             raise _malformed(f"payload is not a JSON object: {exc}") from None
         if not isinstance(document, dict):
@@ -235,6 +231,10 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
+# One decoder for every token: building a JSONDecoder per call costs more than the decoding.
+_STRICT_JSON = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
+
+
 def _malformed(message: str) -> Unauthenticated:
     return Unauthenticated(message, reason=TOKEN_MALFORMED)
 
@@ -242,13 +242,18 @@ def _malformed(message: str) -> Unauthenticated:
 def read_kid(footer: bytes) -> str:
     """The `kid` of a token footer `{"kid": "k4.pid..."}`; Unauthenticated(TOKEN_MALFORMED) otherwise."""
     try:
-        document = json.loads(footer.decode("utf-8"), object_pairs_hook=_unique_keys)
+        document = _STRICT_JSON.decode(footer.decode("utf-8"))
     except (ValueError, RecursionError):
         raise _malformed("footer is not a JSON object") from None
     if not isinstance(document, dict) or not isinstance(document.get("kid"), str):
         raise _malformed("footer carries no key id")
     kid: str = document["kid"]
     return kid
+
+
+# Footers repeat (one per signing key), so their kid is parsed once; the bound keeps
+# junk footers from growing it.
+_cached_kid = functools.lru_cache(maxsize=64)(read_kid)
 
 
 def footer_for(kid: str) -> bytes:
@@ -423,21 +428,24 @@ class TokenVerifier:
                 self._cache.popitem(last=False)
 
     def _verify_signature(self, token: str) -> _Verified:
-        footer = paseto.peek_footer(token, max_length=self._max_token_length)
-        if not footer:
-            raise _malformed("token has no footer naming its key")
-        kid = read_kid(footer)
-        key = self._keys.get(kid)
-        if key is None:
-            raise Unauthenticated("token signed by an unknown key", reason=TOKEN_UNKNOWN_KEY)
-        payload, _ = paseto.verify(token, key.public_key, self._implicit, max_length=self._max_token_length)
+        payload, footer = paseto.verify_by_footer(
+            token, self._key_for_footer, self._implicit, max_length=self._max_token_length
+        )
         claims = TokenClaims.from_payload(payload)
         return _Verified(
             claims=claims,
-            kid=kid,
+            kid=_cached_kid(footer),
             exp=claims.exp.timestamp(),
             nbf=None if claims.nbf is None else claims.nbf.timestamp(),
         )
+
+    def _key_for_footer(self, footer: bytes) -> nacl.signing.VerifyKey:
+        if not footer:
+            raise _malformed("token has no footer naming its key")
+        key = self._keys.get(_cached_kid(footer))
+        if key is None:
+            raise Unauthenticated("token signed by an unknown key", reason=TOKEN_UNKNOWN_KEY)
+        return key.public_key
 
     def _check(self, verified: _Verified) -> None:
         now = self._clock()

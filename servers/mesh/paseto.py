@@ -13,9 +13,11 @@ types/secret.md, types/pid.md).
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import re
 import struct
+from collections.abc import Callable
 
 import nacl.bindings
 import nacl.exceptions
@@ -57,6 +59,7 @@ PASERK_PID = "k4.pid."
 _HEADER_BYTES = HEADER.encode("ascii")
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 _BASE64URL_VALUES = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")}
+_URLSAFE_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
 # Minimum body: an empty payload still carries a 64-byte signature (86 base64url characters).
 _MIN_BODY_CHARS = 86
 
@@ -96,7 +99,8 @@ def b64url_decode(text: str) -> bytes:
         unused_mask = 0b1111 if remainder == 2 else 0b11
         if _BASE64URL_VALUES[text[-1]] & unused_mask:
             raise ValueError("non-canonical base64url trailing bits")
-    return base64.urlsafe_b64decode(text + "=" * (-remainder % 4))
+    padded = (text + "=" * (-remainder % 4)).encode("ascii").translate(_URLSAFE_TO_STANDARD)
+    return binascii.a2b_base64(padded)
 
 
 def sign(
@@ -131,6 +135,26 @@ def verify(
     expectation; callers that need a particular footer check the returned bytes.
     """
     body, footer = _split(token, max_length)
+    return _verified(body, footer, public_key, implicit)
+
+
+def verify_by_footer(
+    token: str,
+    key_for: Callable[[bytes], nacl.signing.VerifyKey],
+    implicit: bytes = b"",
+    *,
+    max_length: int = DEFAULT_MAX_TOKEN_LENGTH,
+) -> tuple[bytes, bytes]:
+    """Like `verify`, with the key chosen by `key_for(footer)` from the not yet trusted footer.
+
+    The token is decoded once; `key_for` typically reads the `kid` and raises Unauthenticated
+    for an unknown one. Nothing in the footer is trusted until the signature has verified.
+    """
+    body, footer = _split(token, max_length)
+    return _verified(body, footer, key_for(footer), implicit)
+
+
+def _verified(body: bytes, footer: bytes, public_key: nacl.signing.VerifyKey, implicit: bytes) -> tuple[bytes, bytes]:
     payload, signature = body[:-SIGNATURE_SIZE], body[-SIGNATURE_SIZE:]
     signed_message = pae(_HEADER_BYTES, payload, footer, implicit)
     try:

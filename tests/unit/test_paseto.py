@@ -316,3 +316,33 @@ def test_strict_base64url_decoder() -> None:
     for bad in ("Y", "YR", "YQ=", "YQ==", "Y+", "Y/", "YQ\n", "YQ.", "====="):
         with pytest.raises(ValueError):
             paseto.b64url_decode(bad)
+
+
+def test_verify_by_footer_picks_the_key_from_the_footer() -> None:
+    token = _signed(footer=b'{"kid":"vector"}')
+    seen: list[bytes] = []
+
+    def key_for(footer: bytes) -> nacl.signing.VerifyKey:
+        seen.append(footer)
+        return VECTOR_PUBLIC_KEY
+
+    assert paseto.verify_by_footer(token, key_for)[1] == b'{"kid":"vector"}'
+    assert seen == [b'{"kid":"vector"}']
+
+
+def test_verify_by_footer_lets_the_key_chooser_refuse() -> None:
+    def unknown(footer: bytes) -> nacl.signing.VerifyKey:
+        raise Unauthenticated("no such key", reason="TOKEN_UNKNOWN_KEY")
+
+    with pytest.raises(Unauthenticated) as caught:
+        paseto.verify_by_footer(_signed(), unknown)
+    assert caught.value.reason == "TOKEN_UNKNOWN_KEY"
+
+
+def test_verify_by_footer_checks_the_format_before_asking_for_a_key() -> None:
+    def never(footer: bytes) -> nacl.signing.VerifyKey:
+        raise AssertionError("asked for a key for a malformed token")
+
+    with pytest.raises(Unauthenticated) as caught:
+        paseto.verify_by_footer(_signed() + "=", never)
+    assert caught.value.reason == paseto.TOKEN_MALFORMED

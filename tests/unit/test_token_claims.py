@@ -409,13 +409,13 @@ def test_cache_hit_skips_the_signature_check(
     token = _mint(signer)
     verifier.verify(token)
     calls: list[str] = []
-    real_verify = paseto.verify
+    real_verify = paseto.verify_by_footer
 
     def counting_verify(*args: object, **kwargs: object) -> tuple[bytes, bytes]:
         calls.append("verify")
         return real_verify(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(paseto, "verify", counting_verify)
+    monkeypatch.setattr(paseto, "verify_by_footer", counting_verify)
     verifier.verify(token)
     assert calls == []
     verifier.verify(_mint(signer))
@@ -434,13 +434,13 @@ def test_cache_is_bounded_and_forgets_the_least_recently_used(
     verifier.verify(first)  # first becomes the most recently used
     verifier.verify(third)  # evicts second
     calls: list[str] = []
-    real_verify = paseto.verify
+    real_verify = paseto.verify_by_footer
 
     def counting_verify(token: str, *args: object, **kwargs: object) -> tuple[bytes, bytes]:
         calls.append(token)
         return real_verify(token, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(paseto, "verify", counting_verify)
+    monkeypatch.setattr(paseto, "verify_by_footer", counting_verify)
     verifier.verify(first)
     verifier.verify(third)
     assert calls == []
@@ -455,13 +455,13 @@ def test_failed_tokens_are_not_cached(
     body, footer = token.rsplit(".", 1)
     forged = body[:20] + ("A" if body[20] != "A" else "B") + body[21:] + "." + footer
     calls: list[str] = []
-    real_verify = paseto.verify
+    real_verify = paseto.verify_by_footer
 
     def counting_verify(*args: object, **kwargs: object) -> tuple[bytes, bytes]:
         calls.append("verify")
         return real_verify(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(paseto, "verify", counting_verify)
+    monkeypatch.setattr(paseto, "verify_by_footer", counting_verify)
     for _ in range(2):
         assert _reason(verifier, forged) == tc.TOKEN_SIGNATURE_INVALID
     assert calls == ["verify", "verify"]
