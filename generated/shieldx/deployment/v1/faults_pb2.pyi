@@ -36,6 +36,7 @@ class FaultInjection(_message.Message):
     PERCENTAGE_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned identifier."""
     service: _builtins.str
@@ -50,6 +51,8 @@ class FaultInjection(_message.Message):
     """
     percentage: _builtins.float
     """Share of matching calls affected, 0..100 percent."""
+    version: _builtins.str
+    """Only instances running this version inject it (e.g. the canary); empty for all versions."""
     @_builtins.property
     def delay(self) -> _duration_pb2.Duration:
         """Delay added before the call is handled; unset or zero for none."""
@@ -73,10 +76,11 @@ class FaultInjection(_message.Message):
         percentage: _builtins.float = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
+        version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "delay", b"delay", "expire_time", b"expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_code", b"abort_code", "create_time", b"create_time", "delay", b"delay", "expire_time", b"expire_time", "id", b"id", "method_pattern", b"method_pattern", "percentage", b"percentage", "service", b"service"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_code", b"abort_code", "create_time", b"create_time", "delay", b"delay", "expire_time", b"expire_time", "id", b"id", "method_pattern", b"method_pattern", "percentage", b"percentage", "service", b"service", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -95,6 +99,7 @@ class CreateFaultInjectionRequest(_message.Message):
     ABORT_CODE_FIELD_NUMBER: _builtins.int
     PERCENTAGE_FIELD_NUMBER: _builtins.int
     DURATION_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key (AIP-155)."""
     service: _builtins.str
@@ -107,6 +112,8 @@ class CreateFaultInjectionRequest(_message.Message):
     """
     percentage: _builtins.float
     """Share of matching calls to affect, more than 0 and at most 100 percent."""
+    version: _builtins.str
+    """Only instances running this version inject it; empty for all versions."""
     @_builtins.property
     def delay(self) -> _duration_pb2.Duration:
         """Delay to add, up to 60 s; unset for none."""
@@ -125,10 +132,11 @@ class CreateFaultInjectionRequest(_message.Message):
         abort_code: _builtins.int = ...,
         percentage: _builtins.float = ...,
         duration: _duration_pb2.Duration | None = ...,
+        version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["delay", b"delay", "duration", b"duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_code", b"abort_code", "delay", b"delay", "duration", b"duration", "method_pattern", b"method_pattern", "percentage", b"percentage", "request_id", b"request_id", "service", b"service"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_code", b"abort_code", "delay", b"delay", "duration", b"duration", "method_pattern", b"method_pattern", "percentage", b"percentage", "request_id", b"request_id", "service", b"service", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,491 @@
+"""Progressive delivery as a pure state machine: (deployment, event, now) → (deployment, actions).
+
+The events and actions are in `events`; the plan a deployment follows is in `plans`. Nothing
+here waits, sleeps or reads a clock, so every path is tested by feeding events.
+
+The rules, for every strategy:
+- a step ends when its gate opens (the pause elapsed, or an operator promoted) and the
+  latest analysis of the step passed; an inconclusive analysis at that moment pauses the
+  deployment for a person to look;
+- `failure_limit` failed analyses in a row roll back at once, whatever the state: traffic
+  goes back to the old version first, then the new one is scaled down;
+- new instances come before old ones go (blue-green warms the whole new colour first;
+  rolling adds one new instance, waits until it is ready, shifts traffic, and only then
+  removes an old one), so capacity never drops;
+- every transition that changes something a person would notice is kept in the history.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from servers.deployment.analysis import AnalysisOutcome, Verdict
+from servers.deployment.events import (
+    Abort,
+    Action,
+    AnalysisCompleted,
+    Event,
+    InstancesReady,
+    Pause,
+    Promote,
+    Resume,
+    ScaleVersion,
+    SetWeights,
+    TimerElapsed,
+)
+from servers.deployment.plans import WARMUP_TIMEOUT, DeploymentPlan, PauseMode, Strategy
+from servers.deployment.routes import split_weights
+from servers.mesh.errors import FailedPrecondition
+
+CONTROLLER = "controller"
+"""The actor of transitions caused by analyses, timers and instance readiness."""
+
+
+class State(StrEnum):
+    """Where a deployment is in its life."""
+
+    WARMING = "WARMING"
+    PROGRESSING = "PROGRESSING"
+    PAUSED = "PAUSED"
+    STABILIZING = "STABILIZING"
+    SUCCEEDED = "SUCCEEDED"
+    ROLLED_BACK = "ROLLED_BACK"
+    ABORTED = "ABORTED"
+
+
+TERMINAL_STATES = frozenset({State.SUCCEEDED, State.ROLLED_BACK, State.ABORTED})
+
+
+class PauseReason(StrEnum):
+    """Why a deployment is paused."""
+
+    MANUAL = "MANUAL"
+    ANALYSIS_INCONCLUSIVE = "ANALYSIS_INCONCLUSIVE"
+    AWAITING_PROMOTION = "AWAITING_PROMOTION"
+
+
+# -- the deployment ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One recorded transition."""
+
+    at: datetime
+    from_state: State | None
+    to_state: State
+    step: int
+    weight_percent: int
+    event: str
+    actor: str
+    detail: str = ""
+    verdict: Verdict | None = None
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """A deployment's full state."""
+
+    id: str
+    """Identifier."""
+    plan: DeploymentPlan
+    """What it intends."""
+    state: State
+    """Where it is."""
+    created_at: datetime
+    """When it was created."""
+    updated_at: datetime
+    """When it last changed."""
+    step: int = -1
+    """Index of the current traffic step; -1 before the first."""
+    weight_percent: int = 0
+    """Current share of traffic on the new version."""
+    pause_reason: PauseReason | None = None
+    """Why it is paused (PAUSED only)."""
+    step_verdict: Verdict | None = None
+    """Latest analysis verdict since the step began (or the deployment resumed)."""
+    gate_open: bool = False
+    """The step's pause is over (or was promoted); it ends at the next passing analysis."""
+    consecutive_failures: int = 0
+    """Failed analyses in a row."""
+    last_analysis: AnalysisOutcome | None = None
+    """The most recent analysis."""
+    ready_needed: int = 0
+    """While WARMING: ready new instances needed to go on."""
+    full_promotion: bool = False
+    """While WARMING after a full promotion (rolling): finish once all new instances are ready."""
+    from_replicas: int = 0
+    """Instances of the old version last asked for (blue-green, rolling)."""
+    to_replicas: int = 0
+    """Instances of the new version last asked for (blue-green, rolling)."""
+    timer_at: datetime | None = None
+    """When TimerElapsed is due: end of the step's pause, warm-up deadline or end of stabilization."""
+    timer_remaining: float | None = None
+    """Seconds left on the timer when an operator paused."""
+    next_analysis_at: datetime | None = None
+    """When the next analysis is due; None in terminal states."""
+    history: tuple[HistoryEntry, ...] = field(default_factory=tuple)
+    """Every recorded transition, oldest first."""
+    revision: int = 1
+    """Increases with every transition."""
+
+    @property
+    def active(self) -> bool:
+        """True until the deployment succeeded, rolled back or was aborted."""
+        return self.state not in TERMINAL_STATES
+
+    @property
+    def weights(self) -> dict[str, int]:
+        """The route weights this deployment wants now."""
+        return split_weights(self.plan.from_version, self.plan.to_version, self.weight_percent)
+
+    def timer_due(self, now: datetime) -> bool:
+        """True if TimerElapsed should be applied now."""
+        return self.timer_at is not None and now >= self.timer_at
+
+    def analysis_due(self, now: datetime) -> bool:
+        """True if the new version should be analysed now."""
+        return self.next_analysis_at is not None and now >= self.next_analysis_at
+
+
+@dataclass(frozen=True)
+class Transition:
+    """The outcome of an event: the new deployment, the actions to perform in order, and the
+    history entry recorded (None when nothing a person would notice changed)."""
+
+    deployment: Deployment
+    actions: tuple[Action, ...]
+    entry: HistoryEntry | None
+
+
+# -- the machine ---------------------------------------------------------------------------------
+
+
+def _at(now: datetime, seconds: float) -> datetime:
+    return now + timedelta(seconds=seconds)
+
+
+def start(deployment_id: str, plan: DeploymentPlan, now: datetime, actor: str) -> Transition:
+    """A new deployment and its first actions (the first traffic step, or warming up)."""
+    base = Deployment(
+        id=deployment_id,
+        plan=plan,
+        state=State.WARMING,
+        created_at=now,
+        updated_at=now,
+        next_analysis_at=_at(now, plan.analysis.interval),
+    )
+    if plan.strategy is Strategy.CANARY:
+        deployment, actions = _enter_step(base, 0, now)
+        detail = f"canary to {plan.to_version} at {plan.steps[0].weight_percent} %"
+    else:
+        first_batch = plan.replicas if plan.strategy is Strategy.BLUE_GREEN else 1
+        deployment = replace(
+            base,
+            ready_needed=first_batch,
+            from_replicas=plan.replicas,
+            to_replicas=first_batch,
+            timer_at=_at(now, WARMUP_TIMEOUT),
+        )
+        actions = (
+            SetWeights(plan.service, split_weights(plan.from_version, plan.to_version, 0)),
+            ScaleVersion(plan.service, plan.to_version, first_batch),
+        )
+        detail = f"warming {first_batch} instance(s) of {plan.to_version}"
+    entry = HistoryEntry(
+        now, None, deployment.state, deployment.step, deployment.weight_percent, "CREATED", actor, detail
+    )
+    return Transition(replace(deployment, history=(entry,)), actions, entry)
+
+
+def apply(deployment: Deployment, event: Event, now: datetime) -> Transition:
+    """Apply `event` at `now`. Commands that do not fit the state raise FailedPrecondition."""
+    if not deployment.active:
+        if isinstance(event, Promote | Pause | Resume | Abort):
+            raise FailedPrecondition(
+                f"deployment {deployment.id} has ended ({deployment.state.value})", reason="DEPLOYMENT_ENDED"
+            )
+        return Transition(deployment, (), None)
+    verdict: Verdict | None = None
+    match event:
+        case AnalysisCompleted(outcome=outcome):
+            updated, actions, name, actor, detail = _on_analysis(deployment, outcome, now)
+            verdict = outcome.verdict
+        case InstancesReady():
+            updated, actions, name, actor, detail = _on_instances_ready(deployment, event, now)
+        case TimerElapsed():
+            updated, actions, name, actor, detail = _on_timer(deployment, now)
+        case Promote():
+            updated, actions, name, actor, detail = _on_promote(deployment, event, now)
+        case Pause():
+            updated, actions, name, actor, detail = _on_pause(deployment, event, now)
+        case Resume():
+            updated, actions, name, actor, detail = _on_resume(deployment, event, now)
+        case Abort():
+            updated, actions, name, actor, detail = _on_abort(deployment, event)
+    return _record(deployment, updated, actions, now, name, actor, detail, verdict)
+
+
+def _record(
+    before: Deployment,
+    after: Deployment,
+    actions: tuple[Action, ...],
+    now: datetime,
+    event: str,
+    actor: str,
+    detail: str,
+    verdict: Verdict | None,
+) -> Transition:
+    visible = (after.state, after.step, after.pause_reason, after.consecutive_failures, after.step_verdict)
+    previous = (before.state, before.step, before.pause_reason, before.consecutive_failures, before.step_verdict)
+    entry = None
+    history = before.history
+    if visible != previous or actions or event not in ("ANALYSIS", "TIMER", "INSTANCES_READY"):
+        entry = HistoryEntry(
+            now, before.state, after.state, after.step, after.weight_percent, event, actor, detail, verdict
+        )
+        history = (*history, entry)
+    changed = replace(after, history=history, updated_at=now, revision=before.revision + 1)
+    return Transition(changed, actions, entry)
+
+
+Outcome = tuple[Deployment, tuple[Action, ...], str, str, str]
+"""(deployment, actions, event name, actor, detail)."""
+
+
+def _enter_step(deployment: Deployment, index: int, now: datetime) -> tuple[Deployment, tuple[Action, ...]]:
+    plan = deployment.plan
+    step = plan.steps[index]
+    timed = plan.pause_mode is PauseMode.TIMED
+    entered = replace(
+        deployment,
+        state=State.PROGRESSING,
+        step=index,
+        weight_percent=step.weight_percent,
+        pause_reason=None,
+        step_verdict=None,
+        gate_open=False,
+        ready_needed=0,
+        timer_at=_at(now, step.pause) if timed else None,
+        timer_remaining=None,
+        next_analysis_at=_at(now, plan.analysis.interval),
+    )
+    return entered, (SetWeights(plan.service, entered.weights),)
+
+
+def _advance(deployment: Deployment, now: datetime) -> tuple[Deployment, tuple[Action, ...]]:
+    """Leave the current step: the next step, warming for it, or the end."""
+    plan = deployment.plan
+    following = deployment.step + 1
+    if following >= len(plan.steps):
+        return _finish(deployment, now)
+    if plan.strategy is not Strategy.ROLLING:
+        return _enter_step(deployment, following, now)
+    # Rolling: one old instance goes (the new one of this step is ready), one new one comes.
+    old_left, new_wanted = plan.replicas - following, following + 1
+    warming = replace(
+        deployment,
+        state=State.WARMING,
+        pause_reason=None,
+        gate_open=False,
+        ready_needed=new_wanted,
+        from_replicas=old_left,
+        to_replicas=new_wanted,
+        timer_at=_at(now, WARMUP_TIMEOUT),
+        timer_remaining=None,
+    )
+    return warming, (
+        ScaleVersion(plan.service, plan.from_version, old_left),
+        ScaleVersion(plan.service, plan.to_version, new_wanted),
+    )
+
+
+def _finish(deployment: Deployment, now: datetime) -> tuple[Deployment, tuple[Action, ...]]:
+    plan = deployment.plan
+    full = split_weights(plan.from_version, plan.to_version, 100)
+    if plan.strategy is Strategy.BLUE_GREEN and deployment.state is not State.STABILIZING:
+        stabilizing = replace(
+            deployment,
+            state=State.STABILIZING,
+            step=len(plan.steps) - 1,
+            weight_percent=100,
+            pause_reason=None,
+            gate_open=False,
+            timer_at=_at(now, plan.keep_previous_for),
+            timer_remaining=None,
+        )
+        actions: tuple[Action, ...] = () if deployment.weight_percent == 100 else (SetWeights(plan.service, full),)
+        return stabilizing, actions
+    done = replace(
+        deployment,
+        state=State.SUCCEEDED,
+        step=len(plan.steps) - 1,
+        weight_percent=100,
+        pause_reason=None,
+        from_replicas=0,
+        timer_at=None,
+        timer_remaining=None,
+        next_analysis_at=None,
+    )
+    weights: tuple[Action, ...] = () if deployment.weight_percent == 100 else (SetWeights(plan.service, full),)
+    return done, (*weights, ScaleVersion(plan.service, plan.from_version, 0))
+
+
+def _rollback(deployment: Deployment, state: State) -> tuple[Deployment, tuple[Action, ...]]:
+    """Traffic back on the old version first, then the new version scaled down."""
+    plan = deployment.plan
+    actions: list[Action] = []
+    if plan.strategy is Strategy.ROLLING and deployment.from_replicas < plan.replicas:
+        actions.append(ScaleVersion(plan.service, plan.from_version, plan.replicas))
+    actions.append(SetWeights(plan.service, split_weights(plan.from_version, plan.to_version, 0)))
+    actions.append(ScaleVersion(plan.service, plan.to_version, 0))
+    rolled_back = replace(
+        deployment,
+        state=state,
+        weight_percent=0,
+        pause_reason=None,
+        from_replicas=plan.replicas,
+        to_replicas=0,
+        timer_at=None,
+        timer_remaining=None,
+        next_analysis_at=None,
+    )
+    return rolled_back, tuple(actions)
+
+
+def _gate(deployment: Deployment, now: datetime) -> tuple[Deployment, tuple[Action, ...]]:
+    """The step's gate is open: move on, pause, or keep waiting for a verdict."""
+    if deployment.step_verdict is Verdict.PASS:
+        return _advance(deployment, now)
+    if deployment.step_verdict is Verdict.INCONCLUSIVE:
+        return replace(deployment, state=State.PAUSED, pause_reason=PauseReason.ANALYSIS_INCONCLUSIVE), ()
+    return deployment, ()
+
+
+def _on_analysis(deployment: Deployment, outcome: AnalysisOutcome, now: datetime) -> Outcome:
+    limits = deployment.plan.analysis
+    analysed = replace(deployment, last_analysis=outcome, next_analysis_at=_at(now, limits.interval))
+    detail = "; ".join(outcome.reasons) or f"{outcome.requests} calls, error rate {outcome.error_rate:.4f}"
+    if outcome.verdict is Verdict.FAIL:
+        failures = deployment.consecutive_failures + 1
+        failed = replace(analysed, consecutive_failures=failures, step_verdict=Verdict.FAIL)
+        if failed.pause_reason is PauseReason.AWAITING_PROMOTION:  # it passed, now it does not
+            failed = replace(failed, state=State.PROGRESSING, pause_reason=None)
+        if failures >= limits.failure_limit:
+            rolled_back, actions = _rollback(failed, State.ROLLED_BACK)
+            return (
+                rolled_back,
+                actions,
+                "ANALYSIS",
+                CONTROLLER,
+                f"rolled back after {failures} failed analyses: {detail}",
+            )
+        return failed, (), "ANALYSIS", CONTROLLER, detail
+    analysed = replace(analysed, consecutive_failures=0)
+    if deployment.state in (State.WARMING, State.STABILIZING):
+        return analysed, (), "ANALYSIS", CONTROLLER, detail
+    judged = replace(analysed, step_verdict=outcome.verdict)
+    if deployment.state is State.PAUSED:
+        return judged, (), "ANALYSIS", CONTROLLER, detail
+    if deployment.plan.pause_mode is PauseMode.MANUAL and outcome.verdict is Verdict.PASS and not judged.gate_open:
+        awaiting = replace(judged, state=State.PAUSED, pause_reason=PauseReason.AWAITING_PROMOTION)
+        return awaiting, (), "ANALYSIS", CONTROLLER, detail
+    if judged.gate_open:
+        gated, actions = _gate(judged, now)
+        return gated, actions, "ANALYSIS", CONTROLLER, detail
+    return judged, (), "ANALYSIS", CONTROLLER, detail
+
+
+def _on_instances_ready(deployment: Deployment, event: InstancesReady, now: datetime) -> Outcome:
+    plan = deployment.plan
+    if deployment.state is not State.WARMING or event.version != plan.to_version:
+        return deployment, (), "INSTANCES_READY", CONTROLLER, ""
+    detail = f"{event.ready} instance(s) of {event.version} ready"
+    if event.ready < deployment.ready_needed:
+        return deployment, (), "INSTANCES_READY", CONTROLLER, detail
+    if deployment.full_promotion:
+        done, actions = _finish(deployment, now)
+        return done, actions, "INSTANCES_READY", CONTROLLER, detail
+    entered, actions = _enter_step(deployment, deployment.step + 1, now)
+    return entered, actions, "INSTANCES_READY", CONTROLLER, detail
+
+
+def _on_timer(deployment: Deployment, now: datetime) -> Outcome:
+    if deployment.timer_at is None or now < deployment.timer_at:
+        return deployment, (), "TIMER", CONTROLLER, ""
+    if deployment.state is State.WARMING:
+        rolled_back, actions = _rollback(deployment, State.ROLLED_BACK)
+        detail = f"new instances not ready within {WARMUP_TIMEOUT:g} s"
+        return rolled_back, actions, "TIMER", CONTROLLER, detail
+    if deployment.state is State.STABILIZING:
+        done, actions = _finish(deployment, now)
+        return done, actions, "TIMER", CONTROLLER, f"{deployment.plan.from_version} drained"
+    opened = replace(deployment, gate_open=True, timer_at=None)
+    gated, actions = _gate(opened, now)
+    return gated, actions, "TIMER", CONTROLLER, "step pause over"
+
+
+def _on_promote(deployment: Deployment, event: Promote, now: datetime) -> Outcome:
+    plan = deployment.plan
+    if deployment.state is State.WARMING:
+        raise FailedPrecondition("new instances are still warming up", reason="DEPLOYMENT_WARMING")
+    detail = "promoted to the end" if event.full else "promoted to the next step"
+    if not event.full or deployment.state is State.STABILIZING:
+        advanced, actions = (
+            _finish(deployment, now) if deployment.state is State.STABILIZING else _advance(deployment, now)
+        )
+        return advanced, actions, "PROMOTE", event.actor, detail
+    if plan.strategy is not Strategy.ROLLING:
+        done, actions = _finish(deployment, now)
+        return done, actions, "PROMOTE", event.actor, detail
+    warming = replace(
+        deployment,
+        state=State.WARMING,
+        pause_reason=None,
+        ready_needed=plan.replicas,
+        full_promotion=True,
+        to_replicas=plan.replicas,
+        timer_at=_at(now, WARMUP_TIMEOUT),
+        timer_remaining=None,
+    )
+    return warming, (ScaleVersion(plan.service, plan.to_version, plan.replicas),), "PROMOTE", event.actor, detail
+
+
+def _on_pause(deployment: Deployment, event: Pause, now: datetime) -> Outcome:
+    if deployment.state is not State.PROGRESSING:
+        raise FailedPrecondition(
+            f"only a progressing deployment can be paused, this one is {deployment.state.value}",
+            reason="DEPLOYMENT_NOT_PROGRESSING",
+        )
+    remaining = (deployment.timer_at - now).total_seconds() if deployment.timer_at else None
+    paused = replace(
+        deployment,
+        state=State.PAUSED,
+        pause_reason=PauseReason.MANUAL,
+        timer_at=None,
+        timer_remaining=max(remaining, 0.0) if remaining is not None else None,
+    )
+    return paused, (), "PAUSE", event.actor, event.reason
+
+
+def _on_resume(deployment: Deployment, event: Resume, now: datetime) -> Outcome:
+    if deployment.state is not State.PAUSED:
+        raise FailedPrecondition(f"deployment {deployment.id} is not paused", reason="DEPLOYMENT_NOT_PAUSED")
+    if deployment.pause_reason is PauseReason.AWAITING_PROMOTION:
+        raise FailedPrecondition("this step waits for PromoteDeployment", reason="DEPLOYMENT_AWAITING_PROMOTION")
+    resumed = replace(deployment, state=State.PROGRESSING, pause_reason=None)
+    if deployment.pause_reason is PauseReason.ANALYSIS_INCONCLUSIVE:
+        return replace(resumed, step_verdict=None), (), "RESUME", event.actor, "re-analysing the step"
+    if deployment.timer_remaining is not None:
+        resumed = replace(resumed, timer_at=_at(now, deployment.timer_remaining), timer_remaining=None)
+    if resumed.gate_open:
+        gated, actions = _gate(resumed, now)
+        return gated, actions, "RESUME", event.actor, ""
+    return resumed, (), "RESUME", event.actor, ""
+
+
+def _on_abort(deployment: Deployment, event: Abort) -> Outcome:
+    aborted, actions = _rollback(deployment, State.ABORTED)
+    return aborted, actions, "ABORT", event.actor, event.reason

@@ -1,0 +1,430 @@
+"""JSON Logic compiled to Python closures, with JavaScript value semantics.
+
+Flag targeting rules are JSON Logic (jsonlogic.com), the language flagd uses. A rule is
+compiled once when a flag is stored, so unknown operations and malformed arguments are
+rejected then (with the JSON path of the fault), and evaluation is a call of nested
+closures rather than a walk over dictionaries.
+
+Values behave as in json-logic-js, the reference implementation (see `jsvalues`), so a rule
+means the same here as in flagd's other implementations. Nothing raises out of an
+evaluation except `OperationFailed`, which custom operations use to say "no answer".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from servers.deployment.jsvalues import (
+    js_string,
+    less_than,
+    loose_equals,
+    number_result,
+    parse_float,
+    strict_equals,
+    to_number,
+    truthy,
+)
+
+MAX_DEPTH = 64
+"""Deepest nesting a rule may have; deeper rules are refused when compiled."""
+
+Evaluator = Callable[[Any, "Environment"], Any]
+"""A compiled rule: (data, environment) → value. `data` is what `var` reads."""
+
+EagerOperation = Callable[[list[Any], Any, "Environment"], Any]
+"""A custom operation: (evaluated arguments, data, environment) → value."""
+
+
+class RuleError(ValueError):
+    """A rule cannot be compiled; `path` locates the fault inside the rule."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+class OperationFailed(Exception):
+    """A custom operation got arguments it cannot work with; the whole rule yields null."""
+
+
+@dataclass
+class Environment:
+    """What an evaluation knows besides its data: flagd's `$flagd` properties and a split log."""
+
+    flag_key: str = ""
+    """The key of the flag being evaluated (`$flagd.flagKey`)."""
+    timestamp: int = 0
+    """Unix seconds of the evaluation (`$flagd.timestamp`)."""
+    splits: list[Any] = field(default_factory=list)
+    """Values chosen by `fractional` during this evaluation (to tell SPLIT from TARGETING_MATCH)."""
+    context: Mapping[str, Any] | None = None
+    """The top-level evaluation context, for operations evaluated inside `map`/`filter`."""
+
+
+# -- The compiler ------------------------------------------------------------------------------
+
+Compiler = Callable[[list[Any], str, int], Evaluator]
+
+
+class RuleCompiler:
+    """Compiles JSON Logic rules with the standard operations plus registered custom ones."""
+
+    def __init__(self, custom: Mapping[str, EagerOperation] | None = None) -> None:
+        self._custom = dict(custom or {})
+        self._lazy: dict[str, Compiler] = {
+            "var": self._compile_var,
+            "missing": self._compile_missing,
+            "missing_some": self._compile_missing_some,
+            "if": self._compile_if,
+            "?:": self._compile_if,
+            "and": self._compile_and,
+            "or": self._compile_or,
+            "map": self._compile_map,
+            "filter": self._compile_filter,
+            "all": self._compile_all,
+            "some": self._compile_some,
+            "none": self._compile_none,
+            "reduce": self._compile_reduce,
+        }
+
+    @property
+    def operations(self) -> frozenset[str]:
+        """Every operation name this compiler knows."""
+        return frozenset(self._lazy) | frozenset(_EAGER) | frozenset(self._custom)
+
+    def compile(self, rule: Any, path: str = "") -> Evaluator:
+        """Compile `rule`; raises `RuleError` naming the path of the first fault."""
+        return self._compile(rule, path, 0)
+
+    def _compile(self, rule: Any, path: str, depth: int) -> Evaluator:
+        if depth > MAX_DEPTH:
+            raise RuleError(path, f"nested deeper than {MAX_DEPTH} levels")
+        if isinstance(rule, list):
+            items = [self._compile(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(rule)]
+            return lambda data, env: [item(data, env) for item in items]
+        if not isinstance(rule, dict) or len(rule) != 1:
+            if isinstance(rule, float) and not math.isfinite(rule):
+                raise RuleError(path, "numbers must be finite")
+            return lambda data, env: rule
+        ((name, raw_args),) = rule.items()
+        args = raw_args if isinstance(raw_args, list) else [raw_args]
+        op_path = f"{path}.{name}" if path else name
+        lazy = self._lazy.get(name)
+        if lazy is not None:
+            return lazy(args, op_path, depth + 1)
+        compiled = [self._compile(arg, f"{op_path}[{i}]", depth + 1) for i, arg in enumerate(args)]
+        eager = _EAGER.get(name)
+        if eager is not None:
+            return _apply_eager(eager, compiled)
+        custom = self._custom.get(name)
+        if custom is not None:
+            return _apply_custom(custom, compiled)
+        raise RuleError(op_path, f"unknown operation {name!r}")
+
+    def _compile_all_args(self, args: list[Any], path: str, depth: int) -> list[Evaluator]:
+        return [self._compile(arg, f"{path}[{i}]", depth) for i, arg in enumerate(args)]
+
+    def _compile_var(self, args: list[Any], path: str, depth: int) -> Evaluator:
+        if not args:
+            return lambda data, env: data
+        default = self._compile(args[1], f"{path}[1]", depth) if len(args) > 1 else None
+        key = args[0]
+        if isinstance(key, str | int) and not isinstance(key, bool):
+            parts = tuple(str(key).split(".")) if str(key) != "" else ()
+            return _static_var(parts, default)
+        dynamic = self._compile(key, f"{path}[0]", depth)
+
+        def run(data: Any, env: Environment) -> Any:
+            name = dynamic(data, env)
+            parts = tuple(js_string(name).split(".")) if name not in (None, "") else ()
+            return _lookup(data, parts, env, default)
+
+        return run
+
+    def _compile_missing(self, args: list[Any], path: str, depth: int) -> Evaluator:
+        compiled = self._compile_all_args(args, path, depth)
+
+        def run(data: Any, env: Environment) -> Any:
+            values = [arg(data, env) for arg in compiled]
+            keys = values[0] if values and isinstance(values[0], list) else values
+            return [key for key in keys if _lookup(data, _split(key), env, None) in (None, "")]
+
+        return run
+
+    def _compile_missing_some(self, args: list[Any], path: str, depth: int) -> Evaluator:
+        if len(args) != 2:
+            raise RuleError(path, "takes [how many are needed, [keys]]")
+        need, keys = self._compile(args[0], f"{path}[0]", depth), self._compile(args[1], f"{path}[1]", depth)
+
+        def run(data: Any, env: Environment) -> Any:
+            wanted = keys(data, env)
+            wanted = wanted if isinstance(wanted, list) else [wanted]
+            missing = [key for key in wanted if _lookup(data, _split(key), env, None) in (None, "")]
+            return [] if len(wanted) - len(missing) >= to_number(need(data, env)) else missing
+
+        return run
+
+    def _compile_if(self, args: list[Any], path: str, depth: int) -> Evaluator:
+        compiled = self._compile_all_args(args, path, depth)
+        pairs = [(compiled[i], compiled[i + 1]) for i in range(0, len(compiled) - 1, 2)]
+        otherwise = compiled[-1] if len(compiled) % 2 == 1 else None
+
+        def run(data: Any, env: Environment) -> Any:
+            for condition, then in pairs:
+                if truthy(condition(data, env)):
+                    return then(data, env)
+            return otherwise(data, env) if otherwise is not None else None
+
+        return run
+
+    def _compile_and(self, args: list[Any], path: str, depth: int) -> Evaluator:
+        compiled = self._compile_all_args(args, path, depth)
+
+        def run(data: Any, env: Environment) -> Any:
+            value = None
+            for arg in compiled:
+                value = arg(data, env)
+                if not truthy(value):
+                    return value
+            return value
+
+        return run
+
+    def _compile_or(self, args: list[Any], path: str, depth: int) -> Evaluator:
+        compiled = self._compile_all_args(args, path, depth)
+
+        def run(data: Any, env: Environment) -> Any:
+            value = None
+            for arg in compiled:
+                value = arg(data, env)
+                if truthy(value):
+                    return value
+            return value
+
+        return run
+
+    def _scoped(self, args: list[Any], path: str, depth: int) -> tuple[Evaluator, Evaluator]:
+        if len(args) < 2:
+            raise RuleError(path, "takes [array, rule]")
+        return self._compile(args[0], f"{path}[0]", depth), self._compile(args[1], f"{path}[1]", depth)
+
+    def _compile_map(self, args: list[Any], path: str, depth: int) -> Evaluator:
+        items, rule = self._scoped(args, path, depth)
+        return lambda data, env: [rule(item, env) for item in _as_list(items(data, env))]
+
+    def _compile_filter(self, args: list[Any], path: str, depth: int) -> Evaluator:
+        items, rule = self._scoped(args, path, depth)
+        return lambda data, env: [item for item in _as_list(items(data, env)) if truthy(rule(item, env))]
+
+    def _compile_all(self, args: list[Any], path: str, depth: int) -> Evaluator:
+        items, rule = self._scoped(args, path, depth)
+
+        def run(data: Any, env: Environment) -> Any:
+            values = _as_list(items(data, env))
+            return bool(values) and all(truthy(rule(item, env)) for item in values)
+
+        return run
+
+    def _compile_some(self, args: list[Any], path: str, depth: int) -> Evaluator:
+        items, rule = self._scoped(args, path, depth)
+        return lambda data, env: any(truthy(rule(item, env)) for item in _as_list(items(data, env)))
+
+    def _compile_none(self, args: list[Any], path: str, depth: int) -> Evaluator:
+        items, rule = self._scoped(args, path, depth)
+        return lambda data, env: not any(truthy(rule(item, env)) for item in _as_list(items(data, env)))
+
+    def _compile_reduce(self, args: list[Any], path: str, depth: int) -> Evaluator:
+        items, rule = self._scoped(args, path, depth)
+        initial = self._compile(args[2], f"{path}[2]", depth) if len(args) > 2 else None
+
+        def run(data: Any, env: Environment) -> Any:
+            accumulator = initial(data, env) if initial is not None else None
+            for item in _as_list(items(data, env)):
+                accumulator = rule({"current": item, "accumulator": accumulator}, env)
+            return accumulator
+
+        return run
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _split(key: Any) -> tuple[str, ...]:
+    text = js_string(key)
+    return tuple(text.split(".")) if text else ()
+
+
+def _static_var(parts: tuple[str, ...], default: Evaluator | None) -> Evaluator:
+    if len(parts) == 1 and parts[0] != "$flagd":
+        (key,) = parts
+
+        def run_single(data: Any, env: Environment) -> Any:
+            value = data.get(key) if type(data) is dict else _lookup(data, parts, env, None)
+            if value is None and default is not None:
+                return default(data, env)
+            return value
+
+        return run_single
+    return lambda data, env: _lookup(data, parts, env, default)
+
+
+def _lookup(data: Any, parts: Sequence[str], env: Environment, default: Evaluator | None) -> Any:
+    node = data
+    if parts and parts[0] == "$flagd":
+        node = {"flagKey": env.flag_key, "timestamp": env.timestamp}
+        parts = parts[1:]
+    for part in parts:
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            node = None
+        if node is None:
+            break
+    if node is None and default is not None:
+        return default(data, env)
+    return node
+
+
+def _apply_eager(operation: Callable[[list[Any]], Any], compiled: list[Evaluator]) -> Evaluator:
+    if len(compiled) == 2:
+        first, second = compiled
+        return lambda data, env: operation([first(data, env), second(data, env)])
+    return lambda data, env: operation([arg(data, env) for arg in compiled])
+
+
+def _apply_custom(operation: EagerOperation, compiled: list[Evaluator]) -> Evaluator:
+    return lambda data, env: operation([arg(data, env) for arg in compiled], data, env)
+
+
+# -- Eager standard operations (arguments evaluated first) -------------------------------------
+
+
+def _first(args: list[Any]) -> Any:
+    return args[0] if args else None
+
+
+def _compare(args: list[Any], *, or_equal: bool) -> bool:
+    if len(args) == 3:  # "between": a < b < c
+        return less_than(args[0], args[1], or_equal=or_equal) and less_than(args[1], args[2], or_equal=or_equal)
+    if len(args) < 2:
+        return False
+    return less_than(args[0], args[1], or_equal=or_equal)
+
+
+def _greater(args: list[Any], *, or_equal: bool) -> bool:
+    return len(args) >= 2 and less_than(args[1], args[0], or_equal=or_equal)
+
+
+def _add(args: list[Any]) -> Any:
+    return number_result(sum(parse_float(arg) for arg in args)) if args else 0
+
+
+def _multiply(args: list[Any]) -> Any:
+    result: float | int = 1
+    for arg in args:
+        result = result * parse_float(arg)
+    return number_result(result) if args else None
+
+
+def _subtract(args: list[Any]) -> Any:
+    if len(args) == 1:
+        return number_result(-to_number(args[0]))
+    if len(args) < 2:
+        return None
+    return number_result(to_number(args[0]) - to_number(args[1]))
+
+
+def _divide(args: list[Any]) -> Any:
+    if len(args) < 2:
+        return None
+    a, b = to_number(args[0]), to_number(args[1])
+    if b == 0:
+        if a == 0 or math.isnan(a):
+            return math.nan
+        return math.copysign(math.inf, a) * math.copysign(1.0, b)
+    return number_result(a / b)
+
+
+def _modulo(args: list[Any]) -> Any:
+    if len(args) < 2:
+        return None
+    a, b = to_number(args[0]), to_number(args[1])
+    if b == 0 or math.isinf(a) or math.isnan(a) or math.isnan(b):
+        return math.nan
+    return number_result(math.fmod(a, b))
+
+
+def _extreme(args: list[Any], pick: Callable[..., Any]) -> Any:
+    numbers = [to_number(arg) for arg in args]
+    if not numbers:
+        return None
+    if any(math.isnan(number) for number in numbers):
+        return math.nan
+    return number_result(pick(numbers))
+
+
+def _contains(args: list[Any]) -> bool:
+    if len(args) < 2:
+        return False
+    needle, haystack = args[0], args[1]
+    if isinstance(haystack, str):
+        return js_string(needle) in haystack
+    if isinstance(haystack, list):
+        return any(strict_equals(needle, item) for item in haystack)
+    return False
+
+
+def _substring(args: list[Any]) -> str:
+    text = js_string(_first(args))
+    start_value = to_number(args[1]) if len(args) > 1 else 0
+    start = 0 if math.isnan(start_value) else int(start_value)
+    start = max(len(text) + start, 0) if start < 0 else start
+    rest = text[start:]
+    if len(args) < 3:
+        return rest
+    length_value = to_number(args[2])
+    length = 0 if math.isnan(length_value) else int(length_value)
+    return rest[: len(rest) + length] if length < 0 else rest[:length]
+
+
+def _merge(args: list[Any]) -> list[Any]:
+    merged: list[Any] = []
+    for arg in args:
+        if isinstance(arg, list):
+            merged.extend(arg)
+        else:
+            merged.append(arg)
+    return merged
+
+
+_EAGER: dict[str, Callable[[list[Any]], Any]] = {
+    "==": lambda a: len(a) >= 2 and loose_equals(a[0], a[1]),
+    "!=": lambda a: not (len(a) >= 2 and loose_equals(a[0], a[1])),
+    "===": lambda a: len(a) >= 2 and strict_equals(a[0], a[1]),
+    "!==": lambda a: not (len(a) >= 2 and strict_equals(a[0], a[1])),
+    "!": lambda a: not truthy(_first(a)),
+    "!!": lambda a: truthy(_first(a)),
+    "<": lambda a: _compare(a, or_equal=False),
+    "<=": lambda a: _compare(a, or_equal=True),
+    ">": lambda a: _greater(a, or_equal=False),
+    ">=": lambda a: _greater(a, or_equal=True),
+    "+": _add,
+    "*": _multiply,
+    "-": _subtract,
+    "/": _divide,
+    "%": _modulo,
+    "max": lambda a: _extreme(a, max),
+    "min": lambda a: _extreme(a, min),
+    "in": _contains,
+    "cat": lambda a: "".join(js_string(arg) for arg in a),
+    "substr": _substring,
+    "merge": _merge,
+    "log": _first,
+}

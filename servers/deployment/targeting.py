@@ -1,0 +1,311 @@
+"""flagd's targeting language: JSON Logic plus `fractional`, `sem_ver`, `starts_with`,
+`ends_with` and `rollout`, target groups (`{"$ref": name}`), and the checks run on store.
+
+The operations follow flagd (core/pkg/evaluator) and its conformance suite (flagd-testbed):
+an operation given arguments it cannot use fails, and a failed operation makes the whole
+targeting yield null, so the flag serves its default variant with reason DEFAULT.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from servers.deployment.bucketing import DEFAULT_BUCKETING, BucketingAlgorithm, choose, scaled_bucket
+from servers.deployment.bucketing import murmur3_x86_32 as murmur3
+from servers.deployment.jsonlogic import Environment, Evaluator, OperationFailed, RuleCompiler, RuleError
+from servers.deployment.jsvalues import is_number, js_string
+
+_INT32_MAX = 2**31 - 1
+_SEMVER = re.compile(
+    r"^[vV]?(0|[1-9]\d*)(?:\.(0|[1-9]\d*))?(?:\.(0|[1-9]\d*))?"
+    r"(?:-([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?$"
+)
+SEMVER_OPERATORS = frozenset({"=", "!=", "<", "<=", ">", ">=", "^", "~"})
+
+
+@dataclass
+class FlagEnvironment(Environment):
+    """An evaluation of one flag: `$flagd` properties plus the flag's bucketing algorithm."""
+
+    bucketing: BucketingAlgorithm = DEFAULT_BUCKETING
+    """How `fractional` maps a hash to a bucket (from the flag's metadata)."""
+
+
+def _bucketing_value(args: list[Any], env: Environment) -> tuple[str | None, list[Any]]:
+    """(the bucketing value or None, the bucket arguments), as flagd reads them."""
+    first = args[0]
+    if isinstance(first, str):
+        return first, args[1:]
+    buckets = args[1:] if first is None else args
+    targeting_key = (env.context or {}).get("targetingKey")
+    if not isinstance(targeting_key, str):
+        return None, buckets
+    return env.flag_key + targeting_key, buckets
+
+
+def _weight(bucket: list[Any]) -> int:
+    if len(bucket) < 2 or bucket[1] is None:
+        return 1
+    weight = bucket[1]
+    if not is_number(weight) or weight != int(weight):
+        raise OperationFailed("fractional weights must be whole numbers")
+    if weight > _INT32_MAX:
+        raise OperationFailed("fractional weight too large")
+    return max(int(weight), 0)  # flagd clamps negative weights to zero
+
+
+def fractional(args: list[Any], data: Any, env: Environment) -> Any:
+    """flagd `fractional`: a deterministic weighted split on the hash of the bucketing value."""
+    if not args:
+        raise OperationFailed("fractional needs buckets")
+    bucketing_value, buckets = _bucketing_value(args, env)
+    variants: list[Any] = []
+    weights: list[int] = []
+    for bucket in buckets:
+        if not isinstance(bucket, list) or not bucket:
+            raise OperationFailed("fractional buckets are [variant, weight] arrays")
+        if not (bucket[0] is None or isinstance(bucket[0], str | bool) or is_number(bucket[0])):
+            raise OperationFailed("a fractional variant is a string, boolean, number or null")
+        variants.append(bucket[0])
+        weights.append(_weight(bucket))
+    if sum(weights) > _INT32_MAX:
+        raise OperationFailed("fractional weights sum past 2**31 - 1")
+    if len(variants) == 1 and weights[0] > 0:
+        chosen: Any = variants[0]
+    else:
+        if bucketing_value is None:
+            raise OperationFailed("no bucketing value and no string targetingKey in the context")
+        algorithm = env.bucketing if isinstance(env, FlagEnvironment) else DEFAULT_BUCKETING
+        index = choose(algorithm, bucketing_value, weights)
+        if index is None:
+            raise OperationFailed("fractional weights sum to zero")
+        chosen = variants[index]
+    env.splits.append(chosen)
+    return chosen
+
+
+def rollout(args: list[Any], data: Any, env: Environment) -> Any:
+    """flagd `rollout`: moves keys from one variant to another linearly between two times.
+
+    `[bucketBy?, start, end, from?, to]` with unix-second times; a key moves when
+    `(hash * duration) >> 32 < elapsed`, so every key moves exactly once and never back.
+    """
+    rest = list(args)
+    bucketing_value: str | None = None
+    if rest and not is_number(rest[0]):
+        first = rest.pop(0)
+        if first is not None and not isinstance(first, str):
+            raise OperationFailed("rollout bucketBy must be a string")
+        bucketing_value = first
+    if len(rest) < 3 or not is_number(rest[0]) or not is_number(rest[1]):
+        raise OperationFailed("rollout takes [bucketBy?, startTime, endTime, from?, to]")
+    start, end = int(rest[0]), int(rest[1])
+    if end <= start:
+        raise OperationFailed("rollout endTime must be after startTime")
+    source, target = (None, rest[2]) if len(rest) == 3 else (rest[2], rest[3])
+    if bucketing_value is None:
+        targeting_key = (env.context or {}).get("targetingKey")
+        if not isinstance(targeting_key, str):
+            raise OperationFailed("no bucketing value and no string targetingKey in the context")
+        bucketing_value = env.flag_key + targeting_key
+    elapsed, duration = min(max(env.timestamp - start, 0), end - start), end - start
+    if elapsed <= 0:
+        return source
+    if elapsed >= duration or scaled_bucket(murmur3(bucketing_value), duration) < elapsed:
+        return target
+    return source
+
+
+def _two_strings(args: list[Any]) -> tuple[str, str]:
+    if len(args) != 2 or not isinstance(args[0], str) or not isinstance(args[1], str):
+        raise OperationFailed("takes exactly two strings")
+    return args[0], args[1]
+
+
+def starts_with(args: list[Any], data: Any, env: Environment) -> bool:
+    """flagd `starts_with`: [text, prefix], both strings."""
+    text, prefix = _two_strings(args)
+    return text.startswith(prefix)
+
+
+def ends_with(args: list[Any], data: Any, env: Environment) -> bool:
+    """flagd `ends_with`: [text, suffix], both strings."""
+    text, suffix = _two_strings(args)
+    return text.endswith(suffix)
+
+
+@dataclass(frozen=True)
+class SemanticVersion:
+    """A parsed semantic version; missing minor/patch read as 0, build metadata dropped."""
+
+    major: int
+    minor: int
+    patch: int
+    prerelease: tuple[int | str, ...]
+
+    def precedence(self, other: SemanticVersion) -> int:
+        """-1, 0 or 1 as `self` sorts before, with or after `other` (SemVer 2.0 §11)."""
+        mine, theirs = (self.major, self.minor, self.patch), (other.major, other.minor, other.patch)
+        if mine != theirs:
+            return -1 if mine < theirs else 1
+        if self.prerelease == other.prerelease:
+            return 0
+        if not self.prerelease or not other.prerelease:
+            return 1 if not self.prerelease else -1
+        for left, right in zip(self.prerelease, other.prerelease, strict=False):
+            if left == right:
+                continue
+            if isinstance(left, int) != isinstance(right, int):
+                return -1 if isinstance(left, int) else 1
+            return -1 if left < right else 1  # type: ignore[operator]
+        return -1 if len(self.prerelease) < len(other.prerelease) else 1
+
+
+def parse_semver(value: Any) -> SemanticVersion:
+    """Parse `1.2.3-rc.1+build`, `v1.2` or `1`; raises OperationFailed otherwise."""
+    text = js_string(value) if is_number(value) else value
+    match = _SEMVER.match(text) if isinstance(text, str) else None
+    if match is None:
+        raise OperationFailed(f"not a semantic version: {value!r}")
+    major, minor, patch, pre = match.groups()
+    prerelease = tuple(int(part) if part.isdigit() else part for part in pre.split(".")) if pre else ()
+    return SemanticVersion(int(major), int(minor or 0), int(patch or 0), prerelease)
+
+
+def sem_ver(args: list[Any], data: Any, env: Environment) -> bool:
+    """flagd `sem_ver`: [version, operator, version] with =, !=, <, <=, >, >=, ^ (same major), ~ (same minor)."""
+    if len(args) != 3 or args[1] not in SEMVER_OPERATORS:
+        raise OperationFailed("sem_ver takes [version, operator, version]")
+    left, operator, right = parse_semver(args[0]), args[1], parse_semver(args[2])
+    if operator == "^":
+        return left.major == right.major
+    if operator == "~":
+        return (left.major, left.minor) == (right.major, right.minor)
+    order = left.precedence(right)
+    return {
+        "=": order == 0,
+        "!=": order != 0,
+        "<": order < 0,
+        "<=": order <= 0,
+        ">": order > 0,
+        ">=": order >= 0,
+    }[operator]
+
+
+FLAGD_COMPILER = RuleCompiler(
+    {
+        "fractional": fractional,
+        "rollout": rollout,
+        "starts_with": starts_with,
+        "ends_with": ends_with,
+        "sem_ver": sem_ver,
+    }
+)
+
+
+def resolve_refs(rule: Any, groups: Mapping[str, Any], path: str = "") -> Any:
+    """`rule` with every `{"$ref": name}` replaced by the target group's rule (recursively)."""
+    return _substitute(rule, groups, path, ())
+
+
+def _substitute(rule: Any, groups: Mapping[str, Any], path: str, stack: tuple[str, ...]) -> Any:
+    if isinstance(rule, list):
+        return [_substitute(item, groups, f"{path}[{i}]", stack) for i, item in enumerate(rule)]
+    if not isinstance(rule, dict):
+        return rule
+    if set(rule) == {"$ref"}:
+        name = rule["$ref"]
+        if not isinstance(name, str) or name not in groups:
+            raise RuleError(f"{path}.$ref" if path else "$ref", f"no target group named {name!r}")
+        if name in stack:
+            raise RuleError(path, f"target group {name!r} refers to itself")
+        return _substitute(groups[name], groups, path, (*stack, name))
+    return {key: _substitute(value, groups, f"{path}.{key}" if path else key, stack) for key, value in rule.items()}
+
+
+def referenced_groups(rule: Any) -> frozenset[str]:
+    """Names of the target groups `rule` references directly."""
+    found: set[str] = set()
+    pending = [rule]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, list):
+            pending.extend(node)
+        elif isinstance(node, dict):
+            if set(node) == {"$ref"} and isinstance(node["$ref"], str):
+                found.add(node["$ref"])
+            else:
+                pending.extend(node.values())
+    return frozenset(found)
+
+
+def compile_targeting(rule: Any, variants: Mapping[str, Any] | None, path: str = "targeting") -> Evaluator:
+    """Compile a flag's targeting (refs already resolved) and check its literal arguments.
+
+    Beyond compiling, literal `fractional` buckets must name variants of the flag with whole,
+    non-negative weights that do not all sum to zero, and literal `sem_ver` operators and
+    versions must parse: mistakes there are refused now instead of silently serving defaults.
+    `variants` None skips the variant-name check (a target group belongs to no flag).
+    """
+    evaluator = FLAGD_COMPILER.compile(rule, path)
+    _check_literals(rule, variants, path)
+    return evaluator
+
+
+def _check_literals(rule: Any, variants: Mapping[str, Any] | None, path: str) -> None:
+    if isinstance(rule, list):
+        for i, item in enumerate(rule):
+            _check_literals(item, variants, f"{path}[{i}]")
+        return
+    if not isinstance(rule, dict) or len(rule) != 1:
+        return
+    ((name, args),) = rule.items()
+    op_path = f"{path}.{name}" if path else name
+    if name == "fractional" and isinstance(args, list):
+        _check_fractional(args, variants, op_path)
+    if name == "sem_ver" and isinstance(args, list):
+        _check_sem_ver(args, op_path)
+    _check_literals(args, variants, op_path)
+
+
+def _check_fractional(args: list[Any], variants: Mapping[str, Any] | None, path: str) -> None:
+    buckets = [(i, arg) for i, arg in enumerate(args) if isinstance(arg, list)]
+    if not buckets:
+        raise RuleError(path, "needs at least one [variant, weight] bucket")
+    total = 0
+    for i, bucket in buckets:
+        if not bucket:
+            raise RuleError(f"{path}[{i}]", "a bucket is [variant, weight]")
+        variant = bucket[0]
+        if variants is not None and isinstance(variant, str) and variant not in variants:
+            raise RuleError(f"{path}[{i}][0]", f"{variant!r} is not a variant of this flag")
+        if len(bucket) < 2:
+            total += 1
+            continue
+        weight = bucket[1]
+        if isinstance(weight, dict):
+            total += 1  # computed at evaluation time
+            continue
+        if not is_number(weight) or weight != int(weight) or weight < 0 or weight > _INT32_MAX:
+            raise RuleError(f"{path}[{i}][1]", "a weight is a whole number from 0 to 2147483647")
+        total += int(weight)
+    if total <= 0:
+        raise RuleError(path, "the weights sum to zero")
+    if total > _INT32_MAX:
+        raise RuleError(path, "the weights sum past 2147483647")
+
+
+def _check_sem_ver(args: list[Any], path: str) -> None:
+    if len(args) != 3:
+        raise RuleError(path, "takes [version, operator, version]")
+    if isinstance(args[1], str) and args[1] not in SEMVER_OPERATORS:
+        raise RuleError(f"{path}[1]", f"operator must be one of {sorted(SEMVER_OPERATORS)}")
+    for i in (0, 2):
+        if isinstance(args[i], str):
+            try:
+                parse_semver(args[i])
+            except OperationFailed as exc:
+                raise RuleError(f"{path}[{i}]", str(exc)) from exc
