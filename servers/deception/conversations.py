@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeVar
 
 from servers.deception.domain import Protocol
+from servers.deception.recon import exploit_indicators
 from servers.deception.templates import (
     FtpFingerprint,
     HttpFingerprint,
@@ -376,6 +377,9 @@ async def converse_redis(conn: Connection, template: Template) -> None:
             shown = name if name in ("AUTH", "HELLO") else " ".join(a.decode("latin-1")[:64] for a in command[:4])
             if not conn.note_command(shown):
                 return
+            # RESP frames every argument, so byte signatures need the command as one line.
+            for indicator in exploit_indicators(b" ".join(command)):
+                conn.note_indicator(indicator)
             reply, close = _redis_reply(conn, fingerprint, name, command[1:])
             if not await conn.send(reply) or close:
                 return
