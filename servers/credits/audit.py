@@ -146,6 +146,15 @@ class ChainVerifier:
             )
         if row.prev_hash != last_hash:
             return ChainMismatch(row.account_id, row.version, MismatchKind.PREVIOUS_HASH, last_hash, row.prev_hash)
+        # A body kept as TEXT is stored canonical, so hashing it as is settles most rows without
+        # parsing; a match proves it is the canonical text that was sealed. Anything else (JSONB
+        # formatting, or a change) is re-encoded canonically, which is the verdict.
+        as_stored = _hash_canonical(
+            row.account_id, row.version, row.type, row.body, row.occurred_at, row.trace_id, row.prev_hash
+        )
+        if as_stored == row.hash:
+            self._heads[row.account_id] = (row.version, row.hash)
+            return None
         recomputed = rehash(row)
         if recomputed != row.hash:
             return ChainMismatch(row.account_id, row.version, MismatchKind.HASH, recomputed, row.hash)
@@ -211,15 +220,19 @@ def _hash_canonical(
     trace_id: str,
     prev_hash: bytes,
 ) -> bytes:
-    digest = hashlib.sha256(_EVENT_TAG)
-    digest.update(_field(account_id.encode()))
-    digest.update(version.to_bytes(8, "big", signed=False))
-    digest.update(_field(type_name.encode()))
-    digest.update(_field(canonical_body.encode()))
-    digest.update(_field(utc_text(occurred_at).encode()))
-    digest.update(_field(trace_id.encode()))
-    digest.update(_field(prev_hash))
-    return digest.digest()
+    encoded = b"".join(
+        (
+            _EVENT_TAG,
+            _field(account_id.encode()),
+            version.to_bytes(8, "big", signed=False),
+            _field(type_name.encode()),
+            _field(canonical_body.encode()),
+            _field(utc_text(occurred_at).encode()),
+            _field(trace_id.encode()),
+            _field(prev_hash),
+        )
+    )
+    return hashlib.sha256(encoded).digest()
 
 
 def _canonical_body(body: str | Mapping[str, Any]) -> str:

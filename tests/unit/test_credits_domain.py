@@ -430,6 +430,8 @@ def test_apply_refuses_an_event_that_would_make_available_negative() -> None:
         ("Consumed", '{"amount": "5", "description": "", "reference": ""}'),
         ("Consumed", "[1, 2]"),
         ("Consumed", "not json"),
+        ("Consumed", '{"amount":5,"description":"","reference":""} trailing'),
+        ("Consumed", ""),
         ("Teleported", '{"amount": 5}'),
         ("Reserved", '{"amount":5,"description":"","expires_at":"soon","reservation_id":"r"}'),
     ],
@@ -545,6 +547,18 @@ def test_events_survive_their_stored_row_form() -> None:
             assert decode_event(row.account_id, row.version, row.type, shuffled, row.occurred_at, "x") == (
                 type(event).from_body(event.account_id, event.version, event.occurred_at, "x", shuffled)
             )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"amount":5,"description":"d","reference":"r"}',
+        '{"reference": "r", "amount": 5, "description": "d"}',
+        ' {"amount":5,"description":"d","reference":"r"}\n',
+    ],
+)
+def test_body_text_decodes_whatever_its_formatting(text: str) -> None:
+    assert decode_event("acme", 2, "Consumed", text, T0, "") == Consumed("acme", 2, T0, "", 5, "d", "r")
 
 
 def test_rows_read_back_in_another_time_zone_decode_to_equal_events() -> None:
