@@ -2,10 +2,11 @@
 
 A decision takes a command, the account's current state and the time, and returns the events
 to append (or raises a typed error); it never mutates the state and never reads a clock. Before
-any command, reservations past their expiry are released (`expire_reservations`), and a command
-that takes the available balance below the account's threshold is followed by a low-balance
-alert event. The service appends a decision's events with optimistic concurrency on the
-account's version and applies them to its cached state once the store has accepted them.
+any command, reservations past their expiry are released (`expire_reservations`, which a
+sweeper also runs on its own), and a command that takes the available balance below the
+account's threshold is followed by a low-balance alert event. The service appends a
+decision's events with optimistic concurrency on the account's version and applies them to
+its cached state once the store has accepted them.
 """
 
 from __future__ import annotations
@@ -110,7 +111,8 @@ def decide(
     RESERVATION_NOT_FOUND; `FailedPrecondition` with INSUFFICIENT_CREDITS,
     BALANCE_LIMIT_EXCEEDED, RESERVATION_EXPIRED, RESERVATION_ALREADY_COMMITTED or
     RESERVATION_CANCELLED; `AlreadyExists` (RESERVATION_EXISTS); `QuotaExceeded`
-    (TOO_MANY_OPEN_RESERVATIONS).
+    (TOO_MANY_OPEN_RESERVATIONS). Reservations due at `now` are released first (their events
+    lead the decision), so a command sees the balance they free; a refusal records nothing.
     """
     _require_time(now)
     if command.account_id != state.account_id:
@@ -184,8 +186,9 @@ def decide_transfer(
 def expire_reservations(state: AccountState, *, now: datetime, trace_id: str = "") -> list[Event]:
     """Release events for every open reservation whose expiry is at or before `now`.
 
-    The service runs this before each command (`decide` does it too) and a sweeper runs it on
-    every account with open reservations, so expiries are recorded even on idle accounts.
+    `decide` and `decide_transfer` run this first themselves; the sweeper runs it on every
+    account with open reservations, so expiries are recorded on idle accounts too (and after
+    a refused command, which records nothing).
     """
     _require_time(now)
     stream = _Stream(state, now, trace_id)

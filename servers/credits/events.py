@@ -348,7 +348,8 @@ class StoredEvent:
     type: str
     """`Event.TYPE` of the event."""
     body: str
-    """Canonical JSON of `Event.to_body()`."""
+    """Canonical JSON of `Event.to_body()` (from a JSONB column, read it back as `body::text`;
+    any JSON formatting decodes and verifies)."""
     occurred_at: datetime
     trace_id: str
     prev_hash: bytes
@@ -391,7 +392,7 @@ def decode_event(
         if occurred_at.tzinfo is None:
             raise ValueError("occurred_at has no time zone")
         return cls.from_body(account_id, version, occurred_at, trace_id, fields)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, RecursionError) as exc:
         raise CorruptEvent(f"event {account_id}@{version} ({type_name}): {exc}") from exc
 
 

@@ -432,6 +432,7 @@ def test_apply_refuses_an_event_that_would_make_available_negative() -> None:
         ("Consumed", "not json"),
         ("Consumed", '{"amount":5,"description":"","reference":""} trailing'),
         ("Consumed", ""),
+        ("Consumed", "[" * 100_000),
         ("Teleported", '{"amount": 5}'),
         ("Reserved", '{"amount":5,"description":"","expires_at":"soon","reservation_id":"r"}'),
     ],
