@@ -177,3 +177,14 @@ def ordered_nodes(nodes: Iterable[Node]) -> tuple[Node, ...]:
     primaries = [n for n in listed if n.role is NodeRole.PRIMARY]
     replicas = sorted((n for n in listed if n.role is NodeRole.REPLICA), key=lambda n: n.node_id)
     return (*primaries, *replicas)
+
+
+def validate_key(key: str, field: str) -> None:
+    """Raise InvalidArgument unless `key` (an account id) can be placed on the ring."""
+    if not key or len(key) > MAX_KEY_LENGTH:
+        raise InvalidArgument(field, f"must be 1 to {MAX_KEY_LENGTH} characters")
+    if not key.isascii():
+        try:
+            key.encode()
+        except UnicodeEncodeError:
+            raise InvalidArgument(field, "must be valid Unicode (no lone surrogates)") from None

@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 import numpy as np
 
 from servers.mesh.errors import FailedPrecondition, InvalidArgument, NotFound
-from servers.sharding.domain import MAX_KEY_LENGTH, Reason
+from servers.sharding.domain import Reason, validate_key
 from servers.sharding.ring import HashRing, key_points
 from servers.sharding.topology import MigrationRouting
 
@@ -81,8 +81,7 @@ def plan_rebalance(old: HashRing, new: HashRing, account_ids: Iterable[str]) -> 
     """
     unique = list(dict.fromkeys(account_ids))
     for i, account_id in enumerate(unique):
-        if not account_id or len(account_id) > MAX_KEY_LENGTH:
-            raise InvalidArgument(f"account_ids[{i}]", f"must be 1 to {MAX_KEY_LENGTH} characters")
+        validate_key(account_id, f"account_ids[{i}]")
     expected = old.moved_share(new)
     if not unique:
         return RebalancePlan((), 0, expected)

@@ -19,7 +19,6 @@ from functools import cached_property
 
 from servers.mesh.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from servers.sharding.domain import (
-    MAX_KEY_LENGTH,
     MAX_REPLICAS,
     HealthState,
     Node,
@@ -29,6 +28,7 @@ from servers.sharding.domain import (
     Shard,
     ShardState,
     ordered_nodes,
+    validate_key,
 )
 from servers.sharding.ring import (
     DEFAULT_VNODES_PER_SHARD,
@@ -131,8 +131,7 @@ class Topology:
         if len(keys) > MAX_LOCATE_KEYS:
             raise InvalidArgument("keys", f"at most {MAX_LOCATE_KEYS} keys per call")
         for i, key in enumerate(keys):
-            if not key or len(key) > MAX_KEY_LENGTH:
-                raise InvalidArgument(f"keys[{i}]", f"must be 1 to {MAX_KEY_LENGTH} characters")
+            validate_key(key, f"keys[{i}]")
         if not len(self.ring):
             raise FailedPrecondition("no shard is serving yet", reason=Reason.NO_SHARDS)
         serving = self.ring.locate_many(keys)

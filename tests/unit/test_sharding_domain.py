@@ -469,3 +469,10 @@ def test_a_read_counts_as_in_flight_only_while_it_runs() -> None:
     assert router.in_flight(target.node.node_id) == 0
     with pytest.raises(InvalidArgument):
         router.end(target.node.node_id)
+
+
+def test_a_key_that_is_not_valid_unicode_is_refused() -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        with_shards("shard-0").locate_many(["acct-1", "acct-\ud800"])
+    assert caught.value.metadata["field"] == "keys[1]"
+    assert with_shards("shard-0").locate("compte-é").shard_id == "shard-0"
