@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import email.utils
+import ftplib
 import http.client
+import smtplib
 import socket
 import struct
 from collections.abc import AsyncIterator, Callable
@@ -528,3 +530,26 @@ async def test_fleet_configuration_is_validated() -> None:
     with pytest.raises(AlreadyExists):
         await fleet.start([DecoyConfig("a", Protocol.SSH), DecoyConfig("a", Protocol.FTP)])
     assert fleet.decoys() == ()
+
+
+async def test_stdlib_ftp_and_smtp_clients_get_the_refusals_real_servers_give(decoys: Deployment) -> None:
+    def clients() -> tuple[str, int, int]:
+        ftp = ftplib.FTP()
+        ftp.connect(HOST, decoys.port(Protocol.FTP), timeout=5)
+        with pytest.raises(ftplib.error_perm) as refused:
+            ftp.login("deploy", "Deploy#2024")
+        ftp.close()
+        with smtplib.SMTP(HOST, decoys.port(Protocol.SMTP), timeout=5) as smtp:
+            smtp.ehlo("client.example.org")
+            with pytest.raises(smtplib.SMTPAuthenticationError) as denied:
+                smtp.login("info", "info123")
+            with pytest.raises(smtplib.SMTPRecipientsRefused) as relay:
+                smtp.sendmail("a@client.example.org", ["x@elsewhere.org"], "hello")
+        return str(refused.value), denied.value.smtp_code, relay.value.recipients["x@elsewhere.org"][0]
+
+    ftp_error, auth_code, relay_code = await asyncio.to_thread(clients)
+
+    assert ftp_error == "530 Login incorrect." and auth_code == 535 and relay_code == 554
+    interactions = await decoys.recorder.wait_for(2)
+    assert {i.stage for i in interactions} == {ReconStage.LOGIN_ATTEMPT}
+    assert ("deploy", "Deploy#2024") in [(c.username, c.secret) for i in interactions for c in i.credentials]
