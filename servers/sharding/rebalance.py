@@ -7,7 +7,8 @@ are copied and verified) -> CUT_OVER (the target shard serves it) -> DONE (the s
 removed). A failure before CUT_OVER sends the account back to PENDING for another attempt,
 and after `max_attempts` to FAILED, where it stays on its source shard; the rebalance cannot
 complete until it is retried and moved. A fence older than `fence_timeout` is lifted the same
-way, so a stuck copy never blocks an account's writes for long.
+way, so a stuck copy never blocks an account's writes for long. Every attempt starts by
+discarding whatever an earlier attempt left on the target shard.
 
 The fence is only as good as the place that enforces it: the topology flag lets credits
 servers refuse early, but a server still on an older topology version could write to the

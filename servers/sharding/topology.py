@@ -200,9 +200,10 @@ class Topology:
             raise FailedPrecondition(f"shard {shard_id!r} is already leaving", reason=Reason.SHARD_ALREADY_LEAVING)
         if shard.state is ShardState.JOINING:
             return self._next(now, tuple(s for s in self.shards if s.shard_id != shard_id))
-        if sum(s.state is ShardState.ACTIVE for s in self.shards) == 1:
+        # Leaving needs somewhere to go: another shard that is active or joining.
+        if not any(s.state is not ShardState.LEAVING and s.shard_id != shard_id for s in self.shards):
             raise FailedPrecondition(
-                f"shard {shard_id!r} is the last active shard; register another one first",
+                f"shard {shard_id!r} is the last shard its accounts could live on; register another one first",
                 reason=Reason.LAST_SHARD,
             )
         return self._with_shard(replace(shard, state=ShardState.LEAVING), now)

@@ -161,6 +161,14 @@ def test_registry_refusals_carry_their_reason(
     assert reason_of(caught) == reason
 
 
+def test_the_only_active_shard_can_leave_for_a_joining_one() -> None:
+    topology = with_shards("shard-0", "shard-1").remove_shard("shard-0", now=NOW)
+    assert topology.ring.shard_ids == ("shard-0",)
+    assert topology.target_ring.shard_ids == ("shard-1",)
+    done = _activate(topology)
+    assert [(s.shard_id, s.state) for s in done.shards] == [("shard-1", ShardState.ACTIVE)]
+
+
 def test_a_leaving_shard_cannot_be_removed_twice() -> None:
     topology = _activate(with_shards("shard-0", "shard-1")).remove_shard("shard-1", now=NOW)
     with pytest.raises(FailedPrecondition) as caught:
