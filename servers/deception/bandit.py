@@ -1,0 +1,471 @@
+"""Adaptive decoy selection: Thompson sampling and UCB1 over discounted evidence, per attacker context.
+
+Each context bucket (a coarse summary of the attacker: stage, tool, target) keeps, per decoy,
+discounted counts of engagements and non-engagements. On every feedback in a bucket the old
+evidence of all its decoys is multiplied by γ (`discount`) before the new reward is added, so
+the policy forgets at a steady rate and follows attackers whose preferences change (γ = 1 is
+the classic stationary bandit). Thompson sampling draws from Beta(prior + evidence); UCB1
+ranks decoys by mean + sqrt(c · ln N / n) on the same discounted counts.
+
+Every choice is made by a Generator seeded with a recorded seed (given by the caller or drawn
+from the selector's own seeded stream), and logged with its draw number, the scores and the
+propensity of the chosen decoy, so any selection can be replayed and the log evaluated offline
+(see `policy_evaluation`).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from servers.mesh.errors import FailedPrecondition, InvalidArgument, NotFound
+
+OVERFLOW_BUCKET = "*"
+"""Bucket shared by contexts that arrive after `max_buckets` distinct ones exist."""
+
+_PROPENSITY_DRAWS = 512
+# Thompson's probability of choosing each decoy has no closed form; it is estimated from this
+# many extra posterior draws (standard error below 2.5 %), from a stream apart from the choice.
+
+
+class SelectionPolicy(enum.Enum):
+    """A decoy selection policy; the value is the contract's SelectionPolicy number."""
+
+    THOMPSON = 1
+    UCB1 = 2
+    RANDOM = 3
+
+
+@dataclass(frozen=True)
+class BanditConfig:
+    """Settings of the selection policies."""
+
+    discount: float = 0.998
+    """γ in (0, 1]: factor applied to a bucket's old evidence on each update (1: never forget).
+
+    The evidence of a bucket spans about 1 / (1 − γ) updates. 0.998 (~500) measured best
+    against simulated attackers that switch preferences: 0.99 forgets so fast that even
+    stationary attackers keep it exploring (regret ~10x that of γ = 1), while γ = 1 is slow
+    to notice a switch."""
+    prior_alpha: float = 1.0
+    """Beta prior's alpha (pseudo-engagements) for every decoy."""
+    prior_beta: float = 1.0
+    """Beta prior's beta (pseudo-non-engagements) for every decoy."""
+    exploration: float = 0.5
+    """UCB1's c in mean + sqrt(c · ln N / n). Auer et al. use 2, which over-explores on discounted
+    counts (they never grow past ~1 / (1 − γ)); 0.5 halved the simulated regret."""
+    max_buckets: int = 1024
+    """Distinct context buckets kept; later new contexts share OVERFLOW_BUCKET."""
+    max_pending: int = 100_000
+    """Selections remembered for feedback; the oldest are forgotten first."""
+
+    def validate(self) -> None:
+        """InvalidArgument naming the first setting that is out of range."""
+        if not (math.isfinite(self.discount) and 0 < self.discount <= 1):
+            raise InvalidArgument("discount", "must be in (0, 1]")
+        for name in ("prior_alpha", "prior_beta", "exploration"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise InvalidArgument(name, "must be a positive finite number")
+        if self.max_buckets < 1:
+            raise InvalidArgument("max_buckets", "must be at least 1")
+        if self.max_pending < 1:
+            raise InvalidArgument("max_pending", "must be at least 1")
+
+
+@dataclass(frozen=True)
+class ArmScore:
+    """A decoy's standing when a selection was made."""
+
+    decoy_id: str
+    """The decoy."""
+    score: float
+    """What the policy compared: a Thompson draw, a UCB1 index (inf: never tried) or 0 for random."""
+    posterior_alpha: float
+    """Alpha of the decoy's discounted Beta posterior."""
+    posterior_beta: float
+    """Beta of the decoy's discounted Beta posterior."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What a policy picked and why."""
+
+    arm: int
+    """Index of the chosen decoy."""
+    scores: tuple[ArmScore, ...]
+    """Every decoy's score, in decoy order."""
+    propensity: float
+    """Probability that the policy, in this state, picks this decoy (for off-policy evaluation)."""
+
+
+class BanditCore:
+    """Discounted per-bucket evidence and the three policies; no logging, no locking."""
+
+    def __init__(self, decoy_ids: Sequence[str], config: BanditConfig) -> None:
+        """A core over `decoy_ids` (distinct, non-empty)."""
+        config.validate()
+        if not decoy_ids:
+            raise InvalidArgument("decoy_ids", "at least one decoy is needed to select from")
+        if len(set(decoy_ids)) != len(decoy_ids) or not all(decoy_ids):
+            raise InvalidArgument("decoy_ids", "decoy ids must be distinct and non-empty")
+        self.decoy_ids = tuple(decoy_ids)
+        """The decoys, in arm order."""
+        self.config = config
+        """The policies' settings."""
+        self._engaged: dict[str, NDArray[np.float64]] = {}
+        self._ignored: dict[str, NDArray[np.float64]] = {}
+
+    def bucket(self, context: str) -> str:
+        """The bucket `context` is kept in (OVERFLOW_BUCKET once `max_buckets` exist)."""
+        if context in self._engaged or len(self._engaged) < self.config.max_buckets:
+            return context
+        return OVERFLOW_BUCKET
+
+    def evidence(self, bucket: str) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Discounted (engagements, non-engagements) per decoy of `bucket` (zeros if unseen)."""
+        engaged = self._engaged.get(bucket)
+        ignored = self._ignored.get(bucket)
+        if engaged is None or ignored is None:
+            zeros = np.zeros(len(self.decoy_ids))
+            return zeros, zeros.copy()
+        return engaged, ignored
+
+    def snapshot(self) -> dict[str, tuple[list[float], list[float]]]:
+        """Bucket → (engagements, non-engagements) per decoy: everything the policies learned."""
+        return {b: (self._engaged[b].tolist(), self._ignored[b].tolist()) for b in self._engaged}
+
+    def restore(self, bucket: str, engaged: Sequence[float], ignored: Sequence[float]) -> None:
+        """Set `bucket`'s discounted evidence, e.g. from a persisted `snapshot`."""
+        values = np.asarray([engaged, ignored], dtype=np.float64)
+        if values.shape != (2, len(self.decoy_ids)):
+            raise InvalidArgument("evidence", "needs one engagement and one non-engagement count per decoy")
+        if not (np.isfinite(values).all() and (values >= 0).all()):
+            raise InvalidArgument("evidence", "counts must be finite and non-negative")
+        self._engaged[bucket] = values[0].copy()
+        self._ignored[bucket] = values[1].copy()
+
+    def posterior(self, bucket: str) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Beta (alpha, beta) per decoy of `bucket`."""
+        engaged, ignored = self.evidence(bucket)
+        return self.config.prior_alpha + engaged, self.config.prior_beta + ignored
+
+    def pick(self, bucket: str, policy: SelectionPolicy, rng: np.random.Generator) -> int:
+        """The index of the decoy `policy` picks for `bucket`, drawing only from `rng` (the fast path)."""
+        return self._decide(bucket, policy, rng)[0]
+
+    def choose(self, bucket: str, policy: SelectionPolicy, rng: np.random.Generator) -> Choice:
+        """Pick as `pick` does (same draws, same decoy) and report every score and the propensity."""
+        arm, scores, ties = self._decide(bucket, policy, rng)
+        alpha, beta = self.posterior(bucket)
+        if policy is SelectionPolicy.THOMPSON:
+            chance = self._thompson_propensity(alpha, beta, arm, rng)
+        elif policy is SelectionPolicy.UCB1:
+            chance = 1.0 / ties
+        else:
+            chance = 1.0 / len(self.decoy_ids)
+        arms = tuple(
+            ArmScore(decoy, float(s), float(a), float(b))
+            for decoy, s, a, b in zip(self.decoy_ids, scores.tolist(), alpha.tolist(), beta.tolist(), strict=True)
+        )
+        return Choice(arm, arms, chance)
+
+    def _decide(
+        self, bucket: str, policy: SelectionPolicy, rng: np.random.Generator
+    ) -> tuple[int, NDArray[np.float64], int]:
+        """(arm, scores, number of decoys tied for the best score)."""
+        if policy is SelectionPolicy.THOMPSON:
+            alpha, beta = self.posterior(bucket)
+            draws: NDArray[np.float64] = rng.beta(alpha, beta)
+            return int(np.argmax(draws)), draws, 1
+        if policy is SelectionPolicy.UCB1:
+            indices = self._ucb_indices(bucket)
+            best = np.flatnonzero(indices == indices.max())
+            arm = int(best[rng.integers(best.size)]) if best.size > 1 else int(best[0])
+            return arm, indices, int(best.size)
+        return int(rng.integers(len(self.decoy_ids))), np.zeros(len(self.decoy_ids)), 1
+
+    def update(self, bucket: str, arm: int, reward: float) -> None:
+        """Discount `bucket`'s evidence by γ, then add `reward` (in [0, 1]) to decoy `arm`."""
+        engaged = self._engaged.get(bucket)
+        ignored = self._ignored.get(bucket)
+        if engaged is None or ignored is None:
+            engaged = self._engaged[bucket] = np.zeros(len(self.decoy_ids))
+            ignored = self._ignored[bucket] = np.zeros(len(self.decoy_ids))
+        gamma = self.config.discount
+        if gamma < 1.0:
+            engaged *= gamma
+            ignored *= gamma
+        engaged[arm] += reward
+        ignored[arm] += 1.0 - reward
+
+    def _ucb_indices(self, bucket: str) -> NDArray[np.float64]:
+        engaged, ignored = self.evidence(bucket)
+        pulls = engaged + ignored
+        total = float(pulls.sum())
+        tried = pulls > 1e-12
+        indices = np.full(len(self.decoy_ids), math.inf)
+        bonus = np.sqrt(self.config.exploration * math.log(max(total, 1.0)) / pulls[tried])
+        indices[tried] = engaged[tried] / pulls[tried] + bonus
+        return indices
+
+    @staticmethod
+    def _thompson_propensity(
+        alpha: NDArray[np.float64], beta: NDArray[np.float64], arm: int, rng: np.random.Generator
+    ) -> float:
+        # A child stream keyed on the choice's own draw keeps the estimate reproducible without
+        # shifting the numbers later choices see.
+        estimator = np.random.default_rng(rng.integers(0, 2**63))
+        draws = estimator.beta(alpha, beta, size=(_PROPENSITY_DRAWS, alpha.size))
+        wins = np.bincount(np.argmax(draws, axis=1), minlength=alpha.size)
+        # Never report 0: the choice did happen, and off-policy weights divide by this.
+        return float(max(wins[arm], 1) / _PROPENSITY_DRAWS)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A logged decoy selection."""
+
+    selection_id: str
+    """Id to pass to `submit_feedback`."""
+    bucket: str
+    """The context bucket it was made for."""
+    decoy_id: str
+    """The chosen decoy."""
+    policy: SelectionPolicy
+    """The policy that chose it."""
+    seed: int
+    """Seed of the Generator that made the draw; with the posteriors it reproduces the choice."""
+    draw: int
+    """Sequence number of the selection in this selector's log, from 0."""
+    scores: tuple[ArmScore, ...]
+    """Every decoy's score at selection time."""
+    propensity: float
+    """Probability the policy had of choosing this decoy (1/K for random)."""
+    select_time: float
+    """When it was made, seconds since the epoch."""
+
+
+@dataclass(frozen=True)
+class DecoyStats:
+    """Selection statistics of one decoy (within a bucket, or summed over buckets)."""
+
+    decoy_id: str
+    """The decoy."""
+    selections: int
+    """Times it was selected."""
+    feedbacks: int
+    """Selections that received feedback."""
+    reward_sum: float
+    """Sum of the rewards received."""
+    posterior_alpha: float
+    """Alpha of the discounted Beta posterior."""
+    posterior_beta: float
+    """Beta of the discounted Beta posterior."""
+
+    @property
+    def engagement_rate(self) -> float:
+        """reward_sum / feedbacks (0 without feedback)."""
+        return self.reward_sum / self.feedbacks if self.feedbacks else 0.0
+
+    @property
+    def posterior_mean(self) -> float:
+        """alpha / (alpha + beta)."""
+        return self.posterior_alpha / (self.posterior_alpha + self.posterior_beta)
+
+
+@dataclass
+class _Pending:
+    selection: Selection
+    arm: int
+    answered: bool = False
+
+
+class DecoySelector:
+    """Chooses decoys per context bucket, logs every choice and learns from feedback. Thread-safe."""
+
+    def __init__(
+        self,
+        decoy_ids: Sequence[str],
+        config: BanditConfig | None = None,
+        *,
+        seed: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """A selector over `decoy_ids`; draws without a caller seed come from a stream seeded by `seed`."""
+        self._core = BanditCore(decoy_ids, config or BanditConfig())
+        self._seeds = np.random.default_rng(seed)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._draws = 0
+        self._pending: OrderedDict[str, _Pending] = OrderedDict()
+        size = len(self._core.decoy_ids)
+        self._selections: dict[str, NDArray[np.int64]] = {}
+        self._feedbacks: dict[str, NDArray[np.int64]] = {}
+        self._rewards: dict[str, NDArray[np.float64]] = {}
+        self._size = size
+
+    @property
+    def decoy_ids(self) -> tuple[str, ...]:
+        """The decoys chosen from."""
+        return self._core.decoy_ids
+
+    @property
+    def config(self) -> BanditConfig:
+        """The policies' settings."""
+        return self._core.config
+
+    @property
+    def total_selections(self) -> int:
+        """Selections made so far."""
+        with self._lock:
+            return self._draws
+
+    def select(
+        self,
+        context: str,
+        policy: SelectionPolicy = SelectionPolicy.THOMPSON,
+        *,
+        seed: int | None = None,
+        selection_id: str | None = None,
+    ) -> Selection:
+        """Choose a decoy for the context bucket `context` and log the choice."""
+        if seed is not None and not (isinstance(seed, int) and 0 <= seed < 2**64):
+            raise InvalidArgument("seed", "must be an integer in [0, 2^64)")
+        with self._lock:
+            if selection_id is not None and selection_id in self._pending:
+                raise FailedPrecondition(f"selection {selection_id!r} exists already", reason="SELECTION_EXISTS")
+            bucket = self._core.bucket(context)
+            if seed is None:
+                seed = int(self._seeds.integers(0, 2**64, dtype=np.uint64))
+            choice = self._core.choose(bucket, policy, np.random.default_rng(seed))
+            selection = Selection(
+                selection_id=selection_id or "sel_" + secrets.token_hex(8),
+                bucket=bucket,
+                decoy_id=self._core.decoy_ids[choice.arm],
+                policy=policy,
+                seed=seed,
+                draw=self._draws,
+                scores=choice.scores,
+                propensity=choice.propensity,
+                select_time=self._clock(),
+            )
+            self._draws += 1
+            self._counter(self._selections, bucket)[choice.arm] += 1
+            self._pending[selection.selection_id] = _Pending(selection, choice.arm)
+            while len(self._pending) > self._core.config.max_pending:
+                self._pending.popitem(last=False)
+            return selection
+
+    def submit_feedback(self, selection_id: str, reward: float) -> DecoyStats:
+        """Record the engagement `reward` (in [0, 1]) of a selection; the chosen decoy's stats after it.
+
+        NotFound(SELECTION_NOT_FOUND) for an unknown or forgotten selection,
+        FailedPrecondition(FEEDBACK_ALREADY_SUBMITTED) for a second feedback.
+        """
+        if isinstance(reward, bool) or not (math.isfinite(reward) and 0.0 <= reward <= 1.0):
+            raise InvalidArgument("reward", "must be a number in [0, 1]")
+        with self._lock:
+            pending = self._pending.get(selection_id)
+            if pending is None:
+                raise NotFound("selection", selection_id, reason="SELECTION_NOT_FOUND")
+            if pending.answered:
+                raise FailedPrecondition(
+                    f"selection {selection_id!r} already has feedback", reason="FEEDBACK_ALREADY_SUBMITTED"
+                )
+            pending.answered = True
+            bucket = pending.selection.bucket
+            self._core.update(bucket, pending.arm, float(reward))
+            self._counter(self._feedbacks, bucket)[pending.arm] += 1
+            rewards = self._rewards.setdefault(bucket, np.zeros(self._size))
+            rewards[pending.arm] += reward
+            return self._stats_locked((bucket,))[pending.arm]
+
+    def snapshot(self) -> dict[str, tuple[list[float], list[float]]]:
+        """The learned evidence per bucket (see `BanditCore.snapshot`), for persisting."""
+        with self._lock:
+            return self._core.snapshot()
+
+    def restore(self, bucket: str, engaged: Sequence[float], ignored: Sequence[float]) -> None:
+        """Put back persisted evidence of `bucket` (see `BanditCore.restore`)."""
+        with self._lock:
+            self._core.restore(bucket, engaged, ignored)
+
+    def selection(self, selection_id: str) -> Selection:
+        """A remembered selection; NotFound(SELECTION_NOT_FOUND) otherwise."""
+        with self._lock:
+            pending = self._pending.get(selection_id)
+        if pending is None:
+            raise NotFound("selection", selection_id, reason="SELECTION_NOT_FOUND")
+        return pending.selection
+
+    def stats(self, context: str | None = None) -> list[DecoyStats]:
+        """Per-decoy statistics of one context bucket, or summed over all buckets (None)."""
+        with self._lock:
+            buckets = (self._core.bucket(context),) if context is not None else tuple(self._selections)
+            return self._stats_locked(buckets)
+
+    def _counter(self, table: dict[str, NDArray[np.int64]], bucket: str) -> NDArray[np.int64]:
+        counts = table.get(bucket)
+        if counts is None:
+            counts = table[bucket] = np.zeros(self._size, dtype=np.int64)
+        return counts
+
+    def _stats_locked(self, buckets: Sequence[str]) -> list[DecoyStats]:
+        selections = np.zeros(self._size, dtype=np.int64)
+        feedbacks = np.zeros(self._size, dtype=np.int64)
+        rewards = np.zeros(self._size)
+        engaged = np.zeros(self._size)
+        ignored = np.zeros(self._size)
+        for bucket in buckets:
+            selections += self._selections.get(bucket, 0)
+            feedbacks += self._feedbacks.get(bucket, 0)
+            rewards += self._rewards.get(bucket, 0.0)
+            bucket_engaged, bucket_ignored = self._core.evidence(bucket)
+            engaged += bucket_engaged
+            ignored += bucket_ignored
+        config = self._core.config
+        return [
+            DecoyStats(
+                decoy_id=decoy,
+                selections=int(selections[i]),
+                feedbacks=int(feedbacks[i]),
+                reward_sum=float(rewards[i]),
+                posterior_alpha=config.prior_alpha + float(engaged[i]),
+                posterior_beta=config.prior_beta + float(ignored[i]),
+            )
+            for i, decoy in enumerate(self._core.decoy_ids)
+        ]
+
+
+@dataclass(frozen=True)
+class ContextBuckets:
+    """Turns an attacker's features into a bucket key: the stage plus a few coarse features.
+
+    Only the named features count and values are normalised and cut short, so an attacker
+    cannot mint unbounded buckets by varying a user agent.
+    """
+
+    features: tuple[str, ...] = ("tool", "target_service")
+    """Feature names that enter the key, in order."""
+    max_value_length: int = 32
+    """Characters of a feature value kept."""
+
+    def key(self, stage: str, features: Mapping[str, str]) -> str:
+        """E.g. `stage=banner_grab|tool=nmap|target_service=-`."""
+        parts = [f"stage={self._clean(stage)}"]
+        parts += [f"{name}={self._clean(features.get(name, ''))}" for name in self.features]
+        return "|".join(parts)
+
+    def _clean(self, value: str) -> str:
+        text = "".join(c for c in value.strip().lower() if c.isprintable() and c not in "|=")
+        return text[: self.max_value_length] or "-"
