@@ -1,6 +1,6 @@
 """Live decoy listeners: asyncio TCP servers that speak a template's protocol and record every connection.
 
-Each accepted connection runs its protocol's dialogue (`conversations.py`) under a read
+Each accepted connection runs its protocol's dialogue (`protocols/`) under a read
 timeout, a whole-connection deadline and a cap on bytes read, and ends as one `Interaction`
 handed to the sink: whatever the client sent, garbage included, a decoy never raises out of
 its handler and never stops listening.
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 
-from servers.deception.conversations import CONVERSATIONS
 from servers.deception.domain import Credential, Interaction, Protocol, parse_source_address
+from servers.deception.protocols import DIALOGUES
 from servers.deception.recon import classify_stage, exploit_indicators
 from servers.deception.templates import Template, TemplateCatalog
 from servers.mesh.errors import AlreadyExists, InvalidArgument, NotFound
@@ -299,7 +299,7 @@ class DecoyListener:
         )
         try:
             if len(self._active) <= self.limits.max_connections:
-                dialogue = CONVERSATIONS[self.template.protocol]
+                dialogue = DIALOGUES[self.template.protocol]
                 await asyncio.wait_for(dialogue(connection, self.template), self.limits.connection_timeout)
         except (TimeoutError, ConnectionError, OSError, asyncio.IncompleteReadError):
             pass

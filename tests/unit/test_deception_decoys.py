@@ -19,25 +19,20 @@ import pytest
 from servers.deception.alerts import AlertBook
 from servers.deception.decoys import DecoyConfig, DecoyFleet, DecoyLimits, default_decoy_configs
 from servers.deception.domain import AlertKind, Interaction, Protocol, ReconStage
-from servers.deception.installation import Installation
-from servers.deception.sessions import SessionBook
-from servers.deception.templates import (
+from servers.deception.fingerprints import (
     FtpFingerprint,
     HttpFingerprint,
     MysqlFingerprint,
     RedisFingerprint,
     SmtpFingerprint,
     SshFingerprint,
-    TemplateCatalog,
 )
-from servers.deception.wire import (
-    WireError,
-    mysql_login_packet,
-    parse_kexinit,
-    parse_mysql_handshake,
-    parse_mysql_packet,
-    parse_ssh_binary_packet,
-)
+from servers.deception.installation import Installation
+from servers.deception.protocols.framing import WireError
+from servers.deception.protocols.mysql import mysql_login_packet, parse_mysql_handshake, parse_mysql_packet
+from servers.deception.protocols.ssh import parse_kexinit, parse_ssh_binary_packet
+from servers.deception.sessions import SessionBook
+from servers.deception.templates import TemplateCatalog
 from servers.mesh.errors import AlreadyExists, InvalidArgument
 
 CREATED = datetime(2024, 3, 1, tzinfo=UTC)

@@ -10,38 +10,37 @@ from pathlib import Path
 import pytest
 
 from servers.deception.domain import Protocol
-from servers.deception.installation import Installation, load_or_create_installation
-from servers.deception.recon import exploit_indicators
-from servers.deception.templates import (
+from servers.deception.fingerprints import (
     CLIENT_LONG_PASSWORD,
     CLIENT_PLUGIN_AUTH,
     CLIENT_PROTOCOL_41,
     CLIENT_SECURE_CONNECTION,
     CLIENT_SSL,
-    OS_RELEASES,
-    STRICT_KEX,
     HttpFingerprint,
     MysqlFingerprint,
     RedisFingerprint,
     SmtpFingerprint,
     SshFingerprint,
-    TemplateCatalog,
-    build_templates,
-    draw_os_release,
 )
-from servers.deception.wire import (
-    RespParser,
-    WireError,
+from servers.deception.installation import Installation, load_or_create_installation
+from servers.deception.protocols.framing import WireError
+from servers.deception.protocols.mysql import (
     mysql_handshake,
     mysql_login_packet,
-    parse_kexinit,
     parse_mysql_handshake,
     parse_mysql_login,
     parse_mysql_packet,
+)
+from servers.deception.protocols.redis import RespParser
+from servers.deception.protocols.ssh import (
+    parse_kexinit,
     parse_ssh_binary_packet,
     ssh_binary_packet,
     ssh_kexinit_payload,
 )
+from servers.deception.recon import exploit_indicators
+from servers.deception.releases import OS_RELEASES, STRICT_KEX
+from servers.deception.templates import TemplateCatalog, build_templates, draw_os_release
 from servers.mesh.errors import InvalidArgument, NotFound
 
 CREATED = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
