@@ -1577,6 +1577,7 @@ class LogReconRequest(_message.Message):
     REPORT_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
     PRESENTED_CREDENTIAL_FIELD_NUMBER: _builtins.int
+    PRESENTED_CREDENTIAL_FINGERPRINT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key (AIP-155): a retry with the same id returns the first answer; the same
     id with a different request is INVALID_ARGUMENT.
@@ -1588,6 +1589,11 @@ class LogReconRequest(_message.Message):
     presented_credential: _builtins.str
     """The credential the caller presented, if any; checked against registered honeytokens and
     never stored as given (only its digest is kept).
+    """
+    presented_credential_fingerprint: _builtins.str
+    """Instead of `presented_credential`: its fingerprint (hex SHA-256 over the honeytoken domain
+    tag and the credential, as the deception service's registry computes it), so the reporting
+    service never sends a secret.
     """
     @_builtins.property
     def report(self) -> Global___ReconReport:
@@ -1606,10 +1612,11 @@ class LogReconRequest(_message.Message):
         report: Global___ReconReport | None = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
         presented_credential: _builtins.str = ...,
+        presented_credential_fingerprint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["report", b"report", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["presented_credential", b"presented_credential", "report", b"report", "request_id", b"request_id", "session_id", b"session_id", "source_address", b"source_address", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["presented_credential", b"presented_credential", "presented_credential_fingerprint", b"presented_credential_fingerprint", "report", b"report", "request_id", b"request_id", "session_id", b"session_id", "source_address", b"source_address", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1796,6 +1803,8 @@ class SelectDecoyResponse(_message.Message):
     DRAW_FIELD_NUMBER: _builtins.int
     SCORES_FIELD_NUMBER: _builtins.int
     SELECT_TIME_FIELD_NUMBER: _builtins.int
+    PROPENSITY_FIELD_NUMBER: _builtins.int
+    CONTEXT_BUCKET_FIELD_NUMBER: _builtins.int
     selection_id: _builtins.str
     """Id to pass to SubmitFeedback."""
     policy: Global___SelectionPolicy.ValueType
@@ -1804,6 +1813,10 @@ class SelectDecoyResponse(_message.Message):
     """The seed the draw used."""
     draw: _builtins.int
     """Sequence number of this draw in the policy's log."""
+    propensity: _builtins.float
+    """Probability the policy had of choosing this decoy (1/K for random), for off-policy evaluation."""
+    context_bucket: _builtins.str
+    """The context bucket (coarse summary of the attacker context) whose posteriors were used."""
     @_builtins.property
     def decoy(self) -> Global___Decoy:
         """The chosen decoy."""
@@ -1826,10 +1839,12 @@ class SelectDecoyResponse(_message.Message):
         draw: _builtins.int = ...,
         scores: _abc.Iterable[Global___ArmScore] | None = ...,
         select_time: _timestamp_pb2.Timestamp | None = ...,
+        propensity: _builtins.float = ...,
+        context_bucket: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["decoy", b"decoy", "select_time", b"select_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoy", b"decoy", "draw", b"draw", "policy", b"policy", "scores", b"scores", "seed", b"seed", "select_time", b"select_time", "selection_id", b"selection_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_bucket", b"context_bucket", "decoy", b"decoy", "draw", b"draw", "policy", b"policy", "propensity", b"propensity", "scores", b"scores", "seed", b"seed", "select_time", b"select_time", "selection_id", b"selection_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
