@@ -48,13 +48,13 @@ EXPLOIT_SIGNATURES: tuple[ExploitSignature, ...] = (
     _sig("struts_ognl", rb"%\{\s*\(?#|\$\{\s*#context|ognl"),
     _sig(
         "webshell_probe",
-        rb"/(?:wp-admin/admin-ajax|phpunit/src/Util/PHP/eval-stdin|cgi-bin/.*\.(?:sh|cgi)"
+        rb"/(?:wp-admin/admin-ajax|phpunit/src/Util/PHP/eval-stdin|cgi-bin/\S*\.(?:sh|cgi)"
         rb"|\.env\b|\.git/config|actuator/(?:env|heapdump)|HNAP1|boaform|setup\.cgi)",
     ),
     _sig(
         "redis_rce",
         rb"config\s+set\s+(?:dir|dbfilename)|\bslaveof\b|\breplicaof\b|module\s+load"
-        rb"|eval\s+.*(?:os\.execute|io\.popen|package\.loadlib)",
+        rb"|eval\s+[^\r\n]*(?:os\.execute|io\.popen|package\.loadlib)",
     ),
     _sig("exim_rce", rb"\$\{run\{"),
     _sig("proftpd_mod_copy", rb"\bsite\s+cp(?:fr|to)\b"),
