@@ -124,22 +124,39 @@ def ks_statistic(sample: NDArray[Any], target: Distribution) -> float:
     return float(max(above_gap.max(), below_gap.max()))
 
 
+def category_counts(sample: NDArray[Any], keys: Sequence[str | int]) -> tuple[NDArray[np.int64], int]:
+    """How many elements of `sample` equal each key (in key order), and how many match none.
+
+    A binary search per element against the few sorted keys, instead of sorting the sample:
+    the column may hold a hundred thousand strings, the target a few dozen categories.
+    """
+    values = np.asarray(sample)
+    if values.size == 0:
+        return np.zeros(len(keys), dtype=np.int64), 0
+    labels = np.asarray(keys)
+    if labels.dtype.kind != values.dtype.kind and not (labels.dtype.kind in "iu" and values.dtype.kind in "iu"):
+        return np.zeros(len(keys), dtype=np.int64), int(values.size)
+    order = np.argsort(labels, kind="stable")
+    ordered = labels[order]
+    position = np.minimum(np.searchsorted(ordered, values), ordered.size - 1)
+    matched = ordered[position] == values
+    per_sorted = np.bincount(position[matched], minlength=ordered.size)
+    counts = np.empty(ordered.size, dtype=np.int64)
+    counts[order] = per_sorted
+    return counts, int(values.size - int(matched.sum()))
+
+
 def total_variation(sample: NDArray[Any], target: Categorical, values: Sequence[str | int] | None = None) -> float:
-    """½ Σ |observed − expected| over the target's categories and anything else observed."""
-    if len(sample) == 0:
-        return 0.0
-    observed, counts = np.unique(np.asarray(sample), return_counts=True)
-    return _total_variation(dict(zip(observed.tolist(), counts.tolist(), strict=True)), target, values)
+    """½ Σ |observed − expected| over the target's categories, plus all mass outside them."""
+    counts, outside = category_counts(sample, list(values) if values is not None else list(target.labels))
+    return _total_variation(counts, outside, target)
 
 
-def _total_variation(counts: Mapping[Any, int], target: Categorical, values: Sequence[str | int] | None) -> float:
-    n = sum(counts.values())
+def _total_variation(counts: NDArray[np.int64], outside: int, target: Categorical) -> float:
+    n = int(counts.sum()) + outside
     if n == 0:
         return 0.0
-    keys = list(values) if values is not None else list(target.labels)
-    expected = dict(zip(keys, target.probabilities.tolist(), strict=True))
-    distance = sum(abs(counts.get(k, 0) / n - p) for k, p in expected.items())
-    distance += sum(c / n for k, c in counts.items() if k not in expected)
+    distance = float(np.abs(counts / n - target.probabilities).sum()) + outside / n
     return float(min(1.0, distance / 2.0))
 
 
@@ -237,10 +254,10 @@ class BatchQualityAccumulator:
         """An accumulator for the batch-level `targets` (time windows spanning the whole batch)."""
         self._targets = tuple(targets)
         self._numeric: dict[str, _NumericTally] = {}
-        self._categorical: dict[str, dict[Any, int]] = {}
+        self._categorical: dict[str, tuple[NDArray[np.int64], int]] = {}
         for target in self._targets:
             if isinstance(target.target, Categorical):
-                self._categorical[target.column] = {}
+                self._categorical[target.column] = (np.zeros(len(target.target.labels), dtype=np.int64), 0)
             else:
                 self._numeric[target.column] = _NumericTally(target.target)
         self._rows = 0
@@ -252,10 +269,11 @@ class BatchQualityAccumulator:
             if target.column in self._numeric:
                 self._numeric[target.column].add(values)
                 continue
-            counts = self._categorical[target.column]
-            observed, tally = np.unique(np.asarray(values), return_counts=True)
-            for key, count in zip(observed.tolist(), tally.tolist(), strict=True):
-                counts[key] = counts.get(key, 0) + count
+            assert isinstance(target.target, Categorical)
+            keys = list(target.values) if target.values is not None else list(target.target.labels)
+            counts, outside = category_counts(values, keys)
+            total, total_outside = self._categorical[target.column]
+            self._categorical[target.column] = (total + counts, total_outside + outside)
         self._rows += len(next(iter(columns.values()))) if columns else 0
 
     def report(self) -> QualityReport:
@@ -263,7 +281,7 @@ class BatchQualityAccumulator:
         entries = []
         for target in self._targets:
             if isinstance(target.target, Categorical):
-                distance = _total_variation(self._categorical[target.column], target.target, target.values)
+                distance = _total_variation(*self._categorical[target.column], target.target)
                 entries.append(
                     ColumnQuality(target.column, QualityMetric.TOTAL_VARIATION, distance, target.target.describe())
                 )
