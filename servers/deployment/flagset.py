@@ -24,6 +24,7 @@ from servers.deployment.flags import (
     TargetGroup,
     compile_definition,
     parse_definition,
+    parse_target_group,
 )
 from servers.deployment.jsonlogic import Evaluator, OperationFailed
 from servers.deployment.jsvalues import is_number, js_string, strict_equals
@@ -167,7 +168,7 @@ _NATURAL_TYPE = {
 class CompiledFlag:
     """A flag ready to resolve: converted variant values and precomputed static answers."""
 
-    __slots__ = ("_values", "definition", "error", "evaluator", "metadata", "natural_type", "static")
+    __slots__ = ("_values", "bucketing", "definition", "error", "evaluator", "metadata", "natural_type", "static")
 
     def __init__(self, definition: FlagDefinition, evaluator: Evaluator | None, error: str | None = None) -> None:
         self.definition = definition
@@ -175,6 +176,7 @@ class CompiledFlag:
         self.error = error
         self.metadata: Mapping[str, Any] = MappingProxyType(dict(definition.metadata))
         self.natural_type = _NATURAL_TYPE[definition.kind]
+        self.bucketing = definition.bucketing
         self._values = {
             value_type: {name: _convert(value, value_type) for name, value in definition.variants.items()}
             for value_type in ValueType
@@ -205,12 +207,7 @@ class CompiledFlag:
         elif not isinstance(context, Mapping):
             return _error(ErrorCode.INVALID_CONTEXT, "the context must be an object", self.metadata)
         data = context if type(context) is dict else dict(context)
-        env = FlagEnvironment(
-            flag_key=self.definition.key,
-            timestamp=int(time.time() if now is None else now),
-            context=data,
-            bucketing=self.definition.bucketing,
-        )
+        env = FlagEnvironment(self.definition.key, int(time.time() if now is None else now), data, self.bucketing)
         try:
             result = self.evaluator(data, env)  # type: ignore[misc]
         except OperationFailed:
@@ -327,6 +324,10 @@ class FlagSet:
     ) -> FlagDefinition:
         """Validate a definition for this set (its `$ref`s must name groups of this set)."""
         return parse_definition(key, source, self._groups, field_name=field_name)
+
+    def parse_group(self, name: str, rule_json: str, *, field_name: str = "rule_json") -> TargetGroup:
+        """Validate a target group for this set (its `$ref`s must name other groups of this set)."""
+        return parse_target_group(name, rule_json, self._groups, field_name=field_name)
 
     def put_flag(self, definition: FlagDefinition) -> FlagSet:
         """The set with `definition` added or replacing the flag of the same key."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from servers.deployment.jsvalues import (
@@ -51,18 +50,38 @@ class OperationFailed(Exception):
     """A custom operation got arguments it cannot work with; the whole rule yields null."""
 
 
-@dataclass
 class Environment:
-    """What an evaluation knows besides its data: flagd's `$flagd` properties and a split log."""
+    """What an evaluation knows besides its data.
 
-    flag_key: str = ""
-    """The key of the flag being evaluated (`$flagd.flagKey`)."""
-    timestamp: int = 0
-    """Unix seconds of the evaluation (`$flagd.timestamp`)."""
-    splits: list[Any] = field(default_factory=list)
-    """Values chosen by `fractional` during this evaluation (to tell SPLIT from TARGETING_MATCH)."""
-    context: Mapping[str, Any] | None = None
-    """The top-level evaluation context, for operations evaluated inside `map`/`filter`."""
+    `flag_key` and `timestamp` (unix seconds) are flagd's `$flagd.flagKey` and
+    `$flagd.timestamp`; `context` is the top-level evaluation context (operations inside
+    `map`/`filter` see an item as their data); `splits` collects the values `fractional`
+    chose, to tell SPLIT from TARGETING_MATCH. One is made per evaluation.
+    """
+
+    __slots__ = ("context", "flag_key", "splits", "timestamp")
+
+    def __init__(self, flag_key: str = "", timestamp: int = 0, context: Mapping[str, Any] | None = None) -> None:
+        self.flag_key = flag_key
+        self.timestamp = timestamp
+        self.context = context
+        self.splits: list[Any] = []
+
+
+class Constant:
+    """A compiled literal; operations may look at `value` to precompute their work."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __call__(self, data: Any, env: Environment) -> Any:
+        return self.value
+
+
+Specializer = Callable[[list[Evaluator]], Evaluator | None]
+"""Builds a faster evaluator for a custom operation from its compiled arguments, or None."""
 
 
 # -- The compiler ------------------------------------------------------------------------------
@@ -73,8 +92,13 @@ Compiler = Callable[[list[Any], str, int], Evaluator]
 class RuleCompiler:
     """Compiles JSON Logic rules with the standard operations plus registered custom ones."""
 
-    def __init__(self, custom: Mapping[str, EagerOperation] | None = None) -> None:
+    def __init__(
+        self,
+        custom: Mapping[str, EagerOperation] | None = None,
+        specializers: Mapping[str, Specializer] | None = None,
+    ) -> None:
         self._custom = dict(custom or {})
+        self._specializers = dict(specializers or {})
         self._lazy: dict[str, Compiler] = {
             "var": self._compile_var,
             "missing": self._compile_missing,
@@ -105,11 +129,13 @@ class RuleCompiler:
             raise RuleError(path, f"nested deeper than {MAX_DEPTH} levels")
         if isinstance(rule, list):
             items = [self._compile(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(rule)]
+            if all(isinstance(item, Constant) for item in items):
+                return Constant([item.value for item in items])  # type: ignore[attr-defined]
             return lambda data, env: [item(data, env) for item in items]
         if not isinstance(rule, dict) or len(rule) != 1:
             if isinstance(rule, float) and not math.isfinite(rule):
                 raise RuleError(path, "numbers must be finite")
-            return lambda data, env: rule
+            return Constant(rule)
         ((name, raw_args),) = rule.items()
         args = raw_args if isinstance(raw_args, list) else [raw_args]
         op_path = f"{path}.{name}" if path else name
@@ -122,7 +148,9 @@ class RuleCompiler:
             return _apply_eager(eager, compiled)
         custom = self._custom.get(name)
         if custom is not None:
-            return _apply_custom(custom, compiled)
+            specializer = self._specializers.get(name)
+            special = specializer(compiled) if specializer is not None else None
+            return special if special is not None else _apply_custom(custom, compiled)
         raise RuleError(op_path, f"unknown operation {name!r}")
 
     def _compile_all_args(self, args: list[Any], path: str, depth: int) -> list[Evaluator]:

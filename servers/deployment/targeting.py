@@ -9,13 +9,15 @@ targeting yield null, so the flag serves its default variant with reason DEFAULT
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 from servers.deployment.bucketing import DEFAULT_BUCKETING, BucketingAlgorithm, choose, scaled_bucket
 from servers.deployment.bucketing import murmur3_x86_32 as murmur3
-from servers.deployment.jsonlogic import Environment, Evaluator, OperationFailed, RuleCompiler, RuleError
+from servers.deployment.jsonlogic import Constant, Environment, Evaluator, OperationFailed, RuleCompiler, RuleError
 from servers.deployment.jsvalues import is_number, js_string
 
 _INT32_MAX = 2**31 - 1
@@ -26,24 +28,27 @@ _SEMVER = re.compile(
 SEMVER_OPERATORS = frozenset({"=", "!=", "<", "<=", ">", ">=", "^", "~"})
 
 
-@dataclass
 class FlagEnvironment(Environment):
-    """An evaluation of one flag: `$flagd` properties plus the flag's bucketing algorithm."""
+    """An evaluation of one flag: `$flagd` properties plus `bucketing`, the flag's algorithm
+    for mapping a `fractional` hash to a bucket."""
 
-    bucketing: BucketingAlgorithm = DEFAULT_BUCKETING
-    """How `fractional` maps a hash to a bucket (from the flag's metadata)."""
+    __slots__ = ("bucketing",)
+
+    def __init__(
+        self,
+        flag_key: str,
+        timestamp: int,
+        context: Mapping[str, Any],
+        bucketing: BucketingAlgorithm = DEFAULT_BUCKETING,
+    ) -> None:
+        super().__init__(flag_key, timestamp, context)
+        self.bucketing = bucketing
 
 
-def _bucketing_value(args: list[Any], env: Environment) -> tuple[str | None, list[Any]]:
-    """(the bucketing value or None, the bucket arguments), as flagd reads them."""
-    first = args[0]
-    if isinstance(first, str):
-        return first, args[1:]
-    buckets = args[1:] if first is None else args
+def _targeting_key_value(env: Environment) -> str | None:
+    """flagd's default bucketing value: the flag key followed by the targeting key."""
     targeting_key = (env.context or {}).get("targetingKey")
-    if not isinstance(targeting_key, str):
-        return None, buckets
-    return env.flag_key + targeting_key, buckets
+    return env.flag_key + targeting_key if isinstance(targeting_key, str) else None
 
 
 def _weight(bucket: list[Any]) -> int:
@@ -57,34 +62,96 @@ def _weight(bucket: list[Any]) -> int:
     return max(int(weight), 0)  # flagd clamps negative weights to zero
 
 
+class _Distribution:
+    """The buckets of one `fractional`: variants, their weights and cumulative weights."""
+
+    __slots__ = ("cumulative", "total", "variants", "weights")
+
+    def __init__(self, buckets: list[Any]) -> None:
+        variants: list[Any] = []
+        weights: list[int] = []
+        for bucket in buckets:
+            if not isinstance(bucket, list) or not bucket:
+                raise OperationFailed("fractional buckets are [variant, weight] arrays")
+            if not (bucket[0] is None or isinstance(bucket[0], str | bool) or is_number(bucket[0])):
+                raise OperationFailed("a fractional variant is a string, boolean, number or null")
+            variants.append(bucket[0])
+            weights.append(_weight(bucket))
+        self.total = sum(weights)
+        if self.total > _INT32_MAX:
+            raise OperationFailed("fractional weights sum past 2**31 - 1")
+        self.variants, self.weights = variants, weights
+        self.cumulative = list(accumulate(weights))
+
+    def pick(self, bucketing_value: str | None, env: Environment) -> Any:
+        """The variant `bucketing_value` falls on (a lone bucket needs no value)."""
+        if len(self.variants) == 1 and self.total > 0:
+            chosen = self.variants[0]
+        elif bucketing_value is None:
+            raise OperationFailed("no bucketing value and no string targetingKey in the context")
+        elif self.total <= 0:
+            raise OperationFailed("fractional weights sum to zero")
+        else:
+            algorithm = env.bucketing if isinstance(env, FlagEnvironment) else DEFAULT_BUCKETING
+            if algorithm is BucketingAlgorithm.MURMUR3_V2:
+                bucket = scaled_bucket(murmur3(bucketing_value), self.total)
+                index: int | None = bisect_right(self.cumulative, bucket)
+            else:
+                index = choose(algorithm, bucketing_value, self.weights)
+            if index is None:
+                raise OperationFailed("the hash fell outside every bucket")
+            chosen = self.variants[index]
+        env.splits.append(chosen)
+        return chosen
+
+
 def fractional(args: list[Any], data: Any, env: Environment) -> Any:
-    """flagd `fractional`: a deterministic weighted split on the hash of the bucketing value."""
+    """flagd `fractional`: a deterministic weighted split on the hash of the bucketing value.
+
+    The first argument is the bucketing value if it is a string; if it is null (a missing
+    `var`) or absent, flag key + targeting key is used instead.
+    """
     if not args:
         raise OperationFailed("fractional needs buckets")
-    bucketing_value, buckets = _bucketing_value(args, env)
-    variants: list[Any] = []
-    weights: list[int] = []
-    for bucket in buckets:
-        if not isinstance(bucket, list) or not bucket:
-            raise OperationFailed("fractional buckets are [variant, weight] arrays")
-        if not (bucket[0] is None or isinstance(bucket[0], str | bool) or is_number(bucket[0])):
-            raise OperationFailed("a fractional variant is a string, boolean, number or null")
-        variants.append(bucket[0])
-        weights.append(_weight(bucket))
-    if sum(weights) > _INT32_MAX:
-        raise OperationFailed("fractional weights sum past 2**31 - 1")
-    if len(variants) == 1 and weights[0] > 0:
-        chosen: Any = variants[0]
+    first = args[0]
+    if isinstance(first, str):
+        return _Distribution(args[1:]).pick(first, env)
+    buckets = args[1:] if first is None else args
+    return _Distribution(buckets).pick(_targeting_key_value(env), env)
+
+
+def specialize_fractional(compiled: list[Evaluator]) -> Evaluator | None:
+    """A `fractional` whose buckets are literals, with its distribution computed once.
+
+    None (use the general operation) when a bucket is computed at evaluation time or the
+    literal buckets are unusable (the general operation then fails the same way).
+    """
+    if not compiled:
+        return None
+    first = compiled[0]
+    if isinstance(first, Constant) and isinstance(first.value, list):
+        expression: Evaluator | None = None
+        bucket_args = compiled
+    elif isinstance(first, Constant) and first.value is not None and not isinstance(first.value, str):
+        return None
     else:
-        if bucketing_value is None:
-            raise OperationFailed("no bucketing value and no string targetingKey in the context")
-        algorithm = env.bucketing if isinstance(env, FlagEnvironment) else DEFAULT_BUCKETING
-        index = choose(algorithm, bucketing_value, weights)
-        if index is None:
-            raise OperationFailed("fractional weights sum to zero")
-        chosen = variants[index]
-    env.splits.append(chosen)
-    return chosen
+        expression, bucket_args = first, compiled[1:]
+    if not all(isinstance(arg, Constant) for arg in bucket_args):
+        return None
+    try:
+        distribution = _Distribution([arg.value for arg in bucket_args])  # type: ignore[attr-defined]
+    except OperationFailed:
+        return None
+
+    def run(data: Any, env: Environment) -> Any:
+        value = expression(data, env) if expression is not None else None
+        if value is None:
+            value = _targeting_key_value(env)
+        elif not isinstance(value, str):
+            raise OperationFailed("the bucketing value must be a string")
+        return distribution.pick(value, env)
+
+    return run
 
 
 def rollout(args: list[Any], data: Any, env: Environment) -> Any:
@@ -107,10 +174,9 @@ def rollout(args: list[Any], data: Any, env: Environment) -> Any:
         raise OperationFailed("rollout endTime must be after startTime")
     source, target = (None, rest[2]) if len(rest) == 3 else (rest[2], rest[3])
     if bucketing_value is None:
-        targeting_key = (env.context or {}).get("targetingKey")
-        if not isinstance(targeting_key, str):
+        bucketing_value = _targeting_key_value(env)
+        if bucketing_value is None:
             raise OperationFailed("no bucketing value and no string targetingKey in the context")
-        bucketing_value = env.flag_key + targeting_key
     elapsed, duration = min(max(env.timestamp - start, 0), end - start), end - start
     if elapsed <= 0:
         return source
@@ -202,7 +268,8 @@ FLAGD_COMPILER = RuleCompiler(
         "starts_with": starts_with,
         "ends_with": ends_with,
         "sem_ver": sem_ver,
-    }
+    },
+    specializers={"fractional": specialize_fractional},
 )
 
 
