@@ -6,6 +6,7 @@ import ipaddress
 import json
 import math
 import re
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -43,6 +44,7 @@ from servers.deception.synthetic import (
     SyntheticDataGenerator,
     plan_chunks,
 )
+from servers.deception.synthetic_stream import StreamedChunk, stream_batch
 from servers.mesh.errors import FailedPrecondition, InvalidArgument
 
 # RFC 5322 dot-atom local part and an RFC 1035 host name with a TLD.
@@ -357,3 +359,53 @@ def test_markov_chain_refuses_negative_counts() -> None:
         chain.generate(-1, np.random.default_rng(0))
     assert caught.value.metadata["field"] == "count"
     assert chain.generate(0, np.random.default_rng(0)).size == 0
+
+
+# --- the stream --------------------------------------------------------------------------------
+
+
+def stream(generator: SyntheticDataGenerator, kind: DatasetKind, **overrides: int) -> list[StreamedChunk]:
+    arguments = {"seed": 40, "count": 4000, "chunk_size": 1500, "honeytoken_count": 0, **overrides}
+    return list(stream_batch(generator, kind, batch_id="batch-1", now=datetime(2025, 1, 1, tzinfo=UTC), **arguments))
+
+
+def test_stream_carries_quality_per_chunk_and_for_the_batch_on_the_last(generator: SyntheticDataGenerator) -> None:
+    chunks = stream(generator, DatasetKind.NETWORK_FLOWS)
+    assert [c.chunk.row_count for c in chunks] == [1500, 1500, 1000]
+    assert [c.batch_quality is not None for c in chunks] == [False, False, True]
+    assert all(c.quality.row_count == c.chunk.row_count and c.generation_seconds > 0 for c in chunks)
+    batch = chunks[-1].batch_quality
+    assert batch is not None and batch.row_count == 4000 and batch.overall_score >= 0.95
+
+
+def test_stream_plants_honeytokens_in_users_reproducibly(generator: SyntheticDataGenerator) -> None:
+    chunks = stream(generator, DatasetKind.USERS, honeytoken_count=5)
+    tokens = [t for c in chunks for t in c.honeytokens]
+    assert len(tokens) == 5
+    for token in tokens:
+        part = next(
+            c.chunk
+            for c in chunks
+            if c.chunk.plan.row_offset <= token.row_index < c.chunk.plan.row_offset + c.chunk.row_count
+        )
+        assert part.columns["api_key"][token.row_index - part.plan.row_offset] == token.secret
+        assert token.batch_id == "batch-1"
+    retried = [t for c in stream(generator, DatasetKind.USERS, honeytoken_count=5) for t in c.honeytokens]
+    assert retried == tokens
+
+
+@pytest.mark.parametrize(
+    ("kind", "overrides", "field"),
+    [
+        (DatasetKind.TRANSACTIONS, {"honeytoken_count": 1}, "honeytoken_count"),
+        (DatasetKind.USERS, {"honeytoken_count": 5000}, "honeytoken_count"),
+        (DatasetKind.USERS, {"count": 0}, "count"),
+        (DatasetKind.USERS, {"seed": -3}, "seed"),
+    ],
+)
+def test_stream_refuses_bad_requests_before_generating(
+    generator: SyntheticDataGenerator, kind: DatasetKind, overrides: dict[str, int], field: str
+) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        stream(generator, kind, **overrides)
+    assert caught.value.metadata["field"] == field
