@@ -30,6 +30,16 @@ def standard_normal_cdf(z: ArrayLike) -> FloatArray:
     return result
 
 
+def _positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0
+
+
+def _require(condition: bool, rule: str) -> None:
+    # Distributions are configuration, not request input: a bad one is a programming error.
+    if not condition:
+        raise ValueError(f"invalid distribution parameters: {rule}")
+
+
 class Distribution(ABC):
     """A univariate distribution with an exact CDF."""
 
@@ -55,6 +65,9 @@ class Uniform(Distribution):
     high: float
     """Upper bound (exclusive); above `low`."""
 
+    def __post_init__(self) -> None:
+        _require(math.isfinite(self.low) and math.isfinite(self.high) and self.low < self.high, "Uniform: low < high")
+
     def sample(self, rng: np.random.Generator, size: int) -> FloatArray:
         """`size` draws."""
         return rng.uniform(self.low, self.high, size)
@@ -78,6 +91,15 @@ class TruncatedNormal(Distribution):
     """Smallest value (inclusive)."""
     high: float
     """Upper bound (exclusive); above `low`."""
+
+    def __post_init__(self) -> None:
+        _require(_positive(self.std) and math.isfinite(self.mean), "TruncatedNormal: std > 0")
+        _require(self.low < self.high, "TruncatedNormal: low < high")
+        # Rejection sampling must accept a fair share of draws.
+        inside = float(standard_normal_cdf((self.high - self.mean) / self.std)) - float(
+            standard_normal_cdf((self.low - self.mean) / self.std)
+        )
+        _require(inside > 0.01, "TruncatedNormal: [low, high) must hold at least 1 % of the mass")
 
     def sample(self, rng: np.random.Generator, size: int) -> FloatArray:
         """`size` draws by rejection (cheap while the interval holds most of the mass)."""
@@ -110,6 +132,9 @@ class Exponential(Distribution):
     upper: float = math.inf
     """Values above are set to it (inf: no clipping)."""
 
+    def __post_init__(self) -> None:
+        _require(_positive(self.scale) and self.upper > 0, "Exponential: scale > 0 and upper > 0")
+
     def sample(self, rng: np.random.Generator, size: int) -> FloatArray:
         """`size` draws."""
         draws = rng.exponential(self.scale, size)
@@ -138,6 +163,9 @@ class LogNormal(Distribution):
     """Mean of the logarithm (the median is exp(mu))."""
     sigma: float
     """Standard deviation of the logarithm; positive."""
+
+    def __post_init__(self) -> None:
+        _require(math.isfinite(self.mu) and _positive(self.sigma), "LogNormal: finite mu, sigma > 0")
 
     def sample(self, rng: np.random.Generator, size: int) -> FloatArray:
         """`size` draws."""
@@ -169,6 +197,10 @@ class BoundedPareto(Distribution):
     upper: float
     """Largest value; above `scale`."""
 
+    def __post_init__(self) -> None:
+        _require(_positive(self.shape) and _positive(self.scale), "Pareto: shape > 0 and scale > 0")
+        _require(self.upper > self.scale, "Pareto: upper > scale")
+
     @property
     def _truncated_mass(self) -> float:
         return float((self.scale / self.upper) ** self.shape)
@@ -199,6 +231,7 @@ class ShiftedPoisson(Distribution):
     _table: FloatArray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        _require(_positive(self.lam) and self.lam < 1e6, "Poisson: 0 < lambda < 1e6")
         # P(K <= k) up to far beyond the mean; past the table the CDF is 1 to double precision.
         top = int(self.lam + 12.0 * math.sqrt(self.lam) + 30.0)
         k = np.arange(top + 1, dtype=np.float64)

@@ -25,8 +25,8 @@ ORDER = 2
 CORPUS_DIR = Path(__file__).resolve().parent / "corpus"
 """Where the shipped training corpora live."""
 
-MAX_GENERATE = 1_000_000
-"""Most names one `generate` call returns; bounds memory per call."""
+MAX_GENERATE = 250_000
+"""Most names one `generate` call returns; bounds memory per call (a synthetic chunk needs ≤ 200,000)."""
 
 _BOUNDARY = 0
 # Index 0 is both the start padding and the end symbol: a name starts in context (0, 0) and
@@ -136,7 +136,7 @@ class MarkovNameChain:
     def _walk(self, count: int, rng: np.random.Generator) -> NDArray[np.uint32]:
         """Advance `count` names in parallel; rows are symbol codes, 0-terminated."""
         width = self.bounds.max_length + 1
-        symbols = np.zeros((count, width), dtype=np.int64)
+        symbols = np.zeros((count, width), dtype=np.uint16 if self._size <= 2**16 else np.uint32)
         previous = np.zeros(count, dtype=np.int64)
         current = np.zeros(count, dtype=np.int64)
         alive = np.arange(count)

@@ -365,7 +365,9 @@ class SyntheticDataGenerator:
         destination = np.where(outbound, external, np.where(inbound, host, peer))
         # Host-to-host flows between the same address are loopback traffic, never seen on the wire.
         same = ~outbound & ~inbound & (source == destination)
-        destination[same] ^= np.uint32(1)
+        # Move to the neighbouring host; the last octet stays within 1..254.
+        twin = destination[same]
+        destination[same] = np.where((twin & np.uint32(0xFF)) == 254, twin - np.uint32(1), twin + np.uint32(1))
         return source.astype(np.uint32), destination.astype(np.uint32)
 
     def _flow_volumes(

@@ -6,6 +6,7 @@ import ipaddress
 import json
 import math
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import numpy as np
@@ -16,6 +17,7 @@ from servers.deception.distributions import (
     Categorical,
     Exponential,
     Floored,
+    LogNormal,
     ShiftedPoisson,
     TruncatedNormal,
     Uniform,
@@ -201,6 +203,7 @@ def test_every_flow_has_a_private_end_and_public_ends_are_not_reserved(generator
         assert source != destination
         for end in ends:
             assert end.is_private or end.is_global, end
+            assert end.packed[-1] not in (0, 255), end
 
 
 def test_bytes_and_packets_rise_together(generator: SyntheticDataGenerator) -> None:
@@ -409,3 +412,19 @@ def test_stream_refuses_bad_requests_before_generating(
     with pytest.raises(InvalidArgument) as caught:
         stream(generator, kind, **overrides)
     assert caught.value.metadata["field"] == field
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: LogNormal(mu=0.0, sigma=0.0),
+        lambda: Exponential(scale=-1.0),
+        lambda: BoundedPareto(shape=1.16, scale=10.0, upper=5.0),
+        lambda: TruncatedNormal(mean=0.0, std=1.0, low=50.0, high=60.0),
+        lambda: ShiftedPoisson(lam=math.nan),
+        lambda: Uniform(2.0, 1.0),
+    ],
+)
+def test_nonsensical_distributions_are_refused_at_construction(make: Callable[[], object]) -> None:
+    with pytest.raises(ValueError):
+        make()
