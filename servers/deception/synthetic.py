@@ -82,16 +82,19 @@ class ChunkPlan:
 
 
 def plan_chunks(count: int, chunk_size: int = 0) -> Iterator[ChunkPlan]:
-    """The chunks of a `count`-row batch (`chunk_size` 0 means DEFAULT_CHUNK_SIZE)."""
+    """The chunks of a `count`-row batch (`chunk_size` 0 means DEFAULT_CHUNK_SIZE).
+
+    The arguments are checked at once (not on first iteration), the plans made lazily.
+    """
     if not 1 <= count <= MAX_ROW_COUNT:
         raise InvalidArgument("count", f"must be between 1 and {MAX_ROW_COUNT}")
     if not 0 <= chunk_size <= MAX_CHUNK_SIZE:
         raise InvalidArgument("chunk_size", f"must be between 0 (default) and {MAX_CHUNK_SIZE}")
     size = chunk_size or DEFAULT_CHUNK_SIZE
     chunks = -(-count // size)
-    for index in range(chunks):
-        offset = index * size
-        yield ChunkPlan(index, offset, min(size, count - offset), index == chunks - 1)
+    return (
+        ChunkPlan(index, index * size, min(size, count - index * size), index == chunks - 1) for index in range(chunks)
+    )
 
 
 def check_seed(seed: int) -> int:
@@ -241,10 +244,10 @@ class SyntheticDataGenerator:
         return self.network_flows.targets(row_offset, row_count)
 
     def generate(self, kind: DatasetKind, seed: int, count: int, chunk_size: int = 0) -> Iterator[SyntheticChunk]:
-        """All chunks of a `count`-row batch, in order."""
+        """All chunks of a `count`-row batch, in order; arguments are checked before it returns."""
         check_seed(seed)
-        for plan in plan_chunks(count, chunk_size):
-            yield self.generate_chunk(kind, seed, plan)
+        plans = plan_chunks(count, chunk_size)
+        return (self.generate_chunk(kind, seed, plan) for plan in plans)
 
     def generate_chunk(self, kind: DatasetKind, seed: int, plan: ChunkPlan) -> SyntheticChunk:
         """One chunk; depends only on (kind, seed, plan), never on other chunks."""

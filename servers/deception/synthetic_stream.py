@@ -15,9 +15,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
+import numpy as np
+from numpy.typing import NDArray
+
 from servers.deception.honeytokens import Honeytoken, honeytoken_rows, plant_in_users
 from servers.deception.quality import BatchQualityAccumulator, QualityReport, assess
 from servers.deception.synthetic import (
+    ChunkPlan,
     DatasetKind,
     SyntheticChunk,
     SyntheticDataGenerator,
@@ -25,6 +29,10 @@ from servers.deception.synthetic import (
     plan_chunks,
 )
 from servers.mesh.errors import InvalidArgument
+
+MAX_STREAMED_CHUNK_SIZE = 25_000
+"""Most rows per streamed chunk. A users row serialises to ~140 bytes, so 25,000 rows stay under
+gRPC's default 4 MiB message limit with room to spare (in-process chunks may be larger)."""
 
 
 @dataclass(frozen=True)
@@ -54,14 +62,29 @@ def stream_batch(
     chunk_size: int = 0,
     honeytoken_count: int = 0,
 ) -> Iterator[StreamedChunk]:
-    """The chunks of one batch, in order. Arguments are checked before the first chunk is made."""
+    """The chunks of one batch, in order. Every argument is checked before this returns."""
     check_seed(seed)
-    plans = list(plan_chunks(count, chunk_size))
+    if chunk_size > MAX_STREAMED_CHUNK_SIZE:
+        raise InvalidArgument("chunk_size", f"must be at most {MAX_STREAMED_CHUNK_SIZE} rows per streamed chunk")
+    plans = plan_chunks(count, chunk_size)
     if not batch_id:
         raise InvalidArgument("batch_id", "must not be empty")
     if honeytoken_count and kind is not DatasetKind.USERS:
         raise InvalidArgument("honeytoken_count", "only users data carries credentials to plant honeytokens in")
     planted_rows = honeytoken_rows(seed, count, honeytoken_count)
+    return _chunks(generator, kind, seed, count, plans, planted_rows, batch_id, now)
+
+
+def _chunks(
+    generator: SyntheticDataGenerator,
+    kind: DatasetKind,
+    seed: int,
+    count: int,
+    plans: Iterator[ChunkPlan],
+    planted_rows: NDArray[np.int64],
+    batch_id: str,
+    now: datetime,
+) -> Iterator[StreamedChunk]:
     batch = BatchQualityAccumulator(generator.targets(kind, 0, count))
     for plan in plans:
         started = time.perf_counter()

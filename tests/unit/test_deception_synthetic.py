@@ -46,7 +46,7 @@ from servers.deception.synthetic import (
     SyntheticDataGenerator,
     plan_chunks,
 )
-from servers.deception.synthetic_stream import StreamedChunk, stream_batch
+from servers.deception.synthetic_stream import MAX_STREAMED_CHUNK_SIZE, StreamedChunk, stream_batch
 from servers.mesh.errors import FailedPrecondition, InvalidArgument
 
 # RFC 5322 dot-atom local part and an RFC 1035 host name with a TLD.
@@ -307,14 +307,14 @@ def test_bounded_pareto_cdf_inverts_its_sampler() -> None:
 )
 def test_bad_batch_shapes_name_the_field(count: int, chunk_size: int, field: str) -> None:
     with pytest.raises(InvalidArgument) as caught:
-        list(plan_chunks(count, chunk_size))
+        plan_chunks(count, chunk_size)
     assert caught.value.metadata["field"] == field
 
 
 @pytest.mark.parametrize("seed", [-1, 2**64, True])
 def test_seeds_outside_uint64_are_refused(generator: SyntheticDataGenerator, seed: int) -> None:
     with pytest.raises(InvalidArgument) as caught:
-        next(generator.generate(DatasetKind.USERS, seed, 10))
+        generator.generate(DatasetKind.USERS, seed, 10)
     assert caught.value.metadata["field"] == "seed"
 
 
@@ -403,14 +403,18 @@ def test_stream_plants_honeytokens_in_users_reproducibly(generator: SyntheticDat
         (DatasetKind.TRANSACTIONS, {"honeytoken_count": 1}, "honeytoken_count"),
         (DatasetKind.USERS, {"honeytoken_count": 5000}, "honeytoken_count"),
         (DatasetKind.USERS, {"count": 0}, "count"),
+        (DatasetKind.USERS, {"count": -5, "honeytoken_count": 1}, "count"),
         (DatasetKind.USERS, {"seed": -3}, "seed"),
+        (DatasetKind.USERS, {"chunk_size": MAX_STREAMED_CHUNK_SIZE + 1}, "chunk_size"),
     ],
 )
 def test_stream_refuses_bad_requests_before_generating(
     generator: SyntheticDataGenerator, kind: DatasetKind, overrides: dict[str, int], field: str
 ) -> None:
+    arguments = {"seed": 40, "count": 4000, "chunk_size": 1500, "honeytoken_count": 0, **overrides}
     with pytest.raises(InvalidArgument) as caught:
-        stream(generator, kind, **overrides)
+        # No iteration: a servicer must be able to refuse before it starts streaming.
+        stream_batch(generator, kind, batch_id="b", now=datetime(2025, 1, 1, tzinfo=UTC), **arguments)
     assert caught.value.metadata["field"] == field
 
 
