@@ -1,0 +1,1 @@
+"""Training corpora of the Markov name chains (usernames.txt, merchants.txt) and the script that wrote them."""
