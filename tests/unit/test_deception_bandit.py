@@ -95,12 +95,12 @@ def test_ucb1_also_beats_random(random_choice: SimulationResult) -> None:
 
 
 def test_discounting_helps_thompson_after_a_switch(thompson: SimulationResult) -> None:
+    # Measured with seed 1 over rounds 5,000-7,000: γ = 0.998 ≈ 258, γ = 1 ≈ 495.
     undiscounted = run(SelectionPolicy.THOMPSON, discount=1.0)
     after_switch = slice(SWITCH, SWITCH + 2000)
     assert window(thompson, after_switch.start, after_switch.stop) < 0.6 * window(
         undiscounted, after_switch.start, after_switch.stop
     )
-    assert thompson.regret[-1] < undiscounted.regret[-1]
 
 
 def test_without_discounting_thompson_converges_on_stationary_attackers(random_choice: SimulationResult) -> None:
