@@ -238,6 +238,8 @@ def _record(
     detail: str,
     verdict: Verdict | None,
 ) -> Transition:
+    if after == before and not actions:  # an observation that changed nothing (e.g. a stale timer)
+        return Transition(before, (), None)
     visible = (after.state, after.step, after.pause_reason, after.consecutive_failures, after.step_verdict)
     previous = (before.state, before.step, before.pause_reason, before.consecutive_failures, before.step_verdict)
     entry = None

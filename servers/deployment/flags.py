@@ -141,9 +141,11 @@ def load_json(text: str, field_name: str) -> Any:
     if len(text.encode()) > MAX_DEFINITION_BYTES:
         raise InvalidArgument(field_name, f"is larger than {MAX_DEFINITION_BYTES} bytes")
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant)
+        canonical_json(value)  # numbers too large for a double (1e400) parse as infinity
     except (ValueError, RecursionError) as exc:
         raise InvalidArgument(field_name, f"is not valid JSON ({exc})") from exc
+    return value
 
 
 def _reject_constant(name: str) -> Any:
@@ -290,6 +292,10 @@ def _check_targeting_shape(targeting: Any, field_name: str) -> Mapping[str, Any]
         return None
     if not isinstance(targeting, Mapping):
         raise InvalidArgument(field_name, "must be a JSON Logic object")
+    try:
+        canonical_json(targeting)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise InvalidArgument(field_name, f"is not storable as JSON ({exc})") from exc
     return targeting
 
 

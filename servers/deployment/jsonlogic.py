@@ -409,16 +409,21 @@ def _contains(args: list[Any]) -> bool:
     return False
 
 
+def _integer(value: Any, limit: int) -> int:
+    """JavaScript ToIntegerOrInfinity, with the infinities clamped to ±`limit`."""
+    number = to_number(value)
+    if math.isnan(number):
+        return 0
+    return int(max(-limit, min(limit, number)))
+
+
 def _substring(args: list[Any]) -> str:
     text = js_string(_first(args))
-    start_value = to_number(args[1]) if len(args) > 1 else 0
-    start = 0 if math.isnan(start_value) else int(start_value)
-    start = max(len(text) + start, 0) if start < 0 else start
-    rest = text[start:]
+    start = _integer(args[1], len(text)) if len(args) > 1 else 0
+    rest = text[max(len(text) + start, 0) if start < 0 else start :]
     if len(args) < 3:
         return rest
-    length_value = to_number(args[2])
-    length = 0 if math.isnan(length_value) else int(length_value)
+    length = _integer(args[2], len(rest))
     return rest[: len(rest) + length] if length < 0 else rest[:length]
 
 

@@ -8,6 +8,7 @@ targeting yield null, so the flag serves its default variant with reason DEFAULT
 
 from __future__ import annotations
 
+import math
 import re
 from bisect import bisect_right
 from collections.abc import Mapping
@@ -55,7 +56,7 @@ def _weight(bucket: list[Any]) -> int:
     if len(bucket) < 2 or bucket[1] is None:
         return 1
     weight = bucket[1]
-    if not is_number(weight) or weight != int(weight):
+    if not is_number(weight) or not math.isfinite(weight) or weight != int(weight):
         raise OperationFailed("fractional weights must be whole numbers")
     if weight > _INT32_MAX:
         raise OperationFailed("fractional weight too large")
@@ -167,7 +168,7 @@ def rollout(args: list[Any], data: Any, env: Environment) -> Any:
         if first is not None and not isinstance(first, str):
             raise OperationFailed("rollout bucketBy must be a string")
         bucketing_value = first
-    if len(rest) < 3 or not is_number(rest[0]) or not is_number(rest[1]):
+    if len(rest) < 3 or not all(is_number(t) and math.isfinite(t) and abs(t) < 2**53 for t in rest[:2]):
         raise OperationFailed("rollout takes [bucketBy?, startTime, endTime, from?, to]")
     start, end = int(rest[0]), int(rest[1])
     if end <= start:
@@ -243,7 +244,7 @@ def parse_semver(value: Any) -> SemanticVersion:
 
 def sem_ver(args: list[Any], data: Any, env: Environment) -> bool:
     """flagd `sem_ver`: [version, operator, version] with =, !=, <, <=, >, >=, ^ (same major), ~ (same minor)."""
-    if len(args) != 3 or args[1] not in SEMVER_OPERATORS:
+    if len(args) != 3 or not isinstance(args[1], str) or args[1] not in SEMVER_OPERATORS:
         raise OperationFailed("sem_ver takes [version, operator, version]")
     left, operator, right = parse_semver(args[0]), args[1], parse_semver(args[2])
     if operator == "^":

@@ -281,10 +281,16 @@ SEMVER = {
         ("semver", {"version": "0.9.0"}, "lesser", Reason.TARGETING_MATCH),
         ("semver", {"version": "2.0.0.0"}, "none", Reason.DEFAULT),  # not a version: null
         ("semver", {}, "none", Reason.DEFAULT),
+        ("semver-dynamic", {"version": "1.0.0", "op": ["="]}, "none", Reason.DEFAULT),  # not an operator: null
     ],
 )
 def test_flagd_string_and_semver_operations(key: str, context: dict[str, Any], value: str, reason: Reason) -> None:
-    flags = flag_set({"strings": STRING_OPS, "semver": SEMVER})
+    dynamic = {
+        "variants": {"match": "match", "none": "none"},
+        "defaultVariant": "none",
+        "targeting": {"if": [{"sem_ver": [{"var": "version"}, {"var": "op"}, "1.0.0"]}, "match", "none"]},
+    }
+    flags = flag_set({"strings": STRING_OPS, "semver": SEMVER, "semver-dynamic": dynamic})
     resolution = resolve(flags, key, context)
     assert (resolution.value, resolution.reason) == (value, reason)
 
@@ -697,3 +703,15 @@ def test_definitions_are_values() -> None:
     first = FlagSet().parse("f", '{"variants": {"a": 1}, "defaultVariant": "a"}')
     assert isinstance(first, FlagDefinition)
     assert first == FlagSet().parse("f", '{"defaultVariant": "a", "variants": {"a": 1}}')
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"variants": {"a": 1e400}, "defaultVariant": "a"}',
+        '{"variants": {"a": 1}, "defaultVariant": "a", "targeting": {"if": [{"x": 1e400, "y": 1}, "a", null]}}',
+    ],
+)
+def test_numbers_beyond_a_double_are_refused(text: str) -> None:
+    with pytest.raises(InvalidArgument):
+        FlagSet().parse("f", text)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import random
 from typing import Any
 
 import pytest
 
 from servers.deployment.jsonlogic import Environment, OperationFailed, RuleCompiler, RuleError
+from servers.deployment.targeting import FLAGD_COMPILER, FlagEnvironment
 
 COMPILER = RuleCompiler()
 
@@ -91,6 +94,8 @@ def apply(rule: Any, data: Any = None) -> Any:
         ({"substr": ["jsonlogic", -5]}, None, "logic"),
         ({"substr": ["jsonlogic", 1, 3]}, None, "son"),
         ({"substr": ["jsonlogic", 4, -2]}, None, "log"),
+        ({"substr": ["jsonlogic", {"/": [1, 0]}]}, None, ""),
+        ({"substr": ["jsonlogic", 2, {"/": [-1, 0]}]}, None, ""),
         ({"merge": [[1, 2], 3, [4]]}, None, [1, 2, 3, 4]),
         # iteration with the item as data
         ({"map": [{"var": "xs"}, {"*": [{"var": ""}, 2]}]}, {"xs": [1, 2]}, [2, 4]),
@@ -137,3 +142,30 @@ def test_custom_operations_get_evaluated_arguments_and_may_fail() -> None:
 def test_non_finite_literals_are_refused() -> None:
     with pytest.raises(RuleError):
         COMPILER.compile({"==": [math.nan, 1]})
+
+
+def test_random_rules_never_raise_anything_but_an_operation_failure() -> None:
+    rng = random.Random(20300101)
+    operations = sorted(FLAGD_COMPILER.operations)
+    atoms: list[Any] = [None, True, False, 0, -1, 2.5, 10**30, "", "a", "1", "1.0.0", "email", "$flagd.flagKey", [], {}]
+    atoms += ["Infinity", "1e400", " 12 ", "0x1f", "a.b", "targetingKey"]
+
+    def rule(depth: int = 0) -> Any:
+        roll = rng.random()
+        if depth > 3 or roll < 0.5:
+            return rng.choice(atoms)
+        if roll < 0.7:
+            return [rule(depth + 1) for _ in range(rng.randint(0, 4))]
+        return {rng.choice(operations): [rule(depth + 1) for _ in range(rng.randint(0, 4))]}
+
+    data = {"email": "x@example.com", "targetingKey": "k1", "a": {"b": [1, 2]}, "n": 5, "l": [1, "2", None]}
+    evaluated = 0
+    for _ in range(5000):
+        try:
+            compiled = FLAGD_COMPILER.compile(rule())
+        except RuleError:
+            continue
+        with contextlib.suppress(OperationFailed):
+            compiled(data, FlagEnvironment("f", 1000, data))
+        evaluated += 1
+    assert evaluated > 3000

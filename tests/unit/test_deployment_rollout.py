@@ -231,7 +231,8 @@ def test_analysis_and_timers_come_due_on_schedule() -> None:
     assert run.deployment.timer_due(T0 + timedelta(seconds=60))
     run.send(PASS, after=12)
     assert run.deployment.next_analysis_at == T0 + timedelta(seconds=22)
-    assert run.send(TimerElapsed(), after=1).actions == ()  # not due yet: nothing happens
+    stale = run.send(TimerElapsed(), after=1)  # not due yet: nothing happens
+    assert (stale.actions, stale.entry, stale.deployment.revision) == ((), None, 2)
 
 
 # -- blue-green ---------------------------------------------------------------------------------------------
