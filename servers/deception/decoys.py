@@ -249,8 +249,13 @@ class DecoyListener:
         """Bind and start accepting; OSError if the port is taken."""
         if self._server is not None:
             return
+        # A scan arrives as a burst of connects: a deep accept queue keeps the kernel from dropping them.
         self._server = await asyncio.start_server(
-            self._accept, self.config.bind_address, self.config.port, limit=self.limits.max_bytes
+            self._accept,
+            self.config.bind_address,
+            self.config.port,
+            limit=self.limits.max_bytes,
+            backlog=max(128, self.limits.max_connections * 4),
         )
         self._port = self._server.sockets[0].getsockname()[1]
         log.info(

@@ -497,8 +497,8 @@ async def test_a_thousand_connections_from_one_source_are_one_alert() -> None:
             writer.close()
             await writer.wait_closed()
 
-        for batch in range(10):
-            await asyncio.gather(*(touch(batch * 100 + i) for i in range(100)))
+        for batch in range(20):
+            await asyncio.gather(*(touch(batch * 50 + i) for i in range(50)))
         await deployment.recorder.wait_for(1000, timeout=20)
 
         alerts, _ = deployment.recorder.alerts.list_alerts(page_size=100)
