@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import os
 import uuid
@@ -14,7 +16,7 @@ import psycopg
 import pytest
 
 from servers.mesh.config import MeshConfig, load_config
-from servers.mesh.server import MeshServer, Mount, Runtime, create_server
+from servers.mesh.server import MeshServer, Mount, Runtime, Service, ServiceBuilder, create_server
 
 POSTGRES_URL = os.environ.get("SHIELDX_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +49,8 @@ class Running:
     server: MeshServer
     channel: grpc.aio.Channel
     runtime: Runtime
+    service: Service | None = None
+    tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
 
     @property
     def address(self) -> str:
@@ -54,6 +58,7 @@ class Running:
 
 
 StartServer = Callable[..., Awaitable[Running]]
+StartService = Callable[..., Awaitable[Running]]
 
 
 @pytest.fixture
@@ -100,3 +105,46 @@ def tracing() -> None:
     from servers.mesh.tracing import configure_tracing
 
     configure_tracing("tests")
+
+
+@pytest.fixture
+async def start_service() -> AsyncIterator[StartService]:
+    """Factory: run a service's real `build(runtime)` (store, background tasks) on an in-process server.
+
+    `start_service(build, config, **runtime_args)`; everything is stopped, closed and its tasks
+    cancelled afterwards. Start it again on the same config to test a restart.
+    """
+    started: list[Running] = []
+
+    async def start(
+        build: ServiceBuilder, config: MeshConfig, *, metrics: bool = False, **runtime_args: Any
+    ) -> Running:
+        runtime = Runtime(config, **runtime_args)
+        service = await build(runtime)
+        server = create_server(service.mounts, runtime, address="127.0.0.1:0")
+        await server.start(metrics=metrics)
+        tasks = [asyncio.create_task(task()) for task in service.tasks]
+        running = Running(server, grpc.aio.insecure_channel(f"127.0.0.1:{server.port}"), runtime, service, tasks)
+        started.append(running)
+        return running
+
+    yield start
+    for running in reversed(started):
+        await stop_service(running)
+
+
+async def stop_service(running: Running) -> None:
+    """Stop a service started by `start_service`: server, background tasks, stores (idempotent)."""
+    if running.service is None:
+        return
+    await running.channel.close()
+    await running.server.stop(grace=0, drain_delay=0)
+    for task in running.tasks:
+        task.cancel()
+    for task in running.tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    for close in reversed(running.service.closers):
+        await close()
+    await running.runtime.close()
+    running.service = None

@@ -16,7 +16,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from shieldx.mesh.v1 import options_pb2
 
 from servers.mesh import errors, status
-from servers.mesh.interception import CallInterceptor, Context, Method
+from servers.mesh.interception import CallInterceptor, Context, Method, finalized_elsewhere
 
 
 class VerifiedToken(Protocol):
@@ -144,5 +144,5 @@ class AuthInterceptor(CallInterceptor[contextvars.Token[Caller] | None]):
         state: contextvars.Token[Caller] | None,
         error: BaseException | None,
     ) -> None:
-        if state is not None:
+        if state is not None and not finalized_elsewhere(error):
             _caller.reset(state)

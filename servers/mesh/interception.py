@@ -170,3 +170,12 @@ def final_code(context: Context, error: BaseException | None) -> grpc.StatusCode
     if isinstance(error, (GeneratorExit, asyncio.CancelledError)):
         return grpc.StatusCode.CANCELLED
     return grpc.StatusCode.UNKNOWN
+
+
+def finalized_elsewhere(error: BaseException | None) -> bool:
+    """True when a response stream is being closed from outside its task (the client went away).
+
+    Context variables set in `enter` belong to the call's own context and cannot be reset from
+    the one closing the generator; that context ends with the call anyway.
+    """
+    return isinstance(error, GeneratorExit)

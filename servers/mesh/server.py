@@ -14,6 +14,7 @@ import signal
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import grpc
@@ -47,6 +48,16 @@ class Mount:
     """The servicer instance."""
     add_to_server: Callable[[Any, grpc.aio.Server], None]
     """The generated `add_<Service>Servicer_to_server`."""
+
+    @classmethod
+    def of(cls, messages: ModuleType, stubs: ModuleType, name: str, servicer: Any = None) -> Mount:
+        """Mount service `name` of a generated module pair; without a servicer, the generated base
+        class answers every RPC with UNIMPLEMENTED (a service whose implementation is still to come)."""
+        return cls(
+            messages.DESCRIPTOR.services_by_name[name],
+            servicer if servicer is not None else getattr(stubs, f"{name}Servicer")(),
+            getattr(stubs, f"add_{name}Servicer_to_server"),
+        )
 
 
 @dataclass
@@ -92,14 +103,14 @@ class Runtime:
             self._channels[service] = open_channel(self.config.endpoint(service), options)
         return self._channels[service]
 
-    async def database(self, migrations: str, *, name: str | None = None) -> Database:
-        """The service's store, migrated: PostgreSQL if configured, else SQLite under data_dir."""
+    async def database(self, *migrations: str, name: str | None = None) -> Database:
+        """The service's store, migrated (mesh tables first): PostgreSQL if configured, else SQLite."""
         database = await open_database(
             name or self.config.service,
             data_dir=self.config.data_dir,
             database_url=self.config.database_url,
             schema=self.config.database_schema or None,
-            migrations=migrations,
+            migrations=("servers.mesh.migrations", *migrations),
         )
         self._databases.append(database)
         return database

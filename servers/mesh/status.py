@@ -105,14 +105,37 @@ def coded_status(
     info = error_details_pb2.ErrorInfo(reason=reason, domain=domain, metadata=dict(metadata or {}))
     packed = status_pb2.Status(code=code.value[0], message=message)
     packed.details.extend([_pack(info), *details])
+    return _wire(packed)
+
+
+def _wire(packed: status_pb2.Status) -> grpc.Status:
     wire: grpc.Status = rpc_status.to_status(packed)
     return wire
 
 
-def to_status(error: errors.DomainError, domain: str) -> grpc.Status:
-    """The wire status for `error`: its code, message, one ErrorInfo and the fitting details."""
+def to_status_proto(error: errors.DomainError, domain: str) -> status_pb2.Status:
+    """The `google.rpc.Status` for `error`: its code, message, one ErrorInfo and the fitting details."""
     code, details = _lookup(error)
-    return coded_status(code, error.message, error.reason, domain, error.metadata, details(error))
+    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=domain, metadata=error.metadata)
+    packed = status_pb2.Status(code=code.value[0], message=error.message)
+    packed.details.extend([_pack(info), *details(error)])
+    return packed
+
+
+def to_status(error: errors.DomainError, domain: str) -> grpc.Status:
+    """The wire status for `error`."""
+    if isinstance(error, ReplayedRejection):
+        wire: grpc.Status = rpc_status.to_status(status_pb2.Status.FromString(error.status))
+        return wire
+    return _wire(to_status_proto(error, domain))
+
+
+class ReplayedRejection(errors.DomainError):
+    """A stored rejection answered again, byte for byte (see `servers.mesh.idempotency`)."""
+
+    def __init__(self, status: bytes) -> None:
+        super().__init__("replayed rejection", reason="REPLAYED")
+        self.status = status
 
 
 def internal_status(trace_id: str) -> grpc.Status:

@@ -16,7 +16,7 @@ import re
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
@@ -25,12 +25,11 @@ from typing import Any, Literal, TypeVar
 
 import psycopg
 import psycopg.errors
-from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 log = logging.getLogger(__name__)
 
-Row = Any  # `row["column"]` works on both backends (sqlite3.Row / psycopg dict rows)
+Row = Any  # `row["column"]` and `row[0]` work on both backends (sqlite3.Row / PgRow)
 Params = Sequence[Any]
 Dialect = Literal["sqlite", "postgres"]
 T = TypeVar("T")
@@ -115,7 +114,11 @@ class Database(ABC):
             return await tx.execute(sql, params)
 
     async def migrate(self, package: str) -> list[int]:
-        """Apply the numbered `.sql` files of `package` that are not applied yet; returns those applied."""
+        """Apply the numbered `.sql` files of `package` that are not applied yet; returns those applied.
+
+        Versions are counted per package, so a service can apply shared mesh tables
+        (`servers.mesh.migrations`) beside its own.
+        """
         migrations = discover_migrations(package, self.dialect)
         applied: list[int] = []
         for migration in migrations:
@@ -132,11 +135,18 @@ class Database(ABC):
 
 @dataclass(frozen=True)
 class Migration:
-    """One numbered schema change."""
+    """One numbered schema change of a package."""
 
+    package: str
     version: int
     name: str
     sql: str
+
+
+MIGRATIONS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+    "package TEXT NOT NULL, version INTEGER NOT NULL, name TEXT NOT NULL, PRIMARY KEY (package, version))"
+)
 
 
 def discover_migrations(package: str, dialect: Dialect) -> list[Migration]:
@@ -153,7 +163,7 @@ def discover_migrations(package: str, dialect: Dialect) -> list[Migration]:
         if version in chosen and chosen[version][0] and not specific:
             continue
         chosen[version] = (specific, name, entry.read_text())
-    return [Migration(v, name, sql) for v, (_, name, sql) in sorted(chosen.items())]
+    return [Migration(package, v, name, sql) for v, (_, name, sql) in sorted(chosen.items())]
 
 
 # --------------------------------------------------------------------------- SQLite
@@ -241,14 +251,20 @@ class SQLiteDatabase(Database):
 
     async def _apply(self, migration: Migration) -> bool:
         def apply(c: sqlite3.Connection) -> bool:
-            c.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL)")
-            if c.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (migration.version,)).fetchone():
+            c.execute(MIGRATIONS_TABLE)
+            key = (migration.package, migration.version)
+            if c.execute("SELECT 1 FROM schema_migrations WHERE package = ? AND version = ?", key).fetchone():
                 return False
-            c.executescript(
-                f"BEGIN IMMEDIATE;\n{migration.sql}\n;"
-                f"INSERT INTO schema_migrations (version, name) VALUES ({migration.version}, '{migration.name}');"
-                "COMMIT;"
-            )
+            # executescript commits first and runs many statements; BEGIN/COMMIT keep it atomic.
+            c.executescript(f"BEGIN IMMEDIATE;\n{migration.sql}\n;")
+            try:
+                c.execute(
+                    "INSERT INTO schema_migrations (package, version, name) VALUES (?, ?, ?)", (*key, migration.name)
+                )
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
             return True
 
         async with self._lock:
@@ -266,6 +282,37 @@ class SQLiteDatabase(Database):
 
 
 # --------------------------------------------------------------------------- PostgreSQL
+
+
+class PgRow:
+    """A PostgreSQL result row readable by column name or position, like `sqlite3.Row`."""
+
+    __slots__ = ("_index", "_values")
+
+    def __init__(self, values: Sequence[Any], index: dict[str, int]) -> None:
+        self._values = values
+        self._index = index
+
+    def __getitem__(self, key: int | str) -> Any:
+        return self._values[key if isinstance(key, int) else self._index[key]]
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._values)
+
+    def keys(self) -> list[str]:
+        """Column names, in order."""
+        return list(self._index)
+
+    def __repr__(self) -> str:
+        return f"PgRow({dict(zip(self._index, self._values, strict=True))!r})"
+
+
+def _pg_row(cursor: Any) -> Callable[[Sequence[Any]], PgRow]:
+    index = {column.name: i for i, column in enumerate(cursor.description or ())}
+    return lambda values: PgRow(values, index)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -332,7 +379,7 @@ class PostgresDatabase(Database):
             min_size=min_size,
             max_size=max_size,
             open=False,
-            kwargs={"row_factory": dict_row, "autocommit": True, "options": f"-c search_path={schema}"},
+            kwargs={"row_factory": _pg_row, "autocommit": True, "options": f"-c search_path={schema}"},
         )
 
     async def open(self) -> None:
@@ -352,18 +399,17 @@ class PostgresDatabase(Database):
         async with self._pool.connection() as connection, connection.transaction():
             # One migrator at a time across processes starting together.
             await connection.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema()))")
-            await connection.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL)"
-            )
+            await connection.execute(MIGRATIONS_TABLE)
             cursor = await connection.execute(
-                "SELECT 1 FROM schema_migrations WHERE version = %s", (migration.version,)
+                "SELECT 1 FROM schema_migrations WHERE package = %s AND version = %s",
+                (migration.package, migration.version),
             )
             if await cursor.fetchone():
                 return False
             await connection.execute(migration.sql.encode())
             await connection.execute(
-                "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
-                (migration.version, migration.name),
+                "INSERT INTO schema_migrations (package, version, name) VALUES (%s, %s, %s)",
+                (migration.package, migration.version, migration.name),
             )
             return True
 
@@ -377,7 +423,7 @@ async def open_database(
     data_dir: str | Path,
     database_url: str = "",
     schema: str | None = None,
-    migrations: str | None = None,
+    migrations: Sequence[str] = (),
 ) -> Database:
     """Open a service's store (PostgreSQL if `database_url`, else `<data_dir>/<service>.db`) and migrate it."""
     database: Database
@@ -387,6 +433,6 @@ async def open_database(
         database = postgres
     else:
         database = SQLiteDatabase(Path(data_dir) / f"{service}.db")
-    if migrations:
-        await database.migrate(migrations)
+    for package in migrations:
+        await database.migrate(package)
     return database

@@ -20,7 +20,14 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from servers.mesh.interception import HEALTH_SERVICE, CallInterceptor, Context, Method, final_code
+from servers.mesh.interception import (
+    HEALTH_SERVICE,
+    CallInterceptor,
+    Context,
+    Method,
+    final_code,
+    finalized_elsewhere,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,5 +103,6 @@ class TracingInterceptor(CallInterceptor[tuple[trace.Span, object]]):
         span.set_attribute("rpc.grpc.status_code", code.value[0])
         if code in _SERVER_ERRORS:
             span.set_status(Status(StatusCode.ERROR, code.name))
-        otel_context.detach(token)  # type: ignore[arg-type]
+        if not finalized_elsewhere(error):
+            otel_context.detach(token)  # type: ignore[arg-type]
         span.end()

@@ -56,6 +56,8 @@ class EchoServicer(echo_pb2_grpc.EchoServiceServicer):  # type: ignore[misc,name
         self.runtime = runtime
 
     async def Echo(self, request: Any, context: Any) -> Any:
+        if not 0 <= request.sleep_seconds <= 5:
+            raise errors.InvalidArgument("sleep_seconds", "must be between 0 and 5")
         if request.sleep_seconds > 0:
             await asyncio.sleep(request.sleep_seconds)
         if request.fail_with == "crash":
@@ -78,8 +80,8 @@ class EchoServicer(echo_pb2_grpc.EchoServiceServicer):  # type: ignore[misc,name
         return echo_pb2.EchoResponse(text=f"relayed:{answer.text}", trace_id=current_trace_ids()[0])
 
     async def Repeat(self, request: Any, context: Any) -> Any:
-        if request.count < 0:
-            raise errors.InvalidArgument("count", "must not be negative")
+        if not 0 <= request.count <= 10_000:
+            raise errors.InvalidArgument("count", "must be between 0 and 10000")
         for _ in range(request.count):
             yield echo_pb2.EchoResponse(text=request.text)
 

@@ -19,7 +19,7 @@ async def database(store_config: dict[str, str]) -> AsyncIterator[Database]:
         data_dir=store_config["data_dir"],
         database_url=store_config["database_url"],
         schema=store_config.get("database_schema"),
-        migrations=MIGRATIONS,
+        migrations=[MIGRATIONS],
     )
     yield db
     await db.close()
@@ -35,7 +35,10 @@ def test_dialect_specific_migration_replaces_the_generic_one() -> None:
 
 async def test_migrations_apply_once(database: Database) -> None:
     assert await database.migrate(MIGRATIONS) == []
-    versions = [row["version"] for row in await database.fetchall("SELECT version FROM schema_migrations")]
+    versions = [
+        row["version"]
+        for row in await database.fetchall("SELECT version FROM schema_migrations WHERE package = ?", (MIGRATIONS,))
+    ]
     assert sorted(versions) == [1, 2]
 
 

@@ -1,0 +1,267 @@
+"""`shieldx up`: run the six servers as supervised processes on one machine.
+
+Each server runs as `python -m servers.<name>` with its store under the data directory. The
+launcher waits until every one reports SERVING, prints where they listen, restarts one that
+crashes (with exponential backoff), and on Ctrl-C or SIGTERM stops them all gracefully.
+The endpoints are written to `<data_dir>/endpoints.json` for `shieldx status` and the clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from servers.mesh.config import DEFAULT_PORTS
+
+# DEFAULT_PORTS lists the token service first: it starts first, since every other server
+# fetches its keys.
+SERVICES = tuple(DEFAULT_PORTS)
+ENDPOINTS_FILE = "endpoints.json"
+
+
+@dataclass
+class Endpoint:
+    """Where one server listens."""
+
+    service: str
+    host: str
+    port: int
+    metrics_port: int
+
+    @property
+    def address(self) -> str:
+        """`host:port` of the gRPC port."""
+        return f"{self.host}:{self.port}"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def plan_endpoints(services: Sequence[str], host: str, free_ports: bool) -> dict[str, Endpoint]:
+    """Default ports, or free ones (for tests and for running two meshes side by side)."""
+    plan: dict[str, Endpoint] = {}
+    for name in services:
+        grpc_port, metrics_port = (free_port(host), free_port(host)) if free_ports else DEFAULT_PORTS[name]
+        plan[name] = Endpoint(name, host, grpc_port, metrics_port)
+    return plan
+
+
+def read_endpoints(data_dir: Path) -> dict[str, Endpoint]:
+    """The endpoints the last `shieldx up` wrote, or the defaults."""
+    path = data_dir / ENDPOINTS_FILE
+    if path.exists():
+        return {name: Endpoint(**entry) for name, entry in json.loads(path.read_text()).items()}
+    return plan_endpoints(SERVICES, "127.0.0.1", free_ports=False)
+
+
+async def health_status(address: str, service: str = "", timeout: float = 2.0) -> str:
+    """`SERVING`, `NOT_SERVING`, ... or `UNREACHABLE`."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
+        except grpc.aio.AioRpcError:
+            return "UNREACHABLE"
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+@dataclass
+class Child:
+    """One supervised server process."""
+
+    endpoint: Endpoint
+    process: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    backoff: float = 1.0
+    started_at: float = 0.0
+    log: TextIO | None = None
+    status: str = "STARTING"
+    monitor: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class Supervisor:
+    """Starts, watches and stops the server processes."""
+
+    max_backoff = 30.0
+    stable_after = 60.0
+
+    def __init__(
+        self,
+        endpoints: Mapping[str, Endpoint],
+        data_dir: Path,
+        *,
+        config_path: str | None = None,
+        extra_env: Mapping[str, str] | None = None,
+        echo: Callable[[str], None] = print,
+    ) -> None:
+        self.children = {name: Child(endpoint) for name, endpoint in endpoints.items()}
+        self.data_dir = data_dir
+        self.config_path = config_path
+        self.extra_env = dict(extra_env or {})
+        self.echo = echo
+        self.stopping = False
+
+    def _environment(self, endpoint: Endpoint) -> dict[str, str]:
+        peers = ",".join(f"{c.endpoint.service}={c.endpoint.address}" for c in self.children.values())
+        env = {
+            **os.environ,
+            "SHIELDX_DATA_DIR": str(self.data_dir),
+            "SHIELDX_HOST": endpoint.host,
+            "SHIELDX_PORT": str(endpoint.port),
+            "SHIELDX_METRICS_PORT": str(endpoint.metrics_port),
+            "SHIELDX_ENDPOINTS": peers,
+            **self.extra_env,
+        }
+        if self.config_path:
+            env["SHIELDX_CONFIG"] = self.config_path
+        return env
+
+    async def _spawn(self, child: Child) -> None:
+        logs = self.data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        if child.log is None:
+            child.log = (logs / f"{child.endpoint.service}.log").open("a", buffering=1)
+        child.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            f"servers.{child.endpoint.service}",
+            env=self._environment(child.endpoint),
+            stdout=child.log,
+            stderr=child.log,
+            start_new_session=True,  # Ctrl-C reaches the launcher only; it stops children in order
+        )
+        child.started_at = time.monotonic()
+        child.status = "STARTING"
+
+    async def _wait_serving(self, child: Child, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.stopping:
+            if child.process is not None and child.process.returncode is not None:
+                return False
+            child.status = await health_status(child.endpoint.address, timeout=1.0)
+            if child.status == "SERVING":
+                return True
+            await asyncio.sleep(0.2)
+        return False
+
+    async def start(self, timeout: float = 60.0) -> bool:
+        """Start every server (tokens first) and wait for SERVING; False if one never got there."""
+        first, *rest = self.children.values()
+        await self._spawn(first)
+        ok = await self._wait_serving(first, timeout)
+        for child in rest:
+            await self._spawn(child)
+        results = await asyncio.gather(*(self._wait_serving(c, timeout) for c in rest))
+        for child in self.children.values():
+            child.monitor = asyncio.create_task(self._watch(child))
+        self._write_endpoints()
+        return ok and all(results)
+
+    async def _watch(self, child: Child) -> None:
+        while not self.stopping:
+            assert child.process is not None
+            code = await child.process.wait()
+            if self.stopping:
+                return
+            child.status = f"EXITED({code})"
+            if time.monotonic() - child.started_at > self.stable_after:
+                child.backoff = 1.0
+            self.echo(f"{child.endpoint.service} exited with {code}; restarting in {child.backoff:.0f}s")
+            await asyncio.sleep(child.backoff)
+            child.backoff = min(child.backoff * 2, self.max_backoff)
+            if self.stopping:
+                return
+            child.restarts += 1
+            await self._spawn(child)
+            if await self._wait_serving(child, 60.0):
+                self.echo(f"{child.endpoint.service} is SERVING again (restart {child.restarts})")
+
+    def _write_endpoints(self) -> None:
+        path = self.data_dir / ENDPOINTS_FILE
+        path.write_text(json.dumps({n: vars(c.endpoint) for n, c in self.children.items()}, indent=2) + "\n")
+
+    def table(self) -> str:
+        """A table of the servers: where they listen and how they are."""
+        rows = [("SERVICE", "GRPC", "METRICS", "PID", "STATUS")]
+        for name, child in self.children.items():
+            pid = str(child.process.pid) if child.process else "-"
+            metrics = f"http://{child.endpoint.host}:{child.endpoint.metrics_port}/metrics"
+            rows.append((name, child.endpoint.address, metrics, pid, child.status))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows)
+
+    async def stop(self, grace: float = 15.0) -> None:
+        """SIGTERM every server (they drain), then SIGKILL whatever is still running after `grace`."""
+        self.stopping = True
+        running = [c for c in self.children.values() if c.process and c.process.returncode is None]
+        for child in reversed(running):
+            assert child.process is not None
+            with contextlib.suppress(ProcessLookupError):
+                child.process.send_signal(signal.SIGTERM)
+        for child in running:
+            assert child.process is not None
+            try:
+                await asyncio.wait_for(child.process.wait(), grace)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.kill()
+                await child.process.wait()
+        for child in self.children.values():
+            if child.monitor:
+                child.monitor.cancel()
+            if child.log:
+                child.log.close()
+
+
+async def run_up(
+    data_dir: Path,
+    *,
+    services: Sequence[str] = SERVICES,
+    host: str = "127.0.0.1",
+    free_ports: bool = False,
+    config_path: str | None = None,
+    extra_env: Mapping[str, str] | None = None,
+) -> int:
+    """Run the mesh until Ctrl-C/SIGTERM; returns the exit code."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    supervisor = Supervisor(
+        plan_endpoints(services, host, free_ports), data_dir, config_path=config_path, extra_env=extra_env
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"starting {len(supervisor.children)} servers (logs in {data_dir / 'logs'}) ...", flush=True)
+    ready = asyncio.create_task(supervisor.start())
+    await asyncio.wait([ready, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    if ready.done() and ready.result():
+        print(supervisor.table(), flush=True)
+        print("all servers SERVING; Ctrl-C stops them", flush=True)
+    elif ready.done():
+        print(supervisor.table(), flush=True)
+        print(f"some servers did not become SERVING; see {data_dir / 'logs'}", flush=True)
+    await stop.wait()
+    print("stopping ...", flush=True)
+    await supervisor.stop()
+    if not ready.done():
+        ready.cancel()
+    print("stopped", flush=True)
+    return 0

@@ -1,0 +1,5 @@
+"""`python -m servers.credits`: run the credits server alone."""
+
+from servers.mesh.entrypoint import main
+
+main("credits")

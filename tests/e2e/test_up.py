@@ -1,0 +1,105 @@
+"""`shieldx up` from the outside: six processes, reflection via `buf curl`, health, restart, clean stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from clients.launcher import SERVICES
+from tests.support.processes import ROOT, wait_serving
+
+BUF = shutil.which("buf", path=str(Path(sys.executable).parent)) or shutil.which("buf")
+
+CONTRACTS = {
+    "tokens": "shieldx.tokens.v1.TokenService/",
+    "credits": "shieldx.credits.v1.CreditsService/",
+    "deployment": "shieldx.deployment.v1.DeploymentService/",
+    "sharding": "shieldx.sharding.v1.ShardingService/",
+    "compliance": "shieldx.compliance.v1.ComplianceService/",
+    "deception": "shieldx.deception.v1.DeceptionService/",
+}
+
+
+def _wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float) -> list[str]:
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line and process.poll() is not None:
+            break
+        seen.append(line.rstrip())
+        if needle in line:
+            return seen
+    raise AssertionError(f"{needle!r} not printed; got:\n" + "\n".join(seen))
+
+
+@pytest.fixture
+def mesh(tmp_path: Path) -> tuple[subprocess.Popen[str], dict[str, dict[str, object]], list[str]]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "generated")])}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "clients.cli", "--data-dir", str(tmp_path / "state"), "up", "--free-ports"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        printed = _wait_for_line(process, "all servers SERVING", timeout=90)
+        endpoints = json.loads((tmp_path / "state" / "endpoints.json").read_text())
+        yield process, endpoints, printed
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def test_up_serves_all_six_with_reflection_health_and_metrics(
+    mesh: tuple[subprocess.Popen[str], dict[str, dict[str, object]], list[str]],
+) -> None:
+    process, endpoints, printed = mesh
+    assert set(endpoints) == set(SERVICES)
+    table = "\n".join(printed)
+    for name, endpoint in endpoints.items():
+        address = f"127.0.0.1:{endpoint['port']}"
+        assert address in table, "the endpoint table names every server"
+        wait_serving(address, timeout=5)
+        assert BUF, "buf is installed with the dev extra (buf-bin)"
+        listed = subprocess.run(
+            [BUF, "curl", "--protocol", "grpc", "--http2-prior-knowledge", "--list-methods", f"http://{address}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        assert CONTRACTS[name] in listed, f"{name}: reflection lists the service's methods"
+        assert "grpc.health.v1.Health/Check" in listed
+        body = urllib.request.urlopen(f"http://127.0.0.1:{endpoint['metrics_port']}/metrics", timeout=5).read()
+        assert b"grpc_server_handled_total" in body
+    process.send_signal(signal.SIGINT)
+    assert process.wait(30) == 0
+
+
+def test_up_restarts_a_crashed_server(
+    mesh: tuple[subprocess.Popen[str], dict[str, dict[str, object]], list[str]],
+) -> None:
+    process, endpoints, printed = mesh
+    pid = next(int(line.split()[3]) for line in printed if line.startswith("credits "))
+    os.kill(pid, signal.SIGKILL)
+    _wait_for_line(process, "credits is SERVING again", timeout=60)
+    wait_serving(f"127.0.0.1:{endpoints['credits']['port']}", timeout=5)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == 0

@@ -1,0 +1,124 @@
+"""AIP-155 request ids on both backends: first answer replayed, reuse refused, in-flight retry aborted."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from servers.mesh import errors, storage
+from servers.mesh.idempotency import RequestLedger
+from servers.mesh.status import ReplayedRejection
+from servers.mesh.storage import Database, open_database
+from tests.support.echo import echo_pb2
+
+Request = echo_pb2.EchoRequest
+Response = echo_pb2.EchoResponse
+
+
+@pytest.fixture
+async def database(store_config: dict[str, str]) -> AsyncIterator[Database]:
+    db = await open_database(
+        "ledgertest",
+        data_dir=store_config["data_dir"],
+        database_url=store_config["database_url"],
+        schema=store_config.get("database_schema"),
+        migrations=["servers.mesh.migrations", "tests.support.migrations"],
+    )
+    yield db
+    await db.close()
+
+
+def deposit(amount: int) -> object:
+    async def work(tx: storage.Transaction) -> Response:
+        await tx.execute(
+            "INSERT INTO accounts (id, balance) VALUES ('a', ?) ON CONFLICT (id) DO UPDATE SET balance = accounts.balance + ?",
+            (amount, amount),
+        )
+        balance = await tx.fetchval("SELECT balance FROM accounts WHERE id = 'a'")
+        return Response(text=str(balance))
+
+    return work
+
+
+async def balance(database: Database) -> int:
+    row = await database.fetchone("SELECT balance FROM accounts WHERE id = 'a'")
+    return int(row["balance"])
+
+
+async def test_retry_returns_the_first_answer_and_changes_nothing(database: Database) -> None:
+    ledger = RequestLedger(database, "test")
+    request = Request(text="deposit 5", request_id="r-1")
+    first = await ledger.execute("Deposit", request, Response, deposit(5))
+    again = await ledger.execute("Deposit", request, Response, deposit(5))
+    restarted = await RequestLedger(database, "test").execute("Deposit", request, Response, deposit(5))
+    assert first == again == restarted == Response(text="5")
+    assert await balance(database) == 5
+
+
+async def test_same_id_for_a_different_request_is_refused(database: Database) -> None:
+    ledger = RequestLedger(database, "test")
+    await ledger.execute("Deposit", Request(text="deposit 5", request_id="r-1"), Response, deposit(5))
+    with pytest.raises(errors.FailedPrecondition) as caught:
+        await ledger.execute("Deposit", Request(text="deposit 6", request_id="r-1"), Response, deposit(6))
+    assert caught.value.reason == "REQUEST_ID_REUSED"
+    assert await balance(database) == 5
+
+
+async def test_business_rejection_is_replayed(database: Database) -> None:
+    ledger = RequestLedger(database, "test")
+    calls = 0
+
+    async def refuse(tx: storage.Transaction) -> Response:
+        nonlocal calls
+        calls += 1
+        raise errors.FailedPrecondition("no credits", reason="INSUFFICIENT_CREDITS")
+
+    request = Request(text="spend", request_id="r-2")
+    with pytest.raises(errors.FailedPrecondition):
+        await ledger.execute("Spend", request, Response, refuse)
+    with pytest.raises(ReplayedRejection):
+        await ledger.execute("Spend", request, Response, refuse)
+    assert calls == 1, "the retry is answered from the record, not re-run"
+
+
+async def test_retry_while_first_attempt_runs_is_aborted(database: Database) -> None:
+    ledger = RequestLedger(database, "test")
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow(tx: storage.Transaction) -> Response:
+        started.set()
+        await release.wait()
+        return Response(text="done")
+
+    first = asyncio.create_task(ledger.execute("Slow", Request(request_id="r-3"), Response, slow))
+    await started.wait()
+    with pytest.raises(errors.Conflict) as caught:
+        await ledger.execute("Slow", Request(request_id="r-3"), Response, slow)
+    assert caught.value.reason == "REQUEST_IN_PROGRESS"
+    release.set()
+    assert (await first).text == "done"
+
+
+async def test_write_conflicts_are_retried(database: Database) -> None:
+    ledger = RequestLedger(database, "test")
+    attempts = 0
+
+    async def flaky(tx: storage.Transaction) -> Response:
+        nonlocal attempts
+        attempts += 1
+        if attempts < 3:
+            raise storage.UniqueViolation("someone else took version 7")
+        return Response(text="ok")
+
+    assert (await ledger.execute("Flaky", Request(), Response, flaky)).text == "ok"
+    assert attempts == 3
+
+
+@pytest.mark.parametrize("request_id", ["x" * 129, "tab\there", "é"])
+async def test_malformed_request_id_names_the_field(database: Database, request_id: str) -> None:
+    with pytest.raises(errors.InvalidArgument) as caught:
+        await RequestLedger(database, "test").execute("Deposit", Request(request_id=request_id), Response, deposit(1))
+    assert caught.value.violations[0].field == "request_id"
