@@ -241,7 +241,7 @@ async def run_up(
     extra_env: Mapping[str, str] | None = None,
 ) -> int:
     """Run the mesh until Ctrl-C/SIGTERM; returns the exit code."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
     supervisor = Supervisor(
         plan_endpoints(services, host, free_ports), data_dir, config_path=config_path, extra_env=extra_env
     )

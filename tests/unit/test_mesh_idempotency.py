@@ -33,7 +33,8 @@ async def database(store_config: dict[str, str]) -> AsyncIterator[Database]:
 def deposit(amount: int) -> object:
     async def work(tx: storage.Transaction) -> Response:
         await tx.execute(
-            "INSERT INTO accounts (id, balance) VALUES ('a', ?) ON CONFLICT (id) DO UPDATE SET balance = accounts.balance + ?",
+            "INSERT INTO accounts (id, balance) VALUES ('a', ?)"
+            " ON CONFLICT (id) DO UPDATE SET balance = accounts.balance + ?",
             (amount, amount),
         )
         balance = await tx.fetchval("SELECT balance FROM accounts WHERE id = 'a'")
