@@ -197,11 +197,13 @@ def build_definition(
     default_variant: Any,
     targeting: Any,
     metadata: Any,
+    rollout: GradualRollout | None = None,
     groups: Mapping[str, TargetGroup] | None = None,
     names: _FieldNames | None = None,
 ) -> FlagDefinition:
     """Validate a definition given as parts (the structured `FlagDefinition` message's fields).
 
+    A `rollout` stands in for targeting (it is stored as the equivalent `fractional` rule).
     Field names in errors are `definition.<field>` unless `names` says otherwise.
     """
     names = names or _FieldNames("definition", "default_variant")
@@ -212,6 +214,10 @@ def build_definition(
         raise InvalidArgument(f"{root}.{names.default_variant}", "is required and must name a variant")
     if default_variant not in parsed_variants:
         raise InvalidArgument(f"{root}.{names.default_variant}", f"{default_variant!r} is not one of the variants")
+    if rollout is not None:
+        if targeting:
+            raise InvalidArgument(f"{root}.rollout", "set targeting or a rollout, not both")
+        targeting = _rollout_targeting(rollout, parsed_variants, default_variant, root)
     definition = FlagDefinition(
         key=key,
         state=_check_state(state, f"{root}.state"),
@@ -356,6 +362,29 @@ def parse_target_group(
 
 def _self_reference_guard(name: str) -> Any:
     return {"$ref": name}
+
+
+@dataclass(frozen=True)
+class GradualRollout:
+    """A share of targeting keys on one variant, the rest on another."""
+
+    variant: str
+    """The variant rolled out."""
+    percentage: float
+    """Share of targeting keys that get it, 0..100 with at most two decimals."""
+    otherwise_variant: str = ""
+    """The variant the others get; empty for the default variant."""
+
+
+def _rollout_targeting(
+    rollout: GradualRollout, variants: Mapping[str, Any], default_variant: str, root: str
+) -> dict[str, Any]:
+    for name, value in (("variant", rollout.variant), ("otherwise_variant", rollout.otherwise_variant)):
+        if value and value not in variants:
+            raise InvalidArgument(f"{root}.rollout.{name}", f"{value!r} is not one of the variants")
+    if not rollout.variant:
+        raise InvalidArgument(f"{root}.rollout.variant", "is required")
+    return gradual_rollout_targeting(rollout.variant, rollout.percentage, rollout.otherwise_variant or default_variant)
 
 
 def gradual_rollout_targeting(variant: str, percentage: float, otherwise: str) -> dict[str, Any]:

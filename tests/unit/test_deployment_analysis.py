@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import grpc
@@ -18,6 +19,7 @@ from servers.deployment.analysis import (
     judge,
     thresholds,
 )
+from servers.deployment.prometheus import observation_from_vectors, parse_vector, version_queries
 from servers.deployment.scrape import Scrape, observation, parse_scrape, scrape_delta
 from servers.mesh.errors import InvalidArgument, Unavailable
 
@@ -217,3 +219,61 @@ def test_an_observation_sums_the_instances_of_a_version_and_judges_it() -> None:
     assert outcome.verdict is Verdict.FAIL
     assert outcome.error_rate == pytest.approx(0.125)
     assert outcome.p95_latency is not None and 0.01 < outcome.p95_latency <= 0.025
+
+
+# -- Prometheus query API ---------------------------------------------------------------------------------
+
+
+def test_queries_select_the_versions_instances_by_their_metrics_address() -> None:
+    queries = version_queries(
+        ["http://10.0.0.7:9104/metrics", "http://[::1]:9105/metrics", "https://canary.local/m"], 30
+    )
+    assert 'instance=~"10\\\\.0\\\\.0\\\\.7:9104|\\\\[::1\\\\]:9105|canary\\\\.local:443"' in queries.requests
+    assert queries.requests.startswith("sum(increase(grpc_server_handled_total{")
+    assert queries.requests.endswith("[30s]))")
+    assert 'grpc_service!~"grpc[.](health|reflection)[.].*"' in queries.requests
+    assert "grpc_code=~" in queries.errors and "grpc_code" not in queries.requests
+    assert queries.buckets.startswith("sum by (le) (increase(grpc_server_handling_seconds_bucket{")
+    assert queries.up.startswith("sum(up{instance=~")
+    only = version_queries(["http://h:1/metrics"], 10, services={CREDITS})
+    assert 'grpc_service=~"shieldx\\\\.credits\\\\.v1\\\\.CreditsService"' in only.requests
+
+
+def test_queries_need_a_metrics_endpoint() -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        version_queries(["", "not a url"], 30)
+    assert caught.value.metadata["field"] == "metrics_endpoint"
+
+
+def test_prometheus_answers_become_an_observation() -> None:
+    def vector(*samples: tuple[dict[str, str], str]) -> str:
+        result = [{"metric": labels, "value": [1_900_000_000.0, value]} for labels, value in samples]
+        return json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}})
+
+    observed = observation_from_vectors(
+        requests=parse_vector(vector(({}, "400.0000001"))),
+        errors=parse_vector(vector(({}, "30"))),
+        buckets=parse_vector(vector(({"le": "0.1"}, "300"), ({"le": "0.5"}, "390"), ({"le": "+Inf"}, "400"))),
+        up=parse_vector(vector(({}, "2"))),
+        total_instances=3,
+    )
+    assert (observed.requests, observed.errors, observed.healthy_instances) == (400, 30, 2)
+    assert observed.latency_buckets == ((0.1, 300.0), (0.5, 390.0), (INF, 400.0))
+    assert judge(observed, AnalysisThresholds()).verdict is Verdict.FAIL  # 7.5 % errors
+    empty = observation_from_vectors(requests=[], errors=[], buckets=[], up=[], total_instances=1)
+    assert judge(empty, AnalysisThresholds()).verdict is Verdict.FAIL  # nothing up
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"status": "error", "errorType": "bad_data", "error": "parse error"}',
+        '{"status": "success", "data": {"resultType": "matrix", "result": []}}',
+        '{"status": "success"}',
+        "<html>",
+    ],
+)
+def test_unusable_prometheus_answers_are_unavailable(body: str) -> None:
+    with pytest.raises(Unavailable) as caught:
+        parse_vector(body)
+    assert caught.value.reason == "METRICS_UNREADABLE"

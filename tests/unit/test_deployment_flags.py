@@ -12,6 +12,7 @@ import pytest
 from servers.deployment.bucketing import BucketingAlgorithm, choose, murmur3_x86_32
 from servers.deployment.flags import (
     FlagDefinition,
+    GradualRollout,
     build_definition,
     gradual_rollout_targeting,
     parse_definition,
@@ -715,3 +716,40 @@ def test_definitions_are_values() -> None:
 def test_numbers_beyond_a_double_are_refused(text: str) -> None:
     with pytest.raises(InvalidArgument):
         FlagSet().parse("f", text)
+
+
+def test_a_structured_rollout_is_stored_as_a_fractional_rule() -> None:
+    definition = build_definition(
+        "beta",
+        state="FLAG_STATE_ENABLED",
+        variants={"on": True, "off": False},
+        default_variant="off",
+        targeting=None,
+        metadata=None,
+        rollout=GradualRollout("on", 12.5),
+    )
+    assert definition.targeting == {"fractional": [["on", 1250], ["off", 8750]]}
+
+
+@pytest.mark.parametrize(
+    ("rollout", "targeting", "field"),
+    [
+        (GradualRollout("maybe", 10), None, "definition.rollout.variant"),
+        (GradualRollout("on", 10, "nope"), None, "definition.rollout.otherwise_variant"),
+        (GradualRollout("", 10), None, "definition.rollout.variant"),
+        (GradualRollout("on", 10), {"if": [True, "on", "off"]}, "definition.rollout"),
+        (GradualRollout("off", 10), None, "definition.rollout.otherwise_variant"),
+    ],
+)
+def test_bad_structured_rollouts_name_the_field(rollout: GradualRollout, targeting: Any, field: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        build_definition(
+            "beta",
+            state=None,
+            variants={"on": True, "off": False},
+            default_variant="off",
+            targeting=targeting,
+            metadata=None,
+            rollout=rollout,
+        )
+    assert caught.value.metadata["field"] == field
