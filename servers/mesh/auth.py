@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from google.protobuf.descriptor import ServiceDescriptor
-from shieldx.mesh.v1 import options_pb2
 
 from servers.mesh import errors, status
 from servers.mesh.interception import CallInterceptor, Context, Method, finalized_elsewhere
+from shieldx.mesh.v1 import options_pb2
 
 
 class VerifiedToken(Protocol):
