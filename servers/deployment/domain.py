@@ -74,14 +74,23 @@ class HistoryEntry:
     """One recorded transition."""
 
     at: datetime
+    """When."""
     from_state: State | None
+    """State before (None for the creation)."""
     to_state: State
+    """State after."""
     step: int
+    """Step index after."""
     weight_percent: int
+    """New version's share of traffic after."""
     event: str
+    """What caused it: CREATED, INSTANCES_READY, ANALYSIS, TIMER, PROMOTE, PAUSE, RESUME or ABORT."""
     actor: str
+    """Who: an operator, or `controller`."""
     detail: str = ""
+    """A sentence for people."""
     verdict: Verdict | None = None
+    """The verdict, for ANALYSIS."""
 
 
 @dataclass(frozen=True)
@@ -152,12 +161,14 @@ class Deployment:
 
 @dataclass(frozen=True)
 class Transition:
-    """The outcome of an event: the new deployment, the actions to perform in order, and the
-    history entry recorded (None when nothing a person would notice changed)."""
+    """The outcome of an event."""
 
     deployment: Deployment
+    """The deployment after it (the same object if nothing changed)."""
     actions: tuple[Action, ...]
+    """What the controller must do, in this order."""
     entry: HistoryEntry | None
+    """The history entry recorded; None when nothing a person would notice changed."""
 
 
 # -- the machine ---------------------------------------------------------------------------------

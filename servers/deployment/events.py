@@ -15,10 +15,12 @@ from servers.deployment.analysis import AnalysisOutcome
 
 @dataclass(frozen=True)
 class InstancesReady:
-    """`ready` instances of `version` are registered and serving."""
+    """Instances of a version are registered and serving."""
 
     version: str
+    """The version."""
     ready: int
+    """How many of its instances are ready now (not how many became ready)."""
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,7 @@ class AnalysisCompleted:
     """An analysis of the new version finished."""
 
     outcome: AnalysisOutcome
+    """Its verdict and numbers."""
 
 
 @dataclass(frozen=True)
@@ -35,10 +38,12 @@ class TimerElapsed:
 
 @dataclass(frozen=True)
 class Promote:
-    """An operator moves on to the next step now (`full`: to the end)."""
+    """An operator moves on to the next step now."""
 
     actor: str
+    """Who."""
     full: bool = False
+    """Skip the remaining steps."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,9 @@ class Pause:
     """An operator holds the deployment."""
 
     actor: str
+    """Who."""
     reason: str = ""
+    """Why, for the history."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,7 @@ class Resume:
     """An operator lets a paused deployment continue."""
 
     actor: str
+    """Who."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +69,9 @@ class Abort:
     """An operator stops the deployment and rolls it back."""
 
     actor: str
+    """Who."""
     reason: str = ""
+    """Why, for the history."""
 
 
 Event = InstancesReady | AnalysisCompleted | TimerElapsed | Promote | Pause | Resume | Abort
@@ -69,19 +79,28 @@ Event = InstancesReady | AnalysisCompleted | TimerElapsed | Promote | Pause | Re
 
 @dataclass(frozen=True)
 class SetWeights:
-    """Publish these route weights (basis points per version) for the service."""
+    """Publish these route weights for the service."""
 
     service: str
+    """The service."""
     weights: Mapping[str, int]
+    """Basis points per version, summing to 10000."""
 
 
 @dataclass(frozen=True)
 class ScaleVersion:
-    """Run this many instances of a version of the service (0: drain and stop them)."""
+    """Run this many instances of a version of the service.
+
+    Scaling up completes when the instances are ready, which the controller reports with
+    InstancesReady; scaling to 0 drains the version (it has no weight by then) and stops it.
+    """
 
     service: str
+    """The service."""
     version: str
+    """The version."""
     replicas: int
+    """Instances wanted."""
 
 
 Action = SetWeights | ScaleVersion

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -23,6 +24,7 @@ from servers.deployment.events import (
     TimerElapsed,
 )
 from servers.deployment.plans import DeploymentPlan, PauseMode, Strategy, new_plan
+from servers.deployment.snapshots import deployment_document, deployment_from_document
 from servers.mesh.errors import FailedPrecondition, InvalidArgument
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
@@ -395,3 +397,19 @@ def test_invalid_plans_name_the_field(changes: dict[str, object], field: str) ->
     with pytest.raises(InvalidArgument) as caught:
         new_plan(**request)  # type: ignore[arg-type]
     assert caught.value.metadata["field"] == field
+
+
+# -- storage documents -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", list(Strategy))
+def test_a_deployment_survives_a_round_trip_through_its_json_document(strategy: Strategy) -> None:
+    run = Run(plan(strategy, pause_mode=PauseMode.MANUAL))
+    run.send(InstancesReady("v2", 3), after=10)
+    run.send(UNSURE, after=10)
+    run.send(PASS, after=10)
+    run.send(FAIL, after=10)
+    stored = json.loads(json.dumps(deployment_document(run.deployment)))
+    assert deployment_from_document(stored) == run.deployment
+    with pytest.raises(ValueError):
+        deployment_from_document({**stored, "format": 99})
