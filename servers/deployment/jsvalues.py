@@ -1,4 +1,5 @@
-"""JavaScript value semantics for JSON Logic: truthiness, conversions, equality, comparison.
+"""JavaScript value semantics for JSON Logic, and the operations that are plain functions of
+their evaluated arguments (comparison, arithmetic, strings, arrays).
 
 json-logic-js, the reference implementation of JSON Logic, is JavaScript; rules written for
 flagd behave the same here only if `==`, `<`, `+` and friends convert values the way
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 _NUMBER_PREFIX = re.compile(r"^\s*([+-]?(?:Infinity|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?))")
@@ -152,3 +154,132 @@ def number_result(value: float | int) -> float | int:
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         return int(value)
     return value
+
+
+def _first(args: list[Any]) -> Any:
+    return args[0] if args else None
+
+
+def _compare(args: list[Any], *, or_equal: bool) -> bool:
+    if len(args) == 3:  # "between": a < b < c
+        return less_than(args[0], args[1], or_equal=or_equal) and less_than(args[1], args[2], or_equal=or_equal)
+    if len(args) < 2:
+        return False
+    return less_than(args[0], args[1], or_equal=or_equal)
+
+
+def _greater(args: list[Any], *, or_equal: bool) -> bool:
+    return len(args) >= 2 and less_than(args[1], args[0], or_equal=or_equal)
+
+
+def _add(args: list[Any]) -> Any:
+    return number_result(sum(parse_float(arg) for arg in args)) if args else 0
+
+
+def _multiply(args: list[Any]) -> Any:
+    result: float | int = 1
+    for arg in args:
+        result = result * parse_float(arg)
+    return number_result(result) if args else None
+
+
+def _subtract(args: list[Any]) -> Any:
+    if len(args) == 1:
+        return number_result(-to_number(args[0]))
+    if len(args) < 2:
+        return None
+    return number_result(to_number(args[0]) - to_number(args[1]))
+
+
+def _divide(args: list[Any]) -> Any:
+    if len(args) < 2:
+        return None
+    a, b = to_number(args[0]), to_number(args[1])
+    if b == 0:
+        if a == 0 or math.isnan(a):
+            return math.nan
+        return math.copysign(math.inf, a) * math.copysign(1.0, b)
+    return number_result(a / b)
+
+
+def _modulo(args: list[Any]) -> Any:
+    if len(args) < 2:
+        return None
+    a, b = to_number(args[0]), to_number(args[1])
+    if b == 0 or math.isinf(a) or math.isnan(a) or math.isnan(b):
+        return math.nan
+    return number_result(math.fmod(a, b))
+
+
+def _extreme(args: list[Any], pick: Callable[..., Any]) -> Any:
+    numbers = [to_number(arg) for arg in args]
+    if not numbers:
+        return None
+    if any(math.isnan(number) for number in numbers):
+        return math.nan
+    return number_result(pick(numbers))
+
+
+def _contains(args: list[Any]) -> bool:
+    if len(args) < 2:
+        return False
+    needle, haystack = args[0], args[1]
+    if isinstance(haystack, str):
+        return js_string(needle) in haystack
+    if isinstance(haystack, list):
+        return any(strict_equals(needle, item) for item in haystack)
+    return False
+
+
+def _integer(value: Any, limit: int) -> int:
+    """JavaScript ToIntegerOrInfinity, with the infinities clamped to ±`limit`."""
+    number = to_number(value)
+    if math.isnan(number):
+        return 0
+    return int(max(-limit, min(limit, number)))
+
+
+def _substring(args: list[Any]) -> str:
+    text = js_string(_first(args))
+    start = _integer(args[1], len(text)) if len(args) > 1 else 0
+    rest = text[max(len(text) + start, 0) if start < 0 else start :]
+    if len(args) < 3:
+        return rest
+    length = _integer(args[2], len(rest))
+    return rest[: len(rest) + length] if length < 0 else rest[:length]
+
+
+def _merge(args: list[Any]) -> list[Any]:
+    merged: list[Any] = []
+    for arg in args:
+        if isinstance(arg, list):
+            merged.extend(arg)
+        else:
+            merged.append(arg)
+    return merged
+
+
+EAGER_OPERATIONS: dict[str, Callable[[list[Any]], Any]] = {
+    "==": lambda a: len(a) >= 2 and loose_equals(a[0], a[1]),
+    "!=": lambda a: not (len(a) >= 2 and loose_equals(a[0], a[1])),
+    "===": lambda a: len(a) >= 2 and strict_equals(a[0], a[1]),
+    "!==": lambda a: not (len(a) >= 2 and strict_equals(a[0], a[1])),
+    "!": lambda a: not truthy(_first(a)),
+    "!!": lambda a: truthy(_first(a)),
+    "<": lambda a: _compare(a, or_equal=False),
+    "<=": lambda a: _compare(a, or_equal=True),
+    ">": lambda a: _greater(a, or_equal=False),
+    ">=": lambda a: _greater(a, or_equal=True),
+    "+": _add,
+    "*": _multiply,
+    "-": _subtract,
+    "/": _divide,
+    "%": _modulo,
+    "max": lambda a: _extreme(a, max),
+    "min": lambda a: _extreme(a, min),
+    "in": _contains,
+    "cat": lambda a: "".join(js_string(arg) for arg in a),
+    "substr": _substring,
+    "merge": _merge,
+    "log": _first,
+}

@@ -12,8 +12,8 @@ from datetime import datetime
 from typing import Any
 
 from servers.deployment.analysis import AnalysisOutcome, AnalysisThresholds, Verdict
-from servers.deployment.domain import Deployment, HistoryEntry, PauseReason, State
 from servers.deployment.plans import DeploymentPlan, PauseMode, Step, Strategy
+from servers.deployment.progress import Deployment, HistoryEntry, PauseReason, State
 
 FORMAT = 1
 """Version of the document layout written by `deployment_document`."""

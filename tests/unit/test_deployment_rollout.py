@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from servers.deployment.analysis import AnalysisOutcome, AnalysisThresholds, Verdict
-from servers.deployment.domain import Deployment, PauseReason, State, Transition, apply, start
+from servers.deployment.domain import Transition, apply, start
 from servers.deployment.events import (
     Abort,
     Action,
@@ -24,6 +24,7 @@ from servers.deployment.events import (
     TimerElapsed,
 )
 from servers.deployment.plans import DeploymentPlan, PauseMode, Strategy, new_plan
+from servers.deployment.progress import Deployment, PauseReason, State
 from servers.deployment.snapshots import deployment_document, deployment_from_document
 from servers.mesh.errors import FailedPrecondition, InvalidArgument
 
