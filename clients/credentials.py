@@ -148,3 +148,31 @@ def load_client(data_dir: str | os.PathLike[str], principal: str) -> tuple[str, 
     credentials = CredentialsFile.load(path)
     client = credentials.clients.get(principal)
     return None if client is None else (credentials.token_endpoint, client)
+
+
+class CredentialsFileTokenSource:
+    """A token source for one principal of a credentials file, read when the first token is needed.
+
+    Servers start before (or, for the token service, while) the file is written, so the file
+    is read lazily; IssueToken goes over its own channel, which sends no bearer token.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], principal: str, open_channel: Callable[[str], grpc.aio.Channel]
+    ) -> None:
+        self._path = Path(path)
+        self._principal = principal
+        self._open_channel = open_channel
+        self._source: ClientCredentialsTokenSource | None = None
+
+    async def token(self) -> str:
+        """A valid token for the principal."""
+        if self._source is None:
+            if not self._path.exists():
+                raise ShieldxError(grpc.StatusCode.UNAUTHENTICATED, f"no credentials file at {self._path}")
+            credentials = CredentialsFile.load(self._path)
+            client = credentials.clients.get(self._principal)
+            if client is None:
+                raise ShieldxError(grpc.StatusCode.UNAUTHENTICATED, f"{self._path} has no entry {self._principal!r}")
+            self._source = ClientCredentialsTokenSource(self._open_channel(credentials.token_endpoint), client)
+        return await self._source.token()

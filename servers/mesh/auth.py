@@ -8,7 +8,7 @@ rule is closed to everyone.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -96,10 +96,17 @@ def bearer_token(metadata: Iterable[Any]) -> str | None:
 class AuthInterceptor(CallInterceptor[contextvars.Token[Caller] | None]):
     """UNAUTHENTICATED without a valid token; PERMISSION_DENIED without the RPC's scope."""
 
-    def __init__(self, verifier: BearerVerifier, rules: Mapping[str, Rule]) -> None:
+    def __init__(
+        self,
+        verifier: BearerVerifier,
+        rules: Mapping[str, Rule],
+        reverify: Callable[[str], Awaitable[VerifiedToken]] | None = None,
+    ) -> None:
+        """`reverify` is tried once when a token names an unknown key (e.g. after a rotation)."""
         super().__init__()
         self._verifier = verifier
         self._rules = dict(rules)
+        self._reverify = reverify
 
     def applies_to(self, method: Method) -> bool:
         return not method.is_infrastructure
@@ -118,7 +125,7 @@ class AuthInterceptor(CallInterceptor[contextvars.Token[Caller] | None]):
         try:
             claims = self._verifier.verify(token)
         except errors.Unauthenticated as error:
-            await status.abort(context, error, "shieldx.mesh")
+            claims = await self._second_chance(context, token, error)
         if rule is None or not rule.scope:
             await status.abort(
                 context,
@@ -136,6 +143,14 @@ class AuthInterceptor(CallInterceptor[contextvars.Token[Caller] | None]):
                 "shieldx.mesh",
             )
         return _caller.set(Caller(claims.client_id, claims.sub, claims.scope, claims.jti))
+
+    async def _second_chance(self, context: Context, token: str, error: errors.Unauthenticated) -> VerifiedToken:
+        if self._reverify is None or error.reason != "TOKEN_UNKNOWN_KEY":
+            await status.abort(context, error, "shieldx.mesh")
+        try:
+            return await self._reverify(token)
+        except errors.Unauthenticated as again:
+            await status.abort(context, again, "shieldx.mesh")
 
     async def exit(
         self,

@@ -24,6 +24,7 @@ from grpc_health.v1.health import aio as health_aio
 from prometheus_client import CollectorRegistry
 
 from clients.channel import ChannelOptions, ChannelTls, TokenSource, open_channel
+from clients.credentials import CREDENTIALS_FILE, CredentialsFileTokenSource
 from servers.mesh.auth import AuthInterceptor, BearerVerifier, rules_from_contracts
 from servers.mesh.config import MeshConfig
 from servers.mesh.faults import FaultInjectionInterceptor, FaultTable
@@ -34,6 +35,7 @@ from servers.mesh.reflection import enable_reflection
 from servers.mesh.status import ErrorMappingInterceptor
 from servers.mesh.storage import Database, open_database
 from servers.mesh.tracing import TracingInterceptor, configure_tracing, shutdown_tracing
+from servers.mesh.trust import MeshTrust
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +90,35 @@ class Runtime:
         self.verifier = verifier
         self.token_source = token_source
         self.faults = FaultTable(config.version)
+        self.trust: MeshTrust | None = None
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._databases: list[Database] = []
+
+    def credentials_path(self) -> Path:
+        """Where this process's client credentials are (`auth.credentials_file` or `<data_dir>/credentials`)."""
+        return Path(self.config.auth.credentials_file or self.config.data_path / CREDENTIALS_FILE)
+
+    def use_credentials_file(self) -> None:
+        """Authenticate outgoing calls as this service's principal from the credentials file."""
+        tls = self.config.tls
+
+        def token_channel(target: str) -> grpc.aio.Channel:
+            secure = ChannelTls(tls.ca_file, tls.cert_file, tls.key_file) if tls.enabled else None
+            return open_channel(target, ChannelOptions(tls=secure, metrics_registry=self.registry))
+
+        self.token_source = CredentialsFileTokenSource(self.credentials_path(), self.config.service, token_channel)
+
+    def enable_trust(self) -> MeshTrust:
+        """Verify tokens with keys and revocations followed from the token service."""
+        auth = self.config.auth
+        self.trust = MeshTrust(
+            self.channel("tokens"),
+            audience=auth.audience,
+            leeway_seconds=auth.leeway_seconds,
+            refresh_seconds=auth.key_refresh_seconds,
+        )
+        self.verifier = self.trust.verifier
+        return self.trust
 
     def channel(self, service: str) -> grpc.aio.Channel:
         """A shared, traced, authenticated channel to a peer service."""
@@ -130,7 +159,8 @@ def interceptor_chain(runtime: Runtime, services: Sequence[ServiceDescriptor]) -
     if config.auth.enabled:
         if runtime.verifier is None:
             raise RuntimeError("auth is enabled but no token verifier was configured")
-        chain.append(AuthInterceptor(runtime.verifier, rules_from_contracts(services)))
+        reverify = runtime.trust.verify if runtime.trust is not None else None
+        chain.append(AuthInterceptor(runtime.verifier, rules_from_contracts(services), reverify))
     if config.rate_limit.enabled:
         chain.append(RateLimitInterceptor(TokenBuckets(config.rate_limit.rate_per_second, config.rate_limit.burst)))
     chain.append(FaultInjectionInterceptor(runtime.faults))
@@ -150,16 +180,25 @@ class MeshServer:
         self.metrics_port: int | None = None
         self._metrics_http: Any = None
 
-    async def start(self, *, metrics: bool = True) -> None:
-        """Start serving, report SERVING for every service, and open `/metrics` unless told not to."""
+    async def start(self, *, metrics: bool = True, serving: bool = True) -> None:
+        """Start the server and `/metrics` (unless told not to); report SERVING now or, with
+        `serving=False`, NOT_SERVING until `set_serving()`."""
         await self.server.start()
-        for name in ["", *self.service_names]:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if serving:
+            await self.set_serving()
+        else:
+            for name in ["", *self.service_names]:
+                await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         if metrics:
             config = self.runtime.config
             self._metrics_http, self.metrics_port = serve_metrics(
                 self.runtime.registry, config.host, max(config.metrics_port, 0)
             )
+
+    async def set_serving(self) -> None:
+        """Report SERVING for every service and overall."""
+        for name in ["", *self.service_names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace: float | None = None, drain_delay: float | None = None) -> None:
         """Graceful stop: health NOT_SERVING first, then in-flight calls get `grace` seconds to finish."""
@@ -208,13 +247,30 @@ def create_server(mounts: Sequence[Mount], runtime: Runtime, address: str | None
 ServiceBuilder = Callable[[Runtime], Awaitable[Service]]
 
 
+def prepare_auth(runtime: Runtime, service: Service) -> None:
+    """With auth on: outgoing calls carry this service's token, and (unless the service verifies
+    tokens itself, as the token service does) incoming ones are verified by followed trust."""
+    if not runtime.config.auth.enabled:
+        return
+    if runtime.verifier is None:
+        trust = runtime.enable_trust()
+        service.tasks += [trust.refresh_keys_forever, trust.follow_revocations_forever, trust.prune_forever]
+
+
 async def run(config: MeshConfig, build: ServiceBuilder, runtime: Runtime | None = None) -> None:
     """Run one server process until SIGTERM or SIGINT, then shut down gracefully."""
     runtime = runtime or Runtime(config)
+    if config.auth.enabled and runtime.token_source is None:
+        runtime.use_credentials_file()
     service = await build(runtime)
+    prepare_auth(runtime, service)
     server = create_server(service.mounts, runtime)
-    await server.start()
+    await server.start(serving=runtime.trust is None)
     tasks = [asyncio.create_task(task(), name=task.__qualname__) for task in service.tasks]
+    if runtime.trust is not None:
+        log.info("waiting for the token service's keys and revocations")
+        await runtime.trust.wait_ready()
+        await server.set_serving()
     log.info(
         "serving",
         extra={"port": server.port, "metrics_port": server.metrics_port, "services": server.service_names},

@@ -1,0 +1,169 @@
+"""Mesh trust: keeps a server's token verifier in step with the token service.
+
+Every server except the token service itself verifies bearer tokens locally. This module
+fills its `TokenVerifier` with the token service's published keys (`ListPublicKeys`, again on
+an interval and at once when a token names a key it does not know) and with every revocation
+(`WatchRevocations`, one stream per process, resumed from the last sequence seen), so a
+revocation reaches every server within milliseconds and no call costs a network round trip.
+
+A server reports SERVING only once it has the keys and has caught up with the revocations:
+a restarted server never accepts a token that was revoked while it was down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import grpc
+
+from servers.mesh import errors, paseto
+from servers.mesh.claims import TOKEN_UNKNOWN_KEY, TokenClaims, TokenVerifier, TrustedKey
+from shieldx.tokens.v1 import tokens_pb2, tokens_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+ISSUER = "shieldx-tokens"
+
+
+def _moment(timestamp: object) -> datetime | None:
+    seconds = timestamp.ToSeconds() if timestamp.ByteSize() else None  # type: ignore[attr-defined]
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
+
+
+class MeshTrust:
+    """The verifier of one server process and the two loops that keep it current."""
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        *,
+        audience: str,
+        leeway_seconds: float,
+        refresh_seconds: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.verifier = TokenVerifier(
+            audience=audience, issuer=ISSUER, leeway=timedelta(seconds=leeway_seconds), clock=clock
+        )
+        self._stub = tokens_pb2_grpc.TokenServiceStub(channel)
+        self._refresh_seconds = refresh_seconds
+        self._keys_loaded = asyncio.Event()
+        self._caught_up = asyncio.Event()
+        self._refresh_now = asyncio.Event()
+        self._last_refresh = 0.0
+        self._refreshing: asyncio.Task[None] | None = None
+        self.sequence = 0
+        """Sequence number of the last revocation applied (the stream's resume point)."""
+
+    # --- readiness ----------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Keys loaded and revocations caught up."""
+        return self._keys_loaded.is_set() and self._caught_up.is_set()
+
+    async def wait_ready(self) -> None:
+        """Return once keys are loaded and the revocation stream has caught up."""
+        await self._keys_loaded.wait()
+        await self._caught_up.wait()
+
+    # --- keys ---------------------------------------------------------------------------------
+
+    async def load_keys(self) -> None:
+        """Fetch the published keys once and trust exactly those."""
+        keys: list[TrustedKey] = []
+        page_token = ""
+        while True:
+            reply = await self._stub.ListPublicKeys(
+                tokens_pb2.ListPublicKeysRequest(page_size=100, page_token=page_token), timeout=10
+            )
+            for key in reply.keys:
+                try:
+                    keys.append(
+                        TrustedKey.from_paserk(
+                            key.paserk,
+                            kid=key.kid,
+                            not_before=_moment(key.not_before),
+                            not_after=_moment(key.not_after),
+                        )
+                    )
+                except paseto.InvalidPaserk:
+                    log.error("token service published a malformed key", extra={"kid": key.kid})
+            page_token = reply.next_page_token
+            if not page_token:
+                break
+        self.verifier.replace_keys(keys)
+        self._last_refresh = time.monotonic()
+        self._keys_loaded.set()
+
+    async def refresh_keys_forever(self) -> None:
+        """Background loop: reload keys every `refresh_seconds`, or at once when asked."""
+        failures = 0
+        while True:
+            try:
+                await self.load_keys()
+                failures = 0
+            except grpc.aio.AioRpcError as error:
+                failures += 1
+                log.warning("could not fetch public keys: %s", error.code().name)
+            delay = self._refresh_seconds if failures == 0 else min(30.0, 0.2 * 2**failures)
+            self._refresh_now.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._refresh_now.wait(), delay)
+
+    async def verify(self, token: str) -> TokenClaims:
+        """Verify; on an unknown key id reload the keys once (at most once a second) and try again.
+
+        A freshly rotated key is then accepted on its first use instead of after the next
+        scheduled refresh.
+        """
+        try:
+            return self.verifier.verify(token)
+        except errors.Unauthenticated as error:
+            if error.reason != TOKEN_UNKNOWN_KEY or time.monotonic() - self._last_refresh < 1.0:
+                raise
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.create_task(self.load_keys())
+        with contextlib.suppress(TimeoutError, grpc.aio.AioRpcError):
+            await asyncio.wait_for(asyncio.shield(self._refreshing), 2.0)
+        return self.verifier.verify(token)
+
+    # --- revocations --------------------------------------------------------------------------
+
+    async def follow_revocations_forever(self) -> None:
+        """Background loop: apply the revocation stream, reconnecting from the last sequence."""
+        failures = 0
+        while True:
+            try:
+                call = self._stub.WatchRevocations(tokens_pb2.WatchRevocationsRequest(after_sequence=self.sequence))
+                async for update in call:
+                    self._apply(update)
+                    failures = 0
+            except grpc.aio.AioRpcError as error:
+                failures += 1
+                log.warning("revocation stream interrupted: %s", error.code().name)
+            await asyncio.sleep(min(10.0, 0.1 * 2**failures) * random.uniform(0.5, 1.0))
+
+    def _apply(self, update: tokens_pb2.WatchRevocationsResponse) -> None:
+        entries = [(r.jti, datetime.fromtimestamp(r.expire_time.ToSeconds(), UTC)) for r in update.revocations]
+        if update.reset:
+            self.verifier.replace_revocations(entries)
+        else:
+            for jti, expires_at in entries:
+                self.verifier.revoke(jti, expires_at)
+        for revocation in update.revocations:
+            self.sequence = max(self.sequence, revocation.sequence)
+        if update.caught_up:
+            self._caught_up.set()
+
+    async def prune_forever(self, interval: float = 300.0) -> None:
+        """Background loop: drop revocations of tokens that have expired anyway."""
+        while True:
+            await asyncio.sleep(interval)
+            self.verifier.prune_revocations()
