@@ -1,13 +1,22 @@
-"""The `shieldx` command: run the mesh (`up`), one server (`serve`), and look at it (`status`)."""
+"""The `shieldx` command: run the mesh (`up`), one server (`serve`), look at it (`status`), call it (`call`)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
+import pkgutil
 import sys
 from pathlib import Path
 
+import grpc
+from google.protobuf import json_format, message_factory
+from google.protobuf.descriptor import MethodDescriptor
+from google.protobuf.message import Message
+
+from clients.connect import connect
+from clients.errors import ShieldxError
 from clients.launcher import SERVICES, health_status, read_endpoints, run_up
 
 
@@ -26,6 +35,52 @@ def _status(data_dir: Path, as_json: bool) -> int:
         for name, status in statuses.items():
             print(f"{name.ljust(width)}  {endpoints[name].address.ljust(21)}  {status}")
     return 0 if all(s == "SERVING" for s in statuses.values()) else 1
+
+
+def _find_method(service: str, method: str) -> MethodDescriptor:
+    for module in pkgutil.iter_modules(importlib.import_module(f"shieldx.{service}.v1").__path__):
+        if module.name.endswith("_pb2"):
+            descriptor = importlib.import_module(f"shieldx.{service}.v1.{module.name}").DESCRIPTOR
+            for candidate in descriptor.services_by_name.values():
+                if method in candidate.methods_by_name:
+                    found: MethodDescriptor = candidate.methods_by_name[method]
+                    return found
+    raise SystemExit(f"no RPC {method!r} in shieldx.{service}.v1")
+
+
+def _call(data_dir: Path, service: str, method: str, body: str, principal: str) -> int:
+    """Call one RPC with a JSON request (proto3 JSON mapping) and print the JSON answer(s)."""
+    descriptor = _find_method(service, method)
+    request_type = message_factory.GetMessageClass(descriptor.input_type)
+    response_type = message_factory.GetMessageClass(descriptor.output_type)
+    request = json_format.Parse(body or "{}", request_type())
+    path = f"/{descriptor.containing_service.full_name}/{method}"
+
+    async def call() -> int:
+        async with connect(service, data_dir=data_dir, principal=principal) as channel:
+            try:
+                if descriptor.server_streaming:
+                    stream: grpc.aio.UnaryStreamMultiCallable[bytes, Message] = channel.unary_stream(
+                        path, response_deserializer=response_type.FromString
+                    )
+                    async for item in stream(request.SerializeToString()):
+                        print(json_format.MessageToJson(item), flush=True)
+                else:
+                    unary: grpc.aio.UnaryUnaryMultiCallable[bytes, Message] = channel.unary_unary(
+                        path, response_deserializer=response_type.FromString
+                    )
+                    print(json_format.MessageToJson(await unary(request.SerializeToString(), timeout=30)))
+            except grpc.aio.AioRpcError as error:
+                failure = ShieldxError.from_rpc_error(error)
+                print(f"{failure.code.name}: {failure.message}", file=sys.stderr)
+                if failure.reason:
+                    print(f"  reason: {failure.reason} {failure.metadata or ''}", file=sys.stderr)
+                for field, problem in failure.field_violations.items():
+                    print(f"  {field}: {problem}", file=sys.stderr)
+                return 1
+        return 0
+
+    return asyncio.run(call())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,6 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     status = commands.add_parser("status", help="health of each server (exit 1 unless all SERVING)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
+    call = commands.add_parser("call", help="call one RPC with a JSON request, as the admin of `shieldx up`")
+    call.add_argument("service", choices=SERVICES)
+    call.add_argument("method", help="RPC name, e.g. GetBalance")
+    call.add_argument("body", nargs="?", default="{}", help="request as JSON (proto3 JSON mapping)")
+    call.add_argument("--as", dest="principal", default="admin", help="principal of the credentials file")
+
     args = parser.parse_args(argv)
     data_dir = Path(args.data_dir)
     if args.command == "up":
@@ -68,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             forwarded += ["--port", str(args.port)]
         serve_main(args.service, forwarded)
         return 0
+    if args.command == "call":
+        return _call(data_dir, args.service, args.method, args.body, args.principal)
     return _status(data_dir, args.json)
 
 

@@ -123,6 +123,9 @@ class Supervisor:
         peers = ",".join(f"{c.endpoint.service}={c.endpoint.address}" for c in self.children.values())
         env = {
             **os.environ,
+            # The token service creates the signing key, an admin and one client per server on
+            # its first start, and writes them to <data_dir>/credentials for the others.
+            "SHIELDX_TOKENS__BOOTSTRAP": "true",
             "SHIELDX_DATA_DIR": str(self.data_dir),
             "SHIELDX_HOST": endpoint.host,
             "SHIELDX_PORT": str(endpoint.port),
