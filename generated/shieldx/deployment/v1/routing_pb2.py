@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#shieldx/deployment/v1/routing.proto\x12\x15shieldx.deployment.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8a\x01\n\x08Instance\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x18\n\x10metrics_endpoint\x18\x04 \x01(\t\x12\x31\n\rregister_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x0cVersionRoute\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x11\n\tweight_bp\x18\x02 \x01(\x05\x12\x11\n\taddresses\x18\x03 \x03(\t\"\xaf\x01\n\x05Route\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x35\n\x08versions\x18\x03 \x03(\x0b\x32#.shieldx.deployment.v1.VersionRoute\x12\x1b\n\x13sticky_metadata_key\x18\x04 \x01(\t\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"3\n\rVersionWeight\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x11\n\tweight_bp\x18\x02 \x01(\x05\"z\n\x17RegisterInstanceRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x18\n\x10metrics_endpoint\x18\x05 \x01(\t\"M\n\x18RegisterInstanceResponse\x12\x31\n\x08instance\x18\x01 \x01(\x0b\x32\x1f.shieldx.deployment.v1.Instance\"Q\n\x19\x44\x65registerInstanceRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\"\x1c\n\x1a\x44\x65registerInstanceResponse\"_\n\x14ListInstancesRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"d\n\x15ListInstancesResponse\x12\x32\n\tinstances\x18\x01 \x03(\x0b\x32\x1f.shieldx.deployment.v1.Instance\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x10GetRoutesRequest\x12\x10\n\x08services\x18\x01 \x03(\t\"A\n\x11GetRoutesResponse\x12,\n\x06routes\x18\x01 \x03(\x0b\x32\x1c.shieldx.deployment.v1.Route\"&\n\x12WatchRoutesRequest\x12\x10\n\x08services\x18\x01 \x03(\t\"]\n\x13WatchRoutesResponse\x12,\n\x06routes\x18\x01 \x03(\x0b\x32\x1c.shieldx.deployment.v1.Route\x12\x18\n\x10removed_services\x18\x02 \x03(\t\"\x91\x01\n\x16SetRouteWeightsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x35\n\x07weights\x18\x03 \x03(\x0b\x32$.shieldx.deployment.v1.VersionWeight\x12\x1b\n\x13sticky_metadata_key\x18\x04 \x01(\t\"F\n\x17SetRouteWeightsResponse\x12+\n\x05route\x18\x01 \x01(\x0b\x32\x1c.shieldx.deployment.v1.Routeb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#shieldx/deployment/v1/routing.proto\x12\x15shieldx.deployment.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\x01\n\x08Instance\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x18\n\x10metrics_endpoint\x18\x04 \x01(\t\x12\x31\n\rregister_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x64rained\x18\x06 \x01(\x08\"E\n\x0cVersionRoute\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x11\n\tweight_bp\x18\x02 \x01(\x05\x12\x11\n\taddresses\x18\x03 \x03(\t\"\xaf\x01\n\x05Route\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x35\n\x08versions\x18\x03 \x03(\x0b\x32#.shieldx.deployment.v1.VersionRoute\x12\x1b\n\x13sticky_metadata_key\x18\x04 \x01(\t\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"3\n\rVersionWeight\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x11\n\tweight_bp\x18\x02 \x01(\x05\"z\n\x17RegisterInstanceRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x18\n\x10metrics_endpoint\x18\x05 \x01(\t\"M\n\x18RegisterInstanceResponse\x12\x31\n\x08instance\x18\x01 \x01(\x0b\x32\x1f.shieldx.deployment.v1.Instance\"Q\n\x19\x44\x65registerInstanceRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\"\x1c\n\x1a\x44\x65registerInstanceResponse\"_\n\x14ListInstancesRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"d\n\x15ListInstancesResponse\x12\x32\n\tinstances\x18\x01 \x03(\x0b\x32\x1f.shieldx.deployment.v1.Instance\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x10GetRoutesRequest\x12\x10\n\x08services\x18\x01 \x03(\t\"A\n\x11GetRoutesResponse\x12,\n\x06routes\x18\x01 \x03(\x0b\x32\x1c.shieldx.deployment.v1.Route\"&\n\x12WatchRoutesRequest\x12\x10\n\x08services\x18\x01 \x03(\t\"]\n\x13WatchRoutesResponse\x12,\n\x06routes\x18\x01 \x03(\x0b\x32\x1c.shieldx.deployment.v1.Route\x12\x18\n\x10removed_services\x18\x02 \x03(\t\"\x91\x01\n\x16SetRouteWeightsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x35\n\x07weights\x18\x03 \x03(\x0b\x32$.shieldx.deployment.v1.VersionWeight\x12\x1b\n\x13sticky_metadata_key\x18\x04 \x01(\t\"F\n\x17SetRouteWeightsResponse\x12+\n\x05route\x18\x01 \x01(\x0b\x32\x1c.shieldx.deployment.v1.Routeb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,35 +33,35 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shieldx.deployment.v1.routi
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_INSTANCE']._serialized_start=96
-  _globals['_INSTANCE']._serialized_end=234
-  _globals['_VERSIONROUTE']._serialized_start=236
-  _globals['_VERSIONROUTE']._serialized_end=305
-  _globals['_ROUTE']._serialized_start=308
-  _globals['_ROUTE']._serialized_end=483
-  _globals['_VERSIONWEIGHT']._serialized_start=485
-  _globals['_VERSIONWEIGHT']._serialized_end=536
-  _globals['_REGISTERINSTANCEREQUEST']._serialized_start=538
-  _globals['_REGISTERINSTANCEREQUEST']._serialized_end=660
-  _globals['_REGISTERINSTANCERESPONSE']._serialized_start=662
-  _globals['_REGISTERINSTANCERESPONSE']._serialized_end=739
-  _globals['_DEREGISTERINSTANCEREQUEST']._serialized_start=741
-  _globals['_DEREGISTERINSTANCEREQUEST']._serialized_end=822
-  _globals['_DEREGISTERINSTANCERESPONSE']._serialized_start=824
-  _globals['_DEREGISTERINSTANCERESPONSE']._serialized_end=852
-  _globals['_LISTINSTANCESREQUEST']._serialized_start=854
-  _globals['_LISTINSTANCESREQUEST']._serialized_end=949
-  _globals['_LISTINSTANCESRESPONSE']._serialized_start=951
-  _globals['_LISTINSTANCESRESPONSE']._serialized_end=1051
-  _globals['_GETROUTESREQUEST']._serialized_start=1053
-  _globals['_GETROUTESREQUEST']._serialized_end=1089
-  _globals['_GETROUTESRESPONSE']._serialized_start=1091
-  _globals['_GETROUTESRESPONSE']._serialized_end=1156
-  _globals['_WATCHROUTESREQUEST']._serialized_start=1158
-  _globals['_WATCHROUTESREQUEST']._serialized_end=1196
-  _globals['_WATCHROUTESRESPONSE']._serialized_start=1198
-  _globals['_WATCHROUTESRESPONSE']._serialized_end=1291
-  _globals['_SETROUTEWEIGHTSREQUEST']._serialized_start=1294
-  _globals['_SETROUTEWEIGHTSREQUEST']._serialized_end=1439
-  _globals['_SETROUTEWEIGHTSRESPONSE']._serialized_start=1441
-  _globals['_SETROUTEWEIGHTSRESPONSE']._serialized_end=1511
+  _globals['_INSTANCE']._serialized_end=251
+  _globals['_VERSIONROUTE']._serialized_start=253
+  _globals['_VERSIONROUTE']._serialized_end=322
+  _globals['_ROUTE']._serialized_start=325
+  _globals['_ROUTE']._serialized_end=500
+  _globals['_VERSIONWEIGHT']._serialized_start=502
+  _globals['_VERSIONWEIGHT']._serialized_end=553
+  _globals['_REGISTERINSTANCEREQUEST']._serialized_start=555
+  _globals['_REGISTERINSTANCEREQUEST']._serialized_end=677
+  _globals['_REGISTERINSTANCERESPONSE']._serialized_start=679
+  _globals['_REGISTERINSTANCERESPONSE']._serialized_end=756
+  _globals['_DEREGISTERINSTANCEREQUEST']._serialized_start=758
+  _globals['_DEREGISTERINSTANCEREQUEST']._serialized_end=839
+  _globals['_DEREGISTERINSTANCERESPONSE']._serialized_start=841
+  _globals['_DEREGISTERINSTANCERESPONSE']._serialized_end=869
+  _globals['_LISTINSTANCESREQUEST']._serialized_start=871
+  _globals['_LISTINSTANCESREQUEST']._serialized_end=966
+  _globals['_LISTINSTANCESRESPONSE']._serialized_start=968
+  _globals['_LISTINSTANCESRESPONSE']._serialized_end=1068
+  _globals['_GETROUTESREQUEST']._serialized_start=1070
+  _globals['_GETROUTESREQUEST']._serialized_end=1106
+  _globals['_GETROUTESRESPONSE']._serialized_start=1108
+  _globals['_GETROUTESRESPONSE']._serialized_end=1173
+  _globals['_WATCHROUTESREQUEST']._serialized_start=1175
+  _globals['_WATCHROUTESREQUEST']._serialized_end=1213
+  _globals['_WATCHROUTESRESPONSE']._serialized_start=1215
+  _globals['_WATCHROUTESRESPONSE']._serialized_end=1308
+  _globals['_SETROUTEWEIGHTSREQUEST']._serialized_start=1311
+  _globals['_SETROUTEWEIGHTSREQUEST']._serialized_end=1456
+  _globals['_SETROUTEWEIGHTSRESPONSE']._serialized_start=1458
+  _globals['_SETROUTEWEIGHTSRESPONSE']._serialized_end=1528
 # @@protoc_insertion_point(module_scope)

@@ -30,6 +30,7 @@ class Instance(_message.Message):
     ADDRESS_FIELD_NUMBER: _builtins.int
     METRICS_ENDPOINT_FIELD_NUMBER: _builtins.int
     REGISTER_TIME_FIELD_NUMBER: _builtins.int
+    DRAINED_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     """The service it serves, as named in the routes (e.g. `credits`)."""
     version: _builtins.str
@@ -39,6 +40,12 @@ class Instance(_message.Message):
     metrics_endpoint: _builtins.str
     """URL of its Prometheus `/metrics` endpoint, e.g. `http://127.0.0.1:9104/metrics`;
     empty if it exposes none (then it counts as unhealthy in analyses).
+    """
+    drained: _builtins.bool
+    """True while a deployment has scaled its version down past it: it stays registered but
+    gets no traffic and is not analysed. There is no orchestrator behind the registry, so
+    scaling a version to n replicas keeps its first n instances (by address) and drains the
+    rest; the process itself keeps running until an operator stops it.
     """
     @_builtins.property
     def register_time(self) -> _timestamp_pb2.Timestamp:
@@ -52,10 +59,11 @@ class Instance(_message.Message):
         address: _builtins.str = ...,
         metrics_endpoint: _builtins.str = ...,
         register_time: _timestamp_pb2.Timestamp | None = ...,
+        drained: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["register_time", b"register_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "metrics_endpoint", b"metrics_endpoint", "register_time", b"register_time", "service", b"service", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "drained", b"drained", "metrics_endpoint", b"metrics_endpoint", "register_time", b"register_time", "service", b"service", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
