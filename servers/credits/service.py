@@ -1,11 +1,565 @@
-"""The credits server's services (not implemented yet: every RPC answers UNIMPLEMENTED)."""
+"""The credits server: `CreditsService` over the event-sourced store, and its background loops.
+
+The servicer parses a request, hands the domain's decision to the store (which records it
+once per request id) and builds the response. Background loops release expired
+reservations, sign the ledger head and measure the projection lag.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
+from opentelemetry import trace
+
+from servers.credits import messages
+from servers.credits.account import AccountState
+from servers.credits.alerts import AlertCursor, AlertFeed
+from servers.credits.commands import (
+    MAX_REFERENCE_LENGTH,
+    AccountCommand,
+    CancelReservation,
+    CommitReservation,
+    Consume,
+    LedgerLimits,
+    Purchase,
+    Reserve,
+    SetThreshold,
+    Transfer,
+    validate_identifier,
+    validate_text,
+    validate_transfer,
+)
+from servers.credits.domain import Decision, TransferDecision, account_not_found, decide, decide_transfer
+from servers.credits.events import ReservationCancelled, ReservationCommitted, Reserved
+from servers.credits.eventstore import TransactionQuery
+from servers.credits.keys import read_or_create_secret
+from servers.credits.metrics import LedgerMetrics, measured
+from servers.credits.payment_refs import (
+    PaymentReferenceCipher,
+    PaymentReferenceConfig,
+    PaymentReferenceUnreadable,
+    generate_key,
+)
+from servers.credits.reports import UsagePeriod, UsageReport
+from servers.credits.signing import HeadSigner
+from servers.credits.store import AccountPlacement, CreditsStore, Shard
+from servers.mesh.config import service_settings
+from servers.mesh.errors import InvalidArgument
+from servers.mesh.logs import current_trace_ids
+from servers.mesh.pagination import PageRequest, page_request
 from servers.mesh.server import Mount, Runtime, Service
 from shieldx.credits.v1 import credits_pb2, credits_pb2_grpc
 
+R = TypeVar("R", bound=Message)
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
+
+_PERIODS = {
+    credits_pb2.USAGE_PERIOD_DAY: UsagePeriod.DAY,
+    credits_pb2.USAGE_PERIOD_WEEK: UsagePeriod.WEEK,
+    credits_pb2.USAGE_PERIOD_MONTH: UsagePeriod.MONTH,
+}
+
+
+@dataclass
+class CreditsSettings:
+    """Settings of the credits server (YAML section `credits:`, env `SHIELDX_CREDITS__<FIELD>`)."""
+
+    snapshot_every: int = 100
+    """Store a snapshot of an account every this many events (loading replays at most this many)."""
+    account_cache_size: int = 10_000
+    """Accounts whose latest state is kept in memory, so a write replays nothing."""
+    payment_reference_key: str = ""
+    """Master key for payment references at rest (32 bytes, base64). Empty: the key file is used."""
+    payment_reference_previous_keys: list[str] = field(default_factory=list)
+    """Retired payment reference keys (base64), still used to read and search older purchases."""
+    payment_reference_key_file: str = ""
+    """Where the generated payment reference key lives (default `<data_dir>/credits-payment-reference.key`)."""
+    head_signing_key_file: str = ""
+    """Ed25519 seed signing the ledger head (default `<data_dir>/credits-head-signing.key`)."""
+    head_sign_interval_seconds: float = 60.0
+    """How often the ledger head is signed (when it changed)."""
+    sweep_interval_seconds: float = 1.0
+    """How often reservations past their expiry are looked for and released."""
+    alert_poll_seconds: float = 0.25
+    """How often WatchAlerts looks for alerts written by other processes."""
+    lag_interval_seconds: float = 15.0
+    """How often the projection lag gauge is measured."""
+    default_reservation_ttl_seconds: float = 900.0
+    """Lifetime of a reservation made without an expiry."""
+    max_reservation_ttl_seconds: float = 30 * 86400.0
+    """Longest lifetime a reservation may ask for."""
+    max_open_reservations: int = 10_000
+    """Open reservations one account may hold at once."""
+
+    def limits(self) -> LedgerLimits:
+        """The ledger limits these settings describe."""
+        return LedgerLimits(
+            default_reservation_ttl=timedelta(seconds=self.default_reservation_ttl_seconds),
+            max_reservation_ttl=timedelta(seconds=self.max_reservation_ttl_seconds),
+            max_open_reservations=self.max_open_reservations,
+        )
+
+
+class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
+    """Every RPC of `shieldx.credits.v1.CreditsService`."""
+
+    def __init__(
+        self,
+        store: CreditsStore,
+        alerts: AlertFeed,
+        cipher: PaymentReferenceCipher,
+        signer: HeadSigner,
+        metrics: LedgerMetrics,
+        limits: LedgerLimits,
+    ) -> None:
+        self.store = store
+        self.alerts = alerts
+        self.cipher = cipher
+        self.signer = signer
+        self.metrics = metrics
+        self.limits = limits
+
+    # -- changes ---------------------------------------------------------------------------------
+
+    @measured("purchase")
+    async def Purchase(self, request: credits_pb2.PurchaseRequest, context: Any) -> credits_pb2.PurchaseResponse:
+        validate_identifier(request.account_id, "account_id")
+        command = Purchase(request.account_id, request.amount, self.cipher.seal(request.payment_reference))
+
+        def respond(decision: Decision, state: AccountState) -> credits_pb2.PurchaseResponse:
+            return credits_pb2.PurchaseResponse(balance=messages.balance(state), event_version=decision.primary.version)
+
+        return await self._execute("Purchase", request, credits_pb2.PurchaseResponse, command, respond)
+
+    @measured("consume")
+    async def Consume(self, request: credits_pb2.ConsumeRequest, context: Any) -> credits_pb2.ConsumeResponse:
+        validate_identifier(request.account_id, "account_id")
+        command = Consume(request.account_id, request.amount, request.description, request.reference)
+
+        def respond(decision: Decision, state: AccountState) -> credits_pb2.ConsumeResponse:
+            return credits_pb2.ConsumeResponse(balance=messages.balance(state), event_version=decision.primary.version)
+
+        return await self._execute("Consume", request, credits_pb2.ConsumeResponse, command, respond)
+
+    @measured("reserve")
+    async def Reserve(self, request: credits_pb2.ReserveRequest, context: Any) -> credits_pb2.ReserveResponse:
+        validate_identifier(request.account_id, "account_id")
+        expiry = request.WhichOneof("expiry")
+        command = Reserve(
+            request.account_id,
+            uuid.uuid4().hex,
+            request.amount,
+            expire_time=messages.instant(request.expire_time, "expire_time") if expiry == "expire_time" else None,
+            ttl=messages.lifetime(request.ttl, "ttl") if expiry == "ttl" else None,
+            description=request.description,
+        )
+
+        def respond(decision: Decision, state: AccountState) -> credits_pb2.ReserveResponse:
+            made = decision.primary
+            assert isinstance(made, Reserved)
+            return credits_pb2.ReserveResponse(
+                reservation=messages.reservation_of(made),
+                balance=messages.balance(state),
+                event_version=made.version,
+            )
+
+        return await self._execute("Reserve", request, credits_pb2.ReserveResponse, command, respond)
+
+    @measured("commit_reservation")
+    async def CommitReservation(
+        self, request: credits_pb2.CommitReservationRequest, context: Any
+    ) -> credits_pb2.CommitReservationResponse:
+        validate_identifier(request.account_id, "account_id")
+        amount = request.amount if request.HasField("amount") else None
+        command = CommitReservation(request.account_id, request.reservation_id, amount)
+
+        def respond(decision: Decision, state: AccountState) -> credits_pb2.CommitReservationResponse:
+            committed = decision.primary
+            assert isinstance(committed, ReservationCommitted)
+            return credits_pb2.CommitReservationResponse(
+                committed_amount=committed.committed,
+                released_amount=committed.released,
+                balance=messages.balance(state),
+                event_version=committed.version,
+            )
+
+        return await self._execute(
+            "CommitReservation", request, credits_pb2.CommitReservationResponse, command, respond
+        )
+
+    @measured("cancel_reservation")
+    async def CancelReservation(
+        self, request: credits_pb2.CancelReservationRequest, context: Any
+    ) -> credits_pb2.CancelReservationResponse:
+        validate_identifier(request.account_id, "account_id")
+        command = CancelReservation(request.account_id, request.reservation_id)
+
+        def respond(decision: Decision, state: AccountState) -> credits_pb2.CancelReservationResponse:
+            cancelled = decision.primary
+            assert isinstance(cancelled, ReservationCancelled)
+            return credits_pb2.CancelReservationResponse(
+                released_amount=cancelled.released, balance=messages.balance(state), event_version=cancelled.version
+            )
+
+        return await self._execute(
+            "CancelReservation", request, credits_pb2.CancelReservationResponse, command, respond
+        )
+
+    @measured("set_threshold")
+    async def SetThreshold(
+        self, request: credits_pb2.SetThresholdRequest, context: Any
+    ) -> credits_pb2.SetThresholdResponse:
+        validate_identifier(request.account_id, "account_id")
+        command = SetThreshold(request.account_id, request.threshold)
+
+        def respond(decision: Decision, state: AccountState) -> credits_pb2.SetThresholdResponse:
+            return credits_pb2.SetThresholdResponse(
+                balance=messages.balance(state),
+                event_version=decision.primary.version,
+                alert_fired=decision.alert_fired,
+            )
+
+        return await self._execute("SetThreshold", request, credits_pb2.SetThresholdResponse, command, respond)
+
+    @measured("transfer")
+    async def Transfer(self, request: credits_pb2.TransferRequest, context: Any) -> credits_pb2.TransferResponse:
+        command = Transfer(
+            uuid.uuid4().hex, request.from_account_id, request.to_account_id, request.amount, request.description
+        )
+        validate_transfer(command, self.limits)
+        trace_id = _trace_id()
+
+        def decision(source: AccountState, destination: AccountState, now: datetime) -> TransferDecision:
+            return decide_transfer(source, destination, command, now=now, trace_id=trace_id, limits=self.limits)
+
+        def respond(
+            decided: TransferDecision, source: AccountState, destination: AccountState
+        ) -> credits_pb2.TransferResponse:
+            return credits_pb2.TransferResponse(
+                transfer_id=command.transfer_id,
+                from_balance=messages.balance(source),
+                to_balance=messages.balance(destination),
+                from_event_version=decided.outgoing.primary.version,
+                to_event_version=decided.incoming.primary.version,
+            )
+
+        return await self.store.transfer(
+            "Transfer",
+            request,
+            credits_pb2.TransferResponse,
+            command.from_account_id,
+            command.to_account_id,
+            decision,
+            respond,
+        )
+
+    async def _execute(
+        self,
+        method: str,
+        request: Any,
+        response_type: type[R],
+        command: AccountCommand,
+        respond: Callable[[Decision, AccountState], R],
+    ) -> R:
+        trace_id = _trace_id()
+
+        def decision(state: AccountState, now: datetime) -> Decision:
+            return decide(state, command, now=now, trace_id=trace_id, limits=self.limits)
+
+        return await self.store.execute(method, request, response_type, command.account_id, decision, respond)
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    @measured("get_balance")
+    async def GetBalance(self, request: credits_pb2.GetBalanceRequest, context: Any) -> credits_pb2.GetBalanceResponse:
+        account_id = request.account_id
+        validate_identifier(account_id, "account_id")
+        point = request.WhichOneof("as_of")
+        if point is None:
+            row = await self.store.balance(account_id)
+            if row is None:
+                raise account_not_found(account_id)
+            return credits_pb2.GetBalanceResponse(balance=messages.balance(row))
+        if point == "as_of_version":
+            if request.as_of_version < 1:
+                raise InvalidArgument("as_of_version", "must be 1 or more")
+            state = await self.store.state_at(account_id, version=request.as_of_version)
+        else:
+            state = await self.store.state_at(account_id, moment=messages.instant(request.as_of_time, "as_of_time"))
+        return credits_pb2.GetBalanceResponse(balance=messages.balance(state))
+
+    @measured("list_transactions")
+    async def ListTransactions(
+        self, request: credits_pb2.ListTransactionsRequest, context: Any
+    ) -> credits_pb2.ListTransactionsResponse:
+        if request.account_id:
+            validate_identifier(request.account_id, "account_id")
+        types = sorted(set(request.types))
+        if any(number not in messages.TRANSACTION_TYPES for number in types):
+            raise InvalidArgument("types", "must hold known transaction types only")
+        start = messages.instant(request.start_time, "start_time") if request.HasField("start_time") else None
+        end = messages.instant(request.end_time, "end_time") if request.HasField("end_time") else None
+        if start is not None and end is not None and end <= start:
+            raise InvalidArgument("end_time", "must be after start_time")
+        validate_text(request.reference, "reference", MAX_REFERENCE_LENGTH)
+        query = TransactionQuery(
+            account_id=request.account_id,
+            types=tuple(messages.TRANSACTION_TYPES[number] for number in types),
+            start_time=start,
+            end_time=end,
+            consume_reference=request.reference,
+            purchase_lookups=self.cipher.lookups(request.reference) if request.reference else (),
+        )
+        filters = {
+            "account_id": request.account_id,
+            "types": types,
+            "start": start,
+            "end": end,
+            "reference": request.reference,
+        }
+        page = page_request(request.page_size, request.page_token, filters)
+        after = _cursor(page, ("a", str), ("v", int))
+        rows = await self.store.transactions(query, (after[0], after[1]) if after else None, page.size + 1)
+        last = rows[page.size - 1] if len(rows) > page.size else None
+        return credits_pb2.ListTransactionsResponse(
+            transactions=[messages.transaction(row, self._open_reference) for row in rows[: page.size]],
+            next_page_token=page.next_token(None if last is None else {"a": last.account_id, "v": last.version}),
+        )
+
+    @measured("list_reservations")
+    async def ListReservations(
+        self, request: credits_pb2.ListReservationsRequest, context: Any
+    ) -> credits_pb2.ListReservationsResponse:
+        if request.account_id:
+            validate_identifier(request.account_id, "account_id")
+        numbers = sorted(set(request.states))
+        if any(number not in messages.RESERVATION_STATES for number in numbers):
+            raise InvalidArgument("states", "must hold known reservation states only")
+        page = page_request(
+            request.page_size, request.page_token, {"account_id": request.account_id, "states": numbers}
+        )
+        after = _cursor(page, ("p", int))
+        rows = await self.store.reservations(
+            request.account_id,
+            [messages.RESERVATION_STATES[number] for number in numbers],
+            int(after[0]) if after else 0,
+            page.size + 1,
+        )
+        last = rows[page.size - 1] if len(rows) > page.size else None
+        return credits_pb2.ListReservationsResponse(
+            reservations=[messages.reservation(row) for row in rows[: page.size]],
+            next_page_token=page.next_token(None if last is None else {"p": last.position}),
+        )
+
+    async def WatchAlerts(
+        self, request: credits_pb2.WatchAlertsRequest, context: Any
+    ) -> AsyncIterator[credits_pb2.WatchAlertsResponse]:
+        if request.account_id:
+            validate_identifier(request.account_id, "account_id")
+        cursor = AlertCursor.parse(request.resume_token) if request.resume_token else None
+        async for record in self.alerts.watch(request.account_id, cursor):
+            yield credits_pb2.WatchAlertsResponse(
+                alert=messages.alert(record.alert), resume_token=record.cursor.token()
+            )
+
+    @measured("get_usage_report")
+    async def GetUsageReport(
+        self, request: credits_pb2.GetUsageReportRequest, context: Any
+    ) -> credits_pb2.GetUsageReportResponse:
+        if request.account_id:
+            validate_identifier(request.account_id, "account_id")
+        if request.period != credits_pb2.USAGE_PERIOD_UNSPECIFIED and request.period not in _PERIODS:
+            raise InvalidArgument("period", "is not a known usage period")
+        report = UsageReport(
+            messages.instant(request.start_time, "start_time") if request.HasField("start_time") else None,
+            messages.instant(request.end_time, "end_time") if request.HasField("end_time") else None,
+            _PERIODS.get(request.period),
+        )
+        filters = {
+            "account_id": request.account_id,
+            "start": report.start_time,
+            "end": report.end_time,
+            "period": str(report.period),
+        }
+        page = page_request(request.page_size, request.page_token, filters)
+        after = _cursor(page, ("a", str), ("s", str))
+        await self.store.add_usage(report, request.account_id)
+        rows = report.rows()
+        if after is not None:
+            rows = [row for row in rows if (row.account_id, row.period_start.isoformat()) > after]
+        last = rows[page.size - 1] if len(rows) > page.size else None
+        return credits_pb2.GetUsageReportResponse(
+            rows=[
+                credits_pb2.UsageRow(
+                    account_id=row.account_id,
+                    period_start_time=messages.timestamp(row.period_start),
+                    period_end_time=messages.timestamp(row.period_end),
+                    consumed=row.consumed,
+                    operations=row.operations,
+                )
+                for row in rows[: page.size]
+            ],
+            next_page_token=page.next_token(
+                None if last is None else {"a": last.account_id, "s": last.period_start.isoformat()}
+            ),
+        )
+
+    @measured("verify_audit_chain")
+    async def VerifyAuditChain(
+        self, request: credits_pb2.VerifyAuditChainRequest, context: Any
+    ) -> credits_pb2.VerifyAuditChainResponse:
+        if request.account_id:
+            validate_identifier(request.account_id, "account_id")
+        report = await self.store.verify_chain(request.account_id)
+        if request.account_id and report.events_checked == 0:
+            raise account_not_found(request.account_id)
+        response = credits_pb2.VerifyAuditChainResponse(
+            ok=report.ok, events_checked=report.events_checked, accounts_checked=report.accounts_checked
+        )
+        if report.mismatch is not None:
+            log.warning(
+                "audit chain mismatch",
+                extra={
+                    "account_id": report.mismatch.account_id,
+                    "version": report.mismatch.version,
+                    "kind": str(report.mismatch.kind),
+                },
+            )
+            response.first_mismatch.CopyFrom(messages.mismatch(report.mismatch))
+        return response
+
+    @measured("get_audit_head")
+    async def GetAuditHead(
+        self, request: credits_pb2.GetAuditHeadRequest, context: Any
+    ) -> credits_pb2.GetAuditHeadResponse:
+        signed = await self.store.latest_signed_head() or await self.store.sign_head(self.signer)
+        head = signed.head
+        return credits_pb2.GetAuditHeadResponse(
+            digest=head.digest,
+            signature=signed.signature,
+            public_key=signed.public_key,
+            sign_time=messages.timestamp(head.taken_at),
+            account_count=head.account_count,
+            event_count=head.event_count,
+        )
+
+    def _open_reference(self, ciphertext: str) -> str:
+        try:
+            return self.cipher.open(ciphertext)
+        except PaymentReferenceUnreadable as error:
+            # The ledger stays listable when a retired key was dropped from the config.
+            log.warning("payment reference cannot be opened", extra={"error": str(error)})
+            return ""
+
+
+def _trace_id() -> str:
+    return current_trace_ids()[0]
+
+
+def _cursor(page: PageRequest, *fields: tuple[str, type]) -> tuple[Any, ...] | None:
+    """The typed fields of a page cursor this service issued (None on the first page)."""
+    if page.cursor is None:
+        return None
+    values = tuple(page.cursor.get(name) for name, _ in fields)
+    if any(type(value) is not kind for value, (_, kind) in zip(values, fields, strict=True)):
+        raise InvalidArgument("page_token", "is not a token this service issued")
+    return values
+
+
+# -- background loops ------------------------------------------------------------------------------
+
+
+def every(seconds: float, name: str, action: Callable[[], Awaitable[None]]) -> Callable[[], Coroutine[Any, Any, None]]:
+    """A loop running `action` every `seconds`, surviving failures with backoff, until cancelled."""
+
+    async def loop() -> None:
+        failures = 0
+        while True:
+            try:
+                with tracer.start_as_current_span(f"credits.{name}"):
+                    await action()
+                failures = 0
+                await asyncio.sleep(seconds)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                failures += 1
+                log.exception("background task failed; retrying", extra={"task": name, "failures": failures})
+                await asyncio.sleep(min(seconds * 2 ** min(failures, 6), 300.0))
+
+    loop.__qualname__ = f"credits.{name}"
+    return loop
+
+
+def payment_reference_cipher(settings: CreditsSettings, data_dir: Path) -> PaymentReferenceCipher:
+    """The cipher for payment references: the configured key, or the one in the key file (made on first start)."""
+    key = settings.payment_reference_key
+    if not key:
+        path = Path(settings.payment_reference_key_file or data_dir / "credits-payment-reference.key")
+        key = read_or_create_secret(path, generate_key)
+    return PaymentReferenceCipher(PaymentReferenceConfig(key, tuple(settings.payment_reference_previous_keys)))
+
+
+def check_settings(settings: CreditsSettings) -> None:
+    """Refuse settings the server cannot run with (ValueError naming the setting)."""
+    positive = {
+        "snapshot_every": settings.snapshot_every,
+        "head_sign_interval_seconds": settings.head_sign_interval_seconds,
+        "sweep_interval_seconds": settings.sweep_interval_seconds,
+        "alert_poll_seconds": settings.alert_poll_seconds,
+        "lag_interval_seconds": settings.lag_interval_seconds,
+        "default_reservation_ttl_seconds": settings.default_reservation_ttl_seconds,
+        "max_reservation_ttl_seconds": settings.max_reservation_ttl_seconds,
+        "max_open_reservations": settings.max_open_reservations,
+    }
+    for name, value in positive.items():
+        if not value > 0:
+            raise ValueError(f"credits.{name} must be positive")
+    if settings.default_reservation_ttl_seconds > settings.max_reservation_ttl_seconds:
+        raise ValueError("credits.default_reservation_ttl_seconds exceeds max_reservation_ttl_seconds")
+
 
 async def build(runtime: Runtime) -> Service:
-    """The services this process serves."""
-    return Service(mounts=[Mount.of(credits_pb2, credits_pb2_grpc, "CreditsService")])
+    """The credits service: store, servicer and background loops."""
+    settings = service_settings(CreditsSettings, runtime.config)
+    check_settings(settings)
+    data_dir = runtime.config.data_path
+    cipher = payment_reference_cipher(settings, data_dir)
+    signer = HeadSigner.from_file(Path(settings.head_signing_key_file or data_dir / "credits-head-signing.key"))
+    database = await runtime.database("servers.credits.migrations")
+    feed = AlertFeed(database, poll_seconds=settings.alert_poll_seconds)
+    store = CreditsStore(
+        AccountPlacement([Shard.of("default", database)]),
+        snapshot_every=settings.snapshot_every,
+        cache_size=settings.account_cache_size,
+        on_alert=feed.notify,
+    )
+    metrics = LedgerMetrics(runtime.registry)
+    servicer = CreditsServicer(store, feed, cipher, signer, metrics, settings.limits())
+
+    async def release_expired() -> None:
+        await store.expire_due(trace_id=_trace_id())
+
+    async def sign_head() -> None:
+        await store.sign_head(signer)
+
+    async def measure_lag() -> None:
+        metrics.projection_lag.set(await store.projection_lag())
+
+    return Service(
+        mounts=[Mount.of(credits_pb2, credits_pb2_grpc, "CreditsService", servicer=servicer)],
+        tasks=[
+            every(settings.sweep_interval_seconds, "release_expired", release_expired),
+            every(settings.head_sign_interval_seconds, "sign_head", sign_head),
+            every(settings.lag_interval_seconds, "measure_lag", measure_lag),
+        ],
+    )

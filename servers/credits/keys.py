@@ -1,0 +1,48 @@
+"""Secrets the credits server keeps in files of its own: created once with mode 0600, never rewritten."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def read_or_create_secret(path: Path, make: Callable[[], str]) -> str:
+    """The secret stored in `path`; on first use `make()` one and store it (0600, atomically).
+
+    Processes starting together agree on one secret: each writes its own candidate to a
+    private temporary file and links it into place, and only the first link succeeds.
+    """
+    try:
+        return _read(path)
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    candidate = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(make() + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        with contextlib.suppress(FileExistsError):
+            os.link(candidate, path)
+    finally:
+        candidate.unlink(missing_ok=True)
+    log.info("created secret file", extra={"path": str(path)})
+    return _read(path)
+
+
+def _read(path: Path) -> str:
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        log.warning("secret file is readable by others; chmod 600 it", extra={"path": str(path), "mode": oct(mode)})
+    text = path.read_text().strip()
+    if not text:
+        raise ValueError(f"secret file {path} is empty")
+    return text

@@ -1,0 +1,1 @@
+"""Schema migrations of the credits ledger (applied in order at start; see servers.mesh.storage)."""

@@ -1,0 +1,495 @@
+"""The credits store: where each account lives, and the one path every account change takes.
+
+Every account-level operation goes through `CreditsStore`, which asks `AccountPlacement` for
+the shard (a database with its AIP-155 request ledger) that holds the account; today that is
+always the single store. A change runs under an in-process lock per account (so a hot
+account's writers queue instead of failing each other's optimistic checks), inside
+`RequestLedger.execute` (so the answer is recorded with the change): load the account (cache,
+then the events after it), decide, append the sealed events, update the read models, and
+snapshot every `snapshot_every` events — all in one transaction. The (account_id, version)
+key still guards against writers in other processes: a collision drops the cached state and
+the ledger retries the whole work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from google.protobuf.message import Message
+
+from servers.credits.account import AccountState
+from servers.credits.audit import AccountHead, ChainMismatch, ChainVerifier, ledger_head
+from servers.credits.domain import Decision, TransferDecision, account_not_found, expire_reservations
+from servers.credits.events import Event, LowBalanceAlerted, StoredEvent
+from servers.credits.eventstore import EventStore, LoadedAccount, TransactionQuery
+from servers.credits.projection import BalanceRow, Projection, ReservationRow, ReservationState
+from servers.credits.reports import UsageReport
+from servers.credits.signing import HeadSigner, SignedHead, SignedHeads
+from servers.mesh import errors, storage
+from servers.mesh.idempotency import RequestLedger
+from servers.mesh.storage import Database, Transaction
+
+R = TypeVar("R", bound=Message)
+Decide = Callable[[AccountState, datetime], Decision]
+DecideTransfer = Callable[[AccountState, AccountState, datetime], TransferDecision]
+
+LEDGER_DOMAIN = "shieldx.credits.v1"
+_SCAN_BATCH = 5000
+_SWEEP_ATTEMPTS = 8
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One database holding accounts, with the request ledger and SQL of its dialect."""
+
+    name: str
+    database: Database
+    ledger: RequestLedger
+    events: EventStore
+    projection: Projection
+
+    @classmethod
+    def of(cls, name: str, database: Database) -> Shard:
+        """The shard for a migrated credits database."""
+        return cls(
+            name,
+            database,
+            RequestLedger(database, LEDGER_DOMAIN),
+            EventStore(database.dialect),
+            Projection(database.dialect),
+        )
+
+
+class AccountPlacement:
+    """Chooses the shard that holds an account: the one place sharding will change.
+
+    Today there is one shard. With several, `shard_for` will follow the sharding topology and
+    a transfer between two shards will need two-phase commit (`CreditsStore.transfer` refuses
+    it until then).
+    """
+
+    def __init__(self, shards: Sequence[Shard]) -> None:
+        if not shards:
+            raise ValueError("at least one shard is needed")
+        self._shards = tuple(shards)
+
+    @property
+    def shards(self) -> tuple[Shard, ...]:
+        """Every shard (for scans over all accounts)."""
+        return self._shards
+
+    def shard_for(self, account_id: str) -> Shard:
+        """The shard holding `account_id`."""
+        return self._shards[0]
+
+
+@dataclass(frozen=True, slots=True)
+class ChainReport:
+    """The outcome of verifying audit chains."""
+
+    events_checked: int
+    accounts_checked: int
+    mismatch: ChainMismatch | None
+
+    @property
+    def ok(self) -> bool:
+        """True if every event checked matches its chain."""
+        return self.mismatch is None
+
+
+class _AccountCache:
+    """Recently used accounts as last committed (LRU), so a write needs no replay."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[str, LoadedAccount] = OrderedDict()
+
+    def get(self, account_id: str) -> LoadedAccount | None:
+        entry = self._entries.get(account_id)
+        if entry is not None:
+            self._entries.move_to_end(account_id)
+        return entry
+
+    def put(self, account_id: str, loaded: LoadedAccount) -> None:
+        if self.capacity <= 0:
+            return
+        self._entries[account_id] = loaded
+        self._entries.move_to_end(account_id)
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+
+    def drop(self, account_id: str) -> None:
+        self._entries.pop(account_id, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+@dataclass
+class _LockEntry:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+class _AccountLocks:
+    """One asyncio lock per account in use; several are always taken in account-id order."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, _LockEntry] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, *account_ids: str) -> AsyncIterator[None]:
+        ordered = sorted(set(account_ids))
+        entries = []
+        for account_id in ordered:
+            entry = self._entries.setdefault(account_id, _LockEntry())
+            entry.users += 1
+            entries.append(entry)
+        acquired: list[_LockEntry] = []
+        try:
+            for entry in entries:
+                await entry.lock.acquire()
+                acquired.append(entry)
+            yield
+        finally:
+            for entry in reversed(acquired):
+                entry.lock.release()
+            for account_id, entry in zip(ordered, entries, strict=True):
+                entry.users -= 1
+                if entry.users == 0:
+                    del self._entries[account_id]
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What the latest attempt of a work function wrote, to cache once its transaction committed."""
+
+    response: Message | None = None
+    accounts: list[LoadedAccount] = field(default_factory=list)
+    alerted: bool = False
+
+
+class CreditsStore:
+    """The credits ledger's persistence: account changes, balances, listings, the audit chain."""
+
+    def __init__(
+        self,
+        placement: AccountPlacement,
+        *,
+        snapshot_every: int = 100,
+        cache_size: int = 10_000,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_alert: Callable[[], None] = lambda: None,
+    ) -> None:
+        if snapshot_every < 1:
+            raise ValueError("snapshot_every must be at least 1")
+        self.placement = placement
+        self.snapshot_every = snapshot_every
+        self.clock = clock
+        self._on_alert = on_alert
+        self._cache = _AccountCache(cache_size)
+        self._locks = _AccountLocks()
+        # Signed heads cover every shard, so they are kept on the first.
+        self._signed_heads = SignedHeads(placement.shards[0].database.dialect)
+
+    # -- changes ---------------------------------------------------------------------------------
+
+    async def execute(
+        self,
+        method: str,
+        request: Message,
+        response_type: type[R],
+        account_id: str,
+        decide: Decide,
+        respond: Callable[[Decision, AccountState], R],
+    ) -> R:
+        """Decide on one account and record the events, once per `request.request_id`."""
+        shard = self.placement.shard_for(account_id)
+        request_id: str = getattr(request, "request_id", "")
+        outcome = _Outcome()
+
+        async def work(tx: Transaction) -> R:
+            loaded = await self._current(tx, shard, account_id)
+            decision = decide(loaded.state, self.clock())
+            after = await self._write(tx, shard, loaded, decision.events, request_id)
+            response = respond(decision, after.state)
+            self._expect(outcome, response, [after], decision.events)
+            return response
+
+        async with self._locks.hold(account_id):
+            response = await self._run(shard, method, request, response_type, work, [account_id])
+            self._settle(outcome, response, [account_id])
+        return response
+
+    async def transfer(
+        self,
+        method: str,
+        request: Message,
+        response_type: type[R],
+        from_account_id: str,
+        to_account_id: str,
+        decide: DecideTransfer,
+        respond: Callable[[TransferDecision, AccountState, AccountState], R],
+    ) -> R:
+        """Decide a transfer and record both sides atomically, once per `request.request_id`."""
+        shard = self.placement.shard_for(from_account_id)
+        if self.placement.shard_for(to_account_id) is not shard:
+            raise errors.Unavailable(
+                "transfers between accounts on different shards need two-phase commit, not available yet",
+                reason="CROSS_SHARD_TRANSFER_UNAVAILABLE",
+            )
+        request_id: str = getattr(request, "request_id", "")
+        outcome = _Outcome()
+
+        async def work(tx: Transaction) -> R:
+            source = await self._current(tx, shard, from_account_id)
+            destination = await self._current(tx, shard, to_account_id)
+            decision = decide(source.state, destination.state, self.clock())
+            sent = await self._write(tx, shard, source, decision.outgoing.events, request_id)
+            received = await self._write(tx, shard, destination, decision.incoming.events, request_id)
+            response = respond(decision, sent.state, received.state)
+            self._expect(outcome, response, [sent, received], decision.outgoing.events + decision.incoming.events)
+            return response
+
+        accounts = [from_account_id, to_account_id]
+        async with self._locks.hold(*accounts):
+            response = await self._run(shard, method, request, response_type, work, accounts)
+            self._settle(outcome, response, accounts)
+        return response
+
+    async def expire_due(self, *, trace_id: str = "", limit: int = 500) -> int:
+        """Record the release of every reservation past its expiry; returns how many were released."""
+        released = 0
+        for shard in self.placement.shards:
+            async with shard.database.transaction() as tx:
+                due = await shard.projection.due_for_expiry(tx, self.clock(), limit)
+            for account_id in due:
+                released += await self._expire_account(shard, account_id, trace_id)
+        return released
+
+    async def _expire_account(self, shard: Shard, account_id: str, trace_id: str) -> int:
+        async with self._locks.hold(account_id):
+            for attempt in range(_SWEEP_ATTEMPTS):
+                try:
+                    async with shard.database.transaction() as tx:
+                        loaded = await self._current(tx, shard, account_id)
+                        events = expire_reservations(loaded.state, now=self.clock(), trace_id=trace_id)
+                        if not events:
+                            return 0
+                        after = await self._write(tx, shard, loaded, events, "")
+                except (storage.UniqueViolation, storage.TransientError):
+                    self._cache.drop(account_id)
+                    await asyncio.sleep(0.002 * 2**attempt)
+                    continue
+                except BaseException:
+                    self._cache.drop(account_id)
+                    raise
+                self._cache.put(account_id, after)
+                return len(events)
+        return 0
+
+    async def _run(
+        self,
+        shard: Shard,
+        method: str,
+        request: Message,
+        response_type: type[R],
+        work: Callable[[Transaction], Awaitable[R]],
+        accounts: list[str],
+    ) -> R:
+        async def guarded(tx: Transaction) -> R:
+            try:
+                return await work(tx)
+            except (storage.UniqueViolation, storage.TransientError):
+                # Another process wrote to the account: the cached state is behind.
+                for account_id in accounts:
+                    self._cache.drop(account_id)
+                raise
+
+        try:
+            return await shard.ledger.execute(method, request, response_type, guarded)
+        except errors.DomainError:
+            raise  # a refusal wrote nothing; the cache still holds committed states
+        except BaseException:
+            for account_id in accounts:
+                self._cache.drop(account_id)
+            raise
+
+    @staticmethod
+    def _expect(outcome: _Outcome, response: Message, accounts: list[LoadedAccount], events: Sequence[Event]) -> None:
+        outcome.response = response
+        outcome.accounts = accounts
+        outcome.alerted = any(isinstance(event, LowBalanceAlerted) for event in events)
+
+    def _settle(self, outcome: _Outcome, response: Message, account_ids: list[str]) -> None:
+        # The ledger returns the very response object of the attempt whose transaction committed;
+        # any other object is a stored answer replayed, and what was cached may be stale.
+        if outcome.response is not response:
+            for account_id in account_ids:
+                self._cache.drop(account_id)
+            return
+        for account_id, loaded in zip(account_ids, outcome.accounts, strict=True):
+            self._cache.put(account_id, loaded)
+        if outcome.alerted:
+            self._on_alert()
+
+    async def _current(self, tx: Transaction, shard: Shard, account_id: str) -> LoadedAccount:
+        """The account as committed now: the cached state brought up to date, or loaded."""
+        cached = self._cache.get(account_id)
+        if cached is None:
+            cached = await shard.events.load(tx, account_id)
+        else:
+            cached = await shard.events.catch_up(tx, cached)
+        self._cache.put(account_id, cached)
+        return cached
+
+    async def _write(
+        self, tx: Transaction, shard: Shard, loaded: LoadedAccount, events: Sequence[Event], request_id: str
+    ) -> LoadedAccount:
+        if not events:
+            return loaded
+        before = loaded.state
+        state = before.copy()
+        for event in events:
+            state.apply(event)
+        appended = await shard.events.append(tx, events, loaded.head_hash, request_id)
+        await shard.projection.record(tx, state, events, appended.positions)
+        if before.version // self.snapshot_every != state.version // self.snapshot_every:
+            await shard.events.save_snapshot(tx, state, self.clock())
+        return LoadedAccount(state, appended.head_hash)
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    async def balance(self, account_id: str) -> BalanceRow | None:
+        """An account's current balance row (None if it has no events)."""
+        shard = self.placement.shard_for(account_id)
+        async with shard.database.transaction() as tx:
+            return await shard.projection.balance(tx, account_id)
+
+    async def state_at(
+        self, account_id: str, *, version: int | None = None, moment: datetime | None = None
+    ) -> AccountState:
+        """The account replayed up to `version`, or to its last event at or before `moment`.
+
+        NotFound ACCOUNT_NOT_FOUND if it had no events by then; InvalidArgument on
+        `as_of_version` past its latest version.
+        """
+        shard = self.placement.shard_for(account_id)
+        async with shard.database.transaction() as tx:
+            if moment is not None:
+                version = await shard.events.version_at(tx, account_id, moment)
+                if version is None:
+                    raise account_not_found(account_id)
+            loaded = await shard.events.load(tx, account_id, up_to=version)
+        state = loaded.state
+        if not state.exists:
+            raise account_not_found(account_id)
+        if version is not None and state.version < version:
+            raise errors.InvalidArgument("as_of_version", f"the account's latest version is {state.version}")
+        return state
+
+    async def transactions(
+        self, query: TransactionQuery, after: tuple[str, int] | None, limit: int
+    ) -> list[StoredEvent]:
+        """A page of events matching `query`, in (account, version) order after `after`."""
+        shard = self._listing_shard(query.account_id)
+        async with shard.database.transaction() as tx:
+            return await shard.events.transactions(tx, query, after, limit)
+
+    async def reservations(
+        self, account_id: str, states: Sequence[ReservationState], after: int, limit: int
+    ) -> list[ReservationRow]:
+        """A page of reservations (oldest first, after position `after`) as of now."""
+        shard = self._listing_shard(account_id)
+        async with shard.database.transaction() as tx:
+            return await shard.projection.reservations(tx, account_id, states, self.clock(), after, limit)
+
+    async def add_usage(self, report: UsageReport, account_id: str) -> None:
+        """Feed `report` every consumption event in its range (of one account, or all)."""
+        shard = self._listing_shard(account_id)
+        position = 0
+        while True:
+            async with shard.database.transaction() as tx:
+                batch = await shard.events.usage_events(
+                    tx, account_id, report.start_time, report.end_time, position, _SCAN_BATCH
+                )
+            for _, event in batch:
+                report.add(event)
+            if batch:
+                position = batch[-1][0]
+            if len(batch) < _SCAN_BATCH:
+                return
+
+    async def events_by_request(self, request_id: str) -> list[StoredEvent]:
+        """Every event recorded by the call with this request id."""
+        found: list[StoredEvent] = []
+        for shard in self.placement.shards:
+            async with shard.database.transaction() as tx:
+                found += await shard.events.events_by_request(tx, request_id)
+        return found
+
+    async def verify_chain(self, account_id: str = "") -> ChainReport:
+        """Recompute the audit chain of one account (or all) and name the first event that does not match."""
+        verifier = ChainVerifier()
+        shards = [self.placement.shard_for(account_id)] if account_id else list(self.placement.shards)
+        for shard in shards:
+            after: tuple[str, int] | None = None
+            query = TransactionQuery(account_id=account_id)
+            while True:
+                # Short transactions: a full verification must not hold SQLite's write lock.
+                async with shard.database.transaction() as tx:
+                    batch = await shard.events.transactions(tx, query, after, _SCAN_BATCH)
+                for row in batch:
+                    mismatch = verifier.check(row)
+                    if mismatch is not None:
+                        return ChainReport(verifier.events_checked, verifier.accounts_checked, mismatch)
+                if len(batch) < _SCAN_BATCH:
+                    break
+                after = (batch[-1].account_id, batch[-1].version)
+        return ChainReport(verifier.events_checked, verifier.accounts_checked, None)
+
+    async def heads(self) -> list[AccountHead]:
+        """The chain head of every account."""
+        heads: list[AccountHead] = []
+        for shard in self.placement.shards:
+            async with shard.database.transaction() as tx:
+                heads += await shard.projection.heads(tx)
+        return heads
+
+    async def projection_lag(self) -> int:
+        """Events stored beyond the read models' checkpoint, over all shards."""
+        lag = 0
+        for shard in self.placement.shards:
+            async with shard.database.transaction() as tx:
+                lag += await shard.projection.lag(tx)
+        return lag
+
+    async def sign_head(self, signer: HeadSigner) -> SignedHead:
+        """Sign the ledger head now and store it, unless it equals the latest stored head."""
+        head = ledger_head(await self.heads(), self.clock())
+        database = self.placement.shards[0].database
+        async with database.transaction() as tx:
+            latest = await self._signed_heads.latest(tx)
+            if latest is not None and latest.head.digest == head.digest and latest.public_key == signer.public_key:
+                return latest
+            signed = signer.sign(head)
+            await self._signed_heads.add(tx, signed)
+        return signed
+
+    async def latest_signed_head(self) -> SignedHead | None:
+        """The most recently stored signed head."""
+        async with self.placement.shards[0].database.transaction() as tx:
+            return await self._signed_heads.latest(tx)
+
+    def _listing_shard(self, account_id: str) -> Shard:
+        if account_id:
+            return self.placement.shard_for(account_id)
+        # Listings over every account read the one store; with several shards they will merge
+        # per-shard pages in the same order.
+        return self.placement.shards[0]
