@@ -103,7 +103,6 @@ class AuthInterceptor(CallInterceptor[contextvars.Token[Caller] | None]):
         reverify: Callable[[str], Awaitable[VerifiedToken]] | None = None,
     ) -> None:
         """`reverify` is tried once when a token names an unknown key (e.g. after a rotation)."""
-        super().__init__()
         self._verifier = verifier
         self._rules = dict(rules)
         self._reverify = reverify

@@ -77,7 +77,6 @@ class FaultInjectionInterceptor(CallInterceptor[None]):
     """Applies the table's faults; health and reflection are never faulted."""
 
     def __init__(self, table: FaultTable) -> None:
-        super().__init__()
         self.table = table
 
     def applies_to(self, method: Method) -> bool:

@@ -1,11 +1,17 @@
-"""The base every server interceptor builds on: one place that wraps all four RPC shapes."""
+"""The interceptor chain: one grpc interceptor that runs the ordered concerns around every call.
+
+Each concern (tracing, metrics, auth, ...) is a `CallInterceptor` with `enter`/`exit` hooks.
+`InterceptorChain` wraps each method's handler once — whatever its streaming shape — in a
+single wrapper that enters the applicable interceptors in order and exits them in reverse,
+so a call pays one wrapper, not one per concern, and nothing is rebuilt per call.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import grpc
@@ -13,6 +19,7 @@ import grpc
 State = TypeVar("State")
 Context = grpc.aio.ServicerContext[Any, Any]
 Behavior = Callable[..., Any]
+Deserializer = Callable[[bytes], Any]
 
 # Infrastructure services that every interceptor may treat specially.
 HEALTH_SERVICE = "grpc.health.v1.Health"
@@ -31,27 +38,24 @@ class Method:
     """Method name, e.g. `Consume`."""
     kind: str
     """`unary`, `server_stream`, `client_stream` or `bidi_stream` (prometheus `grpc_type`)."""
+    span_name: str = field(init=False)
+    """`package.Service/Method`, the OpenTelemetry RPC span name."""
+    package: str = field(init=False)
+    """The protobuf package, e.g. `shieldx.credits.v1`."""
+    is_infrastructure: bool = field(init=False)
+    """Health and reflection: always open, never rate limited or faulted."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "span_name", f"{self.service}/{self.name}")
+        object.__setattr__(self, "package", self.service.rpartition(".")[0])
+        infrastructure = self.service == HEALTH_SERVICE or self.service in REFLECTION_SERVICES
+        object.__setattr__(self, "is_infrastructure", infrastructure)
 
     @classmethod
     def parse(cls, path: str, handler: grpc.RpcMethodHandler[Any, Any] | None = None) -> Method:
         """Parse a wire path; the handler, when known, tells the streaming shape."""
         service, _, name = path.lstrip("/").rpartition("/")
         return cls(path, service or "unknown", name or path, _kind(handler))
-
-    @property
-    def span_name(self) -> str:
-        """`package.Service/Method`, the OpenTelemetry RPC span name."""
-        return f"{self.service}/{self.name}"
-
-    @property
-    def package(self) -> str:
-        """The protobuf package, e.g. `shieldx.credits.v1`."""
-        return self.service.rpartition(".")[0]
-
-    @property
-    def is_infrastructure(self) -> bool:
-        """Health and reflection: always open, never rate limited or faulted."""
-        return self.service == HEALTH_SERVICE or self.service in REFLECTION_SERVICES
 
 
 def _kind(handler: grpc.RpcMethodHandler[Any, Any] | None) -> str:
@@ -65,23 +69,16 @@ def _kind(handler: grpc.RpcMethodHandler[Any, Any] | None) -> str:
     }[(bool(handler.request_streaming), bool(handler.response_streaming))]
 
 
-async def _finish(result: Any) -> Any:
-    return await result if inspect.isawaitable(result) else result
+class CallInterceptor(Generic[State]):
+    """One concern of the chain, expressed as `enter`/`exit` around a call of any shape.
 
-
-class CallInterceptor(grpc.aio.ServerInterceptor, Generic[State]):
-    """An interceptor expressed as `enter`/`exit` around a call, whatever its shape.
-
-    Subclasses implement `enter` (before the handler; may abort) and `exit` (after it, with the
-    exception it raised or None; may raise a different one). The wrapped handler is built once
-    per method and cached, so the per-call cost is the two hooks.
+    `enter` runs before the handler and returns state for `exit` (it may abort the call);
+    `exit` runs after it with the exception it raised or None (it may raise another one, which
+    the interceptors outside it then see).
     """
 
-    def __init__(self) -> None:
-        self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any] | None] = {}
-
     def applies_to(self, method: Method) -> bool:
-        """Whether this interceptor wraps `method` at all (a filter predicate)."""
+        """Whether this interceptor takes part in calls of `method` (a filter predicate)."""
         return True
 
     async def enter(self, method: Method, context: Context, request: Any) -> State:
@@ -91,9 +88,36 @@ class CallInterceptor(grpc.aio.ServerInterceptor, Generic[State]):
     async def exit(self, method: Method, context: Context, state: State, error: BaseException | None) -> None:
         """Run after the handler (error is what it raised, or None)."""
 
-    def deserializer(self, method: Method, inner: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    def deserializer(self, method: Method, inner: Deserializer | None) -> Deserializer | None:
         """The request deserializer to use; the default keeps the inner one."""
         return inner
+
+
+Stages = Sequence[CallInterceptor[Any]]
+
+
+async def _enter_all(stages: Stages, method: Method, context: Context, request: Any, states: list[Any]) -> None:
+    for stage in stages:
+        states.append(await stage.enter(method, context, request))
+
+
+async def _exit_all(
+    stages: Stages, method: Method, context: Context, states: list[Any], error: BaseException | None
+) -> BaseException | None:
+    for index in range(len(states) - 1, -1, -1):
+        try:
+            await stages[index].exit(method, context, states[index], error)
+        except BaseException as replaced:
+            error = replaced
+    return error
+
+
+class InterceptorChain(grpc.aio.ServerInterceptor):
+    """The grpc interceptor that runs `interceptors` (outermost first) around every call."""
+
+    def __init__(self, interceptors: Stages) -> None:
+        self.interceptors = list(interceptors)
+        self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any] | None] = {}
 
     async def intercept_service(
         self,
@@ -106,58 +130,72 @@ class CallInterceptor(grpc.aio.ServerInterceptor, Generic[State]):
         except KeyError:
             pass
         handler: grpc.RpcMethodHandler[Any, Any] | None = await continuation(handler_call_details)
-        method = Method.parse(path, handler)
-        wrapped = handler if handler is None or not self.applies_to(method) else self._wrap(method, handler)
-        self._handlers[path] = wrapped
-        return wrapped
+        if handler is not None:
+            method = Method.parse(path, handler)
+            stages = [i for i in self.interceptors if i.applies_to(method)]
+            handler = _wrap(method, stages, handler) if stages else handler
+        self._handlers[path] = handler
+        return handler
 
-    def _wrap(self, method: Method, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
-        deserialize = self.deserializer(method, handler.request_deserializer)
-        serialize = handler.response_serializer
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(self._unary(method, handler.unary_unary), deserialize, serialize)
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                self._unary(method, handler.stream_unary), deserialize, serialize
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._stream(method, handler.unary_stream), deserialize, serialize
-            )
-        assert handler.stream_stream is not None
-        return grpc.stream_stream_rpc_method_handler(
-            self._stream(method, handler.stream_stream), deserialize, serialize
+
+def _wrap(method: Method, stages: Stages, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+    deserialize = handler.request_deserializer
+    for stage in reversed(stages):
+        deserialize = stage.deserializer(method, deserialize)
+    serialize = handler.response_serializer
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(_unary(method, stages, handler.unary_unary), deserialize, serialize)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(
+            _unary(method, stages, handler.stream_unary), deserialize, serialize
         )
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(
+            _stream(method, stages, handler.unary_stream), deserialize, serialize
+        )
+    assert handler.stream_stream is not None
+    return grpc.stream_stream_rpc_method_handler(_stream(method, stages, handler.stream_stream), deserialize, serialize)
 
-    def _unary(self, method: Method, behavior: Behavior) -> Behavior:
-        async def call(request: Any, context: Context) -> Any:
-            state = await self.enter(method, context, request)
-            try:
-                response = await _finish(behavior(request, context))
-            except BaseException as error:
-                await self.exit(method, context, state, error)
-                raise
-            await self.exit(method, context, state, None)
-            return response
 
-        return call
+def _unary(method: Method, stages: Stages, behavior: Behavior) -> Behavior:
+    async def call(request: Any, context: Context) -> Any:
+        states: list[Any] = []
+        response: Any = None
+        error: BaseException | None = None
+        try:
+            await _enter_all(stages, method, context, request, states)
+            response = behavior(request, context)
+            if inspect.isawaitable(response):
+                response = await response
+        except BaseException as raised:
+            error = raised
+        error = await _exit_all(stages, method, context, states, error)
+        if error is not None:
+            raise error
+        return response
 
-    def _stream(self, method: Method, behavior: Behavior) -> Behavior:
-        async def call(request: Any, context: Context) -> AsyncIterator[Any]:
-            state = await self.enter(method, context, request)
-            try:
-                result = behavior(request, context)
-                if hasattr(result, "__aiter__"):
-                    async for response in result:
-                        yield response
-                else:  # a handler that writes with context.write
-                    await _finish(result)
-            except BaseException as error:
-                await self.exit(method, context, state, error)
-                raise
-            await self.exit(method, context, state, None)
+    return call
 
-        return call
+
+def _stream(method: Method, stages: Stages, behavior: Behavior) -> Behavior:
+    async def call(request: Any, context: Context) -> AsyncIterator[Any]:
+        states: list[Any] = []
+        error: BaseException | None = None
+        try:
+            await _enter_all(stages, method, context, request, states)
+            result = behavior(request, context)
+            if hasattr(result, "__aiter__"):
+                async for response in result:
+                    yield response
+            elif inspect.isawaitable(result):  # a handler that writes with context.write
+                await result
+        except BaseException as raised:
+            error = raised
+        error = await _exit_all(stages, method, context, states, error)
+        if error is not None:
+            raise error
+
+    return call
 
 
 def final_code(context: Context, error: BaseException | None) -> grpc.StatusCode:

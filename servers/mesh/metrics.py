@@ -5,26 +5,45 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import grpc
 from prometheus_client import CollectorRegistry, start_http_server
 
-from clients.telemetry import GrpcMetrics
+from clients.telemetry import CODE_LABELS, GrpcMetrics
 from servers.mesh.interception import CallInterceptor, Context, Method, final_code
 
 
-class MetricsInterceptor(CallInterceptor[float]):
+class _MethodMetrics:
+    """The labelled children of one method, resolved once instead of on every call."""
+
+    __slots__ = ("handled", "handling", "started")
+
+    def __init__(self, metrics: GrpcMetrics, method: Method) -> None:
+        labels = (method.kind, method.service, method.name)
+        self.started = metrics.started.labels(*labels)
+        self.handling = metrics.handling.labels(*labels)
+        self.handled = {code: metrics.handled.labels(*labels, CODE_LABELS[code]) for code in grpc.StatusCode}
+
+
+class MetricsInterceptor(CallInterceptor[tuple[_MethodMetrics, float]]):
     """`grpc_server_started_total`, `grpc_server_handled_total{grpc_code}`, `grpc_server_handling_seconds`."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        super().__init__()
         self.metrics = GrpcMetrics("server", registry)
+        self._methods: dict[str, _MethodMetrics] = {}
 
-    async def enter(self, method: Method, context: Context, request: Any) -> float:
-        self.metrics.record_start(method.kind, method.service, method.name)
-        return time.perf_counter()
+    async def enter(self, method: Method, context: Context, request: Any) -> tuple[_MethodMetrics, float]:
+        children = self._methods.get(method.path)
+        if children is None:
+            children = self._methods[method.path] = _MethodMetrics(self.metrics, method)
+        children.started.inc()
+        return children, time.perf_counter()
 
-    async def exit(self, method: Method, context: Context, state: float, error: BaseException | None) -> None:
-        code = final_code(context, error)
-        self.metrics.record_end(method.kind, method.service, method.name, code, time.perf_counter() - state)
+    async def exit(
+        self, method: Method, context: Context, state: tuple[_MethodMetrics, float], error: BaseException | None
+    ) -> None:
+        children, began = state
+        children.handled[final_code(context, error)].inc()
+        children.handling.observe(time.perf_counter() - began)
 
 
 def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> tuple[Any, int]:

@@ -67,7 +67,6 @@ class RateLimitInterceptor(CallInterceptor[None]):
     """Refuses calls beyond a caller's bucket; health and reflection are never limited."""
 
     def __init__(self, buckets: TokenBuckets) -> None:
-        super().__init__()
         self.buckets = buckets
 
     def applies_to(self, method: Method) -> bool:

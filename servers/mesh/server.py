@@ -25,9 +25,11 @@ from prometheus_client import CollectorRegistry
 
 from clients.channel import ChannelOptions, ChannelTls, TokenSource, open_channel
 from clients.credentials import CREDENTIALS_FILE, CredentialsFileTokenSource
+from servers.mesh.agent import agent_tasks
 from servers.mesh.auth import AuthInterceptor, BearerVerifier, rules_from_contracts
 from servers.mesh.config import MeshConfig
 from servers.mesh.faults import FaultInjectionInterceptor, FaultTable
+from servers.mesh.interception import CallInterceptor, InterceptorChain
 from servers.mesh.logs import configure_logging
 from servers.mesh.metrics import MetricsInterceptor, serve_metrics
 from servers.mesh.ratelimit import RateLimitInterceptor, TokenBuckets
@@ -152,10 +154,10 @@ class Runtime:
             await database.close()
 
 
-def interceptor_chain(runtime: Runtime, services: Sequence[ServiceDescriptor]) -> list[grpc.aio.ServerInterceptor]:
+def interceptor_chain(runtime: Runtime, services: Sequence[ServiceDescriptor]) -> list[CallInterceptor[Any]]:
     """The server interceptors, outermost first: tracing → metrics → auth → rate limit → faults → errors."""
     config = runtime.config
-    chain: list[grpc.aio.ServerInterceptor] = [TracingInterceptor(), MetricsInterceptor(runtime.registry)]
+    chain: list[CallInterceptor[Any]] = [TracingInterceptor(), MetricsInterceptor(runtime.registry)]
     if config.auth.enabled:
         if runtime.verifier is None:
             raise RuntimeError("auth is enabled but no token verifier was configured")
@@ -226,7 +228,7 @@ def create_server(mounts: Sequence[Mount], runtime: Runtime, address: str | None
     """Build (not start) a server for `mounts`; binds `address` (default host:port from config)."""
     descriptors = [m.descriptor for m in mounts]
     server = grpc.aio.server(
-        interceptors=interceptor_chain(runtime, descriptors),
+        interceptors=[InterceptorChain(interceptor_chain(runtime, descriptors))],
         options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 * 1024 * 1024)],
     )
     for mount in mounts:
@@ -266,6 +268,7 @@ async def run(config: MeshConfig, build: ServiceBuilder, runtime: Runtime | None
     prepare_auth(runtime, service)
     server = create_server(service.mounts, runtime)
     await server.start(serving=runtime.trust is None)
+    service.tasks += agent_tasks(runtime, server.port, server.metrics_port)
     tasks = [asyncio.create_task(task(), name=task.__qualname__) for task in service.tasks]
     if runtime.trust is not None:
         log.info("waiting for the token service's keys and revocations")

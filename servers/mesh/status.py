@@ -14,7 +14,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from servers.mesh import errors, storage
-from servers.mesh.interception import CallInterceptor, Context, Method
+from servers.mesh.interception import CallInterceptor, Context, Deserializer, Method
 from servers.mesh.logs import current_trace_ids
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ class ErrorMappingInterceptor(CallInterceptor[None]):
     UNKNOWN with a parser message on the wire.
     """
 
-    def deserializer(self, method: Method, inner: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    def deserializer(self, method: Method, inner: Deserializer | None) -> Deserializer | None:
         return None if inner is None else _lenient(inner)
 
     async def enter(self, method: Method, context: Context, request: Any) -> None:

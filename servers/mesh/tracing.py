@@ -77,8 +77,8 @@ class TracingInterceptor(CallInterceptor[tuple[trace.Span, object]]):
     """A SERVER span around every call except health checks, child of the caller's traceparent."""
 
     def __init__(self, tracer: trace.Tracer | None = None) -> None:
-        super().__init__()
         self._tracer = tracer or trace.get_tracer("shieldx.mesh")
+        self._attributes: dict[str, dict[str, str]] = {}
 
     def applies_to(self, method: Method) -> bool:
         return method.service != HEALTH_SERVICE
@@ -86,12 +86,11 @@ class TracingInterceptor(CallInterceptor[tuple[trace.Span, object]]):
     async def enter(self, method: Method, context: Context, request: Any) -> tuple[trace.Span, object]:
         carrier = {key: value for key, value in context.invocation_metadata() or ()}
         parent = propagate.extract(carrier)
-        span = self._tracer.start_span(
-            method.span_name,
-            context=parent,
-            kind=SpanKind.SERVER,
-            attributes={"rpc.system": "grpc", "rpc.service": method.service, "rpc.method": method.name},
-        )
+        attributes = self._attributes.get(method.path)
+        if attributes is None:
+            attributes = {"rpc.system": "grpc", "rpc.service": method.service, "rpc.method": method.name}
+            self._attributes[method.path] = attributes
+        span = self._tracer.start_span(method.span_name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
         token = otel_context.attach(trace.set_span_in_context(span, parent))
         return span, token
 

@@ -22,7 +22,7 @@ ECHO = "meshtest.v1.EchoService"
 
 def unpack(error: grpc.aio.AioRpcError) -> dict[str, object]:
     status = rpc_status.from_call(error)
-    assert status is not None, "every error carries google.rpc.Status details"
+    assert status is not None, f"every error carries google.rpc.Status details: {error.code()} {error.details()}"
     found: dict[str, object] = {}
     for packed in status.details:
         for kind in (

@@ -1,0 +1,233 @@
+"""The deployment agent: how a server process takes part in deployments.
+
+When enabled, every server process
+
+- registers its instance with the deployment server (service, version = `config.version`,
+  gRPC address, `/metrics` URL), again every `heartbeat_seconds` so a deployment server that
+  lost its registry (or restarted on an empty store) learns it back, and deregisters when the
+  process stops;
+- follows `WatchFaultInjections` for its service and installs the active faults in
+  `runtime.faults`, where the fault-injection interceptor applies those meant for its version.
+
+Both loops outlive the deployment server being down: they log, back off (with jitter, up
+to `retry_max_seconds`) and try again; installed faults keep applying until they expire.
+
+Settings come from the `agent:` section of the YAML file named by `SHIELDX_CONFIG` and the
+`SHIELDX_AGENT__<FIELD>` environment variables. The agent is off unless `enabled` is set, so
+plain test servers are unaffected; the launcher turns it on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+import os
+import random
+import socket
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import yaml
+
+from servers.mesh.config import ConfigError, build
+from servers.mesh.faults import Fault
+from shieldx.deployment.v1 import deployment_pb2_grpc, faults_pb2, routing_pb2
+
+if TYPE_CHECKING:  # the server imports the agent
+    from servers.mesh.server import Runtime
+
+log = logging.getLogger(__name__)
+
+_STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
+_WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]"})
+
+
+@dataclasses.dataclass
+class AgentSettings:
+    """The deployment agent of a server process (YAML `agent:`, env `SHIELDX_AGENT__*`)."""
+
+    enabled: bool = False
+    """Register with the deployment server and follow its fault injections."""
+    service: str = ""
+    """The service name to register under, as routes name it; empty uses the process's service."""
+    advertise_host: str = ""
+    """Host other processes reach this one at; empty uses the bind host (or the machine's
+    name when bound to a wildcard address)."""
+    heartbeat_seconds: float = 15.0
+    """How often the registration is renewed."""
+    retry_initial_seconds: float = 0.5
+    """First pause after a failed call to the deployment server."""
+    retry_max_seconds: float = 15.0
+    """Longest pause between retries."""
+    call_timeout_seconds: float = 5.0
+    """Deadline of one registration call."""
+
+
+def agent_settings(environ: Mapping[str, str] | None = None, section: Mapping[str, Any] | None = None) -> AgentSettings:
+    """The agent's settings: `section` (default: `agent:` of the `SHIELDX_CONFIG` file), then env."""
+    environ = os.environ if environ is None else environ
+    if section is None:
+        section = _yaml_section(environ.get("SHIELDX_CONFIG", ""))
+    settings = build(AgentSettings, section, environ, "SHIELDX_AGENT__")
+    for name in ("heartbeat_seconds", "retry_initial_seconds", "retry_max_seconds", "call_timeout_seconds"):
+        value = getattr(settings, name)
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"agent.{name}: must be positive")
+    return settings
+
+
+def _yaml_section(path: str) -> Mapping[str, Any]:
+    if not path:
+        return {}
+    try:
+        document = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from exc
+    section = document.get("agent") if isinstance(document, dict) else None
+    return section or {}
+
+
+def fault_of(message: faults_pb2.FaultInjection, *, wall: float, monotonic: float) -> Fault:
+    """A runtime `Fault` from a `FaultInjection` message (expiry moved to the monotonic clock)."""
+    delay = message.delay.seconds + message.delay.nanos / 1e9 if message.HasField("delay") else 0.0
+    expires = math.inf
+    if message.HasField("expire_time"):
+        expire_wall = message.expire_time.seconds + message.expire_time.nanos / 1e9
+        expires = monotonic + (expire_wall - wall)
+    return Fault(
+        id=message.id,
+        method_pattern=message.method_pattern or "*",
+        percentage=message.percentage,
+        delay_seconds=max(delay, 0.0),
+        abort_code=_STATUS_CODES.get(message.abort_code) if message.abort_code else None,
+        expires_at=expires,
+        version=message.version,
+    )
+
+
+class _Backoff:
+    """Exponential pauses with jitter, reset after a success."""
+
+    def __init__(self, initial: float, ceiling: float) -> None:
+        self.initial, self.ceiling = initial, ceiling
+        self.current = initial
+
+    def reset(self) -> None:
+        self.current = self.initial
+
+    def next(self) -> float:
+        pause = self.current * random.uniform(0.8, 1.2)
+        self.current = min(self.current * 2, self.ceiling)
+        return pause
+
+
+class DeploymentAgent:
+    """Registration and fault following for one server process."""
+
+    def __init__(self, runtime: Runtime, settings: AgentSettings, address: str, metrics_endpoint: str) -> None:
+        self.runtime = runtime
+        self.settings = settings
+        self.service = settings.service or runtime.config.service
+        self.version = runtime.config.version
+        self.address = address
+        self.metrics_endpoint = metrics_endpoint
+        self._stub = deployment_pb2_grpc.DeploymentServiceStub(runtime.channel("deployment"))
+
+    def _backoff(self) -> _Backoff:
+        return _Backoff(self.settings.retry_initial_seconds, self.settings.retry_max_seconds)
+
+    async def register_forever(self) -> None:
+        """Register once the server serves, renew every heartbeat, deregister when cancelled (the process stops)."""
+        request = routing_pb2.RegisterInstanceRequest(
+            service=self.service, version=self.version, address=self.address, metrics_endpoint=self.metrics_endpoint
+        )
+        backoff, registered = self._backoff(), False
+        try:
+            if self.runtime.trust is not None:  # the server reports SERVING only once it can verify tokens
+                await self.runtime.trust.wait_ready()
+            while True:
+                try:
+                    await self._stub.RegisterInstance(request, timeout=self.settings.call_timeout_seconds)
+                except grpc.aio.AioRpcError as error:
+                    registered = False
+                    pause = backoff.next()
+                    log.warning(
+                        "cannot register with the deployment server (%s: %s); retrying in %.1f s",
+                        error.code().name,
+                        error.details(),
+                        pause,
+                    )
+                    await asyncio.sleep(pause)
+                    continue
+                if not registered:
+                    log.info(
+                        "registered with the deployment server",
+                        extra={"service": self.service, "version": self.version, "address": self.address},
+                    )
+                registered = True
+                backoff.reset()
+                await asyncio.sleep(self.settings.heartbeat_seconds)
+        except asyncio.CancelledError:
+            await self._deregister()
+            raise
+
+    async def _deregister(self) -> None:
+        request = routing_pb2.DeregisterInstanceRequest(service=self.service, address=self.address)
+        try:
+            await self._stub.DeregisterInstance(request, timeout=min(self.settings.call_timeout_seconds, 2.0))
+            log.info("deregistered from the deployment server", extra={"address": self.address})
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.NOT_FOUND:
+                log.warning("could not deregister (%s: %s)", error.code().name, error.details())
+
+    async def follow_faults_forever(self) -> None:
+        """Keep `runtime.faults` equal to the active fault injections of this service."""
+        backoff = self._backoff()
+        request = faults_pb2.WatchFaultInjectionsRequest(services=[self.service])
+        while True:
+            try:
+                async for message in self._stub.WatchFaultInjections(request):
+                    self.install(message)
+                    backoff.reset()
+                log.info("fault injection watch ended; reconnecting")
+            except grpc.aio.AioRpcError as error:
+                log.warning(
+                    "cannot follow fault injections (%s: %s); retrying",
+                    error.code().name,
+                    error.details(),
+                )
+            await asyncio.sleep(backoff.next())
+
+    def install(self, message: faults_pb2.WatchFaultInjectionsResponse) -> None:
+        """Replace the process's faults with the set in `message`."""
+        wall, monotonic = time.time(), time.monotonic()
+        faults = [fault_of(f, wall=wall, monotonic=monotonic) for f in message.fault_injections]
+        self.runtime.faults.replace(faults)
+        log.info("fault injections now in force: %d", len(faults), extra={"fault_ids": [f.id for f in faults]})
+
+
+def _advertised_host(settings: AgentSettings, bind_host: str) -> str:
+    host = settings.advertise_host or bind_host
+    if host in _WILDCARD_HOSTS:
+        host = socket.gethostname()
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return host
+
+
+def agent_tasks(
+    runtime: Runtime, server_port: int, metrics_port: int | None, settings: AgentSettings | None = None
+) -> list[Callable[[], Coroutine[Any, Any, None]]]:
+    """The agent's background loops for a server on `server_port` (none unless enabled)."""
+    settings = settings or agent_settings()
+    if not settings.enabled:
+        return []
+    host = _advertised_host(settings, runtime.config.host)
+    metrics = f"http://{host}:{metrics_port}/metrics" if metrics_port else ""
+    agent = DeploymentAgent(runtime, settings, f"{host}:{server_port}", metrics)
+    return [agent.register_forever, agent.follow_faults_forever]
