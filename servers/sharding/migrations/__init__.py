@@ -1,0 +1,1 @@
+"""Schema migrations of the sharding registry (shards, nodes, failover history, rebalances)."""
