@@ -1,0 +1,217 @@
+"""What the sharding server does to shard database servers itself: observe, promote, fence.
+
+Each operation opens a fresh connection with the node's DSN, so an observation proves that
+the server accepts new connections now (a postmaster that was killed leaves backends behind
+for a moment; a kept-open connection would miss that). Errors come back as `NodeError`
+with a message safe to store and show: libpq's text, which names host and port but never the
+password, squeezed to one line.
+
+On PostgreSQL (14 or newer):
+- observe: `SELECT pg_is_in_recovery()`, then `pg_current_wal_lsn()` on a primary or
+  `pg_last_wal_replay_lsn()` and `now() - pg_last_xact_replay_timestamp()` on a replica;
+- promote: `SELECT pg_promote(true, <timeout>)`, then `pg_is_in_recovery()` must be false;
+- fence (a planned switchover): `ALTER SYSTEM SET default_transaction_read_only = on`, reload,
+  wait until new sessions see it, terminate the other client sessions (waiting for them to exit)
+  and read the final `pg_current_wal_lsn()`: no write can commit after that LSN.
+  `unfence` resets the setting. These need a superuser, or a role granted `pg_promote`,
+  `ALTER SYSTEM` on `default_transaction_read_only` and `pg_signal_backend`.
+
+`sqlite:` nodes (the embedded single-shard store) are observed by opening the file read-only;
+they are primaries without replication and cannot be promoted or fenced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
+
+import psycopg
+
+from servers.sharding.domain import Node
+from servers.sharding.failover import MAX_ERROR_LENGTH, parse_lsn
+
+APPLICATION_NAME = "shieldx-sharding"
+_OBSERVE = (
+    "SELECT pg_is_in_recovery(),"
+    " (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text,"
+    " CASE WHEN pg_is_in_recovery() THEN extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END"
+)
+
+
+class NodeError(Exception):
+    """An operation on a node failed (unreachable, refused, timed out); the message holds no credentials."""
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one look at a node showed."""
+
+    in_recovery: bool
+    """True for a streaming replica (or a server still recovering)."""
+    lsn: int | None
+    """Primary: current WAL write position; replica: last replayed position (None if unknown)."""
+    replay_age: timedelta | None = None
+    """Replica: time since the last replayed transaction committed on the primary."""
+
+
+class NodeOperations(Protocol):
+    """The operations the monitor and the failover need on a node."""
+
+    async def observe(self, node: Node, timeout: float) -> Observation:
+        """Connect and read role and WAL position (NodeError on any failure)."""
+        ...
+
+    async def promote(self, node: Node, timeout: float) -> int | None:
+        """Promote a replica to primary; returns its WAL position afterwards."""
+        ...
+
+    async def fence(self, node: Node, timeout: float) -> int:
+        """Make a primary refuse writes and end its client sessions; returns its final WAL position."""
+        ...
+
+    async def unfence(self, node: Node, timeout: float) -> None:
+        """Undo `fence` (a switchover that could not complete)."""
+        ...
+
+
+def one_line(error: BaseException) -> str:
+    """An exception as a short single line, safe to keep (libpq messages carry no passwords)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text[:MAX_ERROR_LENGTH]
+
+
+def _sqlite_path(dsn: str) -> str | None:
+    if not dsn.startswith("sqlite:"):
+        return None
+    parts = urlsplit(dsn)
+    return unquote(parts.netloc + parts.path)
+
+
+class DatabaseNodes:
+    """`NodeOperations` on PostgreSQL servers (and read-only looks at `sqlite:` files)."""
+
+    async def observe(self, node: Node, timeout: float) -> Observation:
+        """See `NodeOperations.observe`."""
+        path = _sqlite_path(node.dsn)
+        if path is not None:
+            return await self._observe_sqlite(path, timeout)
+        async with self._connection(node, timeout) as connection:
+            row = await (await connection.execute(_OBSERVE)).fetchone()
+        assert row is not None
+        in_recovery, lsn_text, age_seconds = row
+        age = None
+        if age_seconds is not None and math.isfinite(float(age_seconds)):
+            age = timedelta(seconds=max(0.0, float(age_seconds)))
+        return Observation(bool(in_recovery), None if lsn_text is None else parse_lsn(lsn_text), age)
+
+    async def promote(self, node: Node, timeout: float) -> int | None:
+        """See `NodeOperations.promote`; a node already out of recovery counts as promoted."""
+        self._refuse_sqlite(node, "promoted")
+        wait_seconds = max(1, math.ceil(timeout))
+        async with self._connection(node, timeout + 5) as connection:
+            if await self._value(connection, "SELECT pg_is_in_recovery()"):
+                try:
+                    promoted = await self._value(connection, "SELECT pg_promote(true, %s)", (wait_seconds,))
+                except psycopg.Error as error:
+                    raise NodeError(f"pg_promote failed: {one_line(error)}") from error
+                if not promoted:
+                    raise NodeError(f"pg_promote did not finish within {wait_seconds}s")
+            if await self._value(connection, "SELECT pg_is_in_recovery()"):
+                raise NodeError("still in recovery after pg_promote")
+            lsn = await self._value(connection, "SELECT pg_current_wal_lsn()::text")
+        return None if lsn is None else parse_lsn(lsn)
+
+    async def fence(self, node: Node, timeout: float) -> int:
+        """See `NodeOperations.fence`."""
+        self._refuse_sqlite(node, "fenced")
+        deadline = time.monotonic() + timeout
+        async with self._connection(node, timeout) as connection:
+            try:
+                await connection.execute("ALTER SYSTEM SET default_transaction_read_only = on")
+                await connection.execute("SELECT pg_reload_conf()")
+            except psycopg.Error as error:
+                raise NodeError(f"could not make the primary read-only: {one_line(error)}") from error
+        # The postmaster applies a reload asynchronously; sessions forked before it would still write.
+        while True:
+            async with self._connection(node, max(0.1, deadline - time.monotonic())) as connection:
+                if await self._value(connection, "SHOW default_transaction_read_only") == "on":
+                    break
+            if time.monotonic() > deadline:
+                raise NodeError("the primary did not apply default_transaction_read_only in time")
+            await asyncio.sleep(0.02)
+        async with self._connection(node, max(0.1, deadline - time.monotonic())) as connection:
+            wait_ms = max(100, int((deadline - time.monotonic()) * 1000))
+            await connection.execute(
+                "SELECT pg_terminate_backend(pid, %s) FROM pg_stat_activity"
+                " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+                (wait_ms,),
+            )
+            lsn = await self._value(connection, "SELECT pg_current_wal_lsn()::text")
+        return parse_lsn(lsn)
+
+    async def unfence(self, node: Node, timeout: float) -> None:
+        """See `NodeOperations.unfence`."""
+        self._refuse_sqlite(node, "unfenced")
+        async with self._connection(node, timeout) as connection:
+            await connection.execute("ALTER SYSTEM RESET default_transaction_read_only")
+            await connection.execute("SELECT pg_reload_conf()")
+
+    @asynccontextmanager
+    async def _connection(self, node: Node, timeout: float) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        try:
+            async with asyncio.timeout(timeout):
+                connection = await psycopg.AsyncConnection.connect(
+                    node.dsn,
+                    autocommit=True,
+                    connect_timeout=max(2, math.ceil(timeout)),
+                    application_name=APPLICATION_NAME,
+                )
+        except TimeoutError:
+            raise NodeError(f"no connection within {timeout:.3g}s") from None
+        except (psycopg.Error, OSError) as error:
+            raise NodeError(one_line(error)) from None
+        try:
+            async with asyncio.timeout(timeout):
+                yield connection
+        except TimeoutError:
+            raise NodeError(f"no answer within {timeout:.3g}s") from None
+        except psycopg.Error as error:
+            raise NodeError(one_line(error)) from None
+        finally:
+            await connection.close()
+
+    @staticmethod
+    async def _value(connection: psycopg.AsyncConnection[Any], sql: str, params: tuple[Any, ...] = ()) -> Any:
+        row = await (await connection.execute(sql.encode(), params)).fetchone()
+        return None if row is None else row[0]
+
+    @staticmethod
+    def _refuse_sqlite(node: Node, what: str) -> None:
+        if _sqlite_path(node.dsn) is not None:
+            raise NodeError(f"an embedded sqlite node cannot be {what}")
+
+    @staticmethod
+    async def _observe_sqlite(path: str, timeout: float) -> Observation:
+        def look() -> None:
+            connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout)
+            try:
+                connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            finally:
+                connection.close()
+
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.to_thread(look)
+        except TimeoutError:
+            raise NodeError(f"no answer within {timeout:.3g}s") from None
+        except sqlite3.Error as error:
+            raise NodeError(f"sqlite: {one_line(error)}") from None
+        return Observation(in_recovery=False, lsn=None)
