@@ -1,7 +1,26 @@
-"""The deployment server's services (not implemented yet: every RPC answers UNIMPLEMENTED)."""
+"""The deployment server: DeploymentService, FlagService and ExperimentService on one store,
+with the controller that drives deployments and the loop that keeps the flags current."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
+from servers.deployment.controller import ControllerSettings, DeliveryController
+from servers.deployment.delivery import Delivery
+from servers.deployment.delivery_service import DeliveryParts, DeliveryRpcs
+from servers.deployment.experiment_service import ExperimentParts, ExperimentServicer
+from servers.deployment.experiment_store import ExperimentStore
+from servers.deployment.experiments import DEFAULT_DRAWS
+from servers.deployment.flag_feed import FlagFeed
+from servers.deployment.flag_service import FlagServicer
+from servers.deployment.flag_store import FlagStore
+from servers.deployment.notifications import Signals
+from servers.deployment.observer import PrometheusObserver, ScrapeObserver, VersionObserver
+from servers.deployment.routing_service import RoutingRpcs
+from servers.deployment.store import DeploymentStore
+from servers.mesh.config import ConfigError, service_settings
+from servers.mesh.idempotency import RequestLedger
 from servers.mesh.server import Mount, Runtime, Service
 from shieldx.deployment.v1 import (
     deployment_pb2,
@@ -12,13 +31,93 @@ from shieldx.deployment.v1 import (
     flags_pb2_grpc,
 )
 
+LEDGER_DOMAIN = "shieldx.deployment.v1"
+
+
+@dataclass
+class DeploymentSettings:
+    """The deployment server's own settings (YAML section `deployment:`, env `SHIELDX_DEPLOYMENT__*`)."""
+
+    controller_tick_seconds: float = 0.5
+    """How often the controller looks at the active deployments (how late a due timer or
+    analysis may be seen)."""
+    prometheus_url: str = ""
+    """Base URL of a Prometheus server (e.g. `http://prometheus:9090`) to read the new version's
+    metrics from; empty scrapes the instances' `/metrics` endpoints directly."""
+    scrape_timeout_seconds: float = 2.0
+    """Timeout of one GET of an instance's metrics (or of one Prometheus query)."""
+    watch_poll_seconds: float = 5.0
+    """How often watch streams and the flag set re-read the store, to see changes made by other
+    replicas of this server (changes made here wake them at once)."""
+    flag_keepalive_seconds: float = 30.0
+    """Idle time after which EventStream sends KEEP_ALIVE."""
+    experiment_draws: int = DEFAULT_DRAWS
+    """Monte Carlo draws per arm behind the experiment probabilities."""
+
+
+def _checked(settings: DeploymentSettings) -> DeploymentSettings:
+    positive = {
+        "controller_tick_seconds": settings.controller_tick_seconds,
+        "scrape_timeout_seconds": settings.scrape_timeout_seconds,
+        "watch_poll_seconds": settings.watch_poll_seconds,
+        "flag_keepalive_seconds": settings.flag_keepalive_seconds,
+    }
+    for name, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"deployment.{name}: must be positive")
+    if settings.experiment_draws < 1000:
+        raise ConfigError("deployment.experiment_draws: must be at least 1000")
+    if settings.prometheus_url and not settings.prometheus_url.startswith(("http://", "https://")):
+        raise ConfigError("deployment.prometheus_url: must be an http:// or https:// URL")
+    return settings
+
+
+class DeploymentServicer(DeliveryRpcs, RoutingRpcs, deployment_pb2_grpc.DeploymentServiceServicer):
+    """DeploymentService: deployments (`DeliveryRpcs`), registry, routes and faults (`RoutingRpcs`)."""
+
+    def __init__(self, parts: DeliveryParts) -> None:
+        self.parts = parts
+
 
 async def build(runtime: Runtime) -> Service:
-    """The services this process serves."""
-    return Service(
-        mounts=[
-            Mount.of(deployment_pb2, deployment_pb2_grpc, "DeploymentService"),
-            Mount.of(flags_pb2, flags_pb2_grpc, "FlagService"),
-            Mount.of(experiments_pb2, experiments_pb2_grpc, "ExperimentService"),
-        ]
+    """The three services of the deployment server, its controller and its flag refresher."""
+    settings = _checked(service_settings(DeploymentSettings, runtime.config))
+    database = await runtime.database("servers.deployment.migrations")
+    store = DeploymentStore(database)
+    flag_store = FlagStore(database)
+    ledger = RequestLedger(database, LEDGER_DOMAIN)
+    signals = Signals()
+    delivery = Delivery(store)
+    feed = FlagFeed(flag_store)
+    await feed.refresh()
+
+    observer: VersionObserver
+    if settings.prometheus_url:
+        observer = PrometheusObserver(settings.prometheus_url, timeout=settings.scrape_timeout_seconds)
+    else:
+        observer = ScrapeObserver(timeout=settings.scrape_timeout_seconds)
+    controller = DeliveryController(
+        delivery, observer, signals, ControllerSettings(tick_seconds=settings.controller_tick_seconds)
     )
+    parts = DeliveryParts(store, delivery, ledger, signals, settings.watch_poll_seconds)
+    experiments = ExperimentParts(
+        experiments=ExperimentStore(database),
+        flags=flag_store,
+        feed=feed,
+        deployments=store,
+        signals=signals,
+        ledger=ledger,
+        clock=delivery.clock,
+        draws=settings.experiment_draws,
+    )
+    flag_servicer = FlagServicer(flag_store, feed, ledger, delivery.clock, settings.flag_keepalive_seconds)
+
+    async def follow_flags() -> None:
+        await feed.follow_forever(settings.watch_poll_seconds)
+
+    mounts: list[Any] = [
+        Mount.of(deployment_pb2, deployment_pb2_grpc, "DeploymentService", servicer=DeploymentServicer(parts)),
+        Mount.of(flags_pb2, flags_pb2_grpc, "FlagService", servicer=flag_servicer),
+        Mount.of(experiments_pb2, experiments_pb2_grpc, "ExperimentService", servicer=ExperimentServicer(experiments)),
+    ]
+    return Service(mounts=mounts, tasks=[controller.run_forever, follow_flags])

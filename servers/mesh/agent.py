@@ -167,7 +167,7 @@ class DeploymentAgent:
                 if not registered:
                     log.info(
                         "registered with the deployment server",
-                        extra={"service": self.service, "version": self.version, "address": self.address},
+                        extra={"registered_service": self.service, "version": self.version, "address": self.address},
                     )
                 registered = True
                 backoff.reset()
