@@ -172,10 +172,7 @@ class ShardingServicer(sharding_pb2_grpc.ShardingServiceServicer):
         if not request.keys:
             raise InvalidArgument("keys", "must name at least one key")
         topology = self.registry.current
-        located = topology.locate_many(request.keys)
-        return pb.LocateKeysResponse(
-            locations=[wire.location_message(one) for one in located], topology_version=topology.version
-        )
+        return wire.locate_response(topology, topology.locate_many(request.keys))
 
     async def GetRingStats(self, request: pb.GetRingStatsRequest, context: Any) -> pb.GetRingStatsResponse:
         topology = self.registry.current

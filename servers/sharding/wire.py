@@ -7,7 +7,7 @@ DSNs are redacted everywhere except in the topology stream, which the followers 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -168,15 +168,25 @@ def _node_from_message(message: pb.Node) -> Node:
     )
 
 
-def location_message(location: KeyLocation) -> pb.KeyLocation:
-    """Where one key lives."""
-    return pb.KeyLocation(
-        key=location.key,
-        shard_id=location.shard_id,
-        primary_node_id=location.primary.node_id,
-        primary_endpoint=location.primary.endpoint,
-        write_fenced=location.write_fenced,
-    )
+def locate_response(topology: Topology, locations: Sequence[KeyLocation]) -> pb.LocateKeysResponse:
+    """Where each key lives, from `topology`.
+
+    Each shard's primary endpoint is worked out once per call, not once per key: parsing a DSN
+    costs more than locating a key.
+    """
+    primaries = {s.shard_id: (s.primary.node_id, s.primary.endpoint) for s in topology.shards}
+    response = pb.LocateKeysResponse(topology_version=topology.version)
+    add = response.locations.add
+    for location in locations:
+        node_id, endpoint = primaries[location.shard_id]
+        add(
+            key=location.key,
+            shard_id=location.shard_id,
+            primary_node_id=node_id,
+            primary_endpoint=endpoint,
+            write_fenced=location.write_fenced,
+        )
+    return response
 
 
 def ring_stats_message(stats: RingStats, version: int) -> pb.GetRingStatsResponse:
