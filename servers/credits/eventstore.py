@@ -22,6 +22,7 @@ from servers.credits.events import (
     Consumed,
     CorruptEvent,
     Event,
+    LowBalanceAlerted,
     Purchased,
     StoredEvent,
     canonical_json,
@@ -32,8 +33,8 @@ from servers.credits.events import (
 from servers.mesh.storage import Dialect, Transaction
 
 _EVENT_COLUMNS = "account_id, version, type, body, occurred_at, trace_id, prev_hash, hash"
-_INSERT_COLUMNS = f"{_EVENT_COLUMNS}, request_id, reference"
-_INSERT_ROW = "(" + ", ".join("?" * 10) + ")"
+_INSERT_COLUMNS = f"{_EVENT_COLUMNS}, request_id, reference, alert_seq"
+_INSERT_ROW = "(" + ", ".join("?" * 11) + ")"
 
 
 class Instants:
@@ -126,8 +127,17 @@ class EventStore:
         Raises `storage.UniqueViolation` if another writer took one of the versions first.
         """
         rows = seal(events, prev_hash)
+        alerts = sum(isinstance(event, LowBalanceAlerted) for event in events)
+        # Alerts are numbered under the alert_sequence row lock, held to commit (see alerts.py).
+        next_alert = 0
+        if alerts:
+            last = await tx.fetchval("UPDATE alert_sequence SET last = last + ? WHERE id = 1 RETURNING last", (alerts,))
+            next_alert = int(last) - alerts + 1
         params: list[Any] = []
         for event, row in zip(events, rows, strict=True):
+            alert_seq = None
+            if isinstance(event, LowBalanceAlerted):
+                alert_seq, next_alert = next_alert, next_alert + 1
             params += (
                 row.account_id,
                 row.version,
@@ -139,6 +149,7 @@ class EventStore:
                 row.hash,
                 request_id,
                 reference_of(event),
+                alert_seq,
             )
         returned = await tx.fetchall(self._insert(len(rows)), params)
         by_version = {int(r[0]): int(r[1]) for r in returned}

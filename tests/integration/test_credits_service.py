@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -150,3 +151,239 @@ async def test_unknown_account_is_account_not_found(client: CreditsClient) -> No
     ):
         error = await refused(call)
         assert (error.code, error.reason) == (grpc.StatusCode.NOT_FOUND, "ACCOUNT_NOT_FOUND")
+
+
+# -- reservations -----------------------------------------------------------------------------------
+
+
+async def test_reservation_holds_credits_and_a_partial_commit_releases_the_rest(client: CreditsClient) -> None:
+    await purchase(client, "acme", 100)
+    made = await client.reserve(
+        pb.ReserveRequest(account_id="acme", amount=60, ttl=duration_pb2.Duration(seconds=600), description="job")
+    )
+    assert (made.balance.available, made.balance.held, made.balance.total) == (40, 60, 100)
+    assert made.reservation.state == pb.RESERVATION_STATE_OPEN
+    error = await refused(client.consume(pb.ConsumeRequest(account_id="acme", amount=50)))
+    assert (error.reason, error.metadata["available"]) == ("INSUFFICIENT_CREDITS", "40")
+    rid = made.reservation.reservation_id
+    committed = await client.commit_reservation(
+        pb.CommitReservationRequest(account_id="acme", reservation_id=rid, amount=45)
+    )
+    assert (committed.committed_amount, committed.released_amount) == (45, 15)
+    assert (committed.balance.available, committed.balance.held) == (55, 0)
+    error = await refused(client.commit_reservation(pb.CommitReservationRequest(account_id="acme", reservation_id=rid)))
+    assert (error.code, error.reason) == (FAILED_PRECONDITION, "RESERVATION_ALREADY_COMMITTED")
+    listed = await client.list_reservations(
+        pb.ListReservationsRequest(account_id="acme", states=[pb.RESERVATION_STATE_COMMITTED])
+    )
+    [row] = listed.reservations
+    assert (row.reservation_id, row.committed_amount, row.released_amount, row.description) == (rid, 45, 15, "job")
+    assert row.HasField("close_time")
+
+
+async def test_cancel_releases_the_whole_reservation_once(client: CreditsClient) -> None:
+    await purchase(client, "acme", 100)
+    made = await client.reserve(pb.ReserveRequest(account_id="acme", amount=30))
+    rid = made.reservation.reservation_id
+    cancelled = await client.cancel_reservation(pb.CancelReservationRequest(account_id="acme", reservation_id=rid))
+    assert (cancelled.released_amount, cancelled.balance.available, cancelled.balance.held) == (30, 100, 0)
+    error = await refused(client.cancel_reservation(pb.CancelReservationRequest(account_id="acme", reservation_id=rid)))
+    assert error.reason == "RESERVATION_CANCELLED"
+    error = await refused(
+        client.cancel_reservation(pb.CancelReservationRequest(account_id="acme", reservation_id="nope"))
+    )
+    assert (error.code, error.reason) == (grpc.StatusCode.NOT_FOUND, "RESERVATION_NOT_FOUND")
+    open_ones = await client.list_reservations(pb.ListReservationsRequest(states=[pb.RESERVATION_STATE_OPEN]))
+    assert list(open_ones.reservations) == []
+
+
+async def test_expired_reservation_is_released_by_the_sweeper_and_cannot_be_committed(client: CreditsClient) -> None:
+    await purchase(client, "acme", 100)
+    made = await client.reserve(
+        pb.ReserveRequest(account_id="acme", amount=70, ttl=duration_pb2.Duration(nanos=300_000_000))
+    )
+    rid = made.reservation.reservation_id
+    for _ in range(100):
+        expired = await client.list_transactions(
+            pb.ListTransactionsRequest(account_id="acme", types=[pb.TRANSACTION_TYPE_RESERVATION_EXPIRED])
+        )
+        if expired.transactions:
+            break
+        await asyncio.sleep(0.05)
+    [release] = expired.transactions
+    assert (release.reservation_id, release.released_amount) == (rid, 70)
+    balance = await client.get_balance(pb.GetBalanceRequest(account_id="acme"))
+    assert (balance.balance.available, balance.balance.held, balance.balance.version) == (100, 0, 3)
+    error = await refused(client.commit_reservation(pb.CommitReservationRequest(account_id="acme", reservation_id=rid)))
+    assert (error.code, error.reason) == (FAILED_PRECONDITION, "RESERVATION_EXPIRED")
+    listed = await client.list_reservations(pb.ListReservationsRequest(states=[pb.RESERVATION_STATE_EXPIRED]))
+    assert [r.reservation_id for r in listed.reservations] == [rid]
+
+
+# -- transfers, history, balances in the past ------------------------------------------------------------
+
+
+async def test_transfer_moves_credits_and_records_both_sides(client: CreditsClient) -> None:
+    await purchase(client, "alice", 100)
+    await purchase(client, "bob", 5)
+    moved = await client.transfer(
+        pb.TransferRequest(from_account_id="alice", to_account_id="bob", amount=30, description="rent")
+    )
+    assert (moved.from_balance.available, moved.to_balance.available) == (70, 35)
+    assert (moved.from_event_version, moved.to_event_version) == (2, 2)
+    received = await client.list_transactions(
+        pb.ListTransactionsRequest(account_id="bob", types=[pb.TRANSACTION_TYPE_TRANSFERRED_IN])
+    )
+    [side] = received.transactions
+    assert (side.transfer_id, side.counterparty_account_id, side.amount, side.description) == (
+        moved.transfer_id,
+        "alice",
+        30,
+        "rent",
+    )
+    error = await refused(client.transfer(pb.TransferRequest(from_account_id="alice", to_account_id="bob", amount=71)))
+    assert (error.reason, error.metadata["available"]) == ("INSUFFICIENT_CREDITS", "70")
+    error = await refused(client.transfer(pb.TransferRequest(from_account_id="alice", to_account_id="carol", amount=1)))
+    assert error.reason == "ACCOUNT_NOT_FOUND"
+
+
+async def test_balance_as_of_a_past_version_or_time_is_replayed(client: CreditsClient) -> None:
+    await purchase(client, "acme", 100)
+    second = await client.consume(pb.ConsumeRequest(account_id="acme", amount=10))
+    await client.consume(pb.ConsumeRequest(account_id="acme", amount=20))
+    at_two = await client.get_balance(pb.GetBalanceRequest(account_id="acme", as_of_version=2))
+    assert (at_two.balance.available, at_two.balance.version) == (90, 2)
+    at_time = await client.get_balance(pb.GetBalanceRequest(account_id="acme", as_of_time=second.balance.update_time))
+    assert (at_time.balance.available, at_time.balance.version) == (90, 2)
+    error = await refused(client.get_balance(pb.GetBalanceRequest(account_id="acme", as_of_version=4)))
+    assert (error.code, error.metadata["field"]) == (grpc.StatusCode.INVALID_ARGUMENT, "as_of_version")
+    error = await refused(
+        client.get_balance(pb.GetBalanceRequest(account_id="acme", as_of_time=ts(datetime(2001, 1, 1, tzinfo=UTC))))
+    )
+    assert error.reason == "ACCOUNT_NOT_FOUND"
+
+
+async def test_list_transactions_filters_pages_and_opens_payment_references(
+    client: CreditsClient, config: MeshConfig
+) -> None:
+    await purchase(client, "acme", 100, reference="pay-A")
+    await client.consume(pb.ConsumeRequest(account_id="acme", amount=1, reference="order-1"))
+    await client.consume(pb.ConsumeRequest(account_id="acme", amount=2, reference="order-2"))
+    await purchase(client, "zed", 50, reference="pay-B")
+    everything = await client.list_transactions(pb.ListTransactionsRequest())
+    assert [(t.account_id, t.version) for t in everything.transactions] == [
+        ("acme", 1),
+        ("acme", 2),
+        ("acme", 3),
+        ("zed", 1),
+    ]
+    assert all(len(t.trace_id) == 32 and len(t.hash) == 32 for t in everything.transactions)
+    consumes = await client.list_transactions(
+        pb.ListTransactionsRequest(account_id="acme", types=[pb.TRANSACTION_TYPE_CONSUMED])
+    )
+    assert [t.amount for t in consumes.transactions] == [1, 2]
+    by_payment = await client.list_transactions(pb.ListTransactionsRequest(reference="pay-B"))
+    assert [(t.account_id, t.reference, t.amount) for t in by_payment.transactions] == [("zed", "pay-B", 50)]
+    by_order = await client.list_transactions(pb.ListTransactionsRequest(reference="order-2"))
+    assert [(t.account_id, t.version) for t in by_order.transactions] == [("acme", 3)]
+    none_yet = await client.list_transactions(pb.ListTransactionsRequest(end_time=ts(datetime(2000, 1, 1, tzinfo=UTC))))
+    assert list(none_yet.transactions) == []
+    pages, token = [], ""
+    while True:
+        page = await client.list_transactions(pb.ListTransactionsRequest(page_size=3, page_token=token))
+        pages.append([(t.account_id, t.version) for t in page.transactions])
+        token = page.next_page_token
+        if not token:
+            break
+    assert pages == [[("acme", 1), ("acme", 2), ("acme", 3)], [("zed", 1)]]
+    error = await refused(client.list_transactions(pb.ListTransactionsRequest(page_size=3, page_token="garbage")))
+    assert error.metadata["field"] == "page_token"
+    async with ledger_database(config) as database:
+        bodies = [row[0] for row in await database.fetchall("SELECT body FROM event_store WHERE type = 'Purchased'")]
+    assert bodies and not any("pay-A" in body or "pay-B" in body for body in bodies), "payment references leak"
+
+
+async def test_usage_report_adds_consumes_and_commits_per_period(client: CreditsClient) -> None:
+    await purchase(client, "acme", 1000)
+    await client.consume(pb.ConsumeRequest(account_id="acme", amount=10))
+    await client.consume(pb.ConsumeRequest(account_id="acme", amount=5))
+    made = await client.reserve(pb.ReserveRequest(account_id="acme", amount=20))
+    await client.commit_reservation(
+        pb.CommitReservationRequest(account_id="acme", reservation_id=made.reservation.reservation_id, amount=15)
+    )
+    now = datetime.now(UTC)
+    report = await client.get_usage_report(
+        pb.GetUsageReportRequest(
+            start_time=ts(now - timedelta(days=1)), end_time=ts(now + timedelta(days=1)), period=pb.USAGE_PERIOD_DAY
+        )
+    )
+    assert {row.account_id for row in report.rows} == {"acme"}
+    assert (sum(r.consumed for r in report.rows), sum(r.operations for r in report.rows)) == (30, 3)
+    monthly = await client.get_usage_report(
+        pb.GetUsageReportRequest(
+            account_id="acme",
+            start_time=ts(now - timedelta(days=1)),
+            end_time=ts(now + timedelta(days=1)),
+            period=pb.USAGE_PERIOD_MONTH,
+        )
+    )
+    assert sum(r.consumed for r in monthly.rows) == 30
+    assert all(r.period_start_time.ToDatetime(UTC).day == 1 for r in monthly.rows)
+
+
+# -- thresholds and alerts ---------------------------------------------------------------------------
+
+
+async def test_low_balance_alert_fires_once_per_crossing_and_resumes_from_a_token(client: CreditsClient) -> None:
+    await purchase(client, "acme", 100)
+    seen: list[pb.WatchAlertsResponse] = []
+
+    async def watch(token: str, into: list[pb.WatchAlertsResponse]) -> None:
+        async for item in client.watch_alerts(pb.WatchAlertsRequest(account_id="acme", resume_token=token)):
+            into.append(item)
+
+    watcher = asyncio.create_task(watch("", seen))
+    await asyncio.sleep(0.5)  # the watch starts "from now"
+    threshold = await client.set_threshold(pb.SetThresholdRequest(account_id="acme", threshold=50))
+    assert not threshold.alert_fired
+    await client.consume(pb.ConsumeRequest(account_id="acme", amount=60))  # 40 < 50: alert
+    await client.consume(pb.ConsumeRequest(account_id="acme", amount=5))  # still below: no second alert
+    await purchase(client, "acme", 100)  # 135: re-armed
+    await client.consume(pb.ConsumeRequest(account_id="acme", amount=100))  # 35: alert again
+    try:
+        for _ in range(100):
+            if len(seen) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    assert [(s.alert.threshold, s.alert.available, s.alert.version) for s in seen] == [(50, 40, 4), (50, 35, 8)]
+    assert all(len(s.alert.trace_id) == 32 for s in seen)
+    resumed: list[pb.WatchAlertsResponse] = []
+    follower = asyncio.create_task(watch(seen[0].resume_token, resumed))
+    try:
+        for _ in range(100):
+            if resumed:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+    assert resumed[0].alert.version == 8
+    alerts = await client.list_transactions(
+        pb.ListTransactionsRequest(account_id="acme", types=[pb.TRANSACTION_TYPE_LOW_BALANCE_ALERTED])
+    )
+    assert [t.version for t in alerts.transactions] == [4, 8]
+    error = await refused(client.set_threshold(pb.SetThresholdRequest(account_id="acme", threshold=10**16)))
+    assert error.metadata["field"] == "threshold"
+
+
+async def test_threshold_above_the_balance_fires_at_once(client: CreditsClient) -> None:
+    await purchase(client, "acme", 10)
+    answer = await client.set_threshold(pb.SetThresholdRequest(account_id="acme", threshold=50))
+    assert answer.alert_fired
+    assert (answer.balance.threshold, answer.event_version, answer.balance.version) == (50, 2, 3)

@@ -3,8 +3,6 @@
 
 -- SQLite allows one rowid key, which `position` takes so that it is assigned on insert;
 -- (account_id, version) is the same unique optimistic-concurrency key as on PostgreSQL.
--- Writers are serialized by the database, so positions become visible in order and
--- `tx_id` is always 0.
 CREATE TABLE event_store (
     position INTEGER PRIMARY KEY,
     account_id TEXT NOT NULL,
@@ -17,10 +15,10 @@ CREATE TABLE event_store (
     hash BLOB NOT NULL,
     request_id TEXT NOT NULL DEFAULT '',
     reference TEXT NOT NULL DEFAULT '',
-    tx_id INTEGER NOT NULL DEFAULT 0,
+    alert_seq INTEGER,
     UNIQUE (account_id, version)
 );
-CREATE INDEX event_store_alerts ON event_store (tx_id, position) WHERE type = 'LowBalanceAlerted';
+CREATE UNIQUE INDEX event_store_alert_seq ON event_store (alert_seq) WHERE alert_seq IS NOT NULL;
 CREATE INDEX event_store_reference ON event_store (reference) WHERE reference <> '';
 CREATE INDEX event_store_usage ON event_store (occurred_at) WHERE type IN ('Consumed', 'ReservationCommitted');
 
@@ -32,6 +30,12 @@ CREATE TRIGGER event_store_no_delete BEFORE DELETE ON event_store
 BEGIN
     SELECT RAISE(ABORT, 'event_store is append-only: DELETE refused');
 END;
+
+CREATE TABLE alert_sequence (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    last INTEGER NOT NULL
+);
+INSERT INTO alert_sequence (id, last) VALUES (1, 0);
 
 CREATE TABLE snapshots (
     account_id TEXT NOT NULL,
