@@ -227,6 +227,16 @@ class HealthMonitor:
         }
         if not changes:
             return
+        for node_id, state in changes.items():
+            health = self._health[node_id]
+            level = logging.INFO if state is HealthState.HEALTHY else logging.WARNING
+            log.log(
+                level,
+                "node %s is %s",
+                node_id,
+                state.value,
+                extra={"node_id": node_id, "failures": health.consecutive_failures, "error": health.last_error},
+            )
         now = self.clock()
 
         def apply(topology: Topology) -> Topology:

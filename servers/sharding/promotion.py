@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections import defaultdict
@@ -39,6 +40,8 @@ from servers.sharding.nodes import NodeError, NodeOperations
 from servers.sharding.registry import Clock, TopologyRegistry, utc_now
 from servers.sharding.store import ShardingStore
 from servers.sharding.topology import Topology
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,15 @@ class Failovers:
         if pending is not None and pending.new_primary == record.new_primary:
             del self._pending[record.shard_id]
         await self.registry.publish(topology)
+        log.warning(
+            "failed over shard %s from %s to %s in %.2fs (%s)",
+            record.shard_id,
+            record.old_primary,
+            record.new_primary,
+            record.recovery_time.total_seconds(),
+            record.trigger.value,
+            extra={"shard_id": record.shard_id, "topology_version": record.topology_version},
+        )
         self.monitor.mark_down(record.old_primary)
         self.metrics.failovers.labels(record.shard_id, record.trigger.value).inc()
         self.metrics.recovery.labels(record.trigger.value).observe(record.recovery_time.total_seconds())
