@@ -4,31 +4,47 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import grpc
+import nacl.signing
 import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from clients.credits import CreditsClient
 from clients.errors import ShieldxError
+from servers.credits.audit import LedgerHead, head_signing_bytes
+from servers.credits.projection import Projection
+from servers.credits.rebuild import rebuild
 from servers.credits.service import build
 from servers.mesh.config import MeshConfig
-from servers.mesh.storage import Database, open_database
+from servers.mesh.storage import CheckViolation, Database, open_database
 from shieldx.credits.v1 import credits_pb2 as pb
-from tests.conftest import Running, StartService, test_config
+from tests.conftest import Running, StartService, stop_service, test_config
+from tests.support.fuzz import fuzz_service
+from tests.support.tokens import TestAuthority
 
 FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def credits_config(tmp_path: Path, store_config: dict[str, str], **settings: Any) -> MeshConfig:
     """A credits server config on the given store, with fast background loops."""
     config = test_config(tmp_path, service="credits", **store_config)
-    config.settings = {"sweep_interval_seconds": 0.05, "alert_poll_seconds": 0.05, **settings}
+    config.settings = {
+        "sweep_interval_seconds": 0.05,
+        "alert_poll_seconds": 0.05,
+        "head_sign_interval_seconds": 0.05,
+        "lag_interval_seconds": 0.05,
+        **settings,
+    }
     return config
 
 
@@ -387,3 +403,357 @@ async def test_threshold_above_the_balance_fires_at_once(client: CreditsClient) 
     answer = await client.set_threshold(pb.SetThresholdRequest(account_id="acme", threshold=50))
     assert answer.alert_fired
     assert (answer.balance.threshold, answer.event_version, answer.balance.version) == (50, 2, 3)
+
+
+# -- concurrency ------------------------------------------------------------------------------------
+
+
+async def attempt_all(attempts: int, callers: int, attempt: Callable[[int], Awaitable[None]]) -> Counter[str]:
+    """Run `attempts` numbered attempts from `callers` concurrent callers; count results by ErrorInfo reason."""
+    results: Counter[str] = Counter()
+    numbers = iter(range(attempts))
+
+    async def caller() -> None:
+        for number in numbers:
+            try:
+                await attempt(number)
+                results["ok"] += 1
+            except ShieldxError as error:
+                results[error.reason or error.code.name] += 1
+
+    await asyncio.gather(*(caller() for _ in range(callers)))
+    return results
+
+
+async def test_64_callers_on_one_account_consume_exactly_its_balance(client: CreditsClient) -> None:
+    await purchase(client, "hot", 1000)
+
+    async def consume(_: int) -> None:
+        await client.consume(pb.ConsumeRequest(account_id="hot", amount=1, request_id=request_id()))
+
+    results = await attempt_all(2000, 64, consume)
+    assert results == Counter({"ok": 1000, "INSUFFICIENT_CREDITS": 1000})
+    balance = await client.get_balance(pb.GetBalanceRequest(account_id="hot"))
+    assert (balance.balance.available, balance.balance.held, balance.balance.version) == (0, 0, 1001)
+
+
+async def test_64_callers_mixing_consumes_and_reservations_never_overspend(client: CreditsClient) -> None:
+    await purchase(client, "hot", 1000)
+
+    async def consume_or_reserve(number: int) -> None:
+        if number % 2:
+            await client.consume(pb.ConsumeRequest(account_id="hot", amount=1))
+            return
+        made = await client.reserve(pb.ReserveRequest(account_id="hot", amount=1))
+        if number % 4 == 0:
+            await client.commit_reservation(
+                pb.CommitReservationRequest(account_id="hot", reservation_id=made.reservation.reservation_id)
+            )
+
+    results = await attempt_all(2000, 64, consume_or_reserve)
+    assert results == Counter({"ok": 1000, "INSUFFICIENT_CREDITS": 1000})
+    balance = (await client.get_balance(pb.GetBalanceRequest(account_id="hot"))).balance
+    open_ones = await client.list_reservations(
+        pb.ListReservationsRequest(account_id="hot", states=[pb.RESERVATION_STATE_OPEN], page_size=1000)
+    )
+    assert balance.available == 0
+    assert balance.held == len(open_ones.reservations) > 0
+    assert balance.total == balance.held
+
+
+# -- idempotency ------------------------------------------------------------------------------------
+
+
+async def test_each_mutation_retried_with_its_request_id_returns_the_first_answer_also_after_a_restart(
+    start_service: StartService, config: MeshConfig
+) -> None:
+    running = await start_service(build, config)
+    client = CreditsClient(running.channel)
+    first: list[tuple[Any, Any, Any]] = []
+
+    async def once(name: str, request: Any) -> Any:
+        answer = await getattr(client, name)(request)
+        first.append((name, request, answer))
+        return answer
+
+    await once("purchase", pb.PurchaseRequest(account_id="acme", amount=100, payment_reference="p", request_id="r1"))
+    await once("purchase", pb.PurchaseRequest(account_id="bob", amount=1, payment_reference="q", request_id="r2"))
+    await once("consume", pb.ConsumeRequest(account_id="acme", amount=7, request_id="r3"))
+    held = await once("reserve", pb.ReserveRequest(account_id="acme", amount=10, request_id="r4"))
+    await once(
+        "commit_reservation",
+        pb.CommitReservationRequest(
+            account_id="acme", reservation_id=held.reservation.reservation_id, amount=4, request_id="r5"
+        ),
+    )
+    other = await once("reserve", pb.ReserveRequest(account_id="acme", amount=3, request_id="r6"))
+    await once(
+        "cancel_reservation",
+        pb.CancelReservationRequest(
+            account_id="acme", reservation_id=other.reservation.reservation_id, request_id="r7"
+        ),
+    )
+    await once("transfer", pb.TransferRequest(from_account_id="acme", to_account_id="bob", amount=5, request_id="r8"))
+    await once("set_threshold", pb.SetThresholdRequest(account_id="acme", threshold=500, request_id="r9"))
+    refusal = await refused(client.consume(pb.ConsumeRequest(account_id="acme", amount=10**6, request_id="r10")))
+    assert refusal.reason == "INSUFFICIENT_CREDITS"
+    before = await client.list_transactions(pb.ListTransactionsRequest(page_size=1000))
+
+    async def retry_everything(client: CreditsClient) -> None:
+        for name, request, answer in first:
+            assert await getattr(client, name)(request) == answer, name
+        again = await refused(client.consume(pb.ConsumeRequest(account_id="acme", amount=10**6, request_id="r10")))
+        assert (again.reason, again.metadata["available"]) == ("INSUFFICIENT_CREDITS", refusal.metadata["available"])
+        after = await client.list_transactions(pb.ListTransactionsRequest(page_size=1000))
+        assert after == before
+
+    await retry_everything(client)
+    await purchase(client, "acme", 1000)  # the refused request stays refused though it would pass now
+    before = await client.list_transactions(pb.ListTransactionsRequest(page_size=1000))
+    await stop_service(running)
+    restarted = await start_service(build, config)
+    await retry_everything(CreditsClient(restarted.channel))
+    reused = await refused(
+        CreditsClient(restarted.channel).consume(pb.ConsumeRequest(account_id="acme", amount=8, request_id="r3"))
+    )
+    assert (reused.code, reused.reason) == (FAILED_PRECONDITION, "REQUEST_ID_REUSED")
+
+
+async def test_a_retry_while_the_first_attempt_runs_is_aborted(client: CreditsClient) -> None:
+    await purchase(client, "acme", 100)
+    request = pb.ConsumeRequest(account_id="acme", amount=1, request_id="slow-1")
+    results = await asyncio.gather(*(client.consume(request) for _ in range(20)), return_exceptions=True)
+    aborted = [r for r in results if isinstance(r, ShieldxError)]
+    answers = [r for r in results if not isinstance(r, BaseException)]
+    assert answers and all(answer == answers[0] for answer in answers)
+    assert all((e.code, e.reason) == (grpc.StatusCode.ABORTED, "REQUEST_IN_PROGRESS") for e in aborted)
+    balance = await client.get_balance(pb.GetBalanceRequest(account_id="acme"))
+    assert balance.balance.available == 99
+
+
+# -- the store's own guarantees ---------------------------------------------------------------------------
+
+
+async def test_the_event_store_refuses_update_and_delete_and_the_read_model_a_negative_balance(
+    client: CreditsClient, config: MeshConfig
+) -> None:
+    await purchase(client, "acme", 100)
+    async with ledger_database(config) as database:
+        with pytest.raises(CheckViolation):
+            await database.execute("UPDATE event_store SET body = '{}' WHERE account_id = 'acme'")
+        with pytest.raises(CheckViolation):
+            await database.execute("DELETE FROM event_store WHERE account_id = 'acme'")
+        with pytest.raises(CheckViolation):
+            await database.execute("UPDATE credit_balances_read_model SET available = -1 WHERE account_id = 'acme'")
+        [count] = await database.fetchone("SELECT COUNT(*) FROM event_store")  # type: ignore[misc]
+    assert count == 1
+
+
+@contextlib.asynccontextmanager
+async def triggers_off(database: Database) -> AsyncIterator[None]:
+    """Lift the append-only guard for a moment, as an attacker with database access could."""
+    if database.dialect == "postgres":
+        await database.execute("ALTER TABLE event_store DISABLE TRIGGER event_store_append_only")
+        try:
+            yield
+        finally:
+            await database.execute("ALTER TABLE event_store ENABLE TRIGGER event_store_append_only")
+        return
+    await database.execute("DROP TRIGGER event_store_no_update")
+    try:
+        yield
+    finally:
+        await database.execute(
+            "CREATE TRIGGER event_store_no_update BEFORE UPDATE ON event_store"
+            " BEGIN SELECT RAISE(ABORT, 'event_store is append-only: UPDATE refused'); END"
+        )
+
+
+async def test_changing_a_stored_event_makes_verification_fail_naming_that_event(
+    client: CreditsClient, config: MeshConfig
+) -> None:
+    await purchase(client, "acme", 100)
+    await client.consume(pb.ConsumeRequest(account_id="acme", amount=10))
+    await client.consume(pb.ConsumeRequest(account_id="acme", amount=20))
+    await purchase(client, "bob", 5)
+    healthy = await client.verify_audit_chain(pb.VerifyAuditChainRequest())
+    assert (healthy.ok, healthy.events_checked, healthy.accounts_checked) == (True, 4, 2)
+    async with ledger_database(config) as database, triggers_off(database):
+        changed = await database.execute(
+            "UPDATE event_store SET body = replace(body, '\"amount\":10', '\"amount\":1')"
+            " WHERE account_id = 'acme' AND version = 2"
+        )
+        assert changed == 1
+    for scope in ("", "acme"):
+        broken = await client.verify_audit_chain(pb.VerifyAuditChainRequest(account_id=scope))
+        assert not broken.ok
+        assert (broken.first_mismatch.account_id, broken.first_mismatch.version) == ("acme", 2)
+        assert broken.first_mismatch.kind == pb.AUDIT_MISMATCH_KIND_HASH
+        assert broken.first_mismatch.expected_hash != broken.first_mismatch.stored_hash
+    still_fine = await client.verify_audit_chain(pb.VerifyAuditChainRequest(account_id="bob"))
+    assert still_fine.ok
+
+
+async def test_audit_head_is_signed_with_the_key_kept_in_the_data_dir(
+    client: CreditsClient, config: MeshConfig
+) -> None:
+    await purchase(client, "acme", 100)
+    await purchase(client, "bob", 5)
+    await client.consume(pb.ConsumeRequest(account_id="acme", amount=1))
+    for _ in range(100):  # the head is signed periodically
+        head = await client.get_audit_head(pb.GetAuditHeadRequest())
+        if head.event_count == 3:
+            break
+        await asyncio.sleep(0.05)
+    assert (head.account_count, head.event_count) == (2, 3)
+    signed = LedgerHead(head.digest, head.account_count, head.event_count, head.sign_time.ToDatetime(UTC))
+    nacl.signing.VerifyKey(head.public_key).verify(head_signing_bytes(signed), head.signature)
+    key_file = Path(config.data_dir) / "credits-head-signing.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert (Path(config.data_dir) / "credits-payment-reference.key").stat().st_mode & 0o777 == 0o600
+
+
+# -- snapshots, rebuild ---------------------------------------------------------------------------------
+
+
+async def ledger_activity(client: CreditsClient) -> None:
+    """Some of everything: purchases, consumes, reservations committed, cancelled and expired, transfers, alerts."""
+    await purchase(client, "acme", 500)
+    await purchase(client, "bob", 50)
+    await client.set_threshold(pb.SetThresholdRequest(account_id="acme", threshold=450))
+    for amount in (5, 10, 20):
+        await client.consume(pb.ConsumeRequest(account_id="acme", amount=amount, reference=f"o-{amount}"))
+    kept = await client.reserve(pb.ReserveRequest(account_id="acme", amount=40))
+    await client.commit_reservation(
+        pb.CommitReservationRequest(account_id="acme", reservation_id=kept.reservation.reservation_id, amount=30)
+    )
+    dropped = await client.reserve(pb.ReserveRequest(account_id="bob", amount=10))
+    await client.cancel_reservation(
+        pb.CancelReservationRequest(account_id="bob", reservation_id=dropped.reservation.reservation_id)
+    )
+    await client.reserve(pb.ReserveRequest(account_id="bob", amount=5, ttl=duration_pb2.Duration(nanos=100_000_000)))
+    await client.reserve(pb.ReserveRequest(account_id="acme", amount=7))
+    await client.transfer(pb.TransferRequest(from_account_id="acme", to_account_id="bob", amount=25))
+    for _ in range(100):
+        expired = await client.list_reservations(pb.ListReservationsRequest(states=[pb.RESERVATION_STATE_EXPIRED]))
+        released = await client.list_transactions(
+            pb.ListTransactionsRequest(types=[pb.TRANSACTION_TYPE_RESERVATION_EXPIRED])
+        )
+        if expired.reservations and released.transactions:
+            break
+        await asyncio.sleep(0.05)
+
+
+async def read_models(database: Database) -> tuple[Any, ...]:
+    projection = Projection(database.dialect)
+    async with database.transaction() as tx:
+        return (
+            await projection.balances(tx),
+            await projection.all_reservations(tx),
+            await projection.checkpoints(tx),
+        )
+
+
+async def test_rebuild_reproduces_the_read_models_exactly(client: CreditsClient, config: MeshConfig) -> None:
+    await ledger_activity(client)
+    async with ledger_database(config) as database:
+        live = await read_models(database)
+        assert live[0] and live[1] and live[2]
+        await database.execute("DELETE FROM credit_balances_read_model WHERE account_id = 'bob'")
+        await database.execute("UPDATE credit_balances_read_model SET available = 1 WHERE account_id = 'acme'")
+        await database.execute("DELETE FROM credit_reservations_read_model")
+        progress: list[tuple[int, int]] = []
+        report = await rebuild(database, progress=lambda done, total: progress.append((done, total)), batch=4)
+        assert await read_models(database) == live
+        async with database.transaction() as tx:
+            assert await Projection(database.dialect).lag(tx) == 0
+    assert report.events == progress[-1][0] == progress[-1][1]
+    assert report.accounts == 2
+    assert len(progress) > 2, "the progress callback is called per batch"
+    balance = await client.get_balance(pb.GetBalanceRequest(account_id="acme"))
+    assert balance.balance.available == live[0][0].available
+
+
+async def test_rebuild_command_prints_a_progress_bar(client: CreditsClient, config: MeshConfig, tmp_path: Path) -> None:
+    await ledger_activity(client)
+    env = {
+        **os.environ,
+        "SHIELDX_DATA_DIR": config.data_dir,
+        "SHIELDX_DATABASE_URL": config.database_url,
+        "SHIELDX_DATABASE_SCHEMA": config.database_schema,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "generated")]),
+    }
+    done = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "servers.credits.rebuild",
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await done.communicate()
+    assert done.returncode == 0, err.decode()
+    assert "100%" in err.decode() and "events" in err.decode()
+    assert "rebuilt the credits read models" in out.decode()
+
+
+async def test_snapshots_are_taken_every_n_events_and_used_after_a_restart(
+    start_service: StartService, tmp_path: Path, store_config: dict[str, str]
+) -> None:
+    config = credits_config(tmp_path, store_config, snapshot_every=5)
+    running = await start_service(build, config)
+    client = CreditsClient(running.channel)
+    await purchase(client, "acme", 100)
+    for _ in range(11):
+        await client.consume(pb.ConsumeRequest(account_id="acme", amount=1))
+    async with ledger_database(config) as database:
+        versions = [row[0] for row in await database.fetchall("SELECT version FROM snapshots ORDER BY version")]
+    assert versions == [5, 10]
+    await stop_service(running)
+    client = CreditsClient((await start_service(build, config)).channel)
+    spent = await client.consume(pb.ConsumeRequest(account_id="acme", amount=1))
+    assert (spent.balance.available, spent.event_version) == (88, 13)
+    past = await client.get_balance(pb.GetBalanceRequest(account_id="acme", as_of_version=7))
+    assert (past.balance.available, past.balance.version) == (94, 7)
+
+
+# -- the service as a whole -----------------------------------------------------------------------------
+
+
+async def test_fuzzed_requests_never_crash_the_service(running: Running) -> None:
+    report = await fuzz_service(running.channel, pb.DESCRIPTOR.services_by_name["CreditsService"])
+    report.assert_clean()
+
+
+async def test_a_token_without_credits_write_cannot_consume(
+    start_service: StartService, tmp_path: Path, store_config: dict[str, str]
+) -> None:
+    authority = TestAuthority()
+    config = credits_config(tmp_path, store_config)
+    config.auth.enabled = True
+    running = await start_service(build, config, verifier=authority.verifier)
+    client = CreditsClient(running.channel)
+    request = pb.ConsumeRequest(account_id="acme", amount=1)
+    denied = await refused(client.consume(request, metadata=authority.metadata(["credits.read"])))
+    assert (denied.code, denied.reason) == (grpc.StatusCode.PERMISSION_DENIED, "SCOPE_MISSING")
+    allowed = await refused(client.consume(request, metadata=authority.metadata(["credits.write"])))
+    assert allowed.reason == "ACCOUNT_NOT_FOUND", "with the scope the call reaches the ledger"
+
+
+async def test_operations_are_counted_and_the_projection_lag_measured(client: CreditsClient, running: Running) -> None:
+    await purchase(client, "acme", 10)
+    await client.consume(pb.ConsumeRequest(account_id="acme", amount=4))
+    await refused(client.consume(pb.ConsumeRequest(account_id="acme", amount=40)))
+    registry = running.runtime.registry
+    count = registry.get_sample_value
+    assert count("credits_operations_total", {"op": "consume", "result": "ok"}) == 1
+    assert count("credits_operations_total", {"op": "consume", "result": "INSUFFICIENT_CREDITS"}) == 1
+    assert count("credits_operation_duration_seconds_count", {"op": "purchase"}) == 1
+    for _ in range(100):
+        if count("credits_projection_lag_events") == 0 and count(
+            "credits_operations_total", {"op": "purchase", "result": "ok"}
+        ):
+            break
+        await asyncio.sleep(0.05)
+    assert count("credits_projection_lag_events") == 0
