@@ -479,22 +479,32 @@ def _cursor(page: PageRequest, *fields: tuple[str, type]) -> tuple[Any, ...] | N
 
 
 def every(seconds: float, name: str, action: Callable[[], Awaitable[None]]) -> Callable[[], Coroutine[Any, Any, None]]:
-    """A loop running `action` every `seconds`, surviving failures with backoff, until cancelled."""
+    """A loop running `action` every `seconds`, surviving failures with backoff, until cancelled.
+
+    Cancellation waits for the round in progress: a database transaction cut off between its
+    last statement and its commit can leave the connection idle in transaction, holding locks.
+    """
+
+    async def round_() -> bool:
+        try:
+            with tracer.start_as_current_span(f"credits.{name}"):
+                await action()
+        except Exception:
+            log.exception("background task failed; retrying", extra={"task": name})
+            return False
+        return True
 
     async def loop() -> None:
         failures = 0
         while True:
+            current = asyncio.ensure_future(round_())
             try:
-                with tracer.start_as_current_span(f"credits.{name}"):
-                    await action()
-                failures = 0
-                await asyncio.sleep(seconds)
+                succeeded = await asyncio.shield(current)
             except asyncio.CancelledError:
+                await asyncio.wait([current])
                 raise
-            except Exception:
-                failures += 1
-                log.exception("background task failed; retrying", extra={"task": name, "failures": failures})
-                await asyncio.sleep(min(seconds * 2 ** min(failures, 6), 300.0))
+            failures = 0 if succeeded else failures + 1
+            await asyncio.sleep(min(seconds * 2 ** min(failures, 6), max(seconds, 300.0)))
 
     loop.__qualname__ = f"credits.{name}"
     return loop

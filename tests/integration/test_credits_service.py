@@ -143,7 +143,7 @@ async def test_consume_beyond_available_is_insufficient_credits_with_the_availab
             "to_account_id",
         ),
         (lambda c: c.list_transactions(pb.ListTransactionsRequest(page_size=-1)), "page_size"),
-        (lambda c: c.list_transactions(pb.ListTransactionsRequest(types=[0])), "types"),
+        (lambda c: c.list_transactions(pb.ListTransactionsRequest(types=[pb.TRANSACTION_TYPE_UNSPECIFIED])), "types"),
         (lambda c: c.get_balance(pb.GetBalanceRequest(account_id="acme", as_of_version=0)), "as_of_version"),
         (lambda c: c.set_threshold(pb.SetThresholdRequest(account_id="acme", threshold=-1)), "threshold"),
         (lambda c: c.get_usage_report(pb.GetUsageReportRequest(period=pb.USAGE_PERIOD_DAY)), "start_time"),
