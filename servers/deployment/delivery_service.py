@@ -23,11 +23,12 @@ from servers.deployment.delivery_messages import (
 from servers.deployment.events import Abort, Event, Pause, Promote, Resume
 from servers.deployment.notifications import Signals
 from servers.deployment.plans import DeploymentPlan, Strategy, new_plan
+from servers.deployment.requests import actor, check_filter, check_id, check_text
+from servers.deployment.routes import check_service, check_version
 from servers.deployment.store import DeploymentStore, StoredDeployment
 from servers.deployment.timestamps import epoch, seconds_of
 from servers.mesh import storage
-from servers.mesh.auth import current_caller
-from servers.mesh.errors import FailedPrecondition, InvalidArgument, PreconditionViolation
+from servers.mesh.errors import FailedPrecondition, PreconditionViolation
 from servers.mesh.idempotency import RequestLedger
 from servers.mesh.pagination import page_request
 from shieldx.deployment.v1 import deployment_pb2
@@ -52,15 +53,8 @@ class DeliveryParts:
     """How often a watch re-reads the store with no local signal (changes made by other replicas)."""
 
 
-def actor() -> str:
-    """Who is calling, for history and audit records."""
-    return current_caller().subject
-
-
 def _reason(text: str) -> str:
-    if len(text) > MAX_REASON_LENGTH:
-        raise InvalidArgument("reason", f"at most {MAX_REASON_LENGTH} characters")
-    return text
+    return check_text(text, "reason", MAX_REASON_LENGTH)
 
 
 class DeliveryRpcs:
@@ -84,6 +78,8 @@ class DeliveryRpcs:
         pause_mode = pause_mode_of(request.pause_mode)
         analysis = thresholds_of(request.analysis)
         steps = [(step.weight_percent, seconds_of(step.pause)) for step in request.steps]
+        check_service(request.service)
+        check_version(request.from_version, "from_version")
 
         async def work(tx: storage.Transaction) -> deployment_pb2.CreateDeploymentResponse:
             registry = parts.store.registry
@@ -116,8 +112,7 @@ class DeliveryRpcs:
         self, request: deployment_pb2.GetDeploymentRequest, context: Any
     ) -> deployment_pb2.GetDeploymentResponse:
         """One deployment with its history."""
-        async with self.parts.store.transaction() as tx:
-            stored = await self.parts.store.stored_deployment(tx, request.deployment_id)
+        stored = await self._read(request.deployment_id)
         return deployment_pb2.GetDeploymentResponse(deployment=deployment_message(stored))
 
     async def ListDeployments(
@@ -125,6 +120,7 @@ class DeliveryRpcs:
     ) -> deployment_pb2.ListDeploymentsResponse:
         """Deployments newest first, without their history."""
         state = state_filter(request.state)
+        check_filter(request.service, "service")
         page = page_request(request.page_size, request.page_token, {"service": request.service, "state": request.state})
         async with self.parts.store.transaction() as tx:
             found, more = await self.parts.store.list_deployments(tx, request.service, state, page)
@@ -137,6 +133,7 @@ class DeliveryRpcs:
 
     async def _command(self, name: str, request: Any, event: Event) -> deployment_pb2.Deployment:
         parts = self.parts
+        check_id(request.deployment_id, "deployment_id")
 
         async def work(tx: storage.Transaction) -> deployment_pb2.GetDeploymentResponse:
             await parts.delivery.apply(tx, request.deployment_id, event)
@@ -198,6 +195,7 @@ class DeliveryRpcs:
             sent = len(history)
 
     async def _read(self, deployment_id: str) -> StoredDeployment:
+        check_id(deployment_id, "deployment_id")
         async with self.parts.store.transaction() as tx:
             return await self.parts.store.stored_deployment(tx, deployment_id)
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from servers.deployment.delivery_service import actor
 from servers.deployment.experiment_store import ExperimentStore
 from servers.deployment.experiments import (
     ArmCounts,
@@ -39,6 +38,7 @@ from servers.deployment.flag_store import FlagStore
 from servers.deployment.flags import check_name
 from servers.deployment.flagset import flag_audit
 from servers.deployment.notifications import Signals
+from servers.deployment.requests import actor, check_id, check_text
 from servers.deployment.routes import check_service
 from servers.deployment.store import DeploymentStore
 from servers.deployment.timestamps import epoch, timestamp_message
@@ -155,8 +155,7 @@ class ExperimentServicer(experiments_pb2_grpc.ExperimentServiceServicer):
         binding = request.WhichOneof("binding")
         if binding is None:
             raise InvalidArgument("binding", "bind the experiment to a flag or a route")
-        if len(request.name) > MAX_NAME_LENGTH:
-            raise InvalidArgument("name", f"at most {MAX_NAME_LENGTH} characters")
+        check_text(request.name, "name", MAX_NAME_LENGTH)
 
         async def work(tx: storage.Transaction) -> experiments_pb2.CreateExperimentResponse:
             kind, target, arms = await self._arms(tx, request, binding)
@@ -197,6 +196,7 @@ class ExperimentServicer(experiments_pb2_grpc.ExperimentServiceServicer):
         self, request: experiments_pb2.GetExperimentRequest, context: Any
     ) -> experiments_pb2.GetExperimentResponse:
         """One experiment."""
+        check_id(request.experiment_id, "experiment_id")
         async with self.parts.experiments.database.transaction() as tx:
             experiment, _ = await self.parts.experiments.get(tx, request.experiment_id)
         return experiments_pb2.GetExperimentResponse(experiment=experiment_message(experiment))
@@ -227,6 +227,7 @@ class ExperimentServicer(experiments_pb2_grpc.ExperimentServiceServicer):
         response_type: type[Any],
     ) -> Any:
         parts = self.parts
+        check_id(request.experiment_id, "experiment_id")
 
         async def work(tx: storage.Transaction) -> Any:
             experiment, revision = await parts.experiments.get(tx, request.experiment_id)
@@ -266,6 +267,7 @@ class ExperimentServicer(experiments_pb2_grpc.ExperimentServiceServicer):
         self, request: experiments_pb2.GetExperimentResultsRequest, context: Any
     ) -> experiments_pb2.GetExperimentResultsResponse:
         """Posteriors per arm and the decision at the experiment's threshold."""
+        check_id(request.experiment_id, "experiment_id")
         async with self.parts.experiments.database.transaction() as tx:
             experiment, _ = await self.parts.experiments.get(tx, request.experiment_id)
             counts = await self.parts.experiments.counts(tx, experiment.id)
@@ -276,6 +278,7 @@ class ExperimentServicer(experiments_pb2_grpc.ExperimentServiceServicer):
     ) -> experiments_pb2.DeployWinnerResponse:
         """Send everything to the winner (flag or route) and conclude; NO_WINNER while undecided."""
         parts, who = self.parts, actor()
+        check_id(request.experiment_id, "experiment_id")
         threshold = (
             check_win_probability(request.win_probability, "win_probability") if request.win_probability else None
         )

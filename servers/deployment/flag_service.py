@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any
 
-from servers.deployment.delivery_service import actor
 from servers.deployment.flag_feed import FlagFeed
 from servers.deployment.flag_messages import (
     any_flag,
@@ -30,6 +29,7 @@ from servers.deployment.flag_messages import (
 from servers.deployment.flag_store import FlagStore, StoredFlag
 from servers.deployment.flags import FlagDefinition, build_definition, check_name
 from servers.deployment.flagset import ValueType, flag_audit, group_audit
+from servers.deployment.requests import actor, check_filter, check_text
 from servers.mesh import storage
 from servers.mesh.errors import Conflict, InvalidArgument, NotFound
 from servers.mesh.idempotency import RequestLedger
@@ -41,9 +41,7 @@ MAX_COMMENT_LENGTH = 1000
 
 
 def _comment(text: str) -> str:
-    if len(text) > MAX_COMMENT_LENGTH:
-        raise InvalidArgument("comment", f"at most {MAX_COMMENT_LENGTH} characters")
-    return text
+    return check_text(text, "comment", MAX_COMMENT_LENGTH)
 
 
 def _expected(revision: int, stored: StoredFlag | None, key: str) -> None:
@@ -182,6 +180,7 @@ class FlagServicer(flags_pb2_grpc.FlagServiceServicer):
 
     async def GetFlag(self, request: flags_pb2.GetFlagRequest, context: Any) -> flags_pb2.GetFlagResponse:
         """One flag as stored."""
+        check_name(request.flag_key, "flag_key")
         async with self.store.database.transaction() as tx:
             stored = await self.store.flag(tx, request.flag_key)
         if stored is None:
@@ -201,6 +200,7 @@ class FlagServicer(flags_pb2_grpc.FlagServiceServicer):
     async def DeleteFlag(self, request: flags_pb2.DeleteFlagRequest, context: Any) -> flags_pb2.DeleteFlagResponse:
         """Delete a flag, audited."""
         who, comment = actor(), _comment(request.comment)
+        check_name(request.flag_key, "flag_key")
 
         async def work(tx: storage.Transaction) -> flags_pb2.DeleteFlagResponse:
             previous = await self.store.flag(tx, request.flag_key)
@@ -220,6 +220,7 @@ class FlagServicer(flags_pb2_grpc.FlagServiceServicer):
         self, request: flags_pb2.ListFlagAuditRequest, context: Any
     ) -> flags_pb2.ListFlagAuditResponse:
         """The audit log, newest first."""
+        check_filter(request.subject, "subject")
         page = page_request(request.page_size, request.page_token, {"subject": request.subject})
         async with self.store.database.transaction() as tx:
             found, more = await self.store.list_audit(tx, request.subject, page)
@@ -275,6 +276,7 @@ class FlagServicer(flags_pb2_grpc.FlagServiceServicer):
     ) -> flags_pb2.DeleteTargetGroupResponse:
         """Delete a target group; refused while a flag uses it."""
         who, comment = actor(), _comment(request.comment)
+        check_name(request.name, "name")
 
         async def work(tx: storage.Transaction) -> flags_pb2.DeleteTargetGroupResponse:
             flags = await self.store.flag_set(tx)

@@ -12,9 +12,10 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from servers.deployment.delivery_messages import fault_message, instance_message, route_message
-from servers.deployment.delivery_service import DeliveryParts, actor
+from servers.deployment.delivery_service import DeliveryParts
 from servers.deployment.faults import FaultInjection, new_fault_injection
 from servers.deployment.registry import RouteState
+from servers.deployment.requests import actor, check_filter, check_id
 from servers.deployment.routes import (
     Route,
     check_address,
@@ -52,6 +53,7 @@ class RoutingRpcs:
     ) -> routing_pb2.RegisterInstanceResponse:
         """Add or refresh an instance; a service's first version takes all its traffic."""
         parts, who = self.parts, actor()
+        check_filter(request.metrics_endpoint, "metrics_endpoint", 2048)
         instance = new_instance(
             request.service, request.version, request.address, request.metrics_endpoint, parts.delivery.clock()
         )
@@ -87,6 +89,8 @@ class RoutingRpcs:
         self, request: routing_pb2.ListInstancesRequest, context: Any
     ) -> routing_pb2.ListInstancesResponse:
         """Instances by service, version, address."""
+        check_filter(request.service, "service")
+        check_filter(request.version, "version")
         page = page_request(
             request.page_size, request.page_token, {"service": request.service, "version": request.version}
         )
@@ -195,6 +199,7 @@ class RoutingRpcs:
         self, request: faults_pb2.ListFaultInjectionsRequest, context: Any
     ) -> faults_pb2.ListFaultInjectionsResponse:
         """Active fault injections, oldest first."""
+        check_filter(request.service, "service")
         page = page_request(request.page_size, request.page_token, {"service": request.service})
         async with self.parts.store.transaction() as tx:
             found, more = await self.parts.store.list_faults(tx, request.service, self.parts.delivery.clock(), page)
@@ -209,6 +214,7 @@ class RoutingRpcs:
     ) -> faults_pb2.DeleteFaultInjectionResponse:
         """Stop a fault injection now."""
         parts = self.parts
+        check_id(request.fault_injection_id, "fault_injection_id")
 
         async def work(tx: storage.Transaction) -> faults_pb2.DeleteFaultInjectionResponse:
             await parts.store.delete_fault(tx, request.fault_injection_id)
