@@ -127,14 +127,24 @@ class EventStore:
         Raises `storage.UniqueViolation` if another writer took one of the versions first.
         """
         rows = seal(events, prev_hash)
-        alerts = sum(isinstance(event, LowBalanceAlerted) for event in events)
+        positions = await self.insert(tx, [(event, row, request_id) for event, row in zip(events, rows, strict=True)])
+        return Appended(tuple(rows), tuple(positions))
+
+    async def insert(self, tx: Transaction, entries: Sequence[tuple[Event, StoredEvent, str]]) -> list[int]:
+        """Insert sealed rows (any accounts; each with the request id that caused it) in one statement.
+
+        Returns the position of each row, in order. Raises `storage.UniqueViolation` if another
+        writer took one of the versions first.
+        """
+        alerts = sum(isinstance(event, LowBalanceAlerted) for event, _, _ in entries)
         # Alerts are numbered under the alert_sequence row lock, held to commit (see alerts.py).
         next_alert = 0
         if alerts:
             last = await tx.fetchval("UPDATE alert_sequence SET last = last + ? WHERE id = 1 RETURNING last", (alerts,))
             next_alert = int(last) - alerts + 1
         params: list[Any] = []
-        for event, row in zip(events, rows, strict=True):
+        column = self.instants.column
+        for event, row, request_id in entries:
             alert_seq = None
             if isinstance(event, LowBalanceAlerted):
                 alert_seq, next_alert = next_alert, next_alert + 1
@@ -143,7 +153,7 @@ class EventStore:
                 row.version,
                 row.type,
                 row.body,
-                self.instants.column(row.occurred_at),
+                column(row.occurred_at),
                 row.trace_id,
                 row.prev_hash,
                 row.hash,
@@ -151,9 +161,9 @@ class EventStore:
                 reference_of(event),
                 alert_seq,
             )
-        returned = await tx.fetchall(self._insert(len(rows)), params)
-        by_version = {int(r[0]): int(r[1]) for r in returned}
-        return Appended(tuple(rows), tuple(by_version[row.version] for row in rows))
+        returned = await tx.fetchall(self._insert(len(entries)), params)
+        positions = {(r[0], int(r[1])): int(r[2]) for r in returned}
+        return [positions[(row.account_id, row.version)] for _, row, _ in entries]
 
     def _insert(self, count: int) -> str:
         sql = self._insert_sql.get(count)
@@ -161,7 +171,7 @@ class EventStore:
             sql = self._insert_sql[count] = (
                 f"INSERT INTO event_store ({_INSERT_COLUMNS}) VALUES "
                 + ", ".join([_INSERT_ROW] * count)
-                + " RETURNING version, position"
+                + " RETURNING account_id, version, position"
             )
         return sql
 
@@ -216,6 +226,13 @@ class EventStore:
             state.apply(decode_event(account_id, version, type_name, body, value(occurred_at), trace_id))
         loaded.head_hash = bytes(rows[-1][5])
         return loaded
+
+    async def has_events_after(self, tx: Transaction, state: AccountState) -> bool:
+        """True if the account has stored events beyond `state` (another writer got there)."""
+        row = await tx.fetchone(
+            "SELECT 1 FROM event_store WHERE account_id = ? AND version > ? LIMIT 1", (state.account_id, state.version)
+        )
+        return row is not None
 
     async def version_at(self, tx: Transaction, account_id: str, moment: datetime) -> int | None:
         """The account's latest version recorded at or before `moment`, or None."""

@@ -188,10 +188,13 @@ class Projection:
             f" SET position = {greatest}(projection_checkpoint.position, excluded.position)"
         )
         updates = ", ".join(f"{c} = excluded.{c}" for c in _BALANCE_COLUMNS.split(", ")[1:])
+        self._one_balance = f"({', '.join('?' * 14)})"
         self._upsert_balance = (
-            f"INSERT INTO credit_balances_read_model ({_BALANCE_COLUMNS}) VALUES ({', '.join('?' * 14)})"
+            f"INSERT INTO credit_balances_read_model ({_BALANCE_COLUMNS}) VALUES {self._one_balance}"
             f" ON CONFLICT (account_id) DO UPDATE SET {updates}"
         )
+        self._balance_sql: dict[int, str] = {}
+        self._checkpoint_sql: dict[int, str] = {}
 
     # -- the live path ---------------------------------------------------------------------------
 
@@ -199,30 +202,71 @@ class Projection:
         self, tx: Transaction, state: AccountState, events: Sequence[Event], positions: Sequence[int]
     ) -> None:
         """Reflect `events` (just appended at `positions`) that took the account to `state`."""
-        last = max(positions)
-        await tx.execute(self._upsert_balance, self._balance_params(balance_row(state, last)))
-        for event, position in zip(events, positions, strict=True):
-            change = reservation_change(event, position)
-            if isinstance(change, ReservationRow):
-                await tx.execute(
-                    f"INSERT INTO credit_reservations_read_model ({_RESERVATION_COLUMNS})"
-                    f" VALUES ({', '.join('?' * 11)})",
-                    self._reservation_params(change),
-                )
-            elif isinstance(change, ReservationClosed):
-                await tx.execute(
-                    "UPDATE credit_reservations_read_model SET state = ?, closed_at = ?, committed = ?, released = ?"
-                    " WHERE account_id = ? AND reservation_id = ?",
-                    (
-                        str(change.state),
-                        self.instants.column(change.closed_at),
-                        change.committed,
-                        change.released,
-                        change.account_id,
-                        change.reservation_id,
-                    ),
-                )
-        await tx.execute(self._advance_checkpoint, (PROJECTION, checkpoint_slot(state.account_id), last))
+        await self.record_many(tx, [(state, events, positions)])
+
+    async def record_many(
+        self, tx: Transaction, changes: Sequence[tuple[AccountState, Sequence[Event], Sequence[int]]]
+    ) -> None:
+        """`record` for several accounts (each once), in as few statements as the changes allow."""
+        balances = [balance_row(state, max(positions)) for state, _, positions in changes]
+        params = [value for row in balances for value in self._balance_params(row)]
+        await tx.execute(self._upsert_balances(len(balances)), params)
+        opened: list[ReservationRow] = []
+        for _, events, positions in changes:
+            for event, position in zip(events, positions, strict=True):
+                change = reservation_change(event, position)
+                if isinstance(change, ReservationRow):
+                    opened.append(change)
+                elif isinstance(change, ReservationClosed):
+                    if opened:  # a reservation opened and closed within the same changes
+                        await self._insert_reservations(tx, opened)
+                        opened = []
+                    await tx.execute(
+                        "UPDATE credit_reservations_read_model"
+                        " SET state = ?, closed_at = ?, committed = ?, released = ?"
+                        " WHERE account_id = ? AND reservation_id = ?",
+                        (
+                            str(change.state),
+                            self.instants.column(change.closed_at),
+                            change.committed,
+                            change.released,
+                            change.account_id,
+                            change.reservation_id,
+                        ),
+                    )
+        if opened:
+            await self._insert_reservations(tx, opened)
+        slots: dict[int, int] = {}
+        for row in balances:
+            slot = checkpoint_slot(row.account_id)
+            slots[slot] = max(slots.get(slot, 0), row.position)
+        await tx.execute(
+            self._advance_checkpoints(len(slots)),
+            [value for slot, position in sorted(slots.items()) for value in (PROJECTION, slot, position)],
+        )
+
+    async def _insert_reservations(self, tx: Transaction, rows: Sequence[ReservationRow]) -> None:
+        await tx.execute(
+            f"INSERT INTO credit_reservations_read_model ({_RESERVATION_COLUMNS}) VALUES "
+            + ", ".join([f"({', '.join('?' * 11)})"] * len(rows)),
+            [value for row in rows for value in self._reservation_params(row)],
+        )
+
+    def _upsert_balances(self, count: int) -> str:
+        sql = self._balance_sql.get(count)
+        if sql is None:
+            sql = self._balance_sql[count] = self._upsert_balance.replace(
+                self._one_balance, ", ".join([self._one_balance] * count)
+            )
+        return sql
+
+    def _advance_checkpoints(self, count: int) -> str:
+        sql = self._checkpoint_sql.get(count)
+        if sql is None:
+            sql = self._checkpoint_sql[count] = self._advance_checkpoint.replace(
+                "(?, ?, ?)", ", ".join(["(?, ?, ?)"] * count)
+            )
+        return sql
 
     # -- queries ---------------------------------------------------------------------------------
 

@@ -77,6 +77,8 @@ class CreditsSettings:
     """Store a snapshot of an account every this many events (loading replays at most this many)."""
     account_cache_size: int = 10_000
     """Accounts whose latest state is kept in memory, so a write replays nothing."""
+    group_commit: bool = True
+    """Record concurrent operations together, a group per transaction (far fewer round trips)."""
     payment_reference_key: str = ""
     """Master key for payment references at rest (32 bytes, base64). Empty: the key file is used."""
     payment_reference_previous_keys: list[str] = field(default_factory=list)
@@ -552,6 +554,7 @@ async def build(runtime: Runtime) -> Service:
         snapshot_every=settings.snapshot_every,
         cache_size=settings.account_cache_size,
         on_alert=feed.notify,
+        group_commit=settings.group_commit,
     )
     metrics = LedgerMetrics(runtime.registry)
     servicer = CreditsServicer(store, feed, cipher, signer, metrics, settings.limits())
@@ -572,4 +575,5 @@ async def build(runtime: Runtime) -> Service:
             every(settings.head_sign_interval_seconds, "sign_head", sign_head),
             every(settings.lag_interval_seconds, "measure_lag", measure_lag),
         ],
+        closers=[store.close],
     )

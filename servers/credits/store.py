@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,11 +29,25 @@ from servers.credits.audit import AccountHead, ChainMismatch, ChainVerifier, led
 from servers.credits.domain import Decision, TransferDecision, account_not_found, expire_reservations
 from servers.credits.events import Event, LowBalanceAlerted, StoredEvent
 from servers.credits.eventstore import EventStore, LoadedAccount, TransactionQuery
+from servers.credits.groupcommit import (
+    GroupAccount,
+    GroupCommitter,
+    GroupOutcome,
+    Operation,
+    StaleAccount,
+    alerted,
+    record_answers,
+    refusal_is_recorded,
+    replay_answer,
+    sealed_entries,
+    status_bytes,
+    stored_answers,
+)
 from servers.credits.projection import BalanceRow, Projection, ReservationRow, ReservationState
 from servers.credits.reports import UsageReport
 from servers.credits.signing import HeadSigner, SignedHead, SignedHeads
 from servers.mesh import errors, storage
-from servers.mesh.idempotency import RequestLedger
+from servers.mesh.idempotency import MAX_REQUEST_ID_LENGTH, RequestLedger, fingerprint
 from servers.mesh.storage import Database, Transaction
 
 R = TypeVar("R", bound=Message)
@@ -186,6 +201,8 @@ class CreditsStore:
         cache_size: int = 10_000,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_alert: Callable[[], None] = lambda: None,
+        group_commit: bool = True,
+        max_group: int = 128,
     ) -> None:
         if snapshot_every < 1:
             raise ValueError("snapshot_every must be at least 1")
@@ -195,6 +212,13 @@ class CreditsStore:
         self._on_alert = on_alert
         self._cache = _AccountCache(cache_size)
         self._locks = _AccountLocks()
+        self._in_flight: set[str] = set()
+        self._committers: dict[str, GroupCommitter] = {}
+        if group_commit:
+            for shard in placement.shards:
+                self._committers[shard.name] = GroupCommitter(
+                    functools.partial(self._commit_group, shard), max_group=max_group
+                )
         # Signed heads cover every shard, so they are kept on the first.
         self._signed_heads = SignedHeads(placement.shards[0].database.dialect)
 
@@ -209,8 +233,48 @@ class CreditsStore:
         decide: Decide,
         respond: Callable[[Decision, AccountState], R],
     ) -> R:
-        """Decide on one account and record the events, once per `request.request_id`."""
+        """Decide on one account and record the events, once per `request.request_id`.
+
+        With group commit on, the operation joins the next group of its shard; otherwise it
+        runs alone in its own transaction.
+        """
         shard = self.placement.shard_for(account_id)
+        request_id: str = getattr(request, "request_id", "")
+        committer = self._committers.get(shard.name)
+        if committer is None:
+            return await self._execute_alone(shard, method, request, response_type, account_id, decide, respond)
+        if request_id:
+            _validate_request_id(request_id)
+            if request_id in self._in_flight:
+                raise _in_progress(request_id)
+            self._in_flight.add(request_id)
+        try:
+            operation = Operation(
+                method,
+                request,
+                response_type,
+                account_id,
+                decide,
+                respond,
+                request_id,
+                fingerprint(method, request) if request_id else "",
+            )
+            answer = await committer.submit(operation)
+        finally:
+            self._in_flight.discard(request_id)
+        assert isinstance(answer, response_type)
+        return answer
+
+    async def _execute_alone(
+        self,
+        shard: Shard,
+        method: str,
+        request: Message,
+        response_type: type[R],
+        account_id: str,
+        decide: Decide,
+        respond: Callable[[Decision, AccountState], R],
+    ) -> R:
         request_id: str = getattr(request, "request_id", "")
         outcome = _Outcome()
 
@@ -226,6 +290,138 @@ class CreditsStore:
             response = await self._run(shard, method, request, response_type, work, [account_id])
             self._settle(outcome, response, [account_id])
         return response
+
+    async def _commit_group(self, shard: Shard, group: Sequence[Operation]) -> None:
+        accounts = sorted({operation.account_id for operation in group})
+        async with self._locks.hold(*accounts):
+            try:
+                outcome: GroupOutcome | None = await self._group_transaction(shard, group)
+            except (storage.UniqueViolation, storage.TransientError, StaleAccount):
+                outcome = None
+            except BaseException:
+                for account_id in accounts:
+                    self._cache.drop(account_id)
+                raise
+            if outcome is None:
+                for account_id in accounts:
+                    self._cache.drop(account_id)
+            else:
+                for account_id, loaded in outcome.accounts.items():
+                    self._cache.put(account_id, loaded)
+                if outcome.alerted:
+                    self._on_alert()
+                for operation, answer in outcome.answers:
+                    operation.settle(answer)
+                return
+        # Another process wrote to one of the accounts, or recorded one of the request ids:
+        # each operation runs alone, where the request ledger sorts conflicts out.
+        await asyncio.gather(*(self._alone(shard, operation) for operation in group))
+
+    async def _alone(self, shard: Shard, operation: Operation) -> None:
+        try:
+            answer = await self._execute_alone(
+                shard,
+                operation.method,
+                operation.request,
+                operation.response_type,
+                operation.account_id,
+                operation.decide,
+                operation.respond,
+            )
+        except Exception as error:
+            operation.settle(error)
+        else:
+            operation.settle(answer)
+
+    async def _group_transaction(self, shard: Shard, group: Sequence[Operation]) -> GroupOutcome:
+        now = self.clock()
+        answers: list[tuple[Operation, Message | BaseException]] = []
+        records: list[tuple[str, str, str, str, bytes]] = []
+        working: dict[str, GroupAccount] = {}
+        async with shard.database.transaction() as tx:
+            stored = await stored_answers(tx, [operation.request_id for operation in group if operation.request_id])
+            for operation in group:
+                if operation.request_id in stored:
+                    try:
+                        answers.append((operation, replay_answer(operation, *stored[operation.request_id])))
+                    except errors.DomainError as replayed:
+                        answers.append((operation, replayed))
+                    continue
+                account = working.get(operation.account_id)
+                if account is None:
+                    account = working[operation.account_id] = await self._group_account(tx, shard, operation.account_id)
+                try:
+                    decision = operation.decide(account.state, now)
+                except errors.DomainError as refusal:
+                    if not account.verified:
+                        # Refused on the cached state: make sure it is the latest before answering.
+                        if await shard.events.has_events_after(tx, account.base.state):
+                            raise StaleAccount(operation.account_id) from refusal
+                        account.verified = True
+                    answers.append((operation, refusal))
+                    if operation.request_id and refusal_is_recorded(refusal):
+                        records.append(
+                            (
+                                operation.request_id,
+                                operation.method,
+                                operation.fingerprint,
+                                "rejected",
+                                status_bytes(refusal, LEDGER_DOMAIN),
+                            )
+                        )
+                    continue
+                for event in decision.events:
+                    account.state.apply(event)
+                account.events += [(event, operation.request_id) for event in decision.events]
+                response = operation.respond(decision, account.state)
+                answers.append((operation, response))
+                if operation.request_id:
+                    records.append(
+                        (
+                            operation.request_id,
+                            operation.method,
+                            operation.fingerprint,
+                            "ok",
+                            response.SerializeToString(deterministic=True),
+                        )
+                    )
+            written = [account for account in working.values() if account.events]
+            committed = await self._write_group(tx, shard, written)
+            await record_answers(tx, records)
+        return GroupOutcome(answers, committed, alerted(written))
+
+    async def _group_account(self, tx: Transaction, shard: Shard, account_id: str) -> GroupAccount:
+        cached = self._cache.get(account_id)
+        if cached is not None:
+            return GroupAccount(cached, cached.state.copy(), verified=False)
+        loaded = await shard.events.load(tx, account_id)
+        self._cache.put(account_id, loaded)
+        return GroupAccount(loaded, loaded.state.copy(), verified=True)
+
+    async def _write_group(
+        self, tx: Transaction, shard: Shard, written: Sequence[GroupAccount]
+    ) -> dict[str, LoadedAccount]:
+        if not written:
+            return {}
+        entries = sealed_entries(written)
+        positions = await shard.events.insert(tx, entries)
+        changes = []
+        committed: dict[str, LoadedAccount] = {}
+        start = 0
+        for account in written:
+            end = start + len(account.events)
+            changes.append((account.state, [event for event, _ in account.events], positions[start:end]))
+            committed[account.state.account_id] = LoadedAccount(account.state, entries[end - 1][1].hash)
+            if account.base.state.version // self.snapshot_every != account.state.version // self.snapshot_every:
+                await shard.events.save_snapshot(tx, account.state, self.clock())
+            start = end
+        await shard.projection.record_many(tx, changes)
+        return committed
+
+    async def close(self) -> None:
+        """Let the groups in progress finish (at shutdown)."""
+        for committer in self._committers.values():
+            await committer.close()
 
     async def transfer(
         self,
@@ -493,3 +689,19 @@ class CreditsStore:
         # Listings over every account read the one store; with several shards they will merge
         # per-shard pages in the same order.
         return self.placement.shards[0]
+
+
+def _validate_request_id(request_id: str) -> None:
+    # The same rule RequestLedger applies, checked before an operation joins a group.
+    if len(request_id) > MAX_REQUEST_ID_LENGTH or not request_id.isprintable() or not request_id.isascii():
+        raise errors.InvalidArgument(
+            "request_id", f"must be at most {MAX_REQUEST_ID_LENGTH} printable ASCII characters"
+        )
+
+
+def _in_progress(request_id: str) -> errors.Conflict:
+    return errors.Conflict(
+        "a request with this request_id is still being processed; retry later",
+        reason="REQUEST_IN_PROGRESS",
+        metadata={"request_id": request_id},
+    )

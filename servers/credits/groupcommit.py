@@ -1,0 +1,202 @@
+"""Group commit: concurrent single-account operations recorded together in one transaction.
+
+Each round trip to PostgreSQL costs far more than deciding an operation, so operations that
+arrive while a transaction is running wait and then go together: one transaction looks up
+their request ids, decides them in arrival order (later operations on an account see the
+earlier ones' events, which is what makes a hot account fast), inserts every event in one
+statement, updates the read models and records every answer — a handful of round trips for
+the whole group instead of about ten per operation.
+
+Answers are recorded in the mesh's `request_ids` table exactly as `RequestLedger` records them
+(same columns, fingerprint, outcome and encoding), so a retry is answered the same whichever
+path served the first attempt. Anything unusual — an account changed by another process, a
+request id another process recorded meanwhile — makes the group fall back to running each
+operation alone through `RequestLedger.execute`, which retries conflicts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf.message import Message
+
+from servers.credits.account import AccountState
+from servers.credits.audit import seal
+from servers.credits.domain import Decision
+from servers.credits.events import Event, LowBalanceAlerted, StoredEvent
+from servers.credits.eventstore import LoadedAccount
+from servers.mesh import errors
+from servers.mesh.status import ReplayedRejection, to_status_proto
+from servers.mesh.storage import Transaction
+
+log = logging.getLogger(__name__)
+
+# The rejections RequestLedger records (their answer depends on the state the request met).
+RECORDED_REJECTIONS = (errors.FailedPrecondition, errors.NotFound, errors.AlreadyExists)
+
+
+@dataclass(eq=False)
+class Operation:
+    """One single-account operation waiting for its group."""
+
+    method: str
+    request: Message
+    response_type: type[Message]
+    account_id: str
+    decide: Callable[[AccountState, Any], Decision]
+    respond: Callable[[Decision, AccountState], Message]
+    request_id: str
+    fingerprint: str
+    """`idempotency.fingerprint` of the request (empty without a request id)."""
+    future: asyncio.Future[Message] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+    def settle(self, outcome: Message | BaseException) -> None:
+        """Hand the caller its answer (unless it stopped waiting)."""
+        if self.future.done():
+            return
+        if isinstance(outcome, BaseException):
+            self.future.set_exception(outcome)
+        else:
+            self.future.set_result(outcome)
+
+
+@dataclass
+class GroupAccount:
+    """An account during one group: its committed state, and the state with the group's events."""
+
+    base: LoadedAccount
+    state: AccountState
+    verified: bool
+    """True once the base is known to be the latest committed state (not just the cached one)."""
+    events: list[tuple[Event, str]] = field(default_factory=list)
+    """The group's events for the account, each with the request id that caused it."""
+
+
+@dataclass
+class GroupOutcome:
+    """What one committed group produced."""
+
+    answers: list[tuple[Operation, Message | BaseException]]
+    accounts: dict[str, LoadedAccount]
+    """The accounts the group wrote, as committed."""
+    alerted: bool
+
+
+class StaleAccount(Exception):
+    """An account in the group was changed by another process since it was cached."""
+
+
+class GroupCommitter:
+    """Collects operations and records them in groups, one transaction at a time."""
+
+    def __init__(
+        self,
+        run_group: Callable[[Sequence[Operation]], Awaitable[None]],
+        *,
+        max_group: int = 128,
+    ) -> None:
+        self._run_group = run_group
+        self.max_group = max_group
+        self._waiting: list[Operation] = []
+        self._worker: asyncio.Task[None] | None = None
+
+    async def submit(self, operation: Operation) -> Message:
+        """Queue `operation` for the next group and wait for its answer."""
+        self._waiting.append(operation)
+        if self._worker is None:
+            # The group runs in its own task: a caller that stops waiting must not cut a
+            # transaction in half for everyone else.
+            self._worker = asyncio.create_task(self._drain(), name="credits.group_commit")
+        return await operation.future
+
+    async def _drain(self) -> None:
+        try:
+            while self._waiting:
+                group = self._waiting[: self.max_group]
+                del self._waiting[: self.max_group]
+                try:
+                    await self._run_group(group)
+                except BaseException as error:
+                    for operation in group:
+                        operation.settle(error)
+                    if not isinstance(error, Exception):
+                        raise
+                    log.exception("group commit failed", extra={"operations": len(group)})
+        finally:
+            self._worker = None
+            for operation in self._waiting:  # only when cancelled: nobody will run them
+                operation.settle(errors.Unavailable("the credits server is stopping", retry_after=1.0))
+            self._waiting.clear()
+
+    async def close(self) -> None:
+        """Wait for the group in progress (at shutdown)."""
+        if self._worker is not None:
+            await asyncio.wait([self._worker])
+
+
+def replay_answer(operation: Operation, method: str, fingerprint: str, outcome: str, response: bytes) -> Message:
+    """The stored answer to a request id, as `RequestLedger` replays it (raises the stored refusal)."""
+    if fingerprint != operation.fingerprint:
+        raise errors.FailedPrecondition(
+            f"request_id {operation.request_id!r} was already used for a different request",
+            reason="REQUEST_ID_REUSED",
+            metadata={"request_id": operation.request_id, "first_method": method},
+            violations=(errors.PreconditionViolation("REQUEST_ID", operation.request_id, "used for another request"),),
+        )
+    if outcome == "rejected":
+        raise ReplayedRejection(response)
+    return operation.response_type.FromString(response)
+
+
+async def stored_answers(tx: Transaction, request_ids: Sequence[str]) -> dict[str, tuple[str, str, str, bytes]]:
+    """(method, fingerprint, outcome, response) recorded for each of `request_ids` that has one."""
+    if not request_ids:
+        return {}
+    rows = await tx.fetchall(
+        "SELECT request_id, method, fingerprint, outcome, response FROM request_ids"
+        f" WHERE request_id IN ({', '.join('?' * len(request_ids))})",
+        list(request_ids),
+    )
+    return {row[0]: (row[1], row[2], row[3], bytes(row[4])) for row in rows}
+
+
+async def record_answers(tx: Transaction, answers: Sequence[tuple[str, str, str, str, bytes]]) -> None:
+    """Record (request_id, method, fingerprint, outcome, response) rows as `RequestLedger` does."""
+    if not answers:
+        return
+    now = time.time()
+    await tx.execute(
+        "INSERT INTO request_ids (request_id, method, fingerprint, outcome, response, created_at) VALUES "
+        + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(answers)),
+        [value for answer in answers for value in (*answer, now)],
+    )
+
+
+def sealed_entries(accounts: Sequence[GroupAccount]) -> list[tuple[Event, StoredEvent, str]]:
+    """Each account's group events sealed onto its chain, with their request ids."""
+    entries: list[tuple[Event, StoredEvent, str]] = []
+    for account in accounts:
+        events = [event for event, _ in account.events]
+        for (event, request_id), row in zip(account.events, seal(events, account.base.head_hash), strict=True):
+            entries.append((event, row, request_id))
+    return entries
+
+
+def alerted(accounts: Sequence[GroupAccount]) -> bool:
+    """True if the group recorded a low-balance alert."""
+    return any(isinstance(event, LowBalanceAlerted) for account in accounts for event, _ in account.events)
+
+
+def refusal_is_recorded(error: BaseException) -> bool:
+    """True for the refusals whose answer is recorded against the request id."""
+    return isinstance(error, RECORDED_REJECTIONS)
+
+
+def status_bytes(error: errors.DomainError, domain: str) -> bytes:
+    """The recorded form of a refusal (a serialized `google.rpc.Status`)."""
+    return bytes(to_status_proto(error, domain).SerializeToString())
