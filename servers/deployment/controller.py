@@ -17,6 +17,8 @@ import logging
 import random
 from dataclasses import dataclass
 
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
 from servers.deployment.analysis import judge
 from servers.deployment.delivery import Delivery
 from servers.deployment.events import AnalysisCompleted, Event, InstancesReady, TimerElapsed
@@ -29,6 +31,35 @@ from servers.mesh import storage
 from servers.mesh.errors import DomainError
 
 log = logging.getLogger(__name__)
+
+
+class ControllerMetrics:
+    """What the controller did, for dashboards and alerts (automatic rollbacks above all)."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.analyses = Counter(
+            "shieldx_deployment_analyses_total",
+            "Analyses of new versions under deployment, by service and verdict.",
+            ["service", "verdict"],
+            registry=registry,
+        )
+        self.rollbacks = Counter(
+            "shieldx_deployment_automatic_rollbacks_total",
+            "Deployments the controller rolled back (failed analyses or new instances never ready).",
+            ["service"],
+            registry=registry,
+        )
+        self.weight = Gauge(
+            "shieldx_deployment_new_version_weight_percent",
+            "Share of traffic on the new version of each service's active deployment.",
+            ["service"],
+            registry=registry,
+        )
+        self.tick_failures = Counter(
+            "shieldx_deployment_controller_tick_failures_total",
+            "Controller ticks that failed as a whole (the store unreachable, for one).",
+            registry=registry,
+        )
 
 
 @dataclass(frozen=True)
@@ -51,12 +82,16 @@ class DeliveryController:
         observer: VersionObserver,
         signals: Signals,
         settings: ControllerSettings | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
+        """`registry` receives the controller's metrics (None: a private registry, for tests)."""
         self.delivery = delivery
         self.store: DeploymentStore = delivery.store
         self.observer = observer
         self.signals = signals
         self.settings = settings or ControllerSettings()
+        self.metrics = ControllerMetrics(registry if registry is not None else CollectorRegistry())
+        self._weighted: set[str] = set()
 
     async def run_forever(self) -> None:
         """Tick until cancelled; a failing tick is logged and retried with backoff."""
@@ -69,6 +104,7 @@ class DeliveryController:
                 pause = self.settings.tick_seconds
             except Exception:  # the loop must survive anything; the next tick retries
                 failures += 1
+                self.metrics.tick_failures.inc()
                 pause = min(self.settings.tick_seconds * 2**failures, self.settings.max_backoff_seconds)
                 pause *= random.uniform(0.8, 1.2)
                 log.exception("deployment controller tick failed; retrying in %.1f s", pause)
@@ -79,6 +115,10 @@ class DeliveryController:
         async with self.store.transaction() as tx:
             active = await self.store.active_deployments(tx)
         self.observer.forget({d.id for d in active})
+        services = {d.plan.service for d in active}
+        for ended in self._weighted - services:
+            self.metrics.weight.remove(ended)
+        self._weighted &= services
         for deployment in active:
             try:
                 await self._drive(deployment)
@@ -111,6 +151,7 @@ class DeliveryController:
         if seen is None:
             return
         outcome = judge(seen, limits)
+        self.metrics.analyses.labels(deployment.plan.service, outcome.verdict.value).inc()
         log.info(
             "analysis of %s: %s",
             deployment.id,
@@ -146,4 +187,10 @@ class DeliveryController:
             self.signals.deployments.notify()
             if transition.actions:
                 self.signals.routes.notify()
-        return transition.deployment
+        after = transition.deployment
+        if after.state is State.ROLLED_BACK and deployment.state is not State.ROLLED_BACK:
+            self.metrics.rollbacks.labels(after.plan.service).inc()
+        if after.active:
+            self.metrics.weight.labels(after.plan.service).set(after.weight_percent)
+            self._weighted.add(after.plan.service)
+        return after

@@ -4,7 +4,6 @@ with the controller that drives deployments and the loop that keeps the flags cu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from servers.deployment.controller import ControllerSettings, DeliveryController
 from servers.deployment.delivery import Delivery
@@ -97,7 +96,11 @@ async def build(runtime: Runtime) -> Service:
     else:
         observer = ScrapeObserver(timeout=settings.scrape_timeout_seconds)
     controller = DeliveryController(
-        delivery, observer, signals, ControllerSettings(tick_seconds=settings.controller_tick_seconds)
+        delivery,
+        observer,
+        signals,
+        ControllerSettings(tick_seconds=settings.controller_tick_seconds),
+        registry=runtime.registry,
     )
     parts = DeliveryParts(store, delivery, ledger, signals, settings.watch_poll_seconds)
     experiments = ExperimentParts(
@@ -115,7 +118,7 @@ async def build(runtime: Runtime) -> Service:
     async def follow_flags() -> None:
         await feed.follow_forever(settings.watch_poll_seconds)
 
-    mounts: list[Any] = [
+    mounts = [
         Mount.of(deployment_pb2, deployment_pb2_grpc, "DeploymentService", servicer=DeploymentServicer(parts)),
         Mount.of(flags_pb2, flags_pb2_grpc, "FlagService", servicer=flag_servicer),
         Mount.of(experiments_pb2, experiments_pb2_grpc, "ExperimentService", servicer=ExperimentServicer(experiments)),

@@ -479,7 +479,7 @@ async def test_controller_pauses_a_step_its_analysis_cannot_judge(
 
 
 async def test_controller_rolls_back_a_canary_failing_its_calls(
-    deployments: DeploymentClient, echo_versions: Instances
+    running: Running, deployments: DeploymentClient, echo_versions: Instances
 ) -> None:
     echo_versions.canary.runtime.faults.replace([Fault("chaos", "*", 100.0, abort_code=grpc.StatusCode.UNAVAILABLE)])
     thresholds = deployment_pb2.AnalysisThresholds(interval=seconds(1), min_requests=5, failure_limit=2)
@@ -499,6 +499,10 @@ async def test_controller_rolls_back_a_canary_failing_its_calls(
     assert "ERROR_RATE_TOO_HIGH" in final.history[-1].detail
     assert final.last_analysis.error_rate == 1.0
     assert await weights(deployments) == {"v1": 10_000, "v2": 0}
+    registry = running.runtime.registry
+    labels = {"service": "echo"}
+    assert registry.get_sample_value("shieldx_deployment_automatic_rollbacks_total", labels) == 1
+    assert registry.get_sample_value("shieldx_deployment_analyses_total", {**labels, "verdict": "FAIL"}) == 2
 
 
 # -- fault injections --------------------------------------------------------------------------
