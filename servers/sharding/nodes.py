@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -31,11 +32,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from servers.sharding.domain import Node
+from servers.sharding.dsn import REDACTED
 from servers.sharding.failover import MAX_ERROR_LENGTH, parse_lsn
 
 APPLICATION_NAME = "shieldx-sharding"
@@ -82,17 +85,39 @@ class NodeOperations(Protocol):
         ...
 
 
-def one_line(error: BaseException) -> str:
-    """An exception as a short single line, safe to keep (libpq messages carry no passwords)."""
+def one_line(error: BaseException, dsn: str = "") -> str:
+    """An exception as a short single line; with `dsn`, any appearance of its password is masked.
+
+    libpq's messages name host and port, not the password, but a connection-string parse error
+    quotes the string near the fault, so the password is scrubbed all the same.
+    """
     text = " ".join(str(error).split()) or type(error).__name__
+    for secret in _secrets(dsn) if dsn else ():
+        text = text.replace(secret, REDACTED)
     return text[:MAX_ERROR_LENGTH]
 
 
+_SECRET_PAIR = re.compile(r"(?i)(?:ssl)?password\s*=\s*(?:'((?:[^'\\]|\\.)*)'|([^\s&]+))")
+_URI_PASSWORD = re.compile(r"//[^/@:?#]*:([^@/]+)@")
+
+
+def _secrets(dsn: str) -> list[str]:
+    """The passwords a DSN holds: parsed by libpq's rules, or found by pattern if it does not parse."""
+    try:
+        parsed = conninfo_to_dict(dsn)
+    except psycopg.Error:
+        found = [a or b for a, b in _SECRET_PAIR.findall(dsn)] + _URI_PASSWORD.findall(dsn)
+        return [f for f in found if f]
+    return [str(v) for k, v in parsed.items() if k in ("password", "sslpassword") and v]
+
+
 def _sqlite_path(dsn: str) -> str | None:
+    """The file of a `sqlite:` DSN: the URI's path (`sqlite:///var/lib/credits.db` is /var/lib/credits.db)."""
     if not dsn.startswith("sqlite:"):
         return None
     parts = urlsplit(dsn)
-    return unquote(parts.netloc + parts.path)
+    path = unquote(parts.netloc + parts.path)
+    return "/" + path.lstrip("/") if path.startswith("/") else path
 
 
 class DatabaseNodes:
@@ -121,7 +146,7 @@ class DatabaseNodes:
                 try:
                     promoted = await self._value(connection, "SELECT pg_promote(true, %s)", (wait_seconds,))
                 except psycopg.Error as error:
-                    raise NodeError(f"pg_promote failed: {one_line(error)}") from error
+                    raise NodeError(f"pg_promote failed: {one_line(error, node.dsn)}") from error
                 if not promoted:
                     raise NodeError(f"pg_promote did not finish within {wait_seconds}s")
             if await self._value(connection, "SELECT pg_is_in_recovery()"):
@@ -138,7 +163,7 @@ class DatabaseNodes:
                 await connection.execute("ALTER SYSTEM SET default_transaction_read_only = on")
                 await connection.execute("SELECT pg_reload_conf()")
             except psycopg.Error as error:
-                raise NodeError(f"could not make the primary read-only: {one_line(error)}") from error
+                raise NodeError(f"could not make the primary read-only: {one_line(error, node.dsn)}") from error
         # The postmaster applies a reload asynchronously; sessions forked before it would still write.
         while True:
             async with self._connection(node, max(0.1, deadline - time.monotonic())) as connection:
@@ -177,14 +202,14 @@ class DatabaseNodes:
         except TimeoutError:
             raise NodeError(f"no connection within {timeout:.3g}s") from None
         except (psycopg.Error, OSError) as error:
-            raise NodeError(one_line(error)) from None
+            raise NodeError(one_line(error, node.dsn)) from None
         try:
             async with asyncio.timeout(timeout):
                 yield connection
         except TimeoutError:
             raise NodeError(f"no answer within {timeout:.3g}s") from None
         except psycopg.Error as error:
-            raise NodeError(one_line(error)) from None
+            raise NodeError(one_line(error, node.dsn)) from None
         finally:
             await connection.close()
 
@@ -201,7 +226,7 @@ class DatabaseNodes:
     @staticmethod
     async def _observe_sqlite(path: str, timeout: float) -> Observation:
         def look() -> None:
-            connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout)
+            connection = sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True, timeout=timeout)
             try:
                 connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
             finally:

@@ -84,6 +84,9 @@ class ShardingSettings:
             raise ConfigError("sharding.health_check_timeout_seconds: must be positive")
         if not 1 <= self.failure_threshold <= 100:
             raise ConfigError("sharding.failure_threshold: must be between 1 and 100")
+        for name in ("promote_timeout_seconds", "switchover_timeout_seconds"):
+            if not 0 < getattr(self, name) <= 3600:
+                raise ConfigError(f"sharding.{name}: must be between 0 and 3600")
         return HealthPolicy(
             check_interval=timedelta(seconds=interval),
             check_timeout=timedelta(seconds=min(self.health_check_timeout_seconds, interval)),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,15 @@ from clients.errors import ShieldxError
 from clients.sharding import ShardingClient
 from servers.mesh.config import MeshConfig
 from servers.mesh.server import Runtime, Service
+from servers.mesh.storage import open_database
 from servers.sharding.domain import Shard
+from servers.sharding.failover import FailoverRecord, FailoverTrigger
+from servers.sharding.follower import TopologyFollower
 from servers.sharding.rebalance import AccountMove
 from servers.sharding.ring import HashRing, RingMember
+from servers.sharding.routing import ReadPolicy, RoutingConfig
 from servers.sharding.service import build, build_service
+from servers.sharding.store import FailoverCursor, ShardingStore, to_us
 from shieldx.sharding.v1 import sharding_pb2 as pb
 from tests.conftest import POSTGRES_URL, Running, StartService, stop_service, test_config
 from tests.support.fuzz import fuzz_service
@@ -54,8 +60,8 @@ def sharding_config(tmp_path: Path, store_config: dict[str, str], **settings: An
 
 
 def monitored(**settings: Any) -> dict[str, Any]:
-    """Settings with the health monitor on, checking every 0.2 s."""
-    return {"health_monitor": True, "health_check_interval_seconds": 0.2, **settings}
+    """Settings with the health monitor on, checking every 0.25 s."""
+    return {"health_monitor": True, "health_check_interval_seconds": 0.25, **settings}
 
 
 def spec(node_id: str, dsn: str = DEAD_PORT_DSN) -> pb.NodeSpec:
@@ -90,7 +96,7 @@ async def start(start_service: StartService, config: MeshConfig, **kwargs: Any) 
 
 
 async def test_shards_register_join_and_leave_with_redacted_dsns(
-    start_service: StartService, tmp_path: Path, store_config: dict[str, str]
+    store_config: dict[str, str], start_service: StartService, tmp_path: Path
 ) -> None:
     _, client = await start(start_service, sharding_config(tmp_path, store_config))
     first = await client.register_shard(register("shard-a", replicas=1))
@@ -125,7 +131,7 @@ async def test_shards_register_join_and_leave_with_redacted_dsns(
 
 
 async def test_registry_errors_name_the_field_or_the_reason(
-    start_service: StartService, tmp_path: Path, store_config: dict[str, str]
+    store_config: dict[str, str], start_service: StartService, tmp_path: Path
 ) -> None:
     _, client = await start(start_service, sharding_config(tmp_path, store_config))
     await client.register_shard(register("shard-a", replicas=1))
@@ -156,7 +162,7 @@ async def test_registry_errors_name_the_field_or_the_reason(
 
 
 async def test_registry_changes_are_idempotent_by_request_id(
-    start_service: StartService, tmp_path: Path, store_config: dict[str, str]
+    store_config: dict[str, str], start_service: StartService, tmp_path: Path
 ) -> None:
     _, client = await start(start_service, sharding_config(tmp_path, store_config))
     first = await client.register_shard(register("shard-a", request_id="req-1"))
@@ -169,7 +175,7 @@ async def test_registry_changes_are_idempotent_by_request_id(
 
 
 async def test_shards_page_in_id_order(
-    start_service: StartService, tmp_path: Path, store_config: dict[str, str]
+    store_config: dict[str, str], start_service: StartService, tmp_path: Path
 ) -> None:
     _, client = await start(start_service, sharding_config(tmp_path, store_config))
     for name in ("shard-e", "shard-a", "shard-d", "shard-b", "shard-c"):
@@ -188,7 +194,7 @@ async def test_shards_page_in_id_order(
 
 
 async def test_the_registry_survives_a_restart(
-    start_service: StartService, tmp_path: Path, store_config: dict[str, str]
+    store_config: dict[str, str], start_service: StartService, tmp_path: Path
 ) -> None:
     config = sharding_config(tmp_path, store_config)
     running, client = await start(start_service, config)
@@ -210,7 +216,7 @@ async def test_the_registry_survives_a_restart(
 
 
 async def test_locate_keys_answers_a_batch_from_the_serving_ring(
-    start_service: StartService, tmp_path: Path, store_config: dict[str, str]
+    store_config: dict[str, str], start_service: StartService, tmp_path: Path
 ) -> None:
     _, client = await start(start_service, sharding_config(tmp_path, store_config))
     async with expect(grpc.StatusCode.FAILED_PRECONDITION, "NO_SHARDS"):
@@ -238,7 +244,7 @@ async def test_locate_keys_answers_a_batch_from_the_serving_ring(
 
 
 async def test_ring_stats_cover_the_serving_and_the_target_ring(
-    start_service: StartService, tmp_path: Path, store_config: dict[str, str]
+    store_config: dict[str, str], start_service: StartService, tmp_path: Path
 ) -> None:
     _, client = await start(start_service, sharding_config(tmp_path, store_config))
     empty = await client.get_ring_stats(pb.GetRingStatsRequest())
@@ -265,7 +271,7 @@ async def next_version(stream: AsyncIterator[pb.WatchTopologyResponse], timeout:
 
 
 async def test_watch_sends_the_current_topology_then_every_change(
-    start_service: StartService, tmp_path: Path, store_config: dict[str, str]
+    store_config: dict[str, str], start_service: StartService, tmp_path: Path
 ) -> None:
     _, client = await start(start_service, sharding_config(tmp_path, store_config))
     await client.register_shard(register("shard-a"))
@@ -304,7 +310,7 @@ async def test_watch_sends_the_current_topology_then_every_change(
 # --------------------------------------------------------------------------- health, against real servers
 
 
-async def wait_for(condition: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
+async def wait_for(condition: Any, timeout: float = 30.0, interval: float = 0.05) -> Any:
     """Poll an async condition until it returns something truthy."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
@@ -317,7 +323,7 @@ async def wait_for(condition: Any, timeout: float = 10.0, interval: float = 0.05
 
 
 async def test_health_checks_measure_real_servers_and_mark_failures(
-    start_service: StartService, tmp_path: Path, store_config: dict[str, str]
+    store_config: dict[str, str], start_service: StartService, tmp_path: Path
 ) -> None:
     settings = monitored(failure_threshold=2, automatic_failover=False)
     running, client = await start(start_service, sharding_config(tmp_path, store_config, **settings), metrics=True)
@@ -344,7 +350,7 @@ async def test_health_checks_measure_real_servers_and_mark_failures(
     assert wrong_role.consecutive_failures >= 2 and "not in recovery" in wrong_role.last_error
     assert wrong_role.HasField("failing_since_time")
     assert dead.consecutive_failures >= 2 and dead.last_error and "s3cret" not in dead.last_error
-    assert health.failure_threshold == 2 and health.check_interval.ToMilliseconds() == 200
+    assert health.failure_threshold == 2 and health.check_interval.ToMilliseconds() == 250
 
     shard = (await client.get_shard(pb.GetShardRequest(shard_id="shard-a"))).shard
     assert [n.health for n in shard.nodes] == [pb.HEALTH_STATE_HEALTHY, pb.HEALTH_STATE_DOWN, pb.HEALTH_STATE_DOWN]
@@ -378,7 +384,7 @@ async def register_pg_shard(client: ShardingClient, shard_id: str, cluster: PgSh
 
 
 async def test_manual_failover_of_a_live_primary_fences_it_and_loses_nothing(
-    start_service: StartService, tmp_path: Path, store_config: dict[str, str], pg: PgWorkspace
+    store_config: dict[str, str], pg: PgWorkspace, start_service: StartService, tmp_path: Path
 ) -> None:
     cluster = await asyncio.to_thread(pg.shard, "sa", replicas=1)  # asynchronous replication
     await asyncio.to_thread(cluster.primary.query, "CREATE TABLE ledger (id BIGINT PRIMARY KEY)")
@@ -430,7 +436,7 @@ async def test_manual_failover_of_a_live_primary_fences_it_and_loses_nothing(
 
 
 async def test_failovers_page_newest_first_per_shard(
-    start_service: StartService, tmp_path: Path, store_config: dict[str, str], pg: PgWorkspace
+    store_config: dict[str, str], pg: PgWorkspace, start_service: StartService, tmp_path: Path
 ) -> None:
     cluster = await asyncio.to_thread(pg.shard, "sb", replicas=2)
     settings = monitored(switchover_timeout_seconds=1.0)
@@ -455,6 +461,73 @@ async def test_failovers_page_newest_first_per_shard(
     assert not (await client.list_failovers(pb.ListFailoversRequest(shard_id="shard-z"))).failovers
     async with expect(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", "page_token"):
         await client.list_failovers(pb.ListFailoversRequest(shard_id="shard-a", page_token=page.next_page_token or "x"))
+
+
+async def test_the_failover_history_pages_newest_first_on_both_backends(
+    tmp_path: Path, store_config: dict[str, str]
+) -> None:
+    database = await open_database(
+        "sharding",
+        data_dir=tmp_path,
+        database_url=store_config["database_url"],
+        schema=store_config.get("database_schema") or None,
+        migrations=("servers.mesh.migrations", "servers.sharding.migrations"),
+    )
+    store = ShardingStore(database)
+    base = datetime(2026, 3, 1, tzinfo=UTC)
+    try:
+        async with database.transaction() as tx:
+            for i in range(5):
+                await store.add_failover(
+                    tx,
+                    FailoverRecord(
+                        failover_id=f"fo-{i}",
+                        shard_id="shard-a" if i % 2 == 0 else "shard-b",
+                        trigger=FailoverTrigger.AUTOMATIC,
+                        old_primary=f"p{i}",
+                        new_primary=f"r{i}",
+                        promoted_lsn=(1 << 40) + i if i else None,
+                        outage_started_at=base + timedelta(minutes=i),
+                        completed_at=base + timedelta(minutes=i, seconds=1, microseconds=250),
+                        topology_version=10 + i,
+                        reason="connection refused",
+                    ),
+                )
+        newest = await store.list_failovers(limit=2)
+        assert [r.failover_id for r in newest] == ["fo-4", "fo-3"]
+        cursor = FailoverCursor(to_us(newest[-1].completed_at), newest[-1].failover_id)
+        assert [r.failover_id for r in await store.list_failovers(after=cursor, limit=10)] == ["fo-2", "fo-1", "fo-0"]
+        shard_a = await store.list_failovers(shard_id="shard-a", limit=10)
+        assert [r.failover_id for r in shard_a] == ["fo-4", "fo-2", "fo-0"]
+        assert shard_a[0].recovery_time == timedelta(seconds=1, microseconds=250)
+        assert shard_a[0].promoted_lsn == (1 << 40) + 4 and shard_a[-1].promoted_lsn is None
+    finally:
+        await database.close()
+
+
+async def test_a_follower_locates_keys_as_the_server_does_and_routes_reads(
+    store_config: dict[str, str], start_service: StartService, tmp_path: Path
+) -> None:
+    _, client = await start(start_service, sharding_config(tmp_path, store_config))
+    follower = TopologyFollower(client, routing=RoutingConfig(ReadPolicy.ROUND_ROBIN))
+    following = asyncio.create_task(follower.run())
+    try:
+        await client.register_shard(register("shard-a", replicas=2))
+        ready = await follower.wait_until_ready(timeout=5)
+        assert ready.version == 1
+        keys = [f"acct-{i}" for i in range(100)]
+        served = (await client.locate_keys(pb.LocateKeysRequest(keys=keys))).locations
+        assert [follower.locate(k).shard_id for k in keys] == [loc.shard_id for loc in served]
+        assert follower.locate("acct-1").primary.dsn == DEAD_PORT_DSN, "followers get the full DSN"
+        with follower.read("acct-1") as target:
+            assert target.fallback and target.node.node_id == "shard-a-p", "no healthy replica: the primary reads"
+        await client.remove_replica(pb.RemoveReplicaRequest(shard_id="shard-a", node_id="shard-a-r2"))
+        after = await follower.wait_until(lambda t: len(t.shard("shard-a").nodes) == 2, timeout=5)
+        assert after.version == 2
+    finally:
+        following.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await following
 
 
 # --------------------------------------------------------------------------- rebalancing
@@ -525,7 +598,7 @@ async def rebalance_done(client: ShardingClient) -> Any:
 
 
 async def test_rebalancing_without_a_mover_is_refused_not_faked(
-    start_service: StartService, tmp_path: Path, store_config: dict[str, str]
+    store_config: dict[str, str], start_service: StartService, tmp_path: Path
 ) -> None:
     _, client = await start(start_service, sharding_config(tmp_path, store_config))
     await client.register_shard(register("shard-a"))
@@ -555,7 +628,7 @@ async def third_shard_joining(client: ShardingClient, mover: InMemoryMover) -> l
 
 
 async def test_a_rebalance_plan_moves_about_a_third_of_the_accounts_onto_the_new_shard(
-    start_service: StartService, tmp_path: Path, store_config: dict[str, str]
+    store_config: dict[str, str], start_service: StartService, tmp_path: Path
 ) -> None:
     mover = InMemoryMover()
     running = await start_service(with_mover(mover), sharding_config(tmp_path, store_config))
@@ -579,7 +652,7 @@ async def test_a_rebalance_plan_moves_about_a_third_of_the_accounts_onto_the_new
 
 
 async def test_a_rebalance_moves_every_account_with_its_events_and_completes_the_ring(
-    start_service: StartService, tmp_path: Path, store_config: dict[str, str]
+    store_config: dict[str, str], start_service: StartService, tmp_path: Path
 ) -> None:
     mover = InMemoryMover()
     config = sharding_config(tmp_path, store_config, rebalance_batch_size=40)
@@ -627,7 +700,7 @@ async def test_a_rebalance_moves_every_account_with_its_events_and_completes_the
 
 
 async def test_failed_moves_wait_for_an_operator_and_resume(
-    start_service: StartService, tmp_path: Path, store_config: dict[str, str]
+    store_config: dict[str, str], start_service: StartService, tmp_path: Path
 ) -> None:
     mover = InMemoryMover()
     config = sharding_config(tmp_path, store_config, rebalance_max_attempts=2)
@@ -672,6 +745,57 @@ async def test_failed_moves_wait_for_an_operator_and_resume(
     ]
 
 
+class StallingMover(InMemoryMover):
+    """Hangs in `fence` while `stall` is set (a cut-over caught by a restart of the sharding server)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stall = True
+        self.fencing = asyncio.Event()
+        self.unfenced: list[str] = []
+
+    async def fence(self, move: AccountMove, source: Shard, target: Shard, rebalance_id: str) -> None:
+        await super().fence(move, source, target, rebalance_id)
+        if self.stall:
+            self.fencing.set()
+            await asyncio.Event().wait()
+
+    async def unfence(self, move: AccountMove, source: Shard, rebalance_id: str) -> None:
+        self.unfenced.append(move.account_id)
+        await super().unfence(move, source, rebalance_id)
+
+
+async def test_a_cut_over_interrupted_by_a_restart_is_unfenced_and_retried(
+    store_config: dict[str, str], start_service: StartService, tmp_path: Path
+) -> None:
+    mover = StallingMover()
+    config = sharding_config(tmp_path, store_config, rebalance_batch_size=10, rebalance_fence_timeout_seconds=30)
+    running = await start_service(with_mover(mover), config)
+    client = ShardingClient(running.channel)
+    await client.register_shard(register("shard-a"))
+    for i in range(80):
+        mover.place("shard-a", f"acct-{i}")
+    await client.register_shard(register("shard-b"))
+    await client.start_rebalance(pb.StartRebalanceRequest())
+    await asyncio.wait_for(mover.fencing.wait(), 10)
+
+    keys = [f"acct-{i}" for i in range(80)]
+    fenced = [loc for loc in (await client.locate_keys(pb.LocateKeysRequest(keys=keys))).locations if loc.write_fenced]
+    assert 1 <= len(fenced) <= 10, "one batch is fenced, the rest writes as usual"
+    assert {loc.shard_id for loc in fenced} == {"shard-a"}, "fenced accounts still read from their source"
+    await stop_service(running)
+
+    mover.stall = False
+    running = await start_service(with_mover(mover), config)
+    client = ShardingClient(running.channel)
+    status = (await wait_for(lambda: rebalance_done(client))).rebalance
+    assert status.failed_accounts == 0 and status.done_accounts == status.total_accounts
+    assert {loc.key for loc in fenced} <= set(mover.unfenced), "the interrupted fences were lifted first"
+    for location in (await client.locate_keys(pb.LocateKeysRequest(keys=keys))).locations:
+        assert mover.where(location.key) == [location.shard_id]
+        assert not location.write_fenced
+
+
 # --------------------------------------------------------------------------- auth and fuzz
 
 
@@ -700,7 +824,7 @@ async def test_each_rpc_requires_its_declared_scope(tmp_path: Path, start_servic
 
 
 async def test_fuzzing_every_rpc_never_crashes_the_server(
-    start_service: StartService, tmp_path: Path, store_config: dict[str, str]
+    store_config: dict[str, str], start_service: StartService, tmp_path: Path
 ) -> None:
     running, client = await start(start_service, sharding_config(tmp_path, store_config))
     await client.register_shard(register("shard-a", replicas=1))
