@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from servers.deception.domain import AlertKind, Interaction, ReconStage, Severity, parse_source_address
+from servers.deception.domain import AlertKind, Interaction, ReconStage, Severity, parse_source_address, time_cursor
 from servers.mesh.errors import InvalidArgument, NotFound
 from servers.mesh.pagination import page_request
 
@@ -177,7 +177,7 @@ class AlertBook:
         ]
         chosen.sort(key=lambda a: (a.last_time, a.alert_id), reverse=True)
         if page.cursor:
-            after = (datetime.fromisoformat(str(page.cursor["t"])), str(page.cursor["id"]))
+            after = time_cursor(page.cursor)
             chosen = [a for a in chosen if (a.last_time, a.alert_id) < after]
         result = [_copy(a) for a in chosen[: page.size]]
         more = len(chosen) > page.size

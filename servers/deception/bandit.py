@@ -21,7 +21,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -283,6 +283,22 @@ class DecoyStats:
         return self.posterior_alpha / (self.posterior_alpha + self.posterior_beta)
 
 
+@dataclass(frozen=True)
+class SelectionCounts:
+    """Persisted totals of one decoy in one bucket, to rebuild a selector's statistics."""
+
+    bucket: str
+    """The context bucket."""
+    decoy_id: str
+    """The decoy."""
+    selections: int
+    """Times it was selected in the bucket."""
+    feedbacks: int
+    """Selections that received feedback."""
+    reward_sum: float
+    """Sum of the rewards received."""
+
+
 @dataclass
 class _Pending:
     selection: Selection
@@ -399,6 +415,37 @@ class DecoySelector:
         """Put back persisted evidence of `bucket` (see `BanditCore.restore`)."""
         with self._lock:
             self._core.restore(bucket, engaged, ignored)
+
+    def restore_history(
+        self, counts: Iterable[SelectionCounts], recent: Iterable[tuple[Selection, bool]], draws: int
+    ) -> None:
+        """Put back what the store logged: per-bucket totals, the recent selections (oldest first,
+        each with whether it has had its feedback) and the number of draws made so far.
+
+        Evidence is restored separately (`restore`): discounting makes it depend on the order of
+        the updates, so it is persisted as it is rather than recomputed. Decoys that are no longer
+        configured are skipped; draw numbers continue from `draws`.
+        """
+        if draws < 0:
+            raise InvalidArgument("draws", "must not be negative")
+        arms = {decoy: arm for arm, decoy in enumerate(self._core.decoy_ids)}
+        with self._lock:
+            for entry in counts:
+                arm = arms.get(entry.decoy_id)
+                if arm is None:
+                    continue
+                self._counter(self._selections, entry.bucket)[arm] += entry.selections
+                self._counter(self._feedbacks, entry.bucket)[arm] += entry.feedbacks
+                self._rewards.setdefault(entry.bucket, np.zeros(self._size))[arm] += entry.reward_sum
+            for selection, answered in recent:
+                arm = arms.get(selection.decoy_id)
+                if arm is None:
+                    continue
+                self._pending[selection.selection_id] = _Pending(selection, arm, answered)
+                self._pending.move_to_end(selection.selection_id)
+            while len(self._pending) > self._core.config.max_pending:
+                self._pending.popitem(last=False)
+            self._draws = max(self._draws, draws)
 
     def selection(self, selection_id: str) -> Selection:
         """A remembered selection; NotFound(SELECTION_NOT_FOUND) otherwise."""

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import ipaddress
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum
+from typing import Any
 
 from servers.mesh.errors import InvalidArgument
 
@@ -212,3 +214,25 @@ def require_finite(value: float, field_name: str, *, low: float, high: float) ->
     if not low <= value <= high:
         raise InvalidArgument(field_name, f"must be between {low} and {high}")
     return value
+
+
+def time_cursor(cursor: Mapping[str, Any]) -> tuple[datetime, str]:
+    """The (time, id) position a list page token carries; InvalidArgument(page_token) if it is forged."""
+    try:
+        moment = datetime.fromisoformat(str(cursor["t"]))
+        ident = cursor["id"]
+    except (KeyError, ValueError, TypeError):
+        raise InvalidArgument("page_token", "is not a token this service issued") from None
+    if moment.tzinfo is None or not isinstance(ident, str):
+        raise InvalidArgument("page_token", "is not a token this service issued")
+    return moment, ident
+
+
+def offset_cursor(cursor: Mapping[str, Any] | None, size: int) -> int:
+    """The offset a page token carries (0 without one); InvalidArgument(page_token) if outside [0, size]."""
+    if cursor is None:
+        return 0
+    offset = cursor.get("offset")
+    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= size:
+        raise InvalidArgument("page_token", "is not a token this service issued")
+    return offset

@@ -245,18 +245,22 @@ class HoneytokenRegistry:
 
         AlreadyExists if its id or fingerprint belongs to a different honeytoken.
         """
-        with self._lock:
-            for index, key in ((self._by_id, record.honeytoken_id), (self._by_fingerprint, record.fingerprint)):
-                existing = index.get(key)
-                if existing is not None and existing != record:
-                    raise AlreadyExists("honeytoken", existing.honeytoken_id, reason="HONEYTOKEN_EXISTS")
-            self._by_id[record.honeytoken_id] = record
-            self._by_fingerprint[record.fingerprint] = record
+        self.register_all((record,))
 
     def register_all(self, records: Iterable[HoneytokenRecord]) -> None:
-        """`register` each record."""
-        for record in records:
-            self.register(record)
+        """`register` each record, all or none: if any clashes, AlreadyExists and nothing is registered."""
+        chosen = list(records)
+        with self._lock:
+            by_id = dict(self._by_id)
+            by_fingerprint = dict(self._by_fingerprint)
+            for record in chosen:
+                for index, key in ((by_id, record.honeytoken_id), (by_fingerprint, record.fingerprint)):
+                    existing = index.get(key)
+                    if existing is not None and existing != record:
+                        raise AlreadyExists("honeytoken", existing.honeytoken_id, reason="HONEYTOKEN_EXISTS")
+                by_id[record.honeytoken_id] = record
+                by_fingerprint[record.fingerprint] = record
+            self._by_id, self._by_fingerprint = by_id, by_fingerprint
 
     def get(self, honeytoken_id: str) -> HoneytokenRecord:
         """The record of `honeytoken_id`; NotFound(HONEYTOKEN_NOT_FOUND) if there is none."""

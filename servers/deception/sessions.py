@@ -18,8 +18,10 @@ from servers.deception.domain import (
     Interaction,
     ReconReport,
     ReconStage,
+    offset_cursor,
     parse_source_address,
     require_text,
+    time_cursor,
 )
 from servers.mesh.errors import InvalidArgument, NotFound
 from servers.mesh.pagination import page_request
@@ -185,10 +187,8 @@ class SessionBook:
         """One page of a session's timeline, oldest first, and the next page's token."""
         self._get(session_id)
         page = page_request(page_size, page_token, {"session_id": session_id})
-        start = int(page.cursor["offset"]) if page.cursor else 0
         timeline = self._timelines[session_id]
-        if start < 0 or start > len(timeline):
-            raise InvalidArgument("page_token", "points outside the timeline")
+        start = offset_cursor(page.cursor, len(timeline))
         events = timeline[start : start + page.size]
         end = start + len(events)
         return events, page.next_token({"offset": end} if end < len(timeline) else None)
@@ -211,7 +211,7 @@ class SessionBook:
         chosen = [s for s in candidates if min_stage is None or (s.stage is not None and s.stage >= min_stage)]
         chosen.sort(key=lambda s: (s.last_event_time, s.session_id), reverse=True)
         if page.cursor:
-            after = (datetime.fromisoformat(str(page.cursor["t"])), str(page.cursor["id"]))
+            after = time_cursor(page.cursor)
             chosen = [s for s in chosen if (s.last_event_time, s.session_id) < after]
         result = [self.get(s.session_id) for s in chosen[: page.size]]
         more = len(chosen) > page.size

@@ -13,6 +13,7 @@ from servers.deception.bandit import (
     BanditCore,
     ContextBuckets,
     DecoySelector,
+    SelectionCounts,
     SelectionPolicy,
 )
 from servers.deception.policy_evaluation import (
@@ -336,3 +337,36 @@ def test_learned_evidence_survives_a_snapshot_and_restore() -> None:
     with pytest.raises(InvalidArgument) as caught:
         restored.restore("ctx", [1.0], [1.0])
     assert caught.value.metadata["field"] == "evidence"
+
+
+def test_a_selector_rebuilt_from_its_log_keeps_counts_draws_and_open_selections() -> None:
+    selector = DecoySelector(DECOYS, seed=3)
+    made = [selector.select("ctx", seed=i) for i in range(6)]
+    for selection in made[:4]:
+        selector.submit_feedback(selection.selection_id, 1.0 if selection.decoy_id == "ssh" else 0.25)
+    counts = [
+        SelectionCounts("ctx", s.decoy_id, s.selections, s.feedbacks, s.reward_sum)
+        for s in selector.stats("ctx")
+        if s.selections
+    ]
+
+    rebuilt = DecoySelector(DECOYS, seed=4)
+    for bucket, (engaged, ignored) in selector.snapshot().items():
+        rebuilt.restore(bucket, engaged, ignored)
+    rebuilt.restore_history(counts, [(s, i < 4) for i, s in enumerate(made)], draws=6)
+
+    assert rebuilt.stats("ctx") == selector.stats("ctx")
+    assert rebuilt.total_selections == 6 and rebuilt.select("ctx").draw == 6
+    rebuilt.submit_feedback(made[5].selection_id, 1.0)
+    with pytest.raises(FailedPrecondition) as answered:
+        rebuilt.submit_feedback(made[0].selection_id, 1.0)
+    assert answered.value.reason == "FEEDBACK_ALREADY_SUBMITTED"
+
+
+def test_history_of_decoys_no_longer_configured_is_skipped() -> None:
+    selector = DecoySelector(("ssh", "http"))
+    selector.restore_history([SelectionCounts("ctx", "telnet", 5, 5, 5.0)], [], draws=5)
+    assert [s.selections for s in selector.stats("ctx")] == [0, 0] and selector.total_selections == 5
+    with pytest.raises(InvalidArgument) as caught:
+        selector.restore_history([], [], draws=-1)
+    assert caught.value.metadata["field"] == "draws"

@@ -125,6 +125,19 @@ def test_registering_the_same_token_twice_is_harmless_but_a_clash_is_refused() -
     assert caught.value.reason == "HONEYTOKEN_EXISTS"
 
 
+def test_registering_a_batch_with_one_clash_registers_none_of_it() -> None:
+    registry = HoneytokenRegistry()
+    first, second = mint(HoneytokenKind.API_KEY, 2)
+    registry.register(first.record())
+    fresh = mint(HoneytokenKind.API_KEY, 1, seed=9)[0].record()
+    clash = dataclasses.replace(second.record(), fingerprint=first.record().fingerprint)
+    with pytest.raises(AlreadyExists):
+        registry.register_all([fresh, clash])
+    assert len(registry) == 1
+    with pytest.raises(NotFound):
+        registry.get(fresh.honeytoken_id)
+
+
 def test_lookup_of_an_unknown_honeytoken_is_not_found() -> None:
     with pytest.raises(NotFound) as caught:
         HoneytokenRegistry().get("ht_0000000000000000")

@@ -107,6 +107,24 @@ def http_response(
     return head if head_only else head + body
 
 
+def http_index_sample(fingerprint: HttpFingerprint, now: datetime) -> tuple[list[tuple[str, str]], bytes]:
+    """The headers (in the product's order) and the body the decoy answers `GET /` with, for display."""
+    body = _login_page(fingerprint, error="")
+    head = http_response(
+        fingerprint,
+        200,
+        body,
+        now=now,
+        content_type="text/html; charset=utf-8",
+        keep_alive=True,
+        extra=_session_cookie(fingerprint),
+        head_only=True,
+    )
+    lines = head.decode("latin-1").split("\r\n")[1:]
+    headers = [(name, value) for name, _, value in (line.partition(": ") for line in lines if line)]
+    return headers, body
+
+
 async def converse_http(conn: Connection, template: Template) -> None:
     """Serve HTTP/1.1 requests (keep-alive) with a login page, login failures and error pages."""
     fingerprint = template.fingerprint_as(HttpFingerprint)

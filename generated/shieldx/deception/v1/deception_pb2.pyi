@@ -544,7 +544,7 @@ class FtpFingerprint(_message.Message):
     GREETING_FIELD_NUMBER: _builtins.int
     SYSTEM_REPLY_FIELD_NUMBER: _builtins.int
     greeting: _builtins.str
-    """The 220 greeting line without CR LF."""
+    """The 220 greeting line without CR LF; `{local_address}` stands for the address the client reached."""
     system_reply: _builtins.str
     """The SYST reply line without CR LF, e.g. `215 UNIX Type: L8`."""
     def __init__(
@@ -1392,7 +1392,7 @@ class CreateSessionRequest(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key (AIP-155): a retry with the same id returns the first answer; the same
-    id with a different request is INVALID_ARGUMENT.
+    id with a different request is FAILED_PRECONDITION with reason REQUEST_ID_REUSED.
     """
     source_address: _builtins.str
     """Source IP address of the attacker."""
@@ -1580,7 +1580,7 @@ class LogReconRequest(_message.Message):
     PRESENTED_CREDENTIAL_FINGERPRINT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key (AIP-155): a retry with the same id returns the first answer; the same
-    id with a different request is INVALID_ARGUMENT.
+    id with a different request is FAILED_PRECONDITION with reason REQUEST_ID_REUSED.
     """
     source_address: _builtins.str
     """Source IP address of the caller seen by the reporting service."""
@@ -1762,7 +1762,7 @@ class SelectDecoyRequest(_message.Message):
     SEED_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key (AIP-155): a retry with the same id returns the first selection; the same
-    id with a different request is INVALID_ARGUMENT.
+    id with a different request is FAILED_PRECONDITION with reason REQUEST_ID_REUSED.
     """
     policy: Global___SelectionPolicy.ValueType
     """The policy to use; unset means Thompson sampling."""
@@ -1862,7 +1862,7 @@ class SubmitFeedbackRequest(_message.Message):
     REWARD_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key (AIP-155): a retry with the same id returns the first answer; the same
-    id with a different request is INVALID_ARGUMENT.
+    id with a different request is FAILED_PRECONDITION with reason REQUEST_ID_REUSED.
     """
     selection_id: _builtins.str
     """The selection the feedback is for."""
@@ -2765,7 +2765,7 @@ class CreateHoneytokensRequest(_message.Message):
     BATCH_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key (AIP-155): a retry with the same id returns the same tokens; the same id
-    with a different request is INVALID_ARGUMENT.
+    with a different request is FAILED_PRECONDITION with reason REQUEST_ID_REUSED.
     """
     count: _builtins.int
     """Tokens to mint (1 to 1,000)."""
