@@ -1,0 +1,1 @@
+"""The deception service's schema migrations (numbered SQL files, applied at start)."""
