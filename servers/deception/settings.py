@@ -1,0 +1,159 @@
+"""The deception service's typed settings: YAML section `deception:`, env `SHIELDX_DECEPTION__<FIELD>`."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from servers.deception.alert_forwarding import ForwardingPolicy
+from servers.deception.alerts import DeduplicationPolicy
+from servers.deception.bandit import BanditConfig, SelectionPolicy
+from servers.deception.decoys import DecoyConfig, DecoyLimits, default_decoy_configs
+from servers.deception.domain import Protocol
+from servers.deception.sessions import SessionPolicy
+from servers.mesh.config import ConfigError, MeshConfig, service_settings
+from servers.mesh.errors import DomainError
+
+
+@dataclass
+class DeceptionSettings:
+    """Everything the deception service can be told."""
+
+    decoys: dict[str, str] = field(default_factory=dict)
+    """Decoy listeners by id, each `<protocol>[:<port>][@<bind address>]`: `ssh-1: ssh:2222`,
+    `web: http`, `db: mysql:3306@10.0.0.5`. Port 0 or none binds a free port (ListDecoys tells
+    which). Empty: one decoy per protocol (`http-1`, `ssh-1`, ...) on free ports."""
+    bind_address: str = "127.0.0.1"
+    """Address decoys listen on unless their entry names one. Loopback, so nothing is exposed
+    to a network by accident."""
+    installation_file: str = ""
+    """The installation file (seed) every fingerprint derives from; default
+    `<data_dir>/deception-installation.json`. Keep it with the data: a new file means new
+    fingerprints."""
+    accept_new_installation: bool = False
+    """Start even if the installation file is missing or is not the one the stored data was
+    recorded with (the decoys will then look like a different machine than before)."""
+    limits: DecoyLimits = field(default_factory=DecoyLimits)
+    """Bounds on what one client may cost a decoy (timeouts, bytes, connections)."""
+    dedup_window_seconds: float = 600.0
+    """Events of one kind from one source within this many seconds of the previous one fold
+    into the same alert."""
+    dedup_max_span_seconds: float = 86400.0
+    """An alert spanning longer than this is closed even while events keep coming."""
+    session_idle_timeout_seconds: float = 1800.0
+    """A source idle for longer starts a new session with its next event."""
+    max_events_per_session: int = 10_000
+    """Timeline entries kept per session in memory (every event is stored)."""
+    attribution_threshold: float = 0.4
+    """Similarity above which GetAttribution merges sessions into one actor, when the request
+    does not say."""
+    default_policy: str = "thompson"
+    """Decoy selection policy when SelectDecoy does not name one: `thompson`, `ucb1` or `random`."""
+    bandit: BanditConfig = field(default_factory=BanditConfig)
+    """Discount, priors and exploration of the selection policies."""
+    intake_queue_size: int = 10_000
+    """Interactions waiting to be recorded at most; beyond, new ones are dropped and counted."""
+    intake_batch_size: int = 500
+    """Interactions recorded per transaction at most."""
+    replay_max_logged_rounds: int = 200_000
+    """Logged selections ReplayPolicy reads at most (the latest ones)."""
+    forwarding: ForwardingPolicy = field(default_factory=ForwardingPolicy)
+    """Retries of alert deliveries to the compliance service."""
+
+    def installation_path(self, config: MeshConfig) -> Path:
+        """Where the installation file lives."""
+        return (
+            Path(self.installation_file) if self.installation_file else config.data_path / "deception-installation.json"
+        )
+
+    def decoy_configs(self) -> tuple[DecoyConfig, ...]:
+        """The decoy listeners to start."""
+        if not self.decoys:
+            return default_decoy_configs(self.bind_address)
+        return tuple(parse_decoy(decoy_id, spec, self.bind_address) for decoy_id, spec in self.decoys.items())
+
+    def selection_policy(self) -> SelectionPolicy:
+        """The default selection policy."""
+        try:
+            return SelectionPolicy[self.default_policy.strip().upper()]
+        except KeyError:
+            raise ConfigError(
+                f"deception.default_policy: {self.default_policy!r} is not thompson, ucb1 or random"
+            ) from None
+
+    def session_policy(self) -> SessionPolicy:
+        """How events are grouped into sessions."""
+        return SessionPolicy(
+            idle_timeout=timedelta(seconds=self.session_idle_timeout_seconds),
+            max_events_per_session=self.max_events_per_session,
+        )
+
+    def deduplication(self) -> DeduplicationPolicy:
+        """How events fold into alerts."""
+        return DeduplicationPolicy(
+            window=timedelta(seconds=self.dedup_window_seconds), max_span=timedelta(seconds=self.dedup_max_span_seconds)
+        )
+
+    def validate(self) -> None:
+        """ConfigError naming the first setting that is out of range."""
+        positive = {
+            "dedup_window_seconds": self.dedup_window_seconds,
+            "dedup_max_span_seconds": self.dedup_max_span_seconds,
+            "session_idle_timeout_seconds": self.session_idle_timeout_seconds,
+            "forwarding.initial_backoff_seconds": self.forwarding.initial_backoff_seconds,
+            "forwarding.max_backoff_seconds": self.forwarding.max_backoff_seconds,
+            "forwarding.call_timeout_seconds": self.forwarding.call_timeout_seconds,
+            "forwarding.poll_seconds": self.forwarding.poll_seconds,
+        }
+        for name, value in positive.items():
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"deception.{name}: must be a positive number of seconds")
+        counts = {
+            "max_events_per_session": self.max_events_per_session,
+            "intake_queue_size": self.intake_queue_size,
+            "intake_batch_size": self.intake_batch_size,
+            "replay_max_logged_rounds": self.replay_max_logged_rounds,
+            "forwarding.batch_size": self.forwarding.batch_size,
+        }
+        for name, count in counts.items():
+            if count < 1:
+                raise ConfigError(f"deception.{name}: must be at least 1")
+        if not (math.isfinite(self.attribution_threshold) and 0 < self.attribution_threshold <= 1):
+            raise ConfigError("deception.attribution_threshold: must be in (0, 1]")
+        self.selection_policy()
+        try:
+            self.bandit.validate()
+            self.deduplication()
+            configs = self.decoy_configs()
+        except DomainError as error:
+            raise ConfigError(f"deception: {error.message}") from None
+        ids = [c.decoy_id for c in configs]
+        if len(set(ids)) != len(ids):
+            raise ConfigError("deception.decoys: decoy ids must be distinct")
+
+
+def parse_decoy(decoy_id: str, spec: str, bind_address: str) -> DecoyConfig:
+    """A decoy from its settings entry `<protocol>[:<port>][@<bind address>]`."""
+    key = f"deception.decoys.{decoy_id}"
+    target, at, address = spec.strip().partition("@")
+    name, colon, port_text = target.partition(":")
+    try:
+        protocol = Protocol.parse(name)
+        port = int(port_text) if colon else 0
+        return DecoyConfig(decoy_id, protocol, port, address.strip() if at else bind_address)
+    except ValueError:
+        raise ConfigError(f"{key}: port {port_text!r} is not a number") from None
+    except DomainError as error:
+        raise ConfigError(f"{key}: {error.message}") from None
+
+
+def load_settings(config: MeshConfig) -> DeceptionSettings:
+    """The settings of this process, checked."""
+    try:
+        settings = service_settings(DeceptionSettings, config)
+    except DomainError as error:  # DecoyLimits and friends check themselves when built
+        raise ConfigError(f"deception: {error.message}") from None
+    settings.validate()
+    return settings
