@@ -89,6 +89,14 @@ class ClientSecretHasher:
         self._remember(secret_hash, mac)
         return True
 
+    def remembers(self, secret_hash: str, secret: str) -> bool:
+        """True if `secret` verified against `secret_hash` before (checking it now costs microseconds)."""
+        if not secret or len(secret) > MAX_SECRET_LENGTH:
+            return False
+        with self._lock:
+            remembered = self._verified.get(secret_hash)
+        return remembered is not None and hmac.compare_digest(remembered, self._mac(secret))
+
     def forget(self, secret_hash: str) -> None:
         """Drop a remembered verification (when a client is deleted or its secret replaced)."""
         with self._lock:

@@ -27,6 +27,9 @@ from servers.mesh.errors import FailedPrecondition, InvalidArgument
 NO_ACTIVE_KEY = "NO_ACTIVE_KEY"
 """Reason: the service has no key to sign with (not bootstrapped, or its key store is empty)."""
 
+MAX_OVERLAP = timedelta(days=30)
+"""Longest overlap a rotation accepts; far beyond any token lifetime, and keeps `not_after` representable."""
+
 
 class KeyState(StrEnum):
     """Where a key is in its life."""
@@ -85,6 +88,15 @@ def generate_signing_key(now: datetime) -> SigningKeyRecord:
     )
 
 
+def check_overlap(overlap: timedelta) -> timedelta:
+    """`overlap` if a rotation accepts it; InvalidArgument(overlap) if negative or beyond MAX_OVERLAP."""
+    if overlap < timedelta(0):
+        raise InvalidArgument("overlap", "must not be negative")
+    if overlap > MAX_OVERLAP:
+        raise InvalidArgument("overlap", f"must not exceed {MAX_OVERLAP.days} days")
+    return overlap
+
+
 @dataclass(frozen=True, slots=True)
 class KeyRing:
     """All keys the service knows, newest last. Immutable: commands return a new ring."""
@@ -139,8 +151,7 @@ class KeyRing:
         if it is sooner. An overlap shorter than the longest token lifetime cuts those tokens
         short, which is the point after a suspected leak (overlap 0 cuts them all at once).
         """
-        if overlap < timedelta(0):
-            raise InvalidArgument("overlap", "must not be negative")
+        check_overlap(overlap)
         if new_key.not_after is not None or new_key.secret_key is None:
             raise ValueError("a new key must be able to sign")
         retired_at = now + overlap

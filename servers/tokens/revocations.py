@@ -102,15 +102,18 @@ class ResumePoint:
     """The watcher's set is from another history: it must replace it with what follows."""
 
 
-def resume_point(after_sequence: int, latest_sequence: int) -> ResumePoint:
+def resume_point(after_sequence: int, latest_sequence: int, purged_through: int = 0) -> ResumePoint:
     """Where to resume a watcher that has seen everything up to `after_sequence`.
 
     A watcher ahead of the store (the service's history was restored from an older backup,
-    or reset) cannot be resumed: it gets everything, flagged as a reset. Revocations pruned
-    since the watcher's point were for expired tokens, so skipping them loses nothing.
+    or reset) cannot be resumed: it gets everything, flagged as a reset. So does a watcher
+    whose point lies below `purged_through`, the highest sequence purged so far: nothing it
+    lacks is lost (purged revocations were for expired tokens), but it may hold revocations
+    the store has forgotten, and a fresh snapshot lets it drop them. A watcher at 0 holds
+    nothing and simply gets everything.
     """
     if after_sequence < 0:
         raise InvalidArgument("after_sequence", "must not be negative")
-    if after_sequence > latest_sequence:
+    if after_sequence > latest_sequence or 0 < after_sequence < purged_through:
         return ResumePoint(after_sequence=0, reset=True)
     return ResumePoint(after_sequence=after_sequence, reset=False)

@@ -42,7 +42,10 @@ def test_right_secret_matches_and_wrong_one_does_not(hasher: ClientSecretHasher)
 
 def test_remembered_secret_still_refuses_a_different_one(hasher: ClientSecretHasher) -> None:
     secret_hash = hasher.hash_secret("s3cret")
+    assert not hasher.remembers(secret_hash, "s3cret"), "nothing verified yet"
     assert hasher.check_secret(secret_hash, "s3cret")
+    assert hasher.remembers(secret_hash, "s3cret")
+    assert not hasher.remembers(secret_hash, "guess") and not hasher.remembers(secret_hash, "")
     assert hasher.check_secret(secret_hash, "s3cret")  # from memory
     assert not hasher.check_secret(secret_hash, "guess")
 

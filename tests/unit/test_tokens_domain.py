@@ -484,5 +484,20 @@ def test_watchers_resume_after_their_last_sequence(after: int, latest: int, expe
     assert revocations.resume_point(after, latest) == expected
 
 
+@pytest.mark.parametrize(
+    ("after", "purged_through", "expected"),
+    [
+        (0, 4, revocations.ResumePoint(0, reset=False)),
+        (3, 4, revocations.ResumePoint(0, reset=True)),
+        (4, 4, revocations.ResumePoint(4, reset=False)),
+        (5, 4, revocations.ResumePoint(5, reset=False)),
+    ],
+)
+def test_watchers_behind_a_purge_get_a_fresh_snapshot(
+    after: int, purged_through: int, expected: revocations.ResumePoint
+) -> None:
+    assert revocations.resume_point(after, 5, purged_through) == expected
+
+
 def test_negative_resume_point_is_refused() -> None:
     assert _error(revocations.resume_point, -1, 5).metadata["field"] == "after_sequence"

@@ -126,10 +126,11 @@ def test_rotation_with_zero_overlap_cuts_every_older_key_at_once() -> None:
     assert ring.without_retired(at).keys == (ring.active,)
 
 
-def test_negative_overlap_is_refused() -> None:
+@pytest.mark.parametrize("overlap", [timedelta(seconds=-1), keys.MAX_OVERLAP + timedelta(seconds=1)])
+def test_negative_or_huge_overlap_is_refused(overlap: timedelta) -> None:
     ring = _bootstrapped()
     with pytest.raises(InvalidArgument) as caught:
-        ring.rotate(T0, timedelta(seconds=-1), keys.generate_signing_key(T0))
+        ring.rotate(T0, overlap, keys.generate_signing_key(T0))
     assert caught.value.metadata["field"] == "overlap"
 
 

@@ -1,0 +1,1 @@
+"""Schema of the token service: clients, signing keys (public halves), revocations."""
