@@ -80,8 +80,10 @@ class TokenAuthority:
         self._started = True
         await self.reload_keys()
         if not self._ring.has_active():
-            reason = "first start" if not self._ring.keys else "the active key's secret half is missing"
-            log.warning("generating a signing key", extra={"reason": reason})
+            if self._ring.keys:
+                log.warning("the active key's secret half is missing: rotating to a new signing key")
+            else:
+                log.info("first start: generating the signing key")
             try:
                 await self.rotate(self.settings.rotation_overlap)
             except (storage.UniqueViolation, storage.TransientError):
