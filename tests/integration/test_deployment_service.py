@@ -505,6 +505,38 @@ async def test_controller_rolls_back_a_canary_failing_its_calls(
     assert registry.get_sample_value("shieldx_deployment_analyses_total", {**labels, "verdict": "FAIL"}) == 2
 
 
+async def test_blue_green_warms_the_new_colour_then_keeps_the_old_one_until_it_drains(
+    deployments: DeploymentClient, echo_versions: Instances
+) -> None:
+    request = canary(
+        strategy=deployment_pb2.STRATEGY_BLUE_GREEN,
+        keep_previous_for=seconds(1),
+        analysis=deployment_pb2.AnalysisThresholds(interval=seconds(3600)),
+    )
+    created = (await deployments.create_deployment(request)).deployment
+    assert (created.state, created.replicas) == (deployment_pb2.DEPLOYMENT_STATE_WARMING, 1)
+    stream = deployments.watch_deployment(deployment_pb2.WatchDeploymentRequest(deployment_id=created.id))
+    await first(stream)
+    ready = await first(stream, 10)  # the controller found the green instance answering its metrics
+    assert (ready.change.event, ready.deployment.state) == (
+        "INSTANCES_READY",
+        deployment_pb2.DEPLOYMENT_STATE_PROGRESSING,
+    )
+    switched = await deployments.promote_deployment(
+        deployment_pb2.PromoteDeploymentRequest(request_id=rid(), deployment_id=created.id, full=True)
+    )
+    assert switched.deployment.state == deployment_pb2.DEPLOYMENT_STATE_STABILIZING
+    assert await weights(deployments) == {"v1": 0, "v2": 10_000}
+    blue = await deployments.list_instances(routing_pb2.ListInstancesRequest(service="echo", version="v1"))
+    assert [i.drained for i in blue.instances] == [False]  # kept warm for a fast rollback
+    message = await first(stream, 10)
+    while message.deployment.state != deployment_pb2.DEPLOYMENT_STATE_SUCCEEDED:
+        message = await first(stream, 10)
+    assert message.change.event == "TIMER"
+    blue = await deployments.list_instances(routing_pb2.ListInstancesRequest(service="echo", version="v1"))
+    assert [i.drained for i in blue.instances] == [True]
+
+
 # -- fault injections --------------------------------------------------------------------------
 
 
