@@ -3,6 +3,8 @@ with the controller that drives deployments and the loop that keeps the flags cu
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 
 from servers.deployment.controller import ControllerSettings, DeliveryController
@@ -32,6 +34,8 @@ from shieldx.deployment.v1 import (
 
 LEDGER_DOMAIN = "shieldx.deployment.v1"
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class DeploymentSettings:
@@ -52,6 +56,8 @@ class DeploymentSettings:
     """Idle time after which EventStream sends KEEP_ALIVE."""
     experiment_draws: int = DEFAULT_DRAWS
     """Monte Carlo draws per arm behind the experiment probabilities."""
+    request_id_retention_seconds: float = 86400.0
+    """How long AIP-155 request ids (and the answers replayed to retries) are kept."""
 
 
 def _checked(settings: DeploymentSettings) -> DeploymentSettings:
@@ -60,6 +66,7 @@ def _checked(settings: DeploymentSettings) -> DeploymentSettings:
         "scrape_timeout_seconds": settings.scrape_timeout_seconds,
         "watch_poll_seconds": settings.watch_poll_seconds,
         "flag_keepalive_seconds": settings.flag_keepalive_seconds,
+        "request_id_retention_seconds": settings.request_id_retention_seconds,
     }
     for name, value in positive.items():
         if not value > 0:
@@ -69,6 +76,18 @@ def _checked(settings: DeploymentSettings) -> DeploymentSettings:
     if settings.prometheus_url and not settings.prometheus_url.startswith(("http://", "https://")):
         raise ConfigError("deployment.prometheus_url: must be an http:// or https:// URL")
     return settings
+
+
+async def forget_request_ids_forever(ledger: RequestLedger, retention_seconds: float) -> None:
+    """Purge request ids older than the retention, hourly (or more often for short retentions)."""
+    while True:
+        try:
+            forgotten = await ledger.purge(retention_seconds)
+            if forgotten:
+                log.info("forgot %d request ids", forgotten)
+        except Exception:  # the store may be down; the next round retries
+            log.exception("could not purge request ids; retrying")
+        await asyncio.sleep(min(3600.0, retention_seconds / 4))
 
 
 class DeploymentServicer(DeliveryRpcs, RoutingRpcs, deployment_pb2_grpc.DeploymentServiceServicer):
@@ -118,9 +137,12 @@ async def build(runtime: Runtime) -> Service:
     async def follow_flags() -> None:
         await feed.follow_forever(settings.watch_poll_seconds)
 
+    async def forget_request_ids() -> None:
+        await forget_request_ids_forever(ledger, settings.request_id_retention_seconds)
+
     mounts = [
         Mount.of(deployment_pb2, deployment_pb2_grpc, "DeploymentService", servicer=DeploymentServicer(parts)),
         Mount.of(flags_pb2, flags_pb2_grpc, "FlagService", servicer=flag_servicer),
         Mount.of(experiments_pb2, experiments_pb2_grpc, "ExperimentService", servicer=ExperimentServicer(experiments)),
     ]
-    return Service(mounts=mounts, tasks=[controller.run_forever, follow_flags])
+    return Service(mounts=mounts, tasks=[controller.run_forever, follow_flags, forget_request_ids])
