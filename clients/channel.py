@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -94,9 +94,7 @@ def _with_token(details: grpc.aio.ClientCallDetails, token: str) -> grpc.aio.Cli
     )
 
 
-class BearerAuth(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
-    """Adds `authorization: Bearer <token>` from a token source to every call."""
-
+class _UnaryBearer(grpc.aio.UnaryUnaryClientInterceptor):
     def __init__(self, source: TokenSource) -> None:
         self._source = source
 
@@ -105,13 +103,24 @@ class BearerAuth(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClien
     ) -> Any:
         return await continuation(_with_token(client_call_details, await self._source.token()), request)
 
+
+class _StreamBearer(grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, source: TokenSource) -> None:
+        self._source = source
+
     async def intercept_unary_stream(
         self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails, request: Any
-    ) -> AsyncIterator[Any]:
-        call: AsyncIterator[Any] = await continuation(
-            _with_token(client_call_details, await self._source.token()), request
-        )
-        return call
+    ) -> Any:
+        return await continuation(_with_token(client_call_details, await self._source.token()), request)
+
+
+def bearer_auth(source: TokenSource) -> list[grpc.aio.ClientInterceptor]:
+    """Interceptors adding `authorization: Bearer <token>` from `source` to unary and streaming calls.
+
+    grpc.aio files an interceptor object under the first call type it implements only, hence
+    one object per call type.
+    """
+    return [_UnaryBearer(source), _StreamBearer(source)]
 
 
 @dataclass
@@ -139,9 +148,9 @@ def open_channel(target: str, options: ChannelOptions | None = None) -> grpc.aio
     options = options or ChannelOptions()
     interceptors: list[grpc.aio.ClientInterceptor] = []
     if options.telemetry:
-        interceptors.append(ClientTelemetry(client_metrics(options.metrics_registry)))
+        interceptors += ClientTelemetry(client_metrics(options.metrics_registry)).interceptors()
     if options.token_source is not None:
-        interceptors.append(BearerAuth(options.token_source))
+        interceptors += bearer_auth(options.token_source)
     interceptors.extend(options.extra_interceptors)
     channel_args: list[tuple[str, Any]] = [
         ("grpc.keepalive_time_ms", 30_000),

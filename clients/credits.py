@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from google.protobuf.message import Message
-
 from clients.rpc import ServerStream, ServiceClient, Unary
 from shieldx.credits.v1 import credits_pb2 as pb
 
@@ -29,20 +25,3 @@ class CreditsClient(ServiceClient):
     get_usage_report = Unary("GetUsageReport", pb.GetUsageReportRequest, pb.GetUsageReportResponse)
     verify_audit_chain = Unary("VerifyAuditChain", pb.VerifyAuditChainRequest, pb.VerifyAuditChainResponse)
     get_audit_head = Unary("GetAuditHead", pb.GetAuditHeadRequest, pb.GetAuditHeadResponse)
-
-    def _callable(self, kind: str, name: str, response: type[Message]) -> Any:
-        # `ServiceClient._callable` serializes with the unbound `Message.SerializeToString`, which
-        # the upb runtime leaves unimplemented; serialize through each request's own method.
-        found = self._callables.get(name)
-        if found is None:
-            factory = self.channel.unary_unary if kind == "unary" else self.channel.unary_stream
-            found = self._callables[name] = factory(
-                f"/{self.service}/{name}",
-                request_serializer=_serialize,
-                response_deserializer=response.FromString,
-            )
-        return found
-
-
-def _serialize(request: Message) -> bytes:
-    return request.SerializeToString()

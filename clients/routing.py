@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import itertools
 import logging
 import random
@@ -40,7 +39,6 @@ from typing import Any
 import grpc
 
 from clients.channel import ChannelOptions, open_channel
-from clients.telemetry import ClientTelemetry, client_metrics
 from servers.deployment.routes import Route, RoutePicker, VersionRoute
 from shieldx.deployment.v1 import deployment_pb2_grpc, routing_pb2
 
@@ -409,14 +407,7 @@ def open_routed_channel(
     every channel opened here (plain target and instances) gets `options` (TLS, token, retries,
     telemetry). Call from a running event loop.
     """
-    options = options or ChannelOptions()
-    if options.telemetry:
-        # One set of client metrics for all the channels (a registry refuses a second set).
-        telemetry = ClientTelemetry(client_metrics(options.metrics_registry))
-        options = dataclasses.replace(
-            options, telemetry=False, extra_interceptors=[telemetry, *options.extra_interceptors]
-        )
-    shared = options
+    shared = options or ChannelOptions()
     routed = RoutedChannel(
         service,
         open_channel(target, shared),

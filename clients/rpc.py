@@ -49,20 +49,20 @@ class ServiceClient:
         self.default_timeout = default_timeout
         self._callables: dict[str, Any] = {}
 
-    def _callable(self, kind: str, name: str, response: type[Message]) -> Any:
+    def _callable(self, kind: str, name: str, request: Message, response: type[Message]) -> Any:
         found = self._callables.get(name)
         if found is None:
             path = f"/{self.service}/{name}"
             factory = self.channel.unary_unary if kind == "unary" else self.channel.unary_stream
             found = self._callables[name] = factory(
-                path, request_serializer=Message.SerializeToString, response_deserializer=response.FromString
+                path, request_serializer=type(request).SerializeToString, response_deserializer=response.FromString
             )
         return found
 
     async def _unary(
         self, name: str, response: type[Resp], request: Message, timeout: float | None, metadata: Metadata
     ) -> Resp:
-        call = self._callable("unary", name, response)
+        call = self._callable("unary", name, request, response)
         try:
             result: Resp = await call(request, timeout=timeout or self.default_timeout, metadata=tuple(metadata))
         except grpc.aio.AioRpcError as error:
@@ -72,7 +72,7 @@ class ServiceClient:
     async def _stream(
         self, name: str, response: type[Resp], request: Message, timeout: float | None, metadata: Metadata
     ) -> AsyncIterator[Resp]:
-        call = self._callable("stream", name, response)
+        call = self._callable("stream", name, request, response)
         try:
             async for item in call(request, timeout=timeout, metadata=tuple(metadata)):
                 yield item

@@ -4,6 +4,7 @@ de-facto `grpc_client_*` Prometheus metrics, as grpc.aio client interceptors."""
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -68,17 +69,16 @@ class GrpcMetrics:
         self.child(self.handling, kind, service, method).observe(seconds)
 
 
-_default_client_metrics: GrpcMetrics | None = None
+_client_metrics: weakref.WeakKeyDictionary[CollectorRegistry, GrpcMetrics] = weakref.WeakKeyDictionary()
 
 
 def client_metrics(registry: CollectorRegistry | None = None) -> GrpcMetrics:
-    """Client metrics on `registry`, or the process-wide default registry's single instance."""
-    global _default_client_metrics
-    if registry is not None and registry is not REGISTRY:
-        return GrpcMetrics("client", registry)
-    if _default_client_metrics is None:
-        _default_client_metrics = GrpcMetrics("client", REGISTRY)
-    return _default_client_metrics
+    """The one set of client metrics of `registry` (default: the process-wide registry)."""
+    registry = registry or REGISTRY
+    found = _client_metrics.get(registry)
+    if found is None:
+        found = _client_metrics[registry] = GrpcMetrics("client", registry)
+    return found
 
 
 def _with_metadata(details: grpc.aio.ClientCallDetails, extra: list[tuple[str, str]]) -> grpc.aio.ClientCallDetails:
@@ -90,17 +90,23 @@ def _with_metadata(details: grpc.aio.ClientCallDetails, extra: list[tuple[str, s
     )
 
 
-class ClientTelemetry(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-):
-    """A CLIENT span and metrics around every call; the span's context travels as `traceparent`."""
+class ClientTelemetry:
+    """A CLIENT span and metrics around every call; the span's context travels as `traceparent`.
+
+    grpc.aio files an interceptor object under the first call type it implements only, so
+    `interceptors()` hands out one object per call type, sharing this state.
+    """
 
     def __init__(self, metrics: GrpcMetrics | None = None, tracer: trace.Tracer | None = None) -> None:
         self._metrics = metrics or client_metrics()
         self._tracer = tracer or trace.get_tracer("shieldx.clients")
 
-    def _start(self, details: grpc.aio.ClientCallDetails, kind: str) -> tuple[trace.Span, Any, str, str]:
+    def interceptors(self) -> list[grpc.aio.ClientInterceptor]:
+        """The interceptors to give a channel: unary and server-streaming calls."""
+        return [_UnaryTelemetry(self), _StreamTelemetry(self)]
+
+    def start(self, details: grpc.aio.ClientCallDetails, kind: str) -> tuple[trace.Span, Any, str, str]:
+        """Open the span, count the start, and return details carrying the traceparent."""
         service, method = split_method(details.method)
         span = self._tracer.start_span(
             f"{service}/{method}",
@@ -112,18 +118,24 @@ class ClientTelemetry(
         self._metrics.record_start(kind, service, method)
         return span, _with_metadata(details, list(carrier.items())), service, method
 
-    def _end(self, span: trace.Span, kind: str, service: str, method: str, code: grpc.StatusCode, began: float) -> None:
+    def end(self, span: trace.Span, kind: str, service: str, method: str, code: grpc.StatusCode, began: float) -> None:
+        """Count the end with its code and duration, and close the span."""
         self._metrics.record_end(kind, service, method, code, time.perf_counter() - began)
         span.set_attribute("rpc.grpc.status_code", code.value[0])
         if code is not grpc.StatusCode.OK:
             span.set_status(Status(StatusCode.ERROR, code.name))
         span.end()
 
+
+class _UnaryTelemetry(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self, telemetry: ClientTelemetry) -> None:
+        self._telemetry = telemetry
+
     async def intercept_unary_unary(
         self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
         began = time.perf_counter()
-        span, details, service, method = self._start(client_call_details, "unary")
+        span, details, service, method = self._telemetry.start(client_call_details, "unary")
         code = grpc.StatusCode.UNKNOWN
         try:
             call = await continuation(details, request)
@@ -137,14 +149,20 @@ class ClientTelemetry(
             code = grpc.StatusCode.CANCELLED
             raise
         finally:
-            self._end(span, "unary", service, method, code, began)
+            self._telemetry.end(span, "unary", service, method, code, began)
+
+
+class _StreamTelemetry(grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, telemetry: ClientTelemetry) -> None:
+        self._telemetry = telemetry
 
     async def intercept_unary_stream(
         self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails, request: Any
     ) -> AsyncIterator[Any]:
         began = time.perf_counter()
-        span, details, service, method = self._start(client_call_details, "server_stream")
+        span, details, service, method = self._telemetry.start(client_call_details, "server_stream")
         call = await continuation(details, request)
+        telemetry = self._telemetry
 
         async def responses() -> AsyncIterator[Any]:
             code = grpc.StatusCode.UNKNOWN
@@ -160,6 +178,6 @@ class ClientTelemetry(
                 call.cancel()
                 raise
             finally:
-                self._end(span, "server_stream", service, method, code, began)
+                telemetry.end(span, "server_stream", service, method, code, began)
 
         return responses()

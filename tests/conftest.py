@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # before grpc is imported: no C-core INFO lines
+
 import asyncio
 import contextlib
 import dataclasses
-import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -95,7 +98,18 @@ def store_config(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, st
         return
     schema = f"t_{uuid.uuid4().hex[:12]}"
     yield {"data_dir": str(tmp_path), "database_url": POSTGRES_URL, "database_schema": schema}
+    drop_schema(schema)
+
+
+def drop_schema(schema: str) -> None:
+    """Drop a test schema, first ending any session still using it (a service torn down later
+    than this fixture would otherwise hold locks that make DROP wait forever)."""
     with psycopg.connect(POSTGRES_URL, autocommit=True) as connection:
+        connection.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = %s AND pid <> pg_backend_pid()",
+            (f"shieldx:{schema}",),
+        )
         connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 

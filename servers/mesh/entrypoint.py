@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# gRPC's C core reads this once, at import: its INFO lines (GOAWAY and the like) are not ours
+# to print. An operator can still set GRPC_VERBOSITY to see them.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 import argparse
 import importlib
 import sys

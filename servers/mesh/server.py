@@ -74,6 +74,9 @@ class Service:
     """Background loops started with the server and cancelled when it stops."""
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     """Called after the server stopped, in reverse order (close stores, flush state)."""
+    draining: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    """Called once health reports NOT_SERVING, before the grace period: end long-lived streams
+    (watches) so they do not hold the shutdown for the whole grace."""
 
 
 class Runtime:
@@ -202,13 +205,21 @@ class MeshServer:
         for name in ["", *self.service_names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
-    async def stop(self, grace: float | None = None, drain_delay: float | None = None) -> None:
-        """Graceful stop: health NOT_SERVING first, then in-flight calls get `grace` seconds to finish."""
+    async def stop(
+        self,
+        grace: float | None = None,
+        drain_delay: float | None = None,
+        draining: Sequence[Callable[[], Awaitable[None]]] = (),
+    ) -> None:
+        """Graceful stop: health NOT_SERVING first, then the `draining` hooks (watch streams end),
+        then in-flight calls get `grace` seconds to finish."""
         config = self.runtime.config
         await self.health.enter_graceful_shutdown()
         delay = config.drain_delay_seconds if drain_delay is None else drain_delay
         if delay > 0:
             await asyncio.sleep(delay)
+        for hook in draining:
+            await hook()
         await self.server.stop(config.shutdown_grace_seconds if grace is None else grace)
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
@@ -284,7 +295,7 @@ async def run(config: MeshConfig, build: ServiceBuilder, runtime: Runtime | None
         loop.add_signal_handler(sig, stopping.set)
     await stopping.wait()
     log.info("shutting down: NOT_SERVING, draining in-flight calls")
-    await server.stop()
+    await server.stop(draining=service.draining)
     for task in tasks:
         task.cancel()
     for task in tasks:

@@ -379,7 +379,12 @@ class PostgresDatabase(Database):
             min_size=min_size,
             max_size=max_size,
             open=False,
-            kwargs={"row_factory": _pg_row, "autocommit": True, "options": f"-c search_path={schema}"},
+            kwargs={
+                "row_factory": _pg_row,
+                "autocommit": True,
+                "options": f"-c search_path={schema}",
+                "application_name": f"shieldx:{schema}",
+            },
         )
 
     async def open(self) -> None:

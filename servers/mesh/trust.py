@@ -153,7 +153,10 @@ class MeshTrust:
     def _apply(self, update: tokens_pb2.WatchRevocationsResponse) -> None:
         entries = [(r.jti, datetime.fromtimestamp(r.expire_time.ToSeconds(), UTC)) for r in update.revocations]
         if update.reset:
+            # The stream starts over (our resume point was too old or ahead of the service):
+            # what it sends replaces what we held, and its sequences replace ours.
             self.verifier.replace_revocations(entries)
+            self.sequence = 0
         else:
             for jti, expires_at in entries:
                 self.verifier.revoke(jti, expires_at)

@@ -57,6 +57,7 @@ class TokenAuthority:
         self._applied_sequence = 0
         self._latest_sequence = 0
         self._recorded = asyncio.Event()
+        self._closing = False
         self._started = False
         self._reloading = asyncio.Lock()
         self.rotation_lock = asyncio.Lock()
@@ -207,9 +208,18 @@ class TokenAuthority:
         """The highest revocation sequence known to be committed."""
         return self._latest_sequence
 
+    async def close_watches(self) -> None:
+        """Wake every waiter for good: the server is draining, watch streams end (watchers reconnect)."""
+        self._closing = True
+        recorded, self._recorded = self._recorded, asyncio.Event()
+        recorded.set()
+
     async def wait_beyond(self, sequence: int, timeout: float | None = None) -> bool:
-        """Wait until a revocation after `sequence` is known to be committed; False on timeout."""
+        """Wait until a revocation after `sequence` is known to be committed; False on timeout or
+        once the server is draining."""
         while self._latest_sequence <= sequence:
+            if self._closing:
+                return False
             try:
                 await asyncio.wait_for(self._recorded.wait(), timeout)
             except TimeoutError:

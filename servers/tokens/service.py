@@ -376,4 +376,5 @@ async def build(runtime: Runtime) -> Service:
     return Service(
         mounts=[Mount.of(tokens_pb2, tokens_pb2_grpc, "TokenService", servicer=servicer)],
         tasks=[housekeeping.follow_store, housekeeping.purge, housekeeping.rotate_when_due],
+        draining=[authority.close_watches],
     )

@@ -8,7 +8,8 @@ Order of messages on one stream:
    message carries `reset = true` (the watcher replaces its whole set).
 2. One message with `caught_up = true` and no revocations (it carries `reset` itself when
    there was no backlog to carry it).
-3. Each revocation committed afterwards, as it happens: a revocation recorded by this process
+3. Each revocation committed afterwards, as it happens (until the server drains, which ends
+   the stream cleanly so the watcher resumes elsewhere): a revocation recorded by this process
    wakes the stream at once (an asyncio event), one recorded by another replica sharing the
    database within `refresh_seconds`. The stream always re-reads the store from its last
    sequence, so a wake-up that covers several revocations misses none.
@@ -45,7 +46,8 @@ async def revocation_stream(
     cursor = max(cursor, marks.last_sequence)
     yield tokens_pb2.WatchRevocationsResponse(reset=reset, caught_up=True)
     while True:
-        await authority.wait_beyond(cursor)
+        if not await authority.wait_beyond(cursor):
+            return  # the server is draining; the watcher resumes from `cursor` elsewhere
         target = authority.latest_sequence
         async for batch in _stored_after(store, cursor, target):
             yield tokens_pb2.WatchRevocationsResponse(revocations=batch)

@@ -48,11 +48,13 @@ def mesh(tmp_path: Path) -> tuple[ServerProcess, ServerProcess, Path]:
     compliance = ServerProcess("servers.compliance", tmp_path, env=auth)
     peers = f"tokens={tokens.address}"
     tokens.env["SHIELDX_ENDPOINTS"] = compliance.env["SHIELDX_ENDPOINTS"] = peers
-    tokens.start()
-    compliance.start()
-    yield tokens, compliance, shared
-    compliance.stop()
-    tokens.stop()
+    try:
+        tokens.start()
+        compliance.start()
+        yield tokens, compliance, shared
+    finally:
+        compliance.stop()
+        tokens.stop()
 
 
 def test_revocation_reaches_another_process_within_a_second_and_survives_its_restart(

@@ -46,7 +46,7 @@ def test_relay_through_two_processes_is_one_trace(tmp_path: Path) -> None:
             telemetry = ClientTelemetry(GrpcMetrics("client", CollectorRegistry()), provider.get_tracer("test"))
 
             async def call() -> echo_pb2.EchoResponse:
-                options = ChannelOptions(telemetry=False, extra_interceptors=[telemetry])
+                options = ChannelOptions(telemetry=False, extra_interceptors=telemetry.interceptors())
                 async with open_channel(front.address, options) as channel:
                     reply: echo_pb2.EchoResponse = await echo_pb2_grpc.EchoServiceStub(channel).Relay(
                         echo_pb2.EchoRequest(text="hello"), timeout=10
