@@ -8,6 +8,7 @@ rule is closed to everyone.
 from __future__ import annotations
 
 import contextvars
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -54,6 +55,17 @@ class Caller:
 
 ANONYMOUS = Caller(client_id="", subject="anonymous", scopes=frozenset(), token_id="")
 _caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("shieldx_caller", default=ANONYMOUS)
+
+
+def peer_address(peer: str) -> str:
+    """The caller's address from a gRPC peer string: `ipv4:10.0.0.7:5050` → `10.0.0.7`,
+    `ipv6:%5B::1%5D:5050` → `::1`; other forms (unix sockets) are returned as they are."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rsplit(":", 1)[0]
+    if kind == "ipv6":
+        return urllib.parse.unquote(rest).rsplit(":", 1)[0].strip("[]")
+    return peer
 
 
 def current_caller() -> Caller:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from servers.mesh import errors, status
-from servers.mesh.auth import current_caller
+from servers.mesh.auth import current_caller, peer_address
 from servers.mesh.interception import CallInterceptor, Context, Method
 
 
@@ -58,9 +58,7 @@ def caller_key(context: Context) -> str:
     caller = current_caller()
     if caller.client_id:
         return f"client:{caller.client_id}"
-    peer = context.peer() or "unknown"
-    host = peer.rsplit(":", 1)[0] if peer.count(":") > 1 else peer
-    return f"peer:{host}"
+    return f"peer:{peer_address(context.peer() or 'unknown')}"
 
 
 class RateLimitInterceptor(CallInterceptor[None]):

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
-from servers.mesh.auth import current_caller
+from servers.mesh.auth import current_caller, peer_address
 from servers.mesh.claims import TokenVerifier
 from servers.mesh.config import service_settings
 from servers.mesh.errors import AlreadyExists, DomainError, InvalidArgument, NotFound, Unauthenticated
@@ -40,8 +40,9 @@ from servers.tokens.domain import (
     validate_client_id,
 )
 from servers.tokens.housekeeping import Housekeeping, TokenMetrics
-from servers.tokens.issuance import MFA_REPLAYED, TokenRequest, authorize_issue
+from servers.tokens.issuance import INVALID_CLIENT, MFA_REPLAYED, TokenRequest, authorize_issue
 from servers.tokens.keys import check_overlap
+from servers.tokens.recon import PresentedCredential, ReconReporter
 from servers.tokens.revocations import Revocation, introspect, plan_revocation
 from servers.tokens.secret_files import TOTP_KEY_FILE, AtRestCipher, SigningKeyFiles, secrets_directory
 from servers.tokens.settings import TokenServiceSettings
@@ -66,7 +67,9 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
         ledger: RequestLedger,
         settings: TokenServiceSettings,
         metrics: TokenMetrics,
+        recon: ReconReporter | None = None,
     ) -> None:
+        self.recon = recon
         self.store = store
         self.authority = authority
         self.hasher = hasher
@@ -190,6 +193,11 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
             response = await self._issue(request)
         except DomainError as refusal:
             self.metrics.issued.labels(outcome=refusal.reason).inc()
+            if refusal.reason == INVALID_CLIENT and request.client_secret and self.recon is not None:
+                # Perhaps a honeytoken: only the deception service can tell.
+                self.recon.report(
+                    PresentedCredential(peer_address(context.peer() or ""), request.client_id, request.client_secret)
+                )
             raise
         self.metrics.issued.labels(outcome="ISSUED").inc()
         return response
@@ -369,12 +377,13 @@ async def build(runtime: Runtime) -> Service:
         await bootstrap(store, hasher, credentials_path(config), token_endpoint(config), settings.audience)
     ledger = RequestLedger(database, LEDGER_DOMAIN)
     metrics = TokenMetrics(runtime.registry)
+    recon = ReconReporter(lambda: runtime.channel("deception"), runtime.registry)
     servicer = TokenServicer(
-        store=store, authority=authority, hasher=hasher, ledger=ledger, settings=settings, metrics=metrics
+        store=store, authority=authority, hasher=hasher, ledger=ledger, settings=settings, metrics=metrics, recon=recon
     )
     housekeeping = Housekeeping(store=store, authority=authority, ledger=ledger, settings=settings, metrics=metrics)
     return Service(
         mounts=[Mount.of(tokens_pb2, tokens_pb2_grpc, "TokenService", servicer=servicer)],
-        tasks=[housekeeping.follow_store, housekeeping.purge, housekeeping.rotate_when_due],
+        tasks=[housekeeping.follow_store, housekeeping.purge, housekeeping.rotate_when_due, recon.run],
         draining=[authority.close_watches],
     )
