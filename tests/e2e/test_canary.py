@@ -23,7 +23,6 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2
 
-import clients.rpc
 from clients.channel import ChannelOptions
 from clients.deployment import DeploymentClient
 from clients.errors import ShieldxError
@@ -39,20 +38,6 @@ INTERVAL = 1.0
 PAUSE = 2.5
 STEPS = (10, 25, 50, 100)
 TOLERANCE = 3.0
-
-
-class _Serializer:
-    """clients.rpc serializes with the abstract `Message.SerializeToString` (empty requests);
-    stand in with the message's own method until clients/rpc.py does."""
-
-    @staticmethod
-    def SerializeToString(message: Any) -> bytes:
-        return bytes(message.SerializeToString())
-
-
-@pytest.fixture(autouse=True)
-def _typed_client_serializes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(clients.rpc, "Message", _Serializer)
 
 
 class EchoClient(ServiceClient):

@@ -13,7 +13,6 @@ from typing import Any
 import grpc
 import pytest
 
-import clients.rpc
 from clients.channel import ChannelOptions
 from clients.deployment import DeploymentClient
 from clients.routing import RoutedChannel, open_routed_channel
@@ -25,20 +24,6 @@ from tests.conftest import Running, StartServer, StartService, stop_service, tes
 from tests.support.echo import EchoServicer, echo_pb2, echo_pb2_grpc
 
 STICKY = "x-user-id"
-
-
-class _Serializer:
-    """clients.rpc serializes with the abstract `Message.SerializeToString` (empty requests);
-    stand in with the message's own method until clients/rpc.py does."""
-
-    @staticmethod
-    def SerializeToString(message: Any) -> bytes:
-        return bytes(message.SerializeToString())
-
-
-@pytest.fixture(autouse=True)
-def _typed_client_serializes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(clients.rpc, "Message", _Serializer)
 
 
 class EchoClient(ServiceClient):

@@ -15,7 +15,6 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2, json_format, struct_pb2
 
-import clients.rpc
 from clients.deployment import DeploymentClient, ExperimentClient, FlagClient
 from clients.errors import ShieldxError
 from servers.deployment.flagset import FlagSet, ValueType
@@ -32,20 +31,6 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 ABORTED = grpc.StatusCode.ABORTED
-
-
-class _Serializer:
-    """clients.rpc serializes with the abstract `Message.SerializeToString` (empty requests);
-    stand in with the message's own method until clients/rpc.py does."""
-
-    @staticmethod
-    def SerializeToString(message: Any) -> bytes:
-        return bytes(message.SerializeToString())
-
-
-@pytest.fixture(autouse=True)
-def _typed_client_serializes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(clients.rpc, "Message", _Serializer)
 
 
 def deployment_config(tmp_path: Path, store_config: dict[str, str], **changes: Any) -> MeshConfig:
