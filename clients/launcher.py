@@ -126,6 +126,8 @@ class Supervisor:
             # The token service creates the signing key, an admin and one client per server on
             # its first start, and writes them to <data_dir>/credentials for the others.
             "SHIELDX_TOKENS__BOOTSTRAP": "true",
+            # Every server registers with the deployment server and follows its fault injections.
+            "SHIELDX_AGENT__ENABLED": "true",
             "SHIELDX_DATA_DIR": str(self.data_dir),
             "SHIELDX_HOST": endpoint.host,
             "SHIELDX_PORT": str(endpoint.port),

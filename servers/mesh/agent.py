@@ -4,16 +4,16 @@ When enabled, every server process
 
 - registers its instance with the deployment server (service, version = `config.version`,
   gRPC address, `/metrics` URL), again every `heartbeat_seconds` so a deployment server that
-  lost its registry (or restarted on an empty store) learns it back, and deregisters when the
-  process stops;
+  lost its registry (or restarted on an empty store) learns it back, and deregisters as soon
+  as the process starts draining (so routes move away before the grace period);
 - follows `WatchFaultInjections` for its service and installs the active faults in
   `runtime.faults`, where the fault-injection interceptor applies those meant for its version.
 
 Both loops outlive the deployment server being down: they log, back off (with jitter, up
 to `retry_max_seconds`) and try again; installed faults keep applying until they expire.
 
-Settings come from the `agent:` section of the YAML file named by `SHIELDX_CONFIG` and the
-`SHIELDX_AGENT__<FIELD>` environment variables. The agent is off unless `enabled` is set, so
+Settings come from the `agent:` section of the config file and the `SHIELDX_AGENT__<FIELD>`
+environment variables. The agent is off unless `enabled` is set, so
 plain test servers are unaffected; the launcher turns it on.
 """
 
@@ -23,18 +23,15 @@ import asyncio
 import dataclasses
 import logging
 import math
-import os
 import random
 import socket
 import time
-from collections.abc import Callable, Coroutine, Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import grpc
-import yaml
 
-from servers.mesh.config import ConfigError, build
+from servers.mesh.config import ConfigError, MeshConfig, section_settings
 from servers.mesh.faults import Fault
 from shieldx.deployment.v1 import deployment_pb2_grpc, faults_pb2, routing_pb2
 
@@ -68,28 +65,14 @@ class AgentSettings:
     """Deadline of one registration call."""
 
 
-def agent_settings(environ: Mapping[str, str] | None = None, section: Mapping[str, Any] | None = None) -> AgentSettings:
-    """The agent's settings: `section` (default: `agent:` of the `SHIELDX_CONFIG` file), then env."""
-    environ = os.environ if environ is None else environ
-    if section is None:
-        section = _yaml_section(environ.get("SHIELDX_CONFIG", ""))
-    settings = build(AgentSettings, section, environ, "SHIELDX_AGENT__")
+def agent_settings(config: MeshConfig, environ: Mapping[str, str] | None = None) -> AgentSettings:
+    """The agent's settings: the `agent:` section of the config file, then `SHIELDX_AGENT__*`."""
+    settings = section_settings(AgentSettings, config, "agent", environ)
     for name in ("heartbeat_seconds", "retry_initial_seconds", "retry_max_seconds", "call_timeout_seconds"):
         value = getattr(settings, name)
         if not (math.isfinite(value) and value > 0):
             raise ConfigError(f"agent.{name}: must be positive")
     return settings
-
-
-def _yaml_section(path: str) -> Mapping[str, Any]:
-    if not path:
-        return {}
-    try:
-        document = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as exc:
-        raise ConfigError(f"config file {path}: {exc.strerror}") from exc
-    section = document.get("agent") if isinstance(document, dict) else None
-    return section or {}
 
 
 def fault_of(message: faults_pb2.FaultInjection, *, wall: float, monotonic: float) -> Fault:
@@ -137,6 +120,7 @@ class DeploymentAgent:
         self.address = address
         self.metrics_endpoint = metrics_endpoint
         self._stub = deployment_pb2_grpc.DeploymentServiceStub(runtime.channel("deployment"))
+        self._withdrawn = False
 
     def _backoff(self) -> _Backoff:
         return _Backoff(self.settings.retry_initial_seconds, self.settings.retry_max_seconds)
@@ -150,7 +134,7 @@ class DeploymentAgent:
         try:
             if self.runtime.trust is not None:  # the server reports SERVING only once it can verify tokens
                 await self.runtime.trust.wait_ready()
-            while True:
+            while not self._withdrawn:
                 try:
                     await self._stub.RegisterInstance(request, timeout=self.settings.call_timeout_seconds)
                 except grpc.aio.AioRpcError as error:
@@ -173,10 +157,14 @@ class DeploymentAgent:
                 backoff.reset()
                 await asyncio.sleep(self.settings.heartbeat_seconds)
         except asyncio.CancelledError:
-            await self._deregister()
+            await self.withdraw()
             raise
 
-    async def _deregister(self) -> None:
+    async def withdraw(self) -> None:
+        """Deregister for good (the server is draining): traffic moves away before the grace period."""
+        if self._withdrawn:
+            return
+        self._withdrawn = True
         request = routing_pb2.DeregisterInstanceRequest(service=self.service, address=self.address)
         try:
             await self._stub.DeregisterInstance(request, timeout=min(self.settings.call_timeout_seconds, 2.0))
@@ -220,14 +208,13 @@ def _advertised_host(settings: AgentSettings, bind_host: str) -> str:
     return host
 
 
-def agent_tasks(
+def deployment_agent(
     runtime: Runtime, server_port: int, metrics_port: int | None, settings: AgentSettings | None = None
-) -> list[Callable[[], Coroutine[Any, Any, None]]]:
-    """The agent's background loops for a server on `server_port` (none unless enabled)."""
-    settings = settings or agent_settings()
+) -> DeploymentAgent | None:
+    """The agent of a server on `server_port`, or None unless enabled."""
+    settings = settings or agent_settings(runtime.config)
     if not settings.enabled:
-        return []
+        return None
     host = _advertised_host(settings, runtime.config.host)
     metrics = f"http://{host}:{metrics_port}/metrics" if metrics_port else ""
-    agent = DeploymentAgent(runtime, settings, f"{host}:{server_port}", metrics)
-    return [agent.register_forever, agent.follow_faults_forever]
+    return DeploymentAgent(runtime, settings, f"{host}:{server_port}", metrics)

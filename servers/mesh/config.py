@@ -30,6 +30,9 @@ DEFAULT_PORTS: dict[str, tuple[int, int]] = {
     "deception": (8089, 9089),
 }
 SERVICES = tuple(DEFAULT_PORTS)
+# YAML sections that belong to a part of the runtime with its own typed settings (read with
+# `section_settings`), rather than to MeshConfig itself.
+EXTENSIONS = ("agent",)
 
 
 class ConfigError(ValueError):
@@ -121,6 +124,8 @@ class MeshConfig:
     """Per-caller rate limit."""
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)
     """The raw section of the YAML file named after the service; see `service_settings`."""
+    sections: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """The raw extension sections of the YAML file (`agent:`); see `section_settings`."""
 
     def endpoint(self, service: str) -> str:
         """The `host:port` of a peer service."""
@@ -144,10 +149,11 @@ def load_config(
         raise ConfigError(f"service: unknown service {service!r}; expected one of {', '.join(SERVICES)}")
     environ = os.environ if environ is None else environ
     document = _read_yaml(path or environ.get("SHIELDX_CONFIG") or None)
-    mesh_section = {k: v for k, v in document.items() if k not in SERVICES}
+    mesh_section = {k: v for k, v in document.items() if k not in SERVICES and k not in EXTENSIONS}
     config = build(MeshConfig, mesh_section, environ, "SHIELDX_")
     config.service = service
     config.settings = dict(document.get(service) or {})
+    config.sections = {name: dict(document.get(name) or {}) for name in EXTENSIONS}
     grpc_port, metrics_port = DEFAULT_PORTS[service]
     if config.port == -1:
         config.port = grpc_port
@@ -160,6 +166,12 @@ def service_settings(cls: type[T], config: MeshConfig, environ: Mapping[str, str
     """A service's own typed settings: its YAML section, then `SHIELDX_<SERVICE>__<FIELD>`."""
     environ = os.environ if environ is None else environ
     return build(cls, config.settings, environ, f"SHIELDX_{config.service.upper()}__")
+
+
+def section_settings(cls: type[T], config: MeshConfig, section: str, environ: Mapping[str, str] | None = None) -> T:
+    """Typed settings of an extension section: its YAML section, then `SHIELDX_<SECTION>__<FIELD>`."""
+    environ = os.environ if environ is None else environ
+    return build(cls, config.sections.get(section, {}), environ, f"SHIELDX_{section.upper()}__")
 
 
 def build(cls: type[T], data: Mapping[str, Any], environ: Mapping[str, str], prefix: str) -> T:

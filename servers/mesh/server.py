@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from clients.channel import ChannelOptions, ChannelTls, TokenSource, open_channel
 from clients.credentials import CREDENTIALS_FILE, CredentialsFileTokenSource
-from servers.mesh.agent import agent_tasks
+from servers.mesh.agent import deployment_agent
 from servers.mesh.auth import AuthInterceptor, BearerVerifier, rules_from_contracts
 from servers.mesh.config import MeshConfig
 from servers.mesh.faults import FaultInjectionInterceptor, FaultTable
@@ -279,7 +279,10 @@ async def run(config: MeshConfig, build: ServiceBuilder, runtime: Runtime | None
     prepare_auth(runtime, service)
     server = create_server(service.mounts, runtime)
     await server.start(serving=runtime.trust is None)
-    service.tasks += agent_tasks(runtime, server.port, server.metrics_port)
+    agent = deployment_agent(runtime, server.port, server.metrics_port)
+    if agent is not None:
+        service.tasks += [agent.register_forever, agent.follow_faults_forever]
+        service.draining.append(agent.withdraw)
     tasks = [asyncio.create_task(task(), name=task.__qualname__) for task in service.tasks]
     if runtime.trust is not None:
         log.info("waiting for the token service's keys and revocations")

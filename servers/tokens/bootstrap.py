@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 ADMIN = "admin"
 """Principal (and client id) of the operator credentials."""
 
-_EVERY_SERVER = frozenset({"tokens.watch", "deployment.read", "flags.evaluate"})
+_EVERY_SERVER = frozenset({"tokens.watch", "deployment.read", "deployment.register", "flags.evaluate"})
 WORKLOAD_SCOPES: dict[str, frozenset[str]] = {
     "tokens": _EVERY_SERVER | {"deception.write"},
     "credits": _EVERY_SERVER | {"sharding.topology", "compliance.alert"},

@@ -8,50 +8,47 @@ from pathlib import Path
 import grpc
 import pytest
 
-from servers.mesh.agent import AgentSettings, agent_settings, agent_tasks, fault_of
-from servers.mesh.config import ConfigError
+from servers.mesh.agent import AgentSettings, agent_settings, deployment_agent, fault_of
+from servers.mesh.config import ConfigError, load_config
 from servers.mesh.server import Runtime
 from shieldx.deployment.v1 import faults_pb2
 from tests.conftest import test_config
 
 
 def test_the_agent_is_off_unless_enabled(tmp_path: Path) -> None:
-    assert agent_settings({}, {}) == AgentSettings()
-    assert agent_tasks(Runtime(test_config(tmp_path)), 5004, 9004, AgentSettings()) == []
+    config = test_config(tmp_path)
+    assert agent_settings(config, {}) == AgentSettings()
+    assert deployment_agent(Runtime(config), 5004, 9004, AgentSettings()) is None
 
 
-def test_settings_come_from_the_section_then_the_environment(tmp_path: Path) -> None:
-    settings = agent_settings(
-        {"SHIELDX_AGENT__ENABLED": "true", "SHIELDX_AGENT__HEARTBEAT_SECONDS": "2.5"},
-        {"service": "echo", "heartbeat_seconds": 10},
-    )
-    assert (settings.enabled, settings.service, settings.heartbeat_seconds) == (True, "echo", 2.5)
+def test_settings_come_from_the_config_file_section_then_the_environment(tmp_path: Path) -> None:
     config_file = tmp_path / "mesh.yaml"
-    config_file.write_text("agent:\n  advertise_host: credits-1.internal\n")
-    from_file = agent_settings({"SHIELDX_CONFIG": str(config_file)})
-    assert from_file.advertise_host == "credits-1.internal"
+    config_file.write_text("agent:\n  advertise_host: credits-1.internal\n  heartbeat_seconds: 10\n")
+    config = load_config("credits", config_file, {})
+    assert agent_settings(config, {}).advertise_host == "credits-1.internal"
+    settings = agent_settings(config, {"SHIELDX_AGENT__ENABLED": "true", "SHIELDX_AGENT__HEARTBEAT_SECONDS": "2.5"})
+    assert (settings.enabled, settings.heartbeat_seconds) == (True, 2.5)
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
-def test_durations_must_be_positive(value: str) -> None:
+def test_durations_must_be_positive(tmp_path: Path, value: str) -> None:
     with pytest.raises(ConfigError, match=r"agent\.retry_max_seconds"):
-        agent_settings({"SHIELDX_AGENT__RETRY_MAX_SECONDS": value}, {})
+        agent_settings(test_config(tmp_path), {"SHIELDX_AGENT__RETRY_MAX_SECONDS": value})
 
 
-async def test_enabled_agent_runs_two_loops_with_the_advertised_address(tmp_path: Path) -> None:
+async def test_enabled_agent_advertises_its_address_and_metrics(tmp_path: Path) -> None:
     runtime = Runtime(test_config(tmp_path, "credits", version="v7"))
     settings = AgentSettings(enabled=True, advertise_host="10.1.2.3")
-    loops = agent_tasks(runtime, 5004, 9004, settings)
-    assert [loop.__name__ for loop in loops] == ["register_forever", "follow_faults_forever"]
-    agent = loops[0].__self__  # type: ignore[attr-defined]
+    agent = deployment_agent(runtime, 5004, 9004, settings)
+    assert agent is not None
     assert (agent.service, agent.version, agent.address, agent.metrics_endpoint) == (
         "credits",
         "v7",
         "10.1.2.3:5004",
         "http://10.1.2.3:9004/metrics",
     )
-    no_metrics = agent_tasks(runtime, 5004, None, settings)[0].__self__  # type: ignore[attr-defined]
-    assert no_metrics.metrics_endpoint == ""
+    no_metrics = deployment_agent(runtime, 5004, None, settings)
+    assert no_metrics is not None and no_metrics.metrics_endpoint == ""
     await runtime.close()
 
 
