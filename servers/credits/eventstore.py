@@ -35,6 +35,11 @@ from servers.mesh.storage import Dialect, Transaction
 _EVENT_COLUMNS = "account_id, version, type, body, occurred_at, trace_id, prev_hash, hash"
 _INSERT_COLUMNS = f"{_EVENT_COLUMNS}, request_id, reference, alert_seq"
 _INSERT_ROW = "(" + ", ".join("?" * 11) + ")"
+_PG_INSERT = (
+    f"INSERT INTO event_store ({_INSERT_COLUMNS}) SELECT * FROM unnest("
+    "?::text[], ?::bigint[], ?::text[], ?::text[], ?::timestamptz[], ?::text[], ?::bytea[], ?::bytea[],"
+    " ?::text[], ?::text[], ?::bigint[]) RETURNING account_id, version, position"
+)
 
 
 class Instants:
@@ -114,6 +119,12 @@ def reference_of(event: Event) -> str:
 class EventStore:
     """SQL for the `event_store` and `snapshots` tables of one database dialect."""
 
+    REPLAY_QUERY = (
+        "SELECT account_id, version, type, body, occurred_at, trace_id, position FROM event_store"
+        " ORDER BY account_id, version"
+    )
+    """Every event in (account, version) order, as raw rows for a rebuild."""
+
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
         self.instants = Instants(dialect)
@@ -161,7 +172,12 @@ class EventStore:
                 reference_of(event),
                 alert_seq,
             )
-        returned = await tx.fetchall(self._insert(len(entries)), params)
+        if self.dialect == "postgres":
+            # One statement text whatever the count: arrays per column. A long multi-row VALUES
+            # list would be parsed afresh by the driver on every call.
+            returned = await tx.fetchall(_PG_INSERT, [params[i::11] for i in range(11)])
+        else:
+            returned = await tx.fetchall(self._insert(len(entries)), params)
         positions = {(r[0], int(r[1])): int(r[2]) for r in returned}
         return [positions[(row.account_id, row.version)] for _, row, _ in entries]
 

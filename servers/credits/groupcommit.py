@@ -157,11 +157,17 @@ async def stored_answers(tx: Transaction, request_ids: Sequence[str]) -> dict[st
     """(method, fingerprint, outcome, response) recorded for each of `request_ids` that has one."""
     if not request_ids:
         return {}
-    rows = await tx.fetchall(
-        "SELECT request_id, method, fingerprint, outcome, response FROM request_ids"
-        f" WHERE request_id IN ({', '.join('?' * len(request_ids))})",
-        list(request_ids),
-    )
+    if tx.dialect == "postgres":
+        rows = await tx.fetchall(
+            "SELECT request_id, method, fingerprint, outcome, response FROM request_ids WHERE request_id = ANY(?)",
+            (list(request_ids),),
+        )
+    else:
+        rows = await tx.fetchall(
+            "SELECT request_id, method, fingerprint, outcome, response FROM request_ids"
+            f" WHERE request_id IN ({', '.join('?' * len(request_ids))})",
+            list(request_ids),
+        )
     return {row[0]: (row[1], row[2], row[3], bytes(row[4])) for row in rows}
 
 
@@ -170,9 +176,16 @@ async def record_answers(tx: Transaction, answers: Sequence[tuple[str, str, str,
     if not answers:
         return
     now = time.time()
+    insert = "INSERT INTO request_ids (request_id, method, fingerprint, outcome, response, created_at)"
+    if tx.dialect == "postgres":
+        columns = [[answer[i] for answer in answers] for i in range(5)]
+        await tx.execute(
+            f"{insert} SELECT *, ? FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::bytea[])",
+            [now, *columns],
+        )
+        return
     await tx.execute(
-        "INSERT INTO request_ids (request_id, method, fingerprint, outcome, response, created_at) VALUES "
-        + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(answers)),
+        f"{insert} VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(answers)),
         [value for answer in answers for value in (*answer, now)],
     )
 

@@ -227,6 +227,8 @@ async def replay_rate(events: int, accounts: int) -> None:
             print(
                 f"  rebuild: {report.events:,} events, {report.accounts:,} accounts, {report.reservations:,}"
                 f" reservations in {report.seconds:.2f} s = {report.events_per_second:,.0f} events/s"
+                f" (reading and replaying {report.replay_seconds:.2f} s, catching up and swapping"
+                f" {report.seconds - report.replay_seconds:.2f} s)"
             )
         print(f"  full replay rate (best of {len(rates)}): {max(rates):,.0f} events/s (target >= 100,000/s)")
     finally:
