@@ -1,17 +1,17 @@
 """Group commit: concurrent single-account operations recorded together in one transaction.
 
 Each round trip to PostgreSQL costs far more than deciding an operation, so operations that
-arrive while a transaction is running wait and then go together: one transaction looks up
-their request ids, decides them in arrival order (later operations on an account see the
-earlier ones' events, which is what makes a hot account fast), inserts every event in one
-statement, updates the read models and records every answer — a handful of round trips for
-the whole group instead of about ten per operation.
+arrive while a transaction is running wait and then go together: one transaction decides them
+in arrival order (later operations on an account see the earlier ones' events, which is what
+makes a hot account fast), inserts every event in one statement, updates the read models and
+records every answer — a handful of round trips for the whole group instead of about ten per
+operation.
 
 Answers are recorded in the mesh's `request_ids` table exactly as `RequestLedger` records them
 (same columns, fingerprint, outcome and encoding), so a retry is answered the same whichever
 path served the first attempt. Anything unusual — an account changed by another process, a
-request id another process recorded meanwhile — makes the group fall back to running each
-operation alone through `RequestLedger.execute`, which retries conflicts.
+request id answered before (a retry) — makes the group fall back to running each operation
+alone through `RequestLedger.execute`, which replays answers and retries conflicts.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from servers.credits.domain import Decision
 from servers.credits.events import Event, LowBalanceAlerted, StoredEvent
 from servers.credits.eventstore import LoadedAccount
 from servers.mesh import errors
-from servers.mesh.status import ReplayedRejection, to_status_proto
+from servers.mesh.status import to_status_proto
 from servers.mesh.storage import Transaction
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,8 @@ class GroupOutcome:
     accounts: dict[str, LoadedAccount]
     """The accounts the group wrote, as committed."""
     alerted: bool
+    answered: list[str]
+    """Request ids whose answers the group recorded."""
 
 
 class StaleAccount(Exception):
@@ -137,38 +139,6 @@ class GroupCommitter:
         """Wait for the group in progress (at shutdown)."""
         if self._worker is not None:
             await asyncio.wait([self._worker])
-
-
-def replay_answer(operation: Operation, method: str, fingerprint: str, outcome: str, response: bytes) -> Message:
-    """The stored answer to a request id, as `RequestLedger` replays it (raises the stored refusal)."""
-    if fingerprint != operation.fingerprint:
-        raise errors.FailedPrecondition(
-            f"request_id {operation.request_id!r} was already used for a different request",
-            reason="REQUEST_ID_REUSED",
-            metadata={"request_id": operation.request_id, "first_method": method},
-            violations=(errors.PreconditionViolation("REQUEST_ID", operation.request_id, "used for another request"),),
-        )
-    if outcome == "rejected":
-        raise ReplayedRejection(response)
-    return operation.response_type.FromString(response)
-
-
-async def stored_answers(tx: Transaction, request_ids: Sequence[str]) -> dict[str, tuple[str, str, str, bytes]]:
-    """(method, fingerprint, outcome, response) recorded for each of `request_ids` that has one."""
-    if not request_ids:
-        return {}
-    if tx.dialect == "postgres":
-        rows = await tx.fetchall(
-            "SELECT request_id, method, fingerprint, outcome, response FROM request_ids WHERE request_id = ANY(?)",
-            (list(request_ids),),
-        )
-    else:
-        rows = await tx.fetchall(
-            "SELECT request_id, method, fingerprint, outcome, response FROM request_ids"
-            f" WHERE request_id IN ({', '.join('?' * len(request_ids))})",
-            list(request_ids),
-        )
-    return {row[0]: (row[1], row[2], row[3], bytes(row[4])) for row in rows}
 
 
 async def record_answers(tx: Transaction, answers: Sequence[tuple[str, str, str, str, bytes]]) -> None:

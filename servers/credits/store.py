@@ -38,10 +38,8 @@ from servers.credits.groupcommit import (
     alerted,
     record_answers,
     refusal_is_recorded,
-    replay_answer,
     sealed_entries,
     status_bytes,
-    stored_answers,
 )
 from servers.credits.projection import BalanceRow, Projection, ReservationRow, ReservationState
 from servers.credits.reports import UsageReport
@@ -57,6 +55,8 @@ DecideTransfer = Callable[[AccountState, AccountState, datetime], TransferDecisi
 LEDGER_DOMAIN = "shieldx.credits.v1"
 _SCAN_BATCH = 5000
 _SWEEP_ATTEMPTS = 8
+_ANSWERED_MEMORY = 100_000
+"""Request ids answered by groups that this process remembers, to route their retries straight to the ledger."""
 
 
 @dataclass(frozen=True)
@@ -213,6 +213,7 @@ class CreditsStore:
         self._cache = _AccountCache(cache_size)
         self._locks = _AccountLocks()
         self._in_flight: set[str] = set()
+        self._answered: OrderedDict[str, None] = OrderedDict()
         self._committers: dict[str, GroupCommitter] = {}
         if group_commit:
             for shard in placement.shards:
@@ -241,7 +242,8 @@ class CreditsStore:
         shard = self.placement.shard_for(account_id)
         request_id: str = getattr(request, "request_id", "")
         committer = self._committers.get(shard.name)
-        if committer is None:
+        if committer is None or request_id in self._answered:
+            # A retry of a request this process answered: the request ledger replays the answer.
             return await self._execute_alone(shard, method, request, response_type, account_id, decide, respond)
         if request_id:
             _validate_request_id(request_id)
@@ -308,6 +310,7 @@ class CreditsStore:
             else:
                 for account_id, loaded in outcome.accounts.items():
                     self._cache.put(account_id, loaded)
+                self._remember_answered(outcome.answered)
                 if outcome.alerted:
                     self._on_alert()
                 for operation, answer in outcome.answers:
@@ -339,14 +342,9 @@ class CreditsStore:
         records: list[tuple[str, str, str, str, bytes]] = []
         working: dict[str, GroupAccount] = {}
         async with shard.database.transaction() as tx:
-            stored = await stored_answers(tx, [operation.request_id for operation in group if operation.request_id])
+            # No look-up of the request ids first: a retry is rare, and one already answered makes
+            # the answers' insert fail, which sends the whole group through the request ledger.
             for operation in group:
-                if operation.request_id in stored:
-                    try:
-                        answers.append((operation, replay_answer(operation, *stored[operation.request_id])))
-                    except errors.DomainError as replayed:
-                        answers.append((operation, replayed))
-                    continue
                 account = working.get(operation.account_id)
                 if account is None:
                     account = working[operation.account_id] = await self._group_account(tx, shard, operation.account_id)
@@ -388,7 +386,13 @@ class CreditsStore:
             written = [account for account in working.values() if account.events]
             committed = await self._write_group(tx, shard, written)
             await record_answers(tx, records)
-        return GroupOutcome(answers, committed, alerted(written))
+        return GroupOutcome(answers, committed, alerted(written), [record[0] for record in records])
+
+    def _remember_answered(self, request_ids: Sequence[str]) -> None:
+        for request_id in request_ids:
+            self._answered[request_id] = None
+        while len(self._answered) > _ANSWERED_MEMORY:
+            self._answered.popitem(last=False)
 
     async def _group_account(self, tx: Transaction, shard: Shard, account_id: str) -> GroupAccount:
         cached = self._cache.get(account_id)
