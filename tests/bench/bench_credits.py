@@ -73,7 +73,8 @@ class BareCredits(credits_pb2_grpc.CreditsServiceServicer):
 async def serve_bare() -> None:
     """The bare server process: Consume and health on $SHIELDX_PORT, nothing else."""
     server = grpc.aio.server()
-    credits_pb2_grpc.add_CreditsServiceServicer_to_server(BareCredits(), server)
+    # Only Consume is answered; the generated base answers the rest UNIMPLEMENTED.
+    credits_pb2_grpc.add_CreditsServiceServicer_to_server(BareCredits(), server)  # type: ignore[abstract]
     checks = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checks, server)
     server.add_insecure_port(f"127.0.0.1:{os.environ['SHIELDX_PORT']}")
