@@ -119,6 +119,10 @@ class DeceptionBooks:
         self._behind = True
         self._attempted = True
 
+    async def reload(self, tx: Transaction) -> None:
+        """Rebuild every book from what `tx` sees (inside a change, after bulk changes to the store)."""
+        await self._load(tx)
+
     async def close(self) -> None:
         """Stop a pending recovery."""
         if self._recovery is not None:
@@ -169,12 +173,18 @@ class DeceptionBooks:
         notifications: list[Notification] = []
         for interaction in interactions:
             event = self.sessions.record_interaction(interaction)
-            update = self.alerts.observe_interaction(interaction, event.session_id)
+            updates = [self.alerts.observe_interaction(interaction, event.session_id)]
+            # A decoy is part of the mesh too: a planted credential tried on one is a leak.
+            for credential in interaction.credentials:
+                hit = self.honeytokens.match(credential.secret, credential.username)
+                if hit is not None:
+                    updates.append(self._honeytoken_used(hit, interaction.source_address, event, interaction.decoy_id))
             rows.append((interaction, event.session_id))
             events.append(event)
             touched[event.session_id] = None
-            alerts[update.alert.alert_id] = update.alert
-            notifications += self._notifications(update)
+            for update in updates:
+                alerts[update.alert.alert_id] = update.alert
+                notifications += self._notifications(update)
         await self.store.save_interactions(tx, rows)
         await self.store.save_events(tx, events)
         await self.store.save_sessions(tx, [self.sessions.get(s) for s in touched])
@@ -209,17 +219,7 @@ class DeceptionBooks:
         event = self.sessions.log_recon(source_address, report, session_id=session_id, time=time)
         session = self.sessions.get(event.session_id)
         if hit is not None:
-            update = self.alerts.observe(
-                kind=AlertKind.HONEYTOKEN_USED,
-                source_address=session.source_address,
-                time=event.time,
-                stage=event.stage,
-                severity=Severity.CRITICAL,
-                session_id=event.session_id,
-                batch_id=hit.record.batch_id,
-                honeytoken_id=hit.record.honeytoken_id,
-            )
-            log.warning(hit.summary, extra={"session_id": event.session_id, "batch_id": hit.record.batch_id})
+            update = self._honeytoken_used(hit, session.source_address, event)
         else:
             update = self.alerts.observe(
                 kind=AlertKind.RECON,
@@ -264,6 +264,22 @@ class DeceptionBooks:
         await self.store.save_honeytokens(tx, chosen)
 
     # --- internals --------------------------------------------------------------------------
+
+    def _honeytoken_used(
+        self, hit: HoneytokenHit, source_address: str, event: SessionEvent, decoy_id: str = ""
+    ) -> AlertUpdate:
+        log.warning(hit.summary, extra={"session_id": event.session_id, "batch_id": hit.record.batch_id})
+        return self.alerts.observe(
+            kind=AlertKind.HONEYTOKEN_USED,
+            source_address=source_address,
+            time=event.time,
+            stage=event.stage,
+            severity=Severity.CRITICAL,
+            decoy_id=decoy_id,
+            session_id=event.session_id,
+            batch_id=hit.record.batch_id,
+            honeytoken_id=hit.record.honeytoken_id,
+        )
 
     @staticmethod
     def _notifications(update: AlertUpdate) -> list[Notification]:

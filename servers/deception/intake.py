@@ -36,6 +36,7 @@ class InteractionIntake:
         self._queue: asyncio.Queue[Interaction] = asyncio.Queue(capacity)
         self._batch_size = batch_size
         self._in_flight: list[Interaction] = []
+        self._maybe_recorded = False
         self.dropped = 0
         """Interactions dropped so far because the queue was full."""
         registry = registry if registry is not None else CollectorRegistry()
@@ -102,11 +103,21 @@ class InteractionIntake:
             batch.append(self._queue.get_nowait())
 
     async def _record(self, batch: list[Interaction]) -> None:
+        recorded: list[Interaction] = batch
+
         async def run() -> None:
+            nonlocal recorded
             async with self._books.store.database.transaction() as tx:
                 await self._books.begin(tx)
-                await self._books.record_interactions(tx, batch)
+                if self._maybe_recorded:
+                    stored = await self._books.store.stored_interactions(tx, [i.interaction_id for i in batch])
+                    recorded = [i for i in batch if i.interaction_id not in stored]
+                await self._books.record_interactions(tx, recorded)
 
+        # An attempt cut short (an error, or cancelled at shutdown) may still have committed:
+        # the next attempt at the same batch skips what the store already has.
+        self._maybe_recorded = True
         await self._books.change(run)
-        for interaction in batch:
+        self._maybe_recorded = False
+        for interaction in recorded:
             self._recorded.labels(interaction.decoy_id, interaction.stage.name.lower()).inc()

@@ -64,6 +64,7 @@ from servers.deception.messages import (
     timestamp,
 )
 from servers.deception.policy_evaluation import replay
+from servers.deception.retention import Retention
 from servers.deception.settings import DeceptionSettings, load_settings
 from servers.deception.store import DeceptionStore, SelectionContext, seed_digest
 from servers.deception.synthetic import SyntheticDataGenerator
@@ -141,6 +142,7 @@ async def build(runtime: Runtime) -> Service:
     ledger = RequestLedger(database, "shieldx.deception.v1")
     batches = SyntheticBatches(books, ledger, SyntheticDataGenerator(), registry=runtime.registry)
     servicer = DeceptionServicer(settings, catalog, fleet, books, ledger, batches)
+    retention = Retention(books, ledger, settings.retention)
 
     async def close() -> None:
         await fleet.stop()  # open connections end and are recorded first
@@ -149,7 +151,7 @@ async def build(runtime: Runtime) -> Service:
 
     return Service(
         mounts=[Mount.of(pb, deception_pb2_grpc, "DeceptionService", servicer=servicer)],
-        tasks=[intake.run, forwarder.run],
+        tasks=[intake.run, forwarder.run, retention.run],
         closers=[close],
     )
 

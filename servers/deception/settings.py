@@ -12,6 +12,7 @@ from servers.deception.alerts import DeduplicationPolicy
 from servers.deception.bandit import BanditConfig, SelectionPolicy
 from servers.deception.decoys import DecoyConfig, DecoyLimits, default_decoy_configs
 from servers.deception.domain import Protocol
+from servers.deception.retention import RetentionPolicy
 from servers.deception.sessions import SessionPolicy
 from servers.mesh.config import ConfigError, MeshConfig, service_settings
 from servers.mesh.errors import DomainError
@@ -61,6 +62,8 @@ class DeceptionSettings:
     """Logged selections ReplayPolicy reads at most (the latest ones)."""
     forwarding: ForwardingPolicy = field(default_factory=ForwardingPolicy)
     """Retries of alert deliveries to the compliance service."""
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+    """How long attacker activity and request ids are kept."""
 
     def installation_path(self, config: MeshConfig) -> Path:
         """Where the installation file lives."""
@@ -123,6 +126,7 @@ class DeceptionSettings:
         if not (math.isfinite(self.attribution_threshold) and 0 < self.attribution_threshold <= 1):
             raise ConfigError("deception.attribution_threshold: must be in (0, 1]")
         self.selection_policy()
+        self.retention.validate()
         try:
             self.bandit.validate()
             self.deduplication()

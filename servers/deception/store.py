@@ -134,6 +134,18 @@ class BatchRecord:
     """Subject of the caller's token ("anonymous" without auth)."""
 
 
+@dataclass(frozen=True)
+class PurgeCounts:
+    """What a retention purge removed."""
+
+    sessions: int
+    """Sessions (with their timelines)."""
+    interactions: int
+    """Decoy interactions."""
+    alerts: int
+    """Alerts (with their notifications)."""
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
@@ -372,6 +384,16 @@ class DeceptionStore:
                 [_interaction_row(interaction, session_id) for interaction, session_id in interactions],
             )
 
+    async def stored_interactions(self, tx: Transaction, interaction_ids: Sequence[str]) -> set[str]:
+        """Which of these interactions are stored already."""
+        if not interaction_ids:
+            return set()
+        marks = ", ".join("?" * len(interaction_ids))
+        rows = await tx.fetchall(
+            f"SELECT interaction_id FROM interactions WHERE interaction_id IN ({marks})", tuple(interaction_ids)
+        )
+        return {row[0] for row in rows}
+
     async def save_events(self, tx: Transaction, events: Sequence[SessionEvent]) -> None:
         """Insert timeline events (a decoy event's interaction is saved by `save_interactions`)."""
         if events:
@@ -445,6 +467,19 @@ class DeceptionStore:
             return found, None
         last = found[-1][0]
         return found, {"t": to_micros(last.start_time), "id": last.interaction_id}
+
+    async def purge_activity(self, tx: Transaction, cutoff: datetime) -> PurgeCounts:
+        """Delete sessions inactive since before `cutoff` with their events and interactions, and
+        alerts whose last event is older, with their notifications."""
+        stale_sessions = "SELECT session_id FROM sessions WHERE last_event_time_us < ?"
+        stale_alerts = "SELECT alert_id FROM alerts WHERE last_time_us < ?"
+        moment = (to_micros(cutoff),)
+        await tx.execute(f"DELETE FROM session_events WHERE session_id IN ({stale_sessions})", moment)
+        interactions = await tx.execute(f"DELETE FROM interactions WHERE session_id IN ({stale_sessions})", moment)
+        sessions = await tx.execute("DELETE FROM sessions WHERE last_event_time_us < ?", moment)
+        await tx.execute(f"DELETE FROM alert_notifications WHERE alert_id IN ({stale_alerts})", moment)
+        alerts = await tx.execute("DELETE FROM alerts WHERE last_time_us < ?", moment)
+        return PurgeCounts(sessions, interactions, alerts)
 
     # --- alerts -----------------------------------------------------------------------------
 

@@ -491,6 +491,30 @@ async def test_minted_client_credentials_look_like_the_token_services_and_match_
     assert by_fingerprint.alert.batch_id == "ops-wiki"
 
 
+async def test_a_honeytoken_tried_on_a_decoy_raises_the_critical_alert_too(client: DeceptionClient) -> None:
+    minted = await client.create_honeytokens(pb.CreateHoneytokensRequest(count=1, batch_id="laptop-backup"))
+    token = minted.honeytokens[0]
+    port = (await decoy_ports(client))["ftp-1"]
+
+    def login() -> None:
+        with socket.create_connection((HOST, port), timeout=5) as sock:
+            read_line(sock)
+            sock.sendall(f"USER {token.username}\r\n".encode())
+            read_line(sock)
+            sock.sendall(f"PASS {token.secret}\r\n".encode())
+            read_line(sock)
+
+    await asyncio.to_thread(login)
+
+    async def raised() -> list[pb.Alert]:
+        return list((await client.list_alerts(pb.ListAlertsRequest(min_severity=pb.SEVERITY_CRITICAL))).alerts)
+
+    (alert,) = await eventually(raised)
+    assert alert.kind == pb.ALERT_KIND_HONEYTOKEN_USED and alert.batch_id == "laptop-backup"
+    assert alert.honeytoken_id == token.honeytoken_id and alert.decoy_ids == ["ftp-1"]
+    assert alert.stage == pb.RECON_STAGE_LOGIN_ATTEMPT and alert.source_address == HOST
+
+
 # --- attribution ------------------------------------------------------------------------------
 
 
@@ -628,6 +652,46 @@ async def test_a_restart_keeps_sessions_alerts_selection_state_honeytokens_and_t
     await asyncio.to_thread((tmp_path / "deception-installation.json").unlink)
     with pytest.raises(ConfigError, match="installation"):
         await start_service(build, config)
+
+
+async def test_activity_older_than_the_retention_period_is_purged_and_honeytokens_stay(
+    store_config: dict[str, str], start_service: StartService, tmp_path: Path, compliance: Running
+) -> None:
+    config = deception_config(
+        tmp_path, store_config, compliance.address, retention={"activity_days": 30, "interval_seconds": 0.1}
+    )
+    running = await start_service(build, config)
+    client = DeceptionClient(running.channel)
+    minted = await client.create_honeytokens(pb.CreateHoneytokensRequest(count=1))
+    old = await client.log_recon(
+        pb.LogReconRequest(
+            source_address="192.0.2.77",
+            time=_stamp(datetime.now(UTC) - timedelta(days=45)),
+            report=pb.ReconReport(kind=pb.RECON_KIND_ENUMERATION),
+        )
+    )
+    recent = await client.log_recon(
+        pb.LogReconRequest(source_address="192.0.2.78", report=pb.ReconReport(kind=pb.RECON_KIND_ENUMERATION))
+    )
+
+    async def purged() -> bool:
+        sessions = (await client.list_sessions(pb.ListSessionsRequest())).sessions
+        return [s.session_id for s in sessions] == [recent.session_id]
+
+    await eventually(purged)
+    alerts = (await client.list_alerts(pb.ListAlertsRequest())).alerts
+    assert [a.alert_id for a in alerts] == [recent.alert.alert_id] != [old.alert.alert_id]
+    with pytest.raises(ShieldxError) as gone:
+        await client.get_session(pb.GetSessionRequest(session_id=old.session_id))
+    assert gone.value.code == grpc.StatusCode.NOT_FOUND
+    hit = await client.log_recon(
+        pb.LogReconRequest(
+            source_address="192.0.2.77",
+            report=pb.ReconReport(kind=pb.RECON_KIND_CREDENTIAL_PRESENTED),
+            presented_credential=minted.honeytokens[0].secret,
+        )
+    )
+    assert hit.honeytoken_matched
 
 
 # --- bad input --------------------------------------------------------------------------------

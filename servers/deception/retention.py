@@ -1,0 +1,105 @@
+"""Retention: old attacker activity leaves the store and the in-memory books, old request ids the ledger.
+
+Sessions inactive for longer than the retention period go with their timelines and
+interactions, and alerts whose last event is that old with their notifications. What must
+outlive any period stays: honeytoken fingerprints (a leaked token may surface years later),
+the selection log and the learned evidence (ReplayPolicy and the decoy graph), synthetic batch
+records. Request ids are kept for a shorter period of their own: they hold first answers,
+minted honeytoken secrets included, only so that retries can be answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from servers.deception.books import DeceptionBooks
+from servers.deception.store import PurgeCounts
+from servers.mesh.config import ConfigError
+from servers.mesh.idempotency import RequestLedger
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """How long things are kept."""
+
+    activity_days: float = 90.0
+    """Sessions, interactions and alerts are kept this many days after their last event (0: forever)."""
+    request_id_hours: float = 168.0
+    """Request ids (and the first answers they replay) are kept this many hours (0: forever)."""
+    interval_seconds: float = 3600.0
+    """How often the purge runs."""
+
+    def validate(self) -> None:
+        """ConfigError naming the first setting out of range."""
+        for name in ("activity_days", "request_id_hours"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"deception.retention.{name}: must be 0 (keep) or a positive number")
+        if not (math.isfinite(self.interval_seconds) and self.interval_seconds > 0):
+            raise ConfigError("deception.retention.interval_seconds: must be positive")
+
+
+class Retention:
+    """Purges what the policy no longer keeps; `run` is the background loop."""
+
+    def __init__(
+        self,
+        books: DeceptionBooks,
+        ledger: RequestLedger,
+        policy: RetentionPolicy,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._books = books
+        self._ledger = ledger
+        self.policy = policy
+        self._clock = clock
+
+    async def run(self) -> None:
+        """Purge every interval until cancelled; a failed purge is logged and tried next time."""
+        while True:
+            # Spread over the interval so that replicas restarted together do not purge together.
+            await asyncio.sleep(self.policy.interval_seconds * random.uniform(0.9, 1.1))
+            try:
+                await self.purge()
+            except Exception:
+                log.exception("purging old deception data failed; trying again in %.0f s", self.policy.interval_seconds)
+
+    async def purge(self) -> tuple[PurgeCounts, int]:
+        """Purge once: (activity removed, request ids removed)."""
+        counts = PurgeCounts(0, 0, 0)
+        if self.policy.activity_days > 0:
+            counts = await self._purge_activity(self._clock() - timedelta(days=self.policy.activity_days))
+        request_ids = 0
+        if self.policy.request_id_hours > 0:
+            request_ids = await self._ledger.purge(self.policy.request_id_hours * 3600)
+        if counts.sessions or counts.alerts or request_ids:
+            log.info(
+                "purged %d session(s), %d interaction(s), %d alert(s) and %d request id(s)",
+                counts.sessions,
+                counts.interactions,
+                counts.alerts,
+                request_ids,
+            )
+        return counts, request_ids
+
+    async def _purge_activity(self, cutoff: datetime) -> PurgeCounts:
+        books = self._books
+
+        async def run() -> PurgeCounts:
+            async with books.store.database.transaction() as tx:
+                await books.begin(tx)
+                counts = await books.store.purge_activity(tx, cutoff)
+                if counts.sessions or counts.alerts:
+                    await books.reload(tx)
+                return counts
+
+        return await books.change(run)
