@@ -757,3 +757,22 @@ async def test_operations_are_counted_and_the_projection_lag_measured(client: Cr
             break
         await asyncio.sleep(0.05)
     assert count("credits_projection_lag_events") == 0
+
+
+async def test_two_servers_on_one_store_never_overspend_an_account(
+    start_service: StartService, config: MeshConfig
+) -> None:
+    first = CreditsClient((await start_service(build, config)).channel)
+    second = CreditsClient((await start_service(build, config)).channel)
+    await purchase(first, "shared", 300)
+    await second.get_balance(pb.GetBalanceRequest(account_id="shared"))
+
+    async def consume(number: int) -> None:
+        client = first if number % 2 else second
+        await client.consume(pb.ConsumeRequest(account_id="shared", amount=1, request_id=request_id()))
+
+    results = await attempt_all(600, 32, consume)
+    assert results == Counter({"ok": 300, "INSUFFICIENT_CREDITS": 300})
+    balance = await second.get_balance(pb.GetBalanceRequest(account_id="shared"))
+    assert (balance.balance.available, balance.balance.version) == (0, 301)
+    assert (await first.verify_audit_chain(pb.VerifyAuditChainRequest())).ok
