@@ -5,8 +5,9 @@ In one run, on one machine:
 - Consume: 64 concurrent callers send Consume (each with a request id) to a real credits server
   process (`python -m servers.credits`, auth and rate limit off) spread over many funded
   accounts, and, alternately, the same calls to a bare grpc.aio server process that answers a
-  fixed ConsumeResponse. Reported: calls/s, p50/p99 latency, and the ratio credits/bare (the
-  median over rounds). Also reported: the same load on one hot account.
+  fixed ConsumeResponse, and to the mesh runtime answering the same fixed response (the
+  ceiling the runtime's interceptor chain leaves to any service). Reported: calls/s, p50/p99
+  latency, and the ratio credits/bare (the median over rounds). Also reported: the same load on one hot account.
 - Replay: a fresh schema is bulk-loaded with a realistic mixed history (made by the real
   decisions, sealed into the audit chain), then the read models are rebuilt from it through
   the database (`servers.credits.rebuild`); reported in events per second.
@@ -81,6 +82,23 @@ async def serve_bare() -> None:
     await server.start()
     await checks.set("", health_pb2.HealthCheckResponse.SERVING)
     await server.wait_for_termination()
+
+
+async def serve_mesh() -> None:
+    """The same fixed answers on the mesh runtime (all interceptors, auth and rate limit off)."""
+    from servers.mesh.config import load_config
+    from servers.mesh.server import Mount, Runtime, create_server
+    from servers.mesh.tracing import configure_tracing
+
+    configure_tracing("bench-mesh")
+    config = load_config("credits")
+    config.auth.enabled = False
+    config.rate_limit.enabled = False
+    runtime = Runtime(config)
+    mount = Mount.of(credits_pb2, credits_pb2_grpc, "CreditsService", servicer=BareCredits())  # type: ignore[abstract]
+    server = create_server([mount], runtime)
+    await server.start(metrics=False)
+    await server.server.wait_for_termination()
 
 
 # -- load -----------------------------------------------------------------------------------------
@@ -256,17 +274,20 @@ async def consume_throughput(calls: int, rounds: int, concurrency: int, accounts
         }
         ledger = ServerProcess("servers.credits", Path(scratch), env=env)
         bare = ServerProcess("tests.bench.bench_credits", Path(scratch), args=["--bare-server"], name="bare")
+        mesh = ServerProcess("tests.bench.bench_credits", Path(scratch), args=["--mesh-server"], name="mesh")
         try:
             await asyncio.to_thread(ledger.start)
             await asyncio.to_thread(bare.start)
+            await asyncio.to_thread(mesh.start)
             names = [f"acct-{i:06d}" for i in range(accounts)]
             await fund(ledger.address, [*names, "hot"])
             targets: dict[str, Callable[[], Awaitable[Outcome]]] = {
                 "bare": lambda: drive(bare.address, calls, concurrency, names),
+                "mesh": lambda: drive(mesh.address, calls, concurrency, names),
                 "credits": lambda: drive(ledger.address, calls, concurrency, names),
             }
-            rates: dict[str, list[float]] = {"bare": [], "credits": []}
-            latencies: dict[str, list[float]] = {"bare": [], "credits": []}
+            rates: dict[str, list[float]] = {name: [] for name in targets}
+            latencies: dict[str, list[float]] = {name: [] for name in targets}
             refused = 0
             for _ in range(rounds):
                 for name, run in targets.items():
@@ -278,9 +299,11 @@ async def consume_throughput(calls: int, rounds: int, concurrency: int, accounts
         finally:
             ledger.stop()
             bare.stop()
+            mesh.stop()
             drop(schema)
     print(f"Consume: {calls} calls x {rounds} rounds, {concurrency} concurrent callers, {accounts} accounts")
     print(line("bare grpc.aio", statistics.median(rates["bare"]), latencies["bare"]))
+    print(line("mesh runtime, fixed answer", statistics.median(rates["mesh"]), latencies["mesh"]))
     print(line("credits (PostgreSQL)", statistics.median(rates["credits"]), latencies["credits"], refused))
     ratios = [c / b for c, b in zip(rates["credits"], rates["bare"], strict=True)]
     print(
@@ -300,6 +323,7 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--bare-server", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--mesh-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--calls", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=64)
@@ -310,4 +334,9 @@ if __name__ == "__main__":
     parser.add_argument("--skip-consume", action="store_true")
     parser.add_argument("--skip-replay", action="store_true")
     arguments = parser.parse_args()
-    asyncio.run(serve_bare() if arguments.bare_server else main(arguments))
+    if arguments.bare_server:
+        asyncio.run(serve_bare())
+    elif arguments.mesh_server:
+        asyncio.run(serve_mesh())
+    else:
+        asyncio.run(main(arguments))
