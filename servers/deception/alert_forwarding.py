@@ -26,9 +26,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from clients.compliance import ComplianceClient
 from clients.errors import ShieldxError
+from servers.deception.alert_store import AlertStore, Notification
 from servers.deception.alerts import Alert
 from servers.deception.domain import AlertKind
-from servers.deception.store import DeceptionStore, Notification
 from shieldx.compliance.v1 import compliance_pb2
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class AlertForwarder:
 
     def __init__(
         self,
-        store: DeceptionStore,
+        store: AlertStore,
         compliance: ComplianceClient,
         policy: ForwardingPolicy | None = None,
         *,
@@ -173,16 +173,16 @@ class AlertForwarder:
         """Try every due notification once; returns how many were delivered."""
         delivered = 0
         while True:
-            due = await self._store.due_notifications(self._clock(), self.policy.batch_size)
+            due = await self._store.due(self._clock(), self.policy.batch_size)
             for notification in due:
                 delivered += await self._deliver(notification)
             if len(due) < self.policy.batch_size:
                 break
-        self._pending.set(await self._store.pending_notifications())
+        self._pending.set(await self._store.pending())
         return delivered
 
     async def _idle_time(self) -> float:
-        upcoming = await self._store.next_notification_time()
+        upcoming = await self._store.next_due_time()
         if upcoming is None:
             return self.policy.poll_seconds
         wait = (upcoming - self._clock()).total_seconds()
@@ -199,7 +199,7 @@ class AlertForwarder:
         except (grpc.RpcError, OSError) as error:
             await self._failed(notification, attempts, grpc.StatusCode.UNAVAILABLE, f"{type(error).__name__}: {error}")
             return 0
-        await self._store.notification_delivered(notification.notification_id, attempts, self._clock())
+        await self._store.delivered(notification.notification_id, attempts, self._clock())
         self._outcomes.labels("delivered").inc()
         log.info(
             "alert %s forwarded to compliance after %d attempt(s)",
@@ -211,7 +211,7 @@ class AlertForwarder:
 
     async def _failed(self, notification: Notification, attempts: int, code: grpc.StatusCode, error: str) -> None:
         if code in _PERMANENT:
-            await self._store.notification_failed(notification.notification_id, attempts, error, None)
+            await self._store.failed(notification.notification_id, attempts, error, None)
             self._outcomes.labels("abandoned").inc()
             log.error(
                 "compliance refused alert %s for good (%s); it will not be forwarded",
@@ -222,7 +222,7 @@ class AlertForwarder:
             return
         delay = self.policy.backoff(attempts)
         retry_at = self._clock() + timedelta(seconds=delay)
-        await self._store.notification_failed(notification.notification_id, attempts, error, retry_at)
+        await self._store.failed(notification.notification_id, attempts, error, retry_at)
         self._outcomes.labels("retry").inc()
         # Compliance may stay away for hours: log the first failures, then only at powers of two.
         level = logging.WARNING if attempts & (attempts - 1) == 0 else logging.DEBUG

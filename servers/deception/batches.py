@@ -74,13 +74,13 @@ class SyntheticBatches:
             self._plan(batch)  # checks every argument before anything is written
             if batch.honeytoken_count:
                 await self._refuse_planted_seed(tx, batch)
-            await self._books.store.create_batch(tx, batch)
+            await self._books.store.batches.create(tx, batch)
             return pb.GenerateSyntheticDataResponse(
                 batch_id=batch.batch_id, seed=batch.seed, generator_version=batch.generator_version
             )
 
         header = await self._ledger.execute("GenerateSyntheticData", request, pb.GenerateSyntheticDataResponse, work)
-        batch = await self._books.store.batch(header.batch_id)
+        batch = await self._books.store.batches.get(header.batch_id)
         if batch is None:
             raise NotFound("synthetic batch", header.batch_id, reason="BATCH_NOT_FOUND")
         if batch.generator_version != GENERATOR_VERSION:
@@ -113,7 +113,7 @@ class SyntheticBatches:
                 await self._register(streamed)
             count += 1
             if streamed.batch_quality is not None:
-                await self._books.store.complete_batch(batch.batch_id, count, streamed.batch_quality, self._clock())
+                await self._books.store.batches.complete(batch.batch_id, count, streamed.batch_quality, self._clock())
             self._rows.labels(batch.kind.name.lower()).inc(streamed.chunk.row_count)
             yield message
 
@@ -132,7 +132,7 @@ class SyntheticBatches:
     async def _refuse_planted_seed(self, tx: Transaction, batch: BatchRecord) -> None:
         # The same seed plants the same secrets: a second batch would hand out tokens that
         # point at the first, so the alert would name the wrong batch.
-        planted_by = await self._books.store.batch_planting_seed(tx, batch.kind, batch.seed)
+        planted_by = await self._books.store.batches.planted_by(tx, batch.kind, batch.seed)
         if planted_by is not None:
             raise FailedPrecondition(
                 f"seed {batch.seed} already planted honeytokens in batch {planted_by}; use another seed",

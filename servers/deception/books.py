@@ -19,12 +19,14 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 from servers.deception.alert_forwarding import notification_for
+from servers.deception.alert_store import Notification
 from servers.deception.alerts import Alert, AlertBook, AlertUpdate, DeduplicationPolicy
 from servers.deception.bandit import BanditConfig, DecoySelector, DecoyStats, Selection, SelectionPolicy
 from servers.deception.domain import AlertKind, Interaction, ReconReport, Severity
 from servers.deception.honeytokens import HoneytokenHit, HoneytokenRecord, HoneytokenRegistry
+from servers.deception.selection_store import SelectionContext
 from servers.deception.sessions import Session, SessionBook, SessionEvent, SessionPolicy
-from servers.deception.store import DeceptionStore, Notification, SelectionContext
+from servers.deception.store import DeceptionStore
 from servers.mesh import errors
 from servers.mesh.storage import Transaction
 
@@ -131,17 +133,17 @@ class DeceptionBooks:
 
     async def _load(self, tx: Transaction) -> None:
         sessions = SessionBook(self._session_policy, clock=self._clock)
-        sessions.restore(*await self.store.load_sessions(tx, self._session_policy.max_events_per_session))
+        sessions.restore(*await self.store.activity.load(tx, self._session_policy.max_events_per_session))
         alerts = AlertBook(self._deduplication)
-        alerts.restore(await self.store.load_alerts(tx))
+        alerts.restore(await self.store.alerts.load(tx))
         selector = DecoySelector(self._decoy_ids, self._bandit)
-        history = await self.store.load_bandit(tx, self._bandit.max_pending)
+        history = await self.store.selections.load(tx, self._bandit.max_pending)
         for bucket, evidence in history.evidence.items():
             engaged = [evidence.get(d, (0.0, 0.0))[0] for d in self._decoy_ids]
             ignored = [evidence.get(d, (0.0, 0.0))[1] for d in self._decoy_ids]
             selector.restore(bucket, engaged, ignored)
         selector.restore_history(history.counts, history.recent, history.draws)
-        registry = HoneytokenRegistry(await self.store.load_honeytokens(tx))
+        registry = HoneytokenRegistry(await self.store.honeytokens.load(tx))
         self.sessions, self.alerts, self.selector, self.honeytokens = sessions, alerts, selector, registry
 
     async def _recover(self) -> None:
@@ -185,16 +187,16 @@ class DeceptionBooks:
             for update in updates:
                 alerts[update.alert.alert_id] = update.alert
                 notifications += self._notifications(update)
-        await self.store.save_interactions(tx, rows)
-        await self.store.save_events(tx, events)
-        await self.store.save_sessions(tx, [self.sessions.get(s) for s in touched])
-        await self.store.save_alerts(tx, alerts.values())
+        await self.store.activity.save_interactions(tx, rows)
+        await self.store.activity.save_events(tx, events)
+        await self.store.activity.save_sessions(tx, [self.sessions.get(s) for s in touched])
+        await self.store.alerts.save(tx, alerts.values())
         await self._queue(tx, notifications)
 
     async def create_session(self, tx: Transaction, source_address: str, labels: Mapping[str, str]) -> Session:
         """Open a session by hand, and write it."""
         session = self.sessions.create_session(source_address, labels)
-        await self.store.save_sessions(tx, [session])
+        await self.store.activity.save_sessions(tx, [session])
         return session
 
     async def log_recon(
@@ -228,9 +230,9 @@ class DeceptionBooks:
                 stage=event.stage,
                 session_id=event.session_id,
             )
-        await self.store.save_events(tx, [event])
-        await self.store.save_sessions(tx, [session])
-        await self.store.save_alerts(tx, [update.alert])
+        await self.store.activity.save_events(tx, [event])
+        await self.store.activity.save_sessions(tx, [session])
+        await self.store.alerts.save(tx, [update.alert])
         await self._queue(tx, self._notifications(update))
         return ReconOutcome(event, update.alert, hit)
 
@@ -245,7 +247,7 @@ class DeceptionBooks:
     ) -> Selection:
         """Choose a decoy for a context bucket and log the choice with its seed and draw."""
         selection = self.selector.select(bucket, policy, seed=seed)
-        await self.store.save_selection(tx, selection, context)
+        await self.store.selections.save(tx, selection, context)
         return selection
 
     async def submit_feedback(self, tx: Transaction, selection_id: str, reward: float) -> DecoyStats:
@@ -254,14 +256,14 @@ class DeceptionBooks:
         bucket = self.selector.selection(selection_id).bucket
         engaged, ignored = self.selector.snapshot()[bucket]
         evidence = {d: (e, i) for d, e, i in zip(self.selector.decoy_ids, engaged, ignored, strict=True)}
-        await self.store.save_feedback(tx, selection_id, reward, self._clock(), bucket, evidence)
+        await self.store.selections.save_feedback(tx, selection_id, reward, self._clock(), bucket, evidence)
         return stats
 
     async def register_honeytokens(self, tx: Transaction, records: Iterable[HoneytokenRecord]) -> None:
         """Register honeytokens (registering one again is harmless)."""
         chosen = list(records)
         self.honeytokens.register_all(chosen)
-        await self.store.save_honeytokens(tx, chosen)
+        await self.store.honeytokens.save(tx, chosen)
 
     # --- internals --------------------------------------------------------------------------
 
@@ -287,5 +289,5 @@ class DeceptionBooks:
 
     async def _queue(self, tx: Transaction, notifications: Sequence[Notification]) -> None:
         if notifications:
-            await self.store.queue_notifications(tx, notifications, self._clock())
+            await self.store.alerts.queue(tx, notifications, self._clock())
             self._notified = True

@@ -110,7 +110,7 @@ class InteractionIntake:
             async with self._books.store.database.transaction() as tx:
                 await self._books.begin(tx)
                 if self._maybe_recorded:
-                    stored = await self._books.store.stored_interactions(tx, [i.interaction_id for i in batch])
+                    stored = await self._books.store.activity.stored(tx, [i.interaction_id for i in batch])
                     recorded = [i for i in batch if i.interaction_id not in stored]
                 await self._books.record_interactions(tx, recorded)
 

@@ -19,11 +19,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from servers.deception.books import DeceptionBooks
-from servers.deception.store import PurgeCounts
 from servers.mesh.config import ConfigError
 from servers.mesh.idempotency import RequestLedger
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PurgeCounts:
+    """What a purge removed."""
+
+    sessions: int
+    """Sessions (with their timelines)."""
+    interactions: int
+    """Decoy interactions."""
+    alerts: int
+    """Alerts (with their notifications)."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +108,8 @@ class Retention:
         async def run() -> PurgeCounts:
             async with books.store.database.transaction() as tx:
                 await books.begin(tx)
-                counts = await books.store.purge_activity(tx, cutoff)
+                sessions, interactions = await books.store.activity.purge(tx, cutoff)
+                counts = PurgeCounts(sessions, interactions, await books.store.alerts.purge(tx, cutoff))
                 if counts.sessions or counts.alerts:
                     await books.reload(tx)
                 return counts

@@ -65,8 +65,9 @@ from servers.deception.messages import (
 )
 from servers.deception.policy_evaluation import replay
 from servers.deception.retention import Retention
+from servers.deception.selection_store import SelectionContext
 from servers.deception.settings import DeceptionSettings, load_settings
-from servers.deception.store import DeceptionStore, SelectionContext, seed_digest
+from servers.deception.store import DeceptionStore, seed_digest
 from servers.deception.synthetic import SyntheticDataGenerator
 from servers.deception.templates import TemplateCatalog
 from servers.mesh.config import ConfigError
@@ -123,7 +124,7 @@ async def build(runtime: Runtime) -> Service:
     catalog = TemplateCatalog(installation)
     decoys = settings.decoy_configs()
     forwarder = AlertForwarder(
-        store, ComplianceClient(runtime.channel("compliance")), settings.forwarding, registry=runtime.registry
+        store.alerts, ComplianceClient(runtime.channel("compliance")), settings.forwarding, registry=runtime.registry
     )
     books = DeceptionBooks(
         store,
@@ -229,7 +230,7 @@ class DeceptionServicer(deception_pb2_grpc.DeceptionServiceServicer):
         page = page_request(request.page_size, request.page_token, filters)
         if page.cursor is not None and not _is_time_cursor(page.cursor):
             raise InvalidArgument("page_token", "is not a token this service issued")
-        found, cursor = await self._books.store.list_interactions(
+        found, cursor = await self._books.store.activity.list_interactions(
             page, decoy_id=decoy_id, source_address=source, stage=stage
         )
         return pb.ListInteractionsResponse(
@@ -380,7 +381,7 @@ class DeceptionServicer(deception_pb2_grpc.DeceptionServiceServicer):
         if request.max_rounds < 0:
             raise InvalidArgument("max_rounds", "must not be negative")
         start, end = optional_time(request, "start_time"), optional_time(request, "end_time")
-        logged = await self._books.store.logged_rounds(start, end, self._settings.replay_max_logged_rounds)
+        logged = await self._books.store.selections.logged_rounds(start, end, self._settings.replay_max_logged_rounds)
         report = await asyncio.to_thread(
             replay,
             logged,
