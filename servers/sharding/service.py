@@ -8,16 +8,14 @@ wrote it has committed.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 from prometheus_client import Gauge
 
-from servers.mesh.config import ConfigError, service_settings
+from servers.mesh.config import service_settings
 from servers.mesh.errors import InvalidArgument, NotFound
 from servers.mesh.idempotency import RequestLedger
 from servers.mesh.pagination import page_request
@@ -25,85 +23,22 @@ from servers.mesh.server import Mount, Runtime, Service
 from servers.mesh.storage import Transaction
 from servers.sharding import wire
 from servers.sharding.domain import Reason
-from servers.sharding.failover import MAX_ERROR_LENGTH, HealthPolicy
+from servers.sharding.failover import MAX_ERROR_LENGTH
 from servers.sharding.monitor import HealthMonitor, MonitorMetrics
 from servers.sharding.nodes import DatabaseNodes
 from servers.sharding.promotion import FailoverMetrics, Failovers, FailoverTimeouts
-from servers.sharding.rebalance import RebalanceConfig
 from servers.sharding.rebalancer import AccountMover, RebalanceMetrics, Rebalancer
 from servers.sharding.registry import Change, Clock, TopologyRegistry, utc_now
 from servers.sharding.ring import validate_shard_id
+from servers.sharding.settings import ShardingSettings
 from servers.sharding.store import FailoverCursor, ShardingStore, to_us
 from servers.sharding.topology import Topology
 from shieldx.sharding.v1 import sharding_pb2 as pb
 from shieldx.sharding.v1 import sharding_pb2_grpc
 
-log = logging.getLogger(__name__)
-
 DOMAIN = "shieldx.sharding.v1"
 MAX_REBALANCE_ID_LENGTH = 64
 R = TypeVar("R", bound=Message)
-
-
-@dataclass
-class ShardingSettings:
-    """Settings of the sharding server: YAML section `sharding:`, env `SHIELDX_SHARDING__<FIELD>`."""
-
-    health_monitor: bool = True
-    """Run the health monitor (and so automatic failover) in this process. Run it in exactly one
-    sharding server per registry; further servers of the same registry serve reads and streams."""
-    health_check_interval_seconds: float = 30.0
-    """Time between two health checks of a node."""
-    health_check_timeout_seconds: float = 5.0
-    """A check taking longer fails (capped at the interval)."""
-    failure_threshold: int = 3
-    """Failed checks in a row that make a node DOWN and fail over a DOWN primary."""
-    automatic_failover: bool = True
-    """Fail over a DOWN primary without waiting for an operator."""
-    promote_timeout_seconds: float = 30.0
-    """How long `pg_promote` may take."""
-    switchover_timeout_seconds: float = 10.0
-    """Manual failover of a live primary: fencing it and the replica catching up."""
-    rebalance_batch_size: int = 100
-    """Accounts moved together (one fence and one cut-over topology version per batch)."""
-    rebalance_max_attempts: int = 3
-    """Attempts per account before its move is marked FAILED."""
-    rebalance_fence_timeout_seconds: float = 2.0
-    """Longest an account's writes stay fenced during its cut-over."""
-    rebalance_concurrency: int = 8
-    """Accounts being copied, fenced or cleaned up at once."""
-    watch_history: int = 256
-    """Topology versions kept in memory for watchers that fall behind."""
-
-    def health_policy(self) -> HealthPolicy:
-        """The monitor's policy (ConfigError naming the setting if out of range)."""
-        interval = self.health_check_interval_seconds
-        if not 0 < interval <= 86_400:
-            raise ConfigError("sharding.health_check_interval_seconds: must be between 0 and 86400")
-        if not self.health_check_timeout_seconds > 0:
-            raise ConfigError("sharding.health_check_timeout_seconds: must be positive")
-        if not 1 <= self.failure_threshold <= 100:
-            raise ConfigError("sharding.failure_threshold: must be between 1 and 100")
-        for name in ("promote_timeout_seconds", "switchover_timeout_seconds"):
-            if not 0 < getattr(self, name) <= 3600:
-                raise ConfigError(f"sharding.{name}: must be between 0 and 3600")
-        return HealthPolicy(
-            check_interval=timedelta(seconds=interval),
-            check_timeout=timedelta(seconds=min(self.health_check_timeout_seconds, interval)),
-            failure_threshold=self.failure_threshold,
-            automatic_failover=self.automatic_failover,
-        )
-
-    def rebalance_config(self) -> RebalanceConfig:
-        """The rebalance workflow's pacing (ConfigError if out of range)."""
-        try:
-            return RebalanceConfig(
-                batch_size=self.rebalance_batch_size,
-                max_attempts=self.rebalance_max_attempts,
-                fence_timeout=timedelta(seconds=self.rebalance_fence_timeout_seconds),
-            )
-        except InvalidArgument as error:
-            raise ConfigError(f"sharding.rebalance_{error.metadata.get('field', '')}: {error.message}") from None
 
 
 async def build(runtime: Runtime) -> Service:
