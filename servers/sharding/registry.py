@@ -10,6 +10,12 @@ Watchers (`watch`) get the current topology first if it is newer than the versio
 already have, then every later version in order. Versions are kept in memory for
 `history` steps; a watcher that falls further behind than that continues from the oldest
 version still kept (each version is a full snapshot, so it only misses intermediate states).
+When the server drains, `close_watches` ends every stream cleanly; followers resume
+elsewhere with `after_version`.
+
+Several sharding servers may share one PostgreSQL registry: each writes through the
+optimistic save above, and `follow_store` picks up versions written by the others (one
+`SELECT version` per interval), so their watchers see every change within that interval.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ class TopologyRegistry:
         self.clock = clock
         self._history: deque[Topology] = deque([Topology()], maxlen=max(1, history))
         self._changed = asyncio.Condition()
+        self._closing = False
         self._listeners: list[Callable[[Topology], None]] = []
 
     @property
@@ -127,7 +134,7 @@ class TopologyRegistry:
         if current.version > after_version:
             yield current
             last = current.version
-        while True:
+        while not self._closing:
             async with self._changed:
                 await self._changed.wait_for(self._newer_than(last))
                 pending = [t for t in self._history if t.version > last]
@@ -135,5 +142,20 @@ class TopologyRegistry:
                 yield topology
                 last = topology.version
 
+    async def close_watches(self) -> None:
+        """End every watch stream (the server is draining; followers resume elsewhere)."""
+        self._closing = True
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def follow_store(self, interval: float) -> None:
+        """Publish versions other servers wrote to the shared store, checking every `interval` seconds."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.load()
+            except Exception:
+                log.exception("reading the topology version failed; trying again in %ss", interval)
+
     def _newer_than(self, version: int) -> Callable[[], bool]:
-        return lambda: self.current.version > version
+        return lambda: self._closing or self.current.version > version

@@ -8,8 +8,9 @@ wrote it has committed.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import timedelta
+from functools import partial
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
@@ -81,8 +82,16 @@ async def build_service(runtime: Runtime, *, mover: AccountMover | None = None, 
         clock=clock,
     )
     servicer = ShardingServicer(registry, store, monitor, failovers, rebalancer, RequestLedger(database, DOMAIN))
-    tasks = [monitor.run, rebalancer.run] if settings.health_monitor else [rebalancer.run]
-    return Service(mounts=[Mount.of(pb, sharding_pb2_grpc, "ShardingService", servicer=servicer)], tasks=tasks)
+    tasks: list[Callable[[], Coroutine[Any, Any, None]]] = [rebalancer.run]
+    if settings.health_monitor:
+        tasks.append(monitor.run)
+    if settings.topology_refresh_seconds > 0:
+        tasks.append(partial(registry.follow_store, settings.topology_refresh_seconds))
+    return Service(
+        mounts=[Mount.of(pb, sharding_pb2_grpc, "ShardingService", servicer=servicer)],
+        tasks=tasks,
+        draining=[registry.close_watches],
+    )
 
 
 class ShardingServicer(sharding_pb2_grpc.ShardingServiceServicer):

@@ -40,6 +40,9 @@ class ShardingSettings:
     """Accounts being copied, fenced or cleaned up at once."""
     watch_history: int = 256
     """Topology versions kept in memory for watchers that fall behind."""
+    topology_refresh_seconds: float = 2.0
+    """How often the stored topology version is read, so that versions written by other sharding
+    servers sharing the registry reach this server's watchers (0 turns it off)."""
 
     def health_policy(self) -> HealthPolicy:
         """The monitor's policy (ConfigError naming the setting if out of range)."""

@@ -25,7 +25,6 @@ import grpc
 import psycopg
 import pytest
 
-import clients.rpc
 from clients.sharding import ShardingClient
 from servers.sharding.follower import TopologyFollower
 from servers.sharding.topology import Topology
@@ -37,20 +36,6 @@ WRITERS = 4
 LOAD_BEFORE_KILL = 1.0
 WRITES_AFTER_FAILOVER = 40
 REPLACED_SYSTEM_RECOVERY = 4 * 60 + 23
-
-
-class _Serializer:
-    """Stand-in for `Message` in clients.rpc, whose abstract `Message.SerializeToString` cannot
-    serialize a concrete message. Remove once clients/rpc.py uses the message's own method."""
-
-    @staticmethod
-    def SerializeToString(message: Any) -> bytes:
-        return bytes(message.SerializeToString())
-
-
-@pytest.fixture(autouse=True)
-def _typed_client_serializes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(clients.rpc, "Message", _Serializer)
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import grpc
 import psycopg
 import pytest
 
-import clients.rpc
 from clients.errors import ShieldxError
 from clients.sharding import ShardingClient
 from servers.mesh.config import MeshConfig
@@ -37,20 +36,6 @@ from tests.support.pgcluster import PgShard, PgWorkspace, PostgresUnavailable
 from tests.support.tokens import TestAuthority
 
 DEAD_PORT_DSN = "postgresql://credits:s3cret@127.0.0.1:1/credits"
-
-
-class _Serializer:
-    """Stand-in for `Message` in clients.rpc, whose abstract `Message.SerializeToString` cannot
-    serialize a concrete message. Remove once clients/rpc.py uses the message's own method."""
-
-    @staticmethod
-    def SerializeToString(message: Any) -> bytes:
-        return bytes(message.SerializeToString())
-
-
-@pytest.fixture(autouse=True)
-def _typed_client_serializes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(clients.rpc, "Message", _Serializer)
 
 
 def sharding_config(tmp_path: Path, store_config: dict[str, str], **settings: Any) -> MeshConfig:
@@ -305,6 +290,28 @@ async def test_watch_sends_the_current_topology_then_every_change(
         await next_version(aiter(client.watch_topology(pb.WatchTopologyRequest(after_version=-1))))
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "after_version" in caught.value.field_violations
+
+
+@pytest.mark.parametrize("store_config", ["postgres"], indirect=True)
+async def test_servers_sharing_a_registry_stream_each_others_changes_and_drain_cleanly(
+    store_config: dict[str, str], start_service: StartService, tmp_path: Path
+) -> None:
+    config = sharding_config(tmp_path, store_config, topology_refresh_seconds=0.1)
+    _, writer = await start(start_service, config)
+    reader_running, reader = await start(start_service, config)
+    stream = aiter(reader.watch_topology(pb.WatchTopologyRequest()))
+    await writer.register_shard(register("shard-a"))
+    seen = await next_version(stream, timeout=5)
+    assert seen.version == 1 and seen.shards[0].shard_id == "shard-a", "written on one, streamed by the other"
+    await writer.register_shard(register("shard-b"))
+    assert (await next_version(stream, timeout=5)).version == 2
+
+    assert reader_running.service is not None
+    draining = reader_running.service.draining
+    stopping = asyncio.ensure_future(reader_running.server.stop(grace=10, drain_delay=0, draining=draining))
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(anext(stream), 5)  # ended by the server, not cut off by the grace period
+    await asyncio.wait_for(stopping, 5)
 
 
 # --------------------------------------------------------------------------- health, against real servers
