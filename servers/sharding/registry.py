@@ -52,9 +52,18 @@ def utc_now() -> datetime:
 class TopologyRegistry:
     """The current topology, its changes, and the in-process watchers of its versions."""
 
-    def __init__(self, store: ShardingStore, *, clock: Clock = utc_now, history: int = DEFAULT_HISTORY) -> None:
+    def __init__(
+        self,
+        store: ShardingStore,
+        *,
+        clock: Clock = utc_now,
+        history: int = DEFAULT_HISTORY,
+        refresh_seconds: float = 0.0,
+    ) -> None:
         self.store = store
         self.clock = clock
+        self.refresh_seconds = refresh_seconds
+        """How often `follow_store` reads the stored version (0: never)."""
         self._history: deque[Topology] = deque([Topology()], maxlen=max(1, history))
         self._changed = asyncio.Condition()
         self._closing = False
@@ -148,8 +157,11 @@ class TopologyRegistry:
         async with self._changed:
             self._changed.notify_all()
 
-    async def follow_store(self, interval: float) -> None:
-        """Publish versions other servers wrote to the shared store, checking every `interval` seconds."""
+    async def follow_store(self) -> None:
+        """Publish versions other servers wrote to the shared store, checking every `refresh_seconds`."""
+        interval = self.refresh_seconds
+        if interval <= 0:
+            return
         while True:
             await asyncio.sleep(interval)
             try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import timedelta
-from functools import partial
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
@@ -53,7 +52,9 @@ async def build_service(runtime: Runtime, *, mover: AccountMover | None = None, 
     policy = settings.health_policy()
     database = await runtime.database("servers.sharding.migrations")
     store = ShardingStore(database)
-    registry = TopologyRegistry(store, clock=clock, history=settings.watch_history)
+    registry = TopologyRegistry(
+        store, clock=clock, history=settings.watch_history, refresh_seconds=settings.topology_refresh_seconds
+    )
     version = Gauge("shieldx_sharding_topology_version", "Newest published topology version", registry=runtime.registry)
     registry.on_publish(lambda topology: version.set(topology.version))
     await registry.load()
@@ -86,7 +87,7 @@ async def build_service(runtime: Runtime, *, mover: AccountMover | None = None, 
     if settings.health_monitor:
         tasks.append(monitor.run)
     if settings.topology_refresh_seconds > 0:
-        tasks.append(partial(registry.follow_store, settings.topology_refresh_seconds))
+        tasks.append(registry.follow_store)
     return Service(
         mounts=[Mount.of(pb, sharding_pb2_grpc, "ShardingService", servicer=servicer)],
         tasks=tasks,
