@@ -52,9 +52,13 @@ def test_a_synchronous_shard_commits_only_with_its_replica(pg: PgWorkspace) -> N
     assert replica.value("SELECT count(*) FROM t WHERE i = 0") == 1
 
 
-def test_sigkill_then_promote(pg: PgWorkspace) -> None:
-    shard = pg.shard("s2", replicas=1)
+def test_sigkill_then_promote_keeps_prepared_transactions(pg: PgWorkspace) -> None:
+    shard = pg.shard("s2", replicas=1, synchronous=True, settings={"max_prepared_transactions": "4"})
     shard.primary.query("CREATE TABLE t (i INT)")
+    with shard.primary.connect() as connection:
+        connection.execute("BEGIN")
+        connection.execute("INSERT INTO t VALUES (42)")
+        connection.execute("PREPARE TRANSACTION 'transfer-1'")
     shard.wait_caught_up()
     shard.primary.kill()
     shard.primary.wait_stopped()
@@ -65,6 +69,9 @@ def test_sigkill_then_promote(pg: PgWorkspace) -> None:
     replica.promote()
     replica.query("INSERT INTO t VALUES (1)")  # a promoted replica does not wait for a standby
     assert replica.current_lsn() > 0
+    assert replica.query("SELECT gid FROM pg_prepared_xacts") == [("transfer-1",)], "in doubt on the new primary"
+    replica.query("COMMIT PREPARED 'transfer-1'")
+    assert replica.value("SELECT count(*) FROM t WHERE i = 42") == 1
 
 
 def test_closing_and_reaping_leave_no_server_and_no_directory() -> None:

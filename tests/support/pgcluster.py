@@ -29,7 +29,9 @@ What you get, exactly:
   `<name>-r1`...; with `synchronous`, the primary gets
   `synchronous_standby_names = 'ANY 1 ("<name>-r1", ...)'` and the call returns only once a
   replica reports `sync_state` `sync`/`quorum`: from then on a COMMIT returns only after a
-  replica has flushed its WAL (`synchronous_commit=on`, the default).
+  replica has flushed its WAL (`synchronous_commit=on`, the default). Extra `settings` (e.g.
+  `max_prepared_transactions` for two-phase commit) go to the primary and reach the replicas
+  through the base backup; prepared transactions replicate and survive a promotion.
 - `node.kill()`: SIGKILL to the postmaster (its pid is line 1 of `postmaster.pid`) and nothing
   else, as a crash of the server process. Its backends notice the postmaster's death and exit
   within milliseconds; the listening socket is gone at once, so new connections are refused.
@@ -372,9 +374,22 @@ class PgWorkspace:
         _wait(lambda: of.replication().get(name, ("", ""))[0] == "streaming", timeout, f"{name} is not streaming")
         return node
 
-    def shard(self, name: str, *, replicas: int = 1, synchronous: bool = False, durable: bool = False) -> PgShard:
-        """A primary `<name>-p` with `replicas` streaming replicas, synchronous if asked."""
-        primary = self.primary(f"{name}-p", durable=durable)
+    def shard(
+        self,
+        name: str,
+        *,
+        replicas: int = 1,
+        synchronous: bool = False,
+        durable: bool = False,
+        settings: Mapping[str, str] | None = None,
+    ) -> PgShard:
+        """A primary `<name>-p` with `replicas` streaming replicas, synchronous if asked.
+
+        `settings` go into the primary's postgresql.conf, which the base backups copy: e.g.
+        `{"max_prepared_transactions": "16"}` for two-phase commit (a hot standby needs at least
+        the primary's value, which the copy guarantees).
+        """
+        primary = self.primary(f"{name}-p", durable=durable, settings=settings)
         followers = [self.replica(primary, f"{name}-r{i + 1}") for i in range(replicas)]
         if synchronous:
             if not followers:
