@@ -94,6 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--only", help="comma-separated subset of services to run")
     up.add_argument("--host", default="127.0.0.1", help="address to listen on")
     up.add_argument("--free-ports", action="store_true", help="pick free ports instead of the defaults")
+    up.add_argument(
+        "--version",
+        action="append",
+        default=[],
+        metavar="SERVICE=VERSION",
+        help="also run another version of a service (e.g. credits=v2) for canaries; repeatable",
+    )
 
     serve = commands.add_parser("serve", help="run one server in the foreground")
     serve.add_argument("service", choices=SERVICES)
@@ -116,8 +123,18 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [s for s in services if s not in SERVICES]
         if unknown:
             parser.error(f"--only: unknown service {unknown[0]!r}")
+        versions = [tuple(v.split("=", 1)) for v in args.version if "=" in v]
+        if len(versions) != len(args.version) or any(s not in services or not v or v == "v1" for s, v in versions):
+            parser.error("--version: expected SERVICE=VERSION for a service being run, VERSION other than v1")
         return asyncio.run(
-            run_up(data_dir, services=services, host=args.host, free_ports=args.free_ports, config_path=args.config)
+            run_up(
+                data_dir,
+                services=services,
+                host=args.host,
+                free_ports=args.free_ports,
+                versions=versions,
+                config_path=args.config,
+            )
         )
     if args.command == "serve":
         from servers.mesh.entrypoint import main as serve_main

@@ -40,11 +40,18 @@ class Endpoint:
     host: str
     port: int
     metrics_port: int
+    version: str = "v1"
+    """The deployed version this process runs (what traffic routing splits on)."""
 
     @property
     def address(self) -> str:
         """`host:port` of the gRPC port."""
         return f"{self.host}:{self.port}"
+
+    @property
+    def name(self) -> str:
+        """`credits` for the main instance, `credits@v2` for another version."""
+        return self.service if self.version == "v1" else f"{self.service}@{self.version}"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -54,12 +61,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(probe.getsockname()[1])
 
 
-def plan_endpoints(services: Sequence[str], host: str, free_ports: bool) -> dict[str, Endpoint]:
-    """Default ports, or free ones (for tests and for running two meshes side by side)."""
+def plan_endpoints(
+    services: Sequence[str], host: str, free_ports: bool, versions: Sequence[tuple[str, str]] = ()
+) -> dict[str, Endpoint]:
+    """Default ports, or free ones (for tests and for running two meshes side by side); each
+    extra `(service, version)` runs beside the main instance on free ports."""
     plan: dict[str, Endpoint] = {}
     for name in services:
         grpc_port, metrics_port = (free_port(host), free_port(host)) if free_ports else DEFAULT_PORTS[name]
         plan[name] = Endpoint(name, host, grpc_port, metrics_port)
+    for service, version in versions:
+        extra = Endpoint(service, host, free_port(host), free_port(host), version)
+        plan[extra.name] = extra
     return plan
 
 
@@ -120,7 +133,9 @@ class Supervisor:
         self.stopping = False
 
     def _environment(self, endpoint: Endpoint) -> dict[str, str]:
-        peers = ",".join(f"{c.endpoint.service}={c.endpoint.address}" for c in self.children.values())
+        peers = ",".join(
+            f"{c.endpoint.service}={c.endpoint.address}" for c in self.children.values() if c.endpoint.version == "v1"
+        )
         env = {
             **os.environ,
             # The token service creates the signing key, an admin and one client per server on
@@ -132,6 +147,7 @@ class Supervisor:
             "SHIELDX_HOST": endpoint.host,
             "SHIELDX_PORT": str(endpoint.port),
             "SHIELDX_METRICS_PORT": str(endpoint.metrics_port),
+            "SHIELDX_VERSION": endpoint.version,
             "SHIELDX_ENDPOINTS": peers,
             **self.extra_env,
         }
@@ -143,7 +159,7 @@ class Supervisor:
         logs = self.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         if child.log is None:
-            child.log = (logs / f"{child.endpoint.service}.log").open("a", buffering=1)
+            child.log = (logs / f"{child.endpoint.name}.log").open("a", buffering=1)
         child.process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -189,7 +205,7 @@ class Supervisor:
             child.status = f"EXITED({code})"
             if time.monotonic() - child.started_at > self.stable_after:
                 child.backoff = 1.0
-            self.echo(f"{child.endpoint.service} exited with {code}; restarting in {child.backoff:.0f}s")
+            self.echo(f"{child.endpoint.name} exited with {code}; restarting in {child.backoff:.0f}s")
             await asyncio.sleep(child.backoff)
             child.backoff = min(child.backoff * 2, self.max_backoff)
             if self.stopping:
@@ -197,7 +213,7 @@ class Supervisor:
             child.restarts += 1
             await self._spawn(child)
             if await self._wait_serving(child, 60.0):
-                self.echo(f"{child.endpoint.service} is SERVING again (restart {child.restarts})")
+                self.echo(f"{child.endpoint.name} is SERVING again (restart {child.restarts})")
 
     def _write_endpoints(self) -> None:
         path = self.data_dir / ENDPOINTS_FILE
@@ -242,13 +258,14 @@ async def run_up(
     services: Sequence[str] = SERVICES,
     host: str = "127.0.0.1",
     free_ports: bool = False,
+    versions: Sequence[tuple[str, str]] = (),
     config_path: str | None = None,
     extra_env: Mapping[str, str] | None = None,
 ) -> int:
     """Run the mesh until Ctrl-C/SIGTERM; returns the exit code."""
     await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
     supervisor = Supervisor(
-        plan_endpoints(services, host, free_ports), data_dir, config_path=config_path, extra_env=extra_env
+        plan_endpoints(services, host, free_ports, versions), data_dir, config_path=config_path, extra_env=extra_env
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -395,10 +395,20 @@ class PostgresDatabase(Database):
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
-        async with self._pool.connection() as connection:
+        connection = await self._pool.getconn()
+        try:
             with _translated():
                 async with connection.transaction():
                     yield _PostgresTransaction(connection)
+        finally:
+            # A task cancelled mid-statement or mid-COMMIT must still hand its connection back
+            # rolled back (or discarded), never idle in a transaction holding locks.
+            await asyncio.shield(self._release(connection))
+
+    async def _release(self, connection: psycopg.AsyncConnection[Any]) -> None:
+        if connection.info.transaction_status == psycopg.pq.TransactionStatus.ACTIVE:
+            await connection.close()  # a statement was still running: the session is unusable
+        await self._pool.putconn(connection)
 
     async def _apply(self, migration: Migration) -> bool:
         async with self._pool.connection() as connection, connection.transaction():

@@ -47,7 +47,17 @@ def _wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float) 
 def mesh(tmp_path: Path) -> tuple[subprocess.Popen[str], dict[str, dict[str, object]], list[str]]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "generated")])}
     process = subprocess.Popen(
-        [sys.executable, "-m", "clients.cli", "--data-dir", str(tmp_path / "state"), "up", "--free-ports"],
+        [
+            sys.executable,
+            "-m",
+            "clients.cli",
+            "--data-dir",
+            str(tmp_path / "state"),
+            "up",
+            "--free-ports",
+            "--version",
+            "credits=v2",
+        ],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -71,9 +81,11 @@ def test_up_serves_all_six_with_reflection_health_and_metrics(
     mesh: tuple[subprocess.Popen[str], dict[str, dict[str, object]], list[str]],
 ) -> None:
     process, endpoints, printed = mesh
-    assert set(endpoints) == set(SERVICES)
+    assert set(endpoints) == {*SERVICES, "credits@v2"}
     table = "\n".join(printed)
     for name, endpoint in endpoints.items():
+        if name == "credits@v2":
+            continue
         address = f"127.0.0.1:{endpoint['port']}"
         assert address in table, "the endpoint table names every server"
         wait_serving(address, timeout=5)
@@ -91,6 +103,43 @@ def test_up_serves_all_six_with_reflection_health_and_metrics(
         assert b"grpc_server_handled_total" in body
     process.send_signal(signal.SIGINT)
     assert process.wait(30) == 0
+
+
+def test_up_runs_a_second_version_that_registers_for_routing(
+    mesh: tuple[subprocess.Popen[str], dict[str, dict[str, object]], list[str]], tmp_path: Path
+) -> None:
+    _, endpoints, _ = mesh
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "generated")])}
+    deadline = time.monotonic() + 30
+    while True:
+        listed = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "clients.cli",
+                "--data-dir",
+                str(tmp_path / "state"),
+                "call",
+                "deployment",
+                "ListInstances",
+                '{"service": "credits"}',
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        versions = {(i["version"], i["address"]) for i in json.loads(listed).get("instances", [])}
+        expected = {
+            ("v1", f"127.0.0.1:{endpoints['credits']['port']}"),
+            ("v2", f"127.0.0.1:{endpoints['credits@v2']['port']}"),
+        }
+        if versions == expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert versions == expected
 
 
 def test_up_restarts_a_crashed_server(
