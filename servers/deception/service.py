@@ -1,9 +1,9 @@
 """The deception server: live decoys, attacker sessions, alerts, decoy selection, attribution, synthetic data.
 
 `build` opens the store, checks the installation file against it, rebuilds the books, starts
-the decoy listeners (real TCP, loopback by default) and returns the servicer with two
-background loops: the intake that records decoy interactions, and the forwarder that delivers
-alerts to the compliance service.
+the decoy listeners (real TCP, loopback by default) and returns the servicer with three
+background loops: the intake that records decoy interactions, the forwarder that delivers
+alerts to the compliance service, and retention.
 
 Honeytokens and the token service: a service that refuses a credential reports it with
 LogRecon, kind RECON_KIND_CREDENTIAL_PRESENTED, `report.claimed_subject` = the client id it
