@@ -28,9 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT), str(ROOT / "generated"), str(Path(__file__).resolve().parent)]
-
-from bench_synthetic import best_rate, plain_python_transactions  # noqa: E402
+sys.path[:0] = [str(ROOT), str(ROOT / "generated")]
 
 from clients.channel import ChannelOptions, open_channel  # noqa: E402
 from servers.deception.messages import chunk_message  # noqa: E402
@@ -38,6 +36,7 @@ from servers.deception.synthetic import DatasetKind, SyntheticDataGenerator  # n
 from servers.deception.synthetic_stream import MAX_STREAMED_CHUNK_SIZE, stream_batch  # noqa: E402
 from shieldx.deception.v1 import deception_pb2 as pb  # noqa: E402
 from shieldx.deception.v1 import deception_pb2_grpc  # noqa: E402
+from tests.bench.bench_synthetic import best_rate, plain_python_transactions  # noqa: E402
 from tests.support.processes import ServerProcess  # noqa: E402
 
 SEED = 20250101
