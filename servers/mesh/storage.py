@@ -81,6 +81,10 @@ class Transaction(ABC):
         return None if row is None else row[0]
 
     @abstractmethod
+    async def copy_rows(self, table: str, columns: Sequence[str], rows: Iterable[Params]) -> int:
+        """Bulk-load rows into `table` (PostgreSQL COPY; batched INSERT on SQLite); returns the count."""
+
+    @abstractmethod
     def stream(self, sql: str, params: Params = (), batch: int = 5000) -> AsyncIterator[list[tuple[Any, ...]]]:
         """Iterate over a large result in batches of plain tuples (for replays)."""
 
@@ -131,6 +135,12 @@ class Database(ABC):
     @abstractmethod
     async def _apply(self, migration: Migration) -> bool:
         """Apply one migration atomically unless already applied; True if it ran."""
+
+
+def _check_identifiers(*names: str) -> None:
+    for name in names:
+        if not _IDENTIFIER.match(name):
+            raise ValueError(f"{name!r} is not a plain lower-case SQL identifier")
 
 
 @dataclass(frozen=True)
@@ -184,6 +194,13 @@ class _SQLiteTransaction(Transaction):
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         return await self._db.run(lambda c: c.execute(sql, params).fetchall())
+
+    async def copy_rows(self, table: str, columns: Sequence[str], rows: Iterable[Params]) -> int:
+        _check_identifiers(table, *columns)
+        materialized = list(rows)
+        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+        await self._db.run(lambda c: c.executemany(sql, materialized))
+        return len(materialized)
 
     async def stream(self, sql: str, params: Params = (), batch: int = 5000) -> AsyncIterator[list[tuple[Any, ...]]]:
         cursor = await self._db.run(lambda c: c.execute(sql, params))
@@ -356,6 +373,19 @@ class _PostgresTransaction(Transaction):
         with _translated():
             cursor = await self._connection.execute(_to_pyformat(sql), params)
             return await cursor.fetchall()
+
+    async def copy_rows(self, table: str, columns: Sequence[str], rows: Iterable[Params]) -> int:
+        _check_identifiers(table, *columns)
+        count = 0
+        with _translated():
+            async with (
+                self._connection.cursor() as cursor,
+                cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy,
+            ):
+                for row in rows:
+                    await copy.write_row(row)
+                    count += 1
+        return count
 
     async def stream(self, sql: str, params: Params = (), batch: int = 5000) -> AsyncIterator[list[tuple[Any, ...]]]:
         async with self._connection.cursor(name="shieldx_stream", row_factory=psycopg.rows.tuple_row) as cursor:

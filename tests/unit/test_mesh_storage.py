@@ -81,3 +81,19 @@ async def test_stream_returns_every_row_in_batches(database: Database) -> None:
             seen.extend(batch)
     assert len(seen) == 1234
     assert seen[0] == ("k0000", 0)
+
+
+async def test_copy_rows_bulk_loads_inside_the_transaction(database: Database) -> None:
+    with pytest.raises(RuntimeError):
+        async with database.transaction() as tx:
+            assert await tx.copy_rows("accounts", ["id", "balance"], [(f"c{i}", i) for i in range(3)]) == 3
+            raise RuntimeError("abandon")
+    assert await database.fetchall("SELECT id FROM accounts") == []
+    async with database.transaction() as tx:
+        await tx.copy_rows("accounts", ["id", "balance"], ((f"c{i:03d}", i) for i in range(500)))
+    rows = await database.fetchall("SELECT id, balance FROM accounts ORDER BY id")
+    assert len(rows) == 500
+    assert (rows[-1]["id"], rows[-1]["balance"]) == ("c499", 499)
+    with pytest.raises(storage.CheckViolation):
+        async with database.transaction() as tx:
+            await tx.copy_rows("accounts", ["id", "balance"], [("neg", -1)])
