@@ -7,9 +7,8 @@ Phases, in one run:
 - in process, what the server does per chunk: the same chunks with their exact quality report
   and the response message built (`stream_batch` + `chunk_message`);
 - streaming RPC: a real deception server (`python -m servers.deception`, SQLite, its own
-  process) streaming the batch to a client in this process (the generated stub on a plain
-  channel), which receives and parses every chunk; the time includes registering the batch and
-  the client's decoding;
+  process) streaming the batch to the typed client in this process, which receives and parses
+  every chunk; the time includes registering the batch and the client's decoding;
 - plain Python: the same columns from the `random` module, one row at a time, as dicts.
 
 Run: `.venv/bin/python tests/bench/bench_deception.py [--rows 1000000] [--plain-rows 200000]`.
@@ -31,11 +30,11 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "generated")]
 
 from clients.channel import ChannelOptions, open_channel  # noqa: E402
+from clients.deception import DeceptionClient  # noqa: E402
 from servers.deception.messages import chunk_message  # noqa: E402
 from servers.deception.synthetic import DatasetKind, SyntheticDataGenerator  # noqa: E402
 from servers.deception.synthetic_stream import MAX_STREAMED_CHUNK_SIZE, stream_batch  # noqa: E402
 from shieldx.deception.v1 import deception_pb2 as pb  # noqa: E402
-from shieldx.deception.v1 import deception_pb2_grpc  # noqa: E402
 from tests.bench.bench_synthetic import best_rate, plain_python_transactions  # noqa: E402
 from tests.support.processes import ServerProcess  # noqa: E402
 
@@ -47,14 +46,14 @@ async def stream_once(address: str, rows: int, chunk_size: int) -> float:
     """Seconds to stream `rows` transactions from the server, every chunk received and parsed."""
     # No retries or telemetry: the figure is the stream itself.
     channel = open_channel(address, ChannelOptions(retry=None, telemetry=False))
-    stub = deception_pb2_grpc.DeceptionServiceStub(channel)
+    client = DeceptionClient(channel)
     try:
         request = pb.GenerateSyntheticDataRequest(
             kind=pb.DATASET_KIND_TRANSACTIONS, count=rows, chunk_size=chunk_size, seed=SEED
         )
         received = 0
         started = time.perf_counter()
-        async for chunk in stub.GenerateSyntheticData(request, timeout=600):
+        async for chunk in client.generate_synthetic_data(request, timeout=600):
             received += len(chunk.transactions.amount_minor)
         elapsed = time.perf_counter() - started
     finally:

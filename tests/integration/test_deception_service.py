@@ -20,7 +20,6 @@ from typing import Any
 import grpc
 import pytest
 
-import clients.rpc
 from clients.deception import DeceptionClient, credential_fingerprint, report_presented_credential
 from clients.errors import ShieldxError
 from servers.deception.attribution import adjusted_rand_index
@@ -38,21 +37,6 @@ from tests.support.fuzz import fuzz_service
 HOST = "127.0.0.1"
 TOKENS = "shieldx.tokens.v1.TokenService"
 ISSUE_TOKEN = "/shieldx.tokens.v1.TokenService/IssueToken"
-
-
-class _Serializer:
-    """Stand-in for `Message` in clients.rpc, whose `Message.SerializeToString` (the abstract base
-    method) cannot serialize a request. Remove once clients/rpc.py serializes with the message's
-    own method; harmless after that."""
-
-    @staticmethod
-    def SerializeToString(message: Any) -> bytes:
-        return bytes(message.SerializeToString())
-
-
-@pytest.fixture(autouse=True)
-def _typed_client_serializes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(clients.rpc, "Message", _Serializer)
 
 
 class RecordingCompliance(compliance_pb2_grpc.ComplianceServiceServicer):
@@ -92,8 +76,7 @@ async def compliance(start_server: StartServer, tmp_path: Path) -> Running:
 async def running(
     store_config: dict[str, str], start_service: StartService, tmp_path: Path, compliance: Running
 ) -> Running:
-    # store_config comes first so that it is torn down last: dropping a PostgreSQL schema while
-    # the service still polls it would wait on the service's locks with the event loop stopped.
+    # store_config comes first so that it is torn down last: the service stops before its schema goes.
     return await start_service(build, deception_config(tmp_path, store_config, compliance.address))
 
 
