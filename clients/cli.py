@@ -116,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     call.add_argument("body", nargs="?", default="{}", help="request as JSON (proto3 JSON mapping)")
     call.add_argument("--as", dest="principal", default="admin", help="principal of the credentials file")
 
+    rebuild = commands.add_parser(
+        "rebuild-credits", help="replay every credits event into fresh read models (progress bar on stderr)"
+    )
+    rebuild.add_argument("--config", help="YAML config file of the credits server")
+    rebuild.add_argument("--batch", type=int, help="events read per query")
+
     args = parser.parse_args(argv)
     data_dir = Path(args.data_dir)
     if args.command == "up":
@@ -146,6 +152,15 @@ def main(argv: list[str] | None = None) -> int:
             forwarded += ["--port", str(args.port)]
         serve_main(args.service, forwarded)
         return 0
+    if args.command == "rebuild-credits":
+        from servers.credits.rebuild import main as rebuild_main
+
+        forwarded = ["--data-dir", str(data_dir)]
+        if args.config:
+            forwarded += ["--config", args.config]
+        if args.batch:
+            forwarded += ["--batch", str(args.batch)]
+        return rebuild_main(forwarded)
     if args.command == "call":
         return _call(data_dir, args.service, args.method, args.body, args.principal)
     return _status(data_dir, args.json)
