@@ -23,7 +23,8 @@ from datetime import UTC, datetime, timedelta
 import grpc
 
 from servers.mesh import errors, paseto
-from servers.mesh.claims import TOKEN_UNKNOWN_KEY, TokenClaims, TokenVerifier, TrustedKey
+from servers.mesh.claims import TOKEN_UNKNOWN_KEY, TokenClaims
+from servers.mesh.verifier import TokenVerifier, TrustedKey
 from shieldx.tokens.v1 import tokens_pb2, tokens_pb2_grpc
 
 log = logging.getLogger(__name__)

@@ -21,8 +21,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from servers.mesh import storage
-from servers.mesh.claims import TokenSigner, TokenVerifier
+from servers.mesh.claims import TokenSigner
 from servers.mesh.storage import Transaction
+from servers.mesh.verifier import TokenVerifier
 from servers.tokens.domain import TokenSettings
 from servers.tokens.keys import KeyRing, SigningKeyRecord, generate_signing_key
 from servers.tokens.revocations import Revocation

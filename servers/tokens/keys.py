@@ -21,8 +21,9 @@ from enum import StrEnum
 import nacl.signing
 
 from servers.mesh import paseto
-from servers.mesh.claims import TokenSigner, TrustedKey
+from servers.mesh.claims import TokenSigner
 from servers.mesh.errors import FailedPrecondition, InvalidArgument
+from servers.mesh.verifier import TrustedKey
 
 NO_ACTIVE_KEY = "NO_ACTIVE_KEY"
 """Reason: the service has no key to sign with (not bootstrapped, or its key store is empty)."""

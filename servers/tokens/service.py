@@ -17,13 +17,13 @@ from datetime import timedelta
 from typing import Any
 
 from servers.mesh.auth import current_caller, peer_address
-from servers.mesh.claims import TokenVerifier
 from servers.mesh.config import service_settings
 from servers.mesh.errors import AlreadyExists, DomainError, InvalidArgument, NotFound, Unauthenticated
 from servers.mesh.idempotency import RequestLedger
 from servers.mesh.pagination import page_request
 from servers.mesh.server import Mount, Runtime, Service
 from servers.mesh.storage import Transaction
+from servers.mesh.verifier import TokenVerifier
 from servers.tokens import messages
 from servers.tokens.authority import TokenAuthority
 from servers.tokens.bootstrap import bootstrap, credentials_path, token_endpoint

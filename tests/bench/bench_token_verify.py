@@ -33,7 +33,8 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).res
 import nacl.signing  # noqa: E402
 
 from servers.mesh import paseto  # noqa: E402
-from servers.mesh.claims import TokenSigner, TokenVerifier, TrustedKey  # noqa: E402
+from servers.mesh.claims import TokenSigner  # noqa: E402
+from servers.mesh.verifier import TokenVerifier, TrustedKey  # noqa: E402
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 AUDIENCE = "shieldx.credits"

@@ -36,10 +36,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "generated")]
 
 from clients.credentials import CredentialsFile  # noqa: E402
-from servers.mesh.claims import TokenVerifier  # noqa: E402
 from servers.mesh.config import load_config  # noqa: E402
 from servers.mesh.server import Runtime, create_server  # noqa: E402
 from servers.mesh.tracing import configure_tracing  # noqa: E402
+from servers.mesh.verifier import TokenVerifier  # noqa: E402
 from servers.tokens.client_secrets import Argon2idCost, ClientSecretHasher  # noqa: E402
 from servers.tokens.service import TokenServicer, build  # noqa: E402
 from shieldx.tokens.v1 import tokens_pb2, tokens_pb2_grpc  # noqa: E402

@@ -23,8 +23,9 @@ from clients.credentials import CredentialsFile
 from clients.errors import ShieldxError
 from clients.tokens import TokenClient
 from servers.mesh import paseto
-from servers.mesh.claims import TokenSigner, TokenVerifier, TrustedKey, footer_for
+from servers.mesh.claims import TokenSigner, footer_for
 from servers.mesh.errors import Unauthenticated
+from servers.mesh.verifier import TokenVerifier, TrustedKey
 from servers.tokens import totp
 from servers.tokens.bootstrap import WORKLOAD_SCOPES, contract_scopes
 from servers.tokens.secret_files import SigningKeyFiles

@@ -7,7 +7,8 @@ from datetime import timedelta
 
 import nacl.signing
 
-from servers.mesh.claims import TokenSigner, TokenVerifier, TrustedKey
+from servers.mesh.claims import TokenSigner
+from servers.mesh.verifier import TokenVerifier, TrustedKey
 
 ISSUER = "shieldx-tokens"
 AUDIENCE = "shieldx"

@@ -10,8 +10,9 @@ import pytest
 
 from servers.mesh import claims as tc
 from servers.mesh import paseto
-from servers.mesh.claims import TokenClaims, TokenSigner, TokenVerifier, TrustedKey
+from servers.mesh.claims import TokenClaims, TokenSigner
 from servers.mesh.errors import Unauthenticated
+from servers.mesh.verifier import TokenVerifier, TrustedKey
 
 START = datetime(2030, 1, 1, tzinfo=UTC)
 HOUR = timedelta(hours=1)

@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 import nacl.signing
 import pytest
 
-from servers.mesh.claims import TokenSigner, TokenVerifier, TrustedKey
+from servers.mesh.claims import TokenSigner
 from servers.mesh.errors import DomainError, FailedPrecondition, InvalidArgument, PermissionDenied, Unauthenticated
+from servers.mesh.verifier import TokenVerifier, TrustedKey
 from servers.tokens import domain, issuance, revocations, totp
 from servers.tokens.client_secrets import Argon2idCost, ClientSecretHasher
 from servers.tokens.domain import Client, ClientKind, ClientSpec, ClientUpdate, TokenSettings

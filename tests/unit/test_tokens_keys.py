@@ -8,8 +8,8 @@ import pytest
 
 from servers.mesh import claims as tc
 from servers.mesh import paseto
-from servers.mesh.claims import TokenVerifier
 from servers.mesh.errors import FailedPrecondition, InvalidArgument, Unauthenticated
+from servers.mesh.verifier import TokenVerifier
 from servers.tokens import keys
 from servers.tokens.keys import KeyRing, KeyState
 
