@@ -7,9 +7,19 @@ the deception service raises a CRITICAL alert naming the batch if it is a plante
 
 from __future__ import annotations
 
+import hashlib
+
 from clients.rpc import Metadata, ServerStream, ServiceClient, Unary
-from servers.deception.honeytokens import credential_fingerprint
 from shieldx.deception.v1 import deception_pb2 as pb
+
+FINGERPRINT_TAG = b"shieldx.deception.honeytoken.v1\x00"
+"""Domain separation of fingerprints, so they match no other SHA-256 in the mesh."""
+
+
+def credential_fingerprint(credential: str) -> str:
+    """Hex SHA-256 of the tagged credential: what the honeytoken registry keeps, and what a service
+    reports instead of a secret it refused (the secret itself never travels)."""
+    return hashlib.sha256(FINGERPRINT_TAG + credential.encode("utf-8", "surrogatepass")).hexdigest()
 
 __all__ = ["DeceptionClient", "credential_fingerprint", "report_presented_credential"]
 

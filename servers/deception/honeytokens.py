@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import enum
-import hashlib
 import json
 import threading
 from collections.abc import Iterable, Mapping
@@ -27,10 +26,8 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 from numpy.typing import NDArray
 
+from clients.deception import credential_fingerprint
 from servers.mesh.errors import AlreadyExists, InvalidArgument, NotFound
-
-FINGERPRINT_TAG = b"shieldx.deception.honeytoken.v1\x00"
-"""Domain separation of fingerprints, so they match no other SHA-256 in the mesh."""
 
 SECRET_BYTES = 32
 """Random bytes of a client secret or API key (as the token service's secrets)."""
@@ -74,11 +71,6 @@ class HoneytokenKind(enum.Enum):
     API_KEY = 1
     PASSWORD = 2
     BEARER_TOKEN = 3
-
-
-def credential_fingerprint(credential: str) -> str:
-    """Hex SHA-256 of the tagged credential: what the registry keeps and services may send instead."""
-    return hashlib.sha256(FINGERPRINT_TAG + credential.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _base64url(raw: NDArray[np.uint8]) -> NDArray[np.bytes_]:

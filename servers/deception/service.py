@@ -8,7 +8,7 @@ alerts to the compliance service, and retention.
 Honeytokens and the token service: a service that refuses a credential reports it with
 LogRecon, kind RECON_KIND_CREDENTIAL_PRESENTED, `report.claimed_subject` = the client id it
 was presented with, and `presented_credential_fingerprint` =
-`servers.deception.honeytokens.credential_fingerprint(secret)` (hex SHA-256 over a domain tag and
+`clients.deception.credential_fingerprint(secret)` (hex SHA-256 over a domain tag and
 the secret), so the secret never travels. A registered honeytoken then raises a CRITICAL alert
 naming the batch it was planted in. `clients.deception.report_presented_credential` does it in
 one call.

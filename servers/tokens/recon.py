@@ -66,7 +66,7 @@ class ReconReporter:
                         source_address=presented.source_address,
                         claimed_subject=presented.client_id,
                         secret=presented.secret,
-                        reporting_service="tokens",
+                        reporting_service="shieldx.tokens.v1.TokenService",
                         method="/shieldx.tokens.v1.TokenService/IssueToken",
                         detail="client credentials refused",
                     )
