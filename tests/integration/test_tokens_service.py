@@ -18,7 +18,6 @@ import pytest
 from google.protobuf import duration_pb2, field_mask_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-import clients.rpc
 from clients.credentials import CredentialsFile
 from clients.errors import ShieldxError
 from clients.tokens import TokenClient
@@ -36,21 +35,6 @@ from tests.support.fuzz import fuzz_service
 
 FAST_ARGON2 = {"argon2_opslimit": 1, "argon2_memlimit": 64 * 1024}
 Metadata = tuple[tuple[str, str], ...]
-
-
-class _Serializer:
-    """Stand-in for `Message` in clients.rpc, whose `Message.SerializeToString` (the abstract base
-    method) sends every request empty. Remove once clients/rpc.py serializes with the message's own
-    method; harmless after that."""
-
-    @staticmethod
-    def SerializeToString(message: Any) -> bytes:
-        return bytes(message.SerializeToString())
-
-
-@pytest.fixture(autouse=True)
-def _typed_client_serializes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(clients.rpc, "Message", _Serializer)
 
 
 def tokens_config(tmp_path: Path, store_config: dict[str, str], *, auth: bool = False, **settings: Any) -> Any:
