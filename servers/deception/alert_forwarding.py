@@ -29,6 +29,7 @@ from clients.errors import ShieldxError
 from servers.deception.alert_store import AlertStore, Notification
 from servers.deception.alerts import Alert
 from servers.deception.domain import AlertKind
+from servers.mesh.config import bounded
 from shieldx.compliance.v1 import compliance_pb2
 
 log = logging.getLogger(__name__)
@@ -102,15 +103,15 @@ def notification_for(alert: Alert) -> Notification:
 class ForwardingPolicy:
     """How alerts are delivered to compliance."""
 
-    initial_backoff_seconds: float = 1.0
+    initial_backoff_seconds: float = bounded(1.0, above=0)
     """Delay before the first retry of a failed delivery."""
-    max_backoff_seconds: float = 300.0
+    max_backoff_seconds: float = bounded(300.0, above=0)
     """Longest delay between two attempts (the delay doubles per failure up to this)."""
-    call_timeout_seconds: float = 10.0
+    call_timeout_seconds: float = bounded(10.0, above=0)
     """Deadline of one RaiseAlert call."""
-    batch_size: int = 50
+    batch_size: int = bounded(50, at_least=1)
     """Notifications delivered per pass."""
-    poll_seconds: float = 5.0
+    poll_seconds: float = bounded(5.0, above=0)
     """Longest sleep between passes when nothing wakes the loop."""
 
     def backoff(self, attempts: int) -> float:

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from servers.deception.books import DeceptionBooks
-from servers.mesh.config import ConfigError
+from servers.mesh.config import bounded
 from servers.mesh.idempotency import RequestLedger
 
 log = logging.getLogger(__name__)
@@ -41,21 +40,12 @@ class PurgeCounts:
 class RetentionPolicy:
     """How long things are kept."""
 
-    activity_days: float = 90.0
+    activity_days: float = bounded(90.0, at_least=0)
     """Sessions, interactions and alerts are kept this many days after their last event (0: forever)."""
-    request_id_hours: float = 168.0
+    request_id_hours: float = bounded(168.0, at_least=0)
     """Request ids (and the first answers they replay) are kept this many hours (0: forever)."""
-    interval_seconds: float = 3600.0
+    interval_seconds: float = bounded(3600.0, above=0)
     """How often the purge runs."""
-
-    def validate(self) -> None:
-        """ConfigError naming the first setting out of range."""
-        for name in ("activity_days", "request_id_hours"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ConfigError(f"deception.retention.{name}: must be 0 (keep) or a positive number")
-        if not (math.isfinite(self.interval_seconds) and self.interval_seconds > 0):
-            raise ConfigError("deception.retention.interval_seconds: must be positive")
 
 
 class Retention:

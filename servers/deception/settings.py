@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -14,7 +13,7 @@ from servers.deception.decoys import DecoyConfig, DecoyLimits, default_decoy_con
 from servers.deception.domain import Protocol
 from servers.deception.retention import RetentionPolicy
 from servers.deception.sessions import SessionPolicy
-from servers.mesh.config import ConfigError, MeshConfig, service_settings
+from servers.mesh.config import ConfigError, MeshConfig, bounded, service_settings
 from servers.mesh.errors import DomainError
 
 
@@ -38,27 +37,27 @@ class DeceptionSettings:
     recorded with (the decoys will then look like a different machine than before)."""
     limits: DecoyLimits = field(default_factory=DecoyLimits)
     """Bounds on what one client may cost a decoy (timeouts, bytes, connections)."""
-    dedup_window_seconds: float = 600.0
+    dedup_window_seconds: float = bounded(600.0, above=0)
     """Events of one kind from one source within this many seconds of the previous one fold
     into the same alert."""
-    dedup_max_span_seconds: float = 86400.0
+    dedup_max_span_seconds: float = bounded(86400.0, above=0)
     """An alert spanning longer than this is closed even while events keep coming."""
-    session_idle_timeout_seconds: float = 1800.0
+    session_idle_timeout_seconds: float = bounded(1800.0, above=0)
     """A source idle for longer starts a new session with its next event."""
-    max_events_per_session: int = 10_000
+    max_events_per_session: int = bounded(10_000, at_least=1)
     """Timeline entries kept per session in memory (every event is stored)."""
-    attribution_threshold: float = 0.4
+    attribution_threshold: float = bounded(0.4, above=0, at_most=1)
     """Similarity above which GetAttribution merges sessions into one actor, when the request
     does not say."""
     default_policy: str = "thompson"
     """Decoy selection policy when SelectDecoy does not name one: `thompson`, `ucb1` or `random`."""
     bandit: BanditConfig = field(default_factory=BanditConfig)
     """Discount, priors and exploration of the selection policies."""
-    intake_queue_size: int = 10_000
+    intake_queue_size: int = bounded(10_000, at_least=1)
     """Interactions waiting to be recorded at most; beyond, new ones are dropped and counted."""
-    intake_batch_size: int = 500
+    intake_batch_size: int = bounded(500, at_least=1)
     """Interactions recorded per transaction at most."""
-    replay_max_logged_rounds: int = 200_000
+    replay_max_logged_rounds: int = bounded(200_000, at_least=1)
     """Logged selections ReplayPolicy reads at most (the latest ones)."""
     forwarding: ForwardingPolicy = field(default_factory=ForwardingPolicy)
     """Retries of alert deliveries to the compliance service."""
@@ -101,32 +100,7 @@ class DeceptionSettings:
 
     def validate(self) -> None:
         """ConfigError naming the first setting that is out of range."""
-        positive = {
-            "dedup_window_seconds": self.dedup_window_seconds,
-            "dedup_max_span_seconds": self.dedup_max_span_seconds,
-            "session_idle_timeout_seconds": self.session_idle_timeout_seconds,
-            "forwarding.initial_backoff_seconds": self.forwarding.initial_backoff_seconds,
-            "forwarding.max_backoff_seconds": self.forwarding.max_backoff_seconds,
-            "forwarding.call_timeout_seconds": self.forwarding.call_timeout_seconds,
-            "forwarding.poll_seconds": self.forwarding.poll_seconds,
-        }
-        for name, value in positive.items():
-            if not (math.isfinite(value) and value > 0):
-                raise ConfigError(f"deception.{name}: must be a positive number of seconds")
-        counts = {
-            "max_events_per_session": self.max_events_per_session,
-            "intake_queue_size": self.intake_queue_size,
-            "intake_batch_size": self.intake_batch_size,
-            "replay_max_logged_rounds": self.replay_max_logged_rounds,
-            "forwarding.batch_size": self.forwarding.batch_size,
-        }
-        for name, count in counts.items():
-            if count < 1:
-                raise ConfigError(f"deception.{name}: must be at least 1")
-        if not (math.isfinite(self.attribution_threshold) and 0 < self.attribution_threshold <= 1):
-            raise ConfigError("deception.attribution_threshold: must be in (0, 1]")
         self.selection_policy()
-        self.retention.validate()
         try:
             self.bandit.validate()
             self.deduplication()

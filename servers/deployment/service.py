@@ -20,7 +20,7 @@ from servers.deployment.notifications import Signals
 from servers.deployment.observer import PrometheusObserver, ScrapeObserver, VersionObserver
 from servers.deployment.routing_service import RoutingRpcs
 from servers.deployment.store import DeploymentStore
-from servers.mesh.config import ConfigError, service_settings
+from servers.mesh.config import ConfigError, bounded, service_settings
 from servers.mesh.idempotency import RequestLedger
 from servers.mesh.server import Mount, Runtime, Service
 from shieldx.deployment.v1 import (
@@ -41,38 +41,26 @@ log = logging.getLogger(__name__)
 class DeploymentSettings:
     """The deployment server's own settings (YAML section `deployment:`, env `SHIELDX_DEPLOYMENT__*`)."""
 
-    controller_tick_seconds: float = 0.5
+    controller_tick_seconds: float = bounded(0.5, above=0)
     """How often the controller looks at the active deployments (how late a due timer or
     analysis may be seen)."""
     prometheus_url: str = ""
     """Base URL of a Prometheus server (e.g. `http://prometheus:9090`) to read the new version's
     metrics from; empty scrapes the instances' `/metrics` endpoints directly."""
-    scrape_timeout_seconds: float = 2.0
+    scrape_timeout_seconds: float = bounded(2.0, above=0)
     """Timeout of one GET of an instance's metrics (or of one Prometheus query)."""
-    watch_poll_seconds: float = 5.0
+    watch_poll_seconds: float = bounded(5.0, above=0)
     """How often watch streams and the flag set re-read the store, to see changes made by other
     replicas of this server (changes made here wake them at once)."""
-    flag_keepalive_seconds: float = 30.0
+    flag_keepalive_seconds: float = bounded(30.0, above=0)
     """Idle time after which EventStream sends KEEP_ALIVE."""
-    experiment_draws: int = DEFAULT_DRAWS
+    experiment_draws: int = bounded(DEFAULT_DRAWS, at_least=1000)
     """Monte Carlo draws per arm behind the experiment probabilities."""
-    request_id_retention_seconds: float = 86400.0
+    request_id_retention_seconds: float = bounded(86400.0, above=0)
     """How long AIP-155 request ids (and the answers replayed to retries) are kept."""
 
 
 def _checked(settings: DeploymentSettings) -> DeploymentSettings:
-    positive = {
-        "controller_tick_seconds": settings.controller_tick_seconds,
-        "scrape_timeout_seconds": settings.scrape_timeout_seconds,
-        "watch_poll_seconds": settings.watch_poll_seconds,
-        "flag_keepalive_seconds": settings.flag_keepalive_seconds,
-        "request_id_retention_seconds": settings.request_id_retention_seconds,
-    }
-    for name, value in positive.items():
-        if not value > 0:
-            raise ConfigError(f"deployment.{name}: must be positive")
-    if settings.experiment_draws < 1000:
-        raise ConfigError("deployment.experiment_draws: must be at least 1000")
     if settings.prometheus_url and not settings.prometheus_url.startswith(("http://", "https://")):
         raise ConfigError("deployment.prometheus_url: must be an http:// or https:// URL")
     return settings

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from servers.mesh.config import ConfigError, MeshConfig, section_settings
+from servers.mesh.config import MeshConfig, bounded, section_settings
 from servers.mesh.faults import Fault
 from shieldx.deployment.v1 import deployment_pb2_grpc, faults_pb2, routing_pb2
 
@@ -55,24 +55,19 @@ class AgentSettings:
     advertise_host: str = ""
     """Host other processes reach this one at; empty uses the bind host (or the machine's
     name when bound to a wildcard address)."""
-    heartbeat_seconds: float = 15.0
+    heartbeat_seconds: float = bounded(15.0, above=0)
     """How often the registration is renewed."""
-    retry_initial_seconds: float = 0.5
+    retry_initial_seconds: float = bounded(0.5, above=0)
     """First pause after a failed call to the deployment server."""
-    retry_max_seconds: float = 15.0
+    retry_max_seconds: float = bounded(15.0, above=0)
     """Longest pause between retries."""
-    call_timeout_seconds: float = 5.0
+    call_timeout_seconds: float = bounded(5.0, above=0)
     """Deadline of one registration call."""
 
 
 def agent_settings(config: MeshConfig, environ: Mapping[str, str] | None = None) -> AgentSettings:
     """The agent's settings: the `agent:` section of the config file, then `SHIELDX_AGENT__*`."""
-    settings = section_settings(AgentSettings, config, "agent", environ)
-    for name in ("heartbeat_seconds", "retry_initial_seconds", "retry_max_seconds", "call_timeout_seconds"):
-        value = getattr(settings, name)
-        if not (math.isfinite(value) and value > 0):
-            raise ConfigError(f"agent.{name}: must be positive")
-    return settings
+    return section_settings(AgentSettings, config, "agent", environ)
 
 
 def fault_of(message: faults_pb2.FaultInjection, *, wall: float, monotonic: float) -> Fault:

@@ -9,6 +9,7 @@ their standard meaning: `SHIELDX_DATABASE_URL` selects PostgreSQL, `OTEL_*` conf
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+N = TypeVar("N", int, float)
 
 # Default gRPC and metrics ports (DESIGN.md).
 DEFAULT_PORTS: dict[str, tuple[int, int]] = {
@@ -37,6 +39,40 @@ EXTENSIONS = ("agent",)
 
 class ConfigError(ValueError):
     """A configuration value is missing or malformed; the message names the key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """The range a numeric setting must lie in (checked by the loader; NaN and infinities never are)."""
+
+    above: float | None = None
+    at_least: float | None = None
+    at_most: float | None = None
+
+    def admits(self, value: float) -> bool:
+        """Whether `value` is in range."""
+        return (
+            math.isfinite(value)
+            and (self.above is None or value > self.above)
+            and (self.at_least is None or value >= self.at_least)
+            and (self.at_most is None or value <= self.at_most)
+        )
+
+    def __str__(self) -> str:
+        parts = [f"greater than {self.above:g}"] if self.above is not None else []
+        parts += [f"at least {self.at_least:g}"] if self.at_least is not None else []
+        parts += [f"at most {self.at_most:g}"] if self.at_most is not None else []
+        return " and ".join(parts)
+
+
+def bounded(
+    default: N, *, above: float | None = None, at_least: float | None = None, at_most: float | None = None
+) -> N:
+    """A numeric dataclass field with its range, e.g. `interval_seconds: float = bounded(2.0, above=0)`."""
+    limits = Bounds(above, at_least, at_most)
+    if not limits.admits(default):
+        raise ValueError(f"default {default!r} is outside its own bounds ({limits})")
+    return dataclasses.field(default=default, metadata={"bounds": limits})
 
 
 @dataclasses.dataclass
@@ -197,7 +233,19 @@ def build(cls: type[T], data: Mapping[str, Any], environ: Mapping[str, str], pre
             values[field.name] = _convert(hint, environ[key], key)
         elif field.name in data:
             values[field.name] = _convert(hint, data[field.name], key)
-    return cls(**values)
+    built = cls(**values)
+    _check_bounds(built, prefix)
+    return built
+
+
+def _check_bounds(settings: Any, prefix: str) -> None:
+    # Name keys as they appear in the YAML file: SHIELDX_DECEPTION__FORWARDING__ → deception.forwarding.
+    section = ".".join(part.lower() for part in prefix.removeprefix("SHIELDX_").split("__") if part)
+    for field in dataclasses.fields(settings):
+        limits = field.metadata.get("bounds")
+        if limits is not None and not limits.admits(getattr(settings, field.name)):
+            key = f"{section}.{field.name}" if section else field.name
+            raise ConfigError(f"{key}: must be {limits}, got {getattr(settings, field.name)!r}")
 
 
 def _convert(hint: Any, raw: Any, key: str) -> Any:

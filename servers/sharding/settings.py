@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from servers.mesh.config import ConfigError
+from servers.mesh.config import ConfigError, bounded
 from servers.mesh.errors import InvalidArgument
 from servers.sharding.failover import HealthPolicy
 from servers.sharding.rebalance import RebalanceConfig
@@ -18,17 +18,17 @@ class ShardingSettings:
     health_monitor: bool = True
     """Run the health monitor (and so automatic failover) in this process. Run it in exactly one
     sharding server per registry; further servers of the same registry serve reads and streams."""
-    health_check_interval_seconds: float = 30.0
+    health_check_interval_seconds: float = bounded(30.0, above=0, at_most=86_400)
     """Time between two health checks of a node."""
-    health_check_timeout_seconds: float = 5.0
+    health_check_timeout_seconds: float = bounded(5.0, above=0)
     """A check taking longer fails (capped at the interval)."""
-    failure_threshold: int = 3
+    failure_threshold: int = bounded(3, at_least=1, at_most=100)
     """Failed checks in a row that make a node DOWN and fail over a DOWN primary."""
     automatic_failover: bool = True
     """Fail over a DOWN primary without waiting for an operator."""
-    promote_timeout_seconds: float = 30.0
+    promote_timeout_seconds: float = bounded(30.0, above=0, at_most=3600)
     """How long `pg_promote` may take."""
-    switchover_timeout_seconds: float = 10.0
+    switchover_timeout_seconds: float = bounded(10.0, above=0, at_most=3600)
     """Manual failover of a live primary: fencing it and the replica catching up."""
     rebalance_batch_size: int = 100
     """Accounts moved together (one fence and one cut-over topology version per batch)."""
@@ -45,17 +45,8 @@ class ShardingSettings:
     servers sharing the registry reach this server's watchers (0 turns it off)."""
 
     def health_policy(self) -> HealthPolicy:
-        """The monitor's policy (ConfigError naming the setting if out of range)."""
+        """The monitor's policy."""
         interval = self.health_check_interval_seconds
-        if not 0 < interval <= 86_400:
-            raise ConfigError("sharding.health_check_interval_seconds: must be between 0 and 86400")
-        if not self.health_check_timeout_seconds > 0:
-            raise ConfigError("sharding.health_check_timeout_seconds: must be positive")
-        if not 1 <= self.failure_threshold <= 100:
-            raise ConfigError("sharding.failure_threshold: must be between 1 and 100")
-        for name in ("promote_timeout_seconds", "switchover_timeout_seconds"):
-            if not 0 < getattr(self, name) <= 3600:
-                raise ConfigError(f"sharding.{name}: must be between 0 and 3600")
         return HealthPolicy(
             check_interval=timedelta(seconds=interval),
             check_timeout=timedelta(seconds=min(self.health_check_timeout_seconds, interval)),

@@ -7,13 +7,21 @@ from pathlib import Path
 
 import pytest
 
-from servers.mesh.config import ConfigError, load_config, service_settings
+from servers.mesh.config import ConfigError, bounded, load_config, service_settings
+
+
+@dataclasses.dataclass
+class Retry:
+    pause_seconds: float = bounded(0.5, above=0, at_most=60)
+    """Pause."""
 
 
 @dataclasses.dataclass
 class ExampleSettings:
-    snapshot_every: int = 100
+    snapshot_every: int = bounded(100, at_least=1)
     """Events between snapshots."""
+    retry: Retry = dataclasses.field(default_factory=Retry)
+    """Retries."""
     regions: list[str] = dataclasses.field(default_factory=list)
     """Regions."""
 
@@ -39,6 +47,21 @@ def test_yaml_then_environment_override(tmp_path: Path) -> None:
     assert config.endpoint("tokens") == "tokens.svc:8080"
     settings = service_settings(ExampleSettings, config, environ)
     assert settings == ExampleSettings(snapshot_every=7, regions=["eu", "us"])
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"SHIELDX_CREDITS__SNAPSHOT_EVERY": "0"}, "credits.snapshot_every: must be at least 1"),
+        ({"SHIELDX_CREDITS__RETRY__PAUSE_SECONDS": "0"}, "credits.retry.pause_seconds: must be greater than 0"),
+        ({"SHIELDX_CREDITS__RETRY__PAUSE_SECONDS": "nan"}, "credits.retry.pause_seconds"),
+        ({"SHIELDX_CREDITS__RETRY__PAUSE_SECONDS": "61"}, "at most 60"),
+    ],
+)
+def test_declared_bounds_are_enforced_with_the_yaml_key(environ: dict[str, str], named: str) -> None:
+    config = load_config("credits", environ={})
+    with pytest.raises(ConfigError, match=named):
+        service_settings(ExampleSettings, config, environ)
 
 
 def test_database_url_comes_from_the_standard_variable() -> None:

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from servers.mesh.config import ConfigError, load_config, service_settings
+from servers.mesh.config import ConfigError, build, load_config, service_settings
 from servers.sharding.settings import ShardingSettings
 
 
@@ -38,8 +38,8 @@ def test_environment_overrides_and_the_timeout_never_exceeds_the_interval() -> N
     ],
 )
 def test_nonsense_health_settings_are_refused_by_name(changes: dict[str, float], named: str) -> None:
-    with pytest.raises(ConfigError, match=named):
-        ShardingSettings(**changes).health_policy()  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=f"sharding.{named}"):
+        build(ShardingSettings, changes, {}, "SHIELDX_SHARDING__")
 
 
 @pytest.mark.parametrize(
