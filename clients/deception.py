@@ -21,6 +21,7 @@ def credential_fingerprint(credential: str) -> str:
     reports instead of a secret it refused (the secret itself never travels)."""
     return hashlib.sha256(FINGERPRINT_TAG + credential.encode("utf-8", "surrogatepass")).hexdigest()
 
+
 __all__ = ["DeceptionClient", "credential_fingerprint", "report_presented_credential"]
 
 
