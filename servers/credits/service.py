@@ -1,8 +1,14 @@
 """The credits server: `CreditsService` over the event-sourced store, and its background loops.
 
 The servicer parses a request, hands the domain's decision to the store (which records it
-once per request id) and builds the response. Background loops release expired
-reservations, sign the ledger head and measure the projection lag.
+once per request id) or asks the queries, and builds the response. Background loops release
+expired reservations, sign the ledger head and measure the projection lag.
+
+By default the ledger is the server's own store (SQLite, or PostgreSQL when configured). With
+`credits.topology` on, it follows the sharding server's topology instead: each account lives
+on the PostgreSQL shard the ring names (`shards.py`), transfers between shards use two-phase
+commit coordinated from the server's own store (`crossshard.py`, `twophase.py`), and a
+recovery loop finishes in-doubt prepared transactions at start and every few seconds.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 from opentelemetry import trace
 
+from clients.sharding import ShardingClient
 from servers.credits import messages
 from servers.credits.account import AccountState
 from servers.credits.alerts import AlertCursor, AlertFeed
@@ -37,6 +44,7 @@ from servers.credits.commands import (
     validate_text,
     validate_transfer,
 )
+from servers.credits.crossshard import CrossShardTransfers
 from servers.credits.domain import Decision, TransferDecision, account_not_found, decide, decide_transfer
 from servers.credits.events import ReservationCancelled, ReservationCommitted, Reserved
 from servers.credits.eventstore import TransactionQuery
@@ -48,14 +56,19 @@ from servers.credits.payment_refs import (
     PaymentReferenceUnreadable,
     generate_key,
 )
+from servers.credits.queries import LedgerQueries
 from servers.credits.reports import UsagePeriod, UsageReport
+from servers.credits.shards import TopologyPlacement
 from servers.credits.signing import HeadSigner
 from servers.credits.store import AccountPlacement, CreditsStore, Shard
+from servers.credits.twophase import CoordinatorLog, CrashPoint, TransferCoordinator
 from servers.mesh.config import service_settings
 from servers.mesh.errors import InvalidArgument
 from servers.mesh.logs import current_trace_ids
 from servers.mesh.pagination import PageRequest, page_request
 from servers.mesh.server import Mount, Runtime, Service
+from servers.mesh.storage import Database
+from servers.sharding.follower import TopologyFollower
 from shieldx.credits.v1 import credits_pb2, credits_pb2_grpc
 
 R = TypeVar("R", bound=Message)
@@ -101,6 +114,23 @@ class CreditsSettings:
     """Longest lifetime a reservation may ask for."""
     max_open_reservations: int = 10_000
     """Open reservations one account may hold at once."""
+    topology: bool = False
+    """Follow the sharding server's topology (endpoint `sharding`): accounts live on the PostgreSQL shards
+    it names, transfers between shards use two-phase commit. Off: the ledger is this server's own store."""
+    read_replicas: bool = True
+    """With `topology`: serve listings, usage reports and audit verification from healthy replicas."""
+    shard_pool_size: int = 8
+    """With `topology`: connections per shard node."""
+    two_phase_recovery_interval_seconds: float = 5.0
+    """With `topology`: how often in-doubt prepared transactions are looked for and finished."""
+    in_doubt_after_seconds: float = 10.0
+    """With `topology`: age after which a prepared transaction no process here is driving counts as in
+    doubt and is finished by recovery (other servers sharing the coordinator log may still be driving younger ones)."""
+    decision_retention_seconds: float = 7 * 86400.0
+    """With `topology`: how long transfer decisions stay in the coordinator log."""
+    two_phase_crash_point: str = ""
+    """TESTS ONLY: `after_prepare` or `after_decision` stops every cross-shard transfer there until the
+    process is killed, to test recovery from a coordinator crash. Never set in production."""
 
     def limits(self) -> LedgerLimits:
         """The ledger limits these settings describe."""
@@ -117,6 +147,7 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
     def __init__(
         self,
         store: CreditsStore,
+        queries: LedgerQueries,
         alerts: AlertFeed,
         cipher: PaymentReferenceCipher,
         signer: HeadSigner,
@@ -124,6 +155,7 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
         limits: LedgerLimits,
     ) -> None:
         self.store = store
+        self.queries = queries
         self.alerts = alerts
         self.cipher = cipher
         self.signer = signer
@@ -287,16 +319,16 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
         validate_identifier(account_id, "account_id")
         point = request.WhichOneof("as_of")
         if point is None:
-            row = await self.store.balance(account_id)
+            row = await self.queries.balance(account_id)
             if row is None:
                 raise account_not_found(account_id)
             return credits_pb2.GetBalanceResponse(balance=messages.balance(row))
         if point == "as_of_version":
             if request.as_of_version < 1:
                 raise InvalidArgument("as_of_version", "must be 1 or more")
-            state = await self.store.state_at(account_id, version=request.as_of_version)
+            state = await self.queries.state_at(account_id, version=request.as_of_version)
         else:
-            state = await self.store.state_at(account_id, moment=messages.instant(request.as_of_time, "as_of_time"))
+            state = await self.queries.state_at(account_id, moment=messages.instant(request.as_of_time, "as_of_time"))
         return credits_pb2.GetBalanceResponse(balance=messages.balance(state))
 
     @measured("list_transactions")
@@ -330,7 +362,7 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
         }
         page = page_request(request.page_size, request.page_token, filters)
         after = _cursor(page, ("a", str), ("v", int))
-        rows = await self.store.transactions(query, (after[0], after[1]) if after else None, page.size + 1)
+        rows = await self.queries.transactions(query, (after[0], after[1]) if after else None, page.size + 1)
         last = rows[page.size - 1] if len(rows) > page.size else None
         return credits_pb2.ListTransactionsResponse(
             transactions=[messages.transaction(row, self._open_reference) for row in rows[: page.size]],
@@ -349,17 +381,17 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
         page = page_request(
             request.page_size, request.page_token, {"account_id": request.account_id, "states": numbers}
         )
-        after = _cursor(page, ("p", int))
-        rows = await self.store.reservations(
+        after = _cursor(page, ("s", str), ("p", int))
+        rows = await self.queries.reservations(
             request.account_id,
             [messages.RESERVATION_STATES[number] for number in numbers],
-            int(after[0]) if after else 0,
+            (after[0], after[1]) if after else None,
             page.size + 1,
         )
         last = rows[page.size - 1] if len(rows) > page.size else None
         return credits_pb2.ListReservationsResponse(
-            reservations=[messages.reservation(row) for row in rows[: page.size]],
-            next_page_token=page.next_token(None if last is None else {"p": last.position}),
+            reservations=[messages.reservation(row) for _, row in rows[: page.size]],
+            next_page_token=page.next_token(None if last is None else {"s": last[0], "p": last[1].position}),
         )
 
     async def WatchAlerts(
@@ -394,7 +426,7 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
         }
         page = page_request(request.page_size, request.page_token, filters)
         after = _cursor(page, ("a", str), ("s", str))
-        await self.store.add_usage(report, request.account_id)
+        await self.queries.add_usage(report, request.account_id)
         rows = report.rows()
         if after is not None:
             rows = [row for row in rows if (row.account_id, row.period_start.isoformat()) > after]
@@ -421,7 +453,7 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
     ) -> credits_pb2.VerifyAuditChainResponse:
         if request.account_id:
             validate_identifier(request.account_id, "account_id")
-        report = await self.store.verify_chain(request.account_id)
+        report = await self.queries.verify_chain(request.account_id)
         if request.account_id and report.events_checked == 0:
             raise account_not_found(request.account_id)
         response = credits_pb2.VerifyAuditChainResponse(
@@ -443,7 +475,7 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
     async def GetAuditHead(
         self, request: credits_pb2.GetAuditHeadRequest, context: Any
     ) -> credits_pb2.GetAuditHeadResponse:
-        signed = await self.store.latest_signed_head() or await self.store.sign_head(self.signer)
+        signed = await self.queries.latest_signed_head() or await self.queries.sign_head(self.signer)
         head = signed.head
         return credits_pb2.GetAuditHeadResponse(
             digest=head.digest,
@@ -524,6 +556,9 @@ def payment_reference_cipher(settings: CreditsSettings, data_dir: Path) -> Payme
 def check_settings(settings: CreditsSettings) -> None:
     """Refuse settings the server cannot run with (ValueError naming the setting)."""
     positive = {
+        "shard_pool_size": settings.shard_pool_size,
+        "two_phase_recovery_interval_seconds": settings.two_phase_recovery_interval_seconds,
+        "decision_retention_seconds": settings.decision_retention_seconds,
         "snapshot_every": settings.snapshot_every,
         "head_sign_interval_seconds": settings.head_sign_interval_seconds,
         "sweep_interval_seconds": settings.sweep_interval_seconds,
@@ -538,42 +573,110 @@ def check_settings(settings: CreditsSettings) -> None:
             raise ValueError(f"credits.{name} must be positive")
     if settings.default_reservation_ttl_seconds > settings.max_reservation_ttl_seconds:
         raise ValueError("credits.default_reservation_ttl_seconds exceeds max_reservation_ttl_seconds")
+    if not settings.in_doubt_after_seconds >= 0:
+        raise ValueError("credits.in_doubt_after_seconds must not be negative")
+    if settings.two_phase_crash_point not in {point.value for point in CrashPoint}:
+        raise ValueError(
+            "credits.two_phase_crash_point must be empty, " + " or ".join(p.value for p in CrashPoint if p.value)
+        )
 
 
 async def build(runtime: Runtime) -> Service:
-    """The credits service: store, servicer and background loops."""
+    """The credits service: store, servicer and background loops (on the topology if configured)."""
     settings = service_settings(CreditsSettings, runtime.config)
     check_settings(settings)
     data_dir = runtime.config.data_path
     cipher = payment_reference_cipher(settings, data_dir)
     signer = HeadSigner.from_file(Path(settings.head_signing_key_file or data_dir / "credits-head-signing.key"))
-    database = await runtime.database("servers.credits.migrations")
-    feed = AlertFeed(database, poll_seconds=settings.alert_poll_seconds)
+    if settings.topology:
+        ledger = await sharded_ledger(runtime, settings)
+    else:
+        database = await runtime.database("servers.credits.migrations")
+        ledger = Ledger(AccountPlacement([Shard.of("default", database)]), database)
+    feed = AlertFeed(ledger.alerts_database, poll_seconds=settings.alert_poll_seconds)
     store = CreditsStore(
-        AccountPlacement([Shard.of("default", database)]),
+        ledger.placement,
         snapshot_every=settings.snapshot_every,
         cache_size=settings.account_cache_size,
         on_alert=feed.notify,
         group_commit=settings.group_commit,
     )
+    if ledger.coordinator is not None:
+        store.cross_shard = CrossShardTransfers(store, ledger.coordinator)
+    queries = LedgerQueries(ledger.placement, store.clock)
     metrics = LedgerMetrics(runtime.registry)
-    servicer = CreditsServicer(store, feed, cipher, signer, metrics, settings.limits())
+    servicer = CreditsServicer(store, queries, feed, cipher, signer, metrics, settings.limits())
 
     async def release_expired() -> None:
         await store.expire_due(trace_id=_trace_id())
 
     async def sign_head() -> None:
-        await store.sign_head(signer)
+        await queries.sign_head(signer)
 
     async def measure_lag() -> None:
-        metrics.projection_lag.set(await store.projection_lag())
+        metrics.projection_lag.set(await queries.projection_lag())
 
     return Service(
         mounts=[Mount.of(credits_pb2, credits_pb2_grpc, "CreditsService", servicer=servicer)],
         tasks=[
+            *ledger.tasks,
             every(settings.sweep_interval_seconds, "release_expired", release_expired),
             every(settings.head_sign_interval_seconds, "sign_head", sign_head),
             every(settings.lag_interval_seconds, "measure_lag", measure_lag),
         ],
-        closers=[store.close],
+        closers=[store.close, *ledger.closers],
+    )
+
+
+@dataclass
+class Ledger:
+    """Where the ledger lives: the placement of accounts, and what running it on shards needs."""
+
+    placement: AccountPlacement
+    alerts_database: Database
+    coordinator: TransferCoordinator | None = None
+    tasks: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+async def sharded_ledger(runtime: Runtime, settings: CreditsSettings) -> Ledger:
+    """The ledger on the sharding topology: follower, shard pools, coordinator log and recovery loop."""
+    home = await runtime.database("servers.credits.migrations", "servers.credits.coordinator_migrations")
+    follower = TopologyFollower(ShardingClient(runtime.channel("sharding")))
+    placement = TopologyPlacement(
+        follower, home, pool_size=settings.shard_pool_size, read_replicas=settings.read_replicas
+    )
+    coordinator = TransferCoordinator(
+        CoordinatorLog(home),
+        placement,
+        runtime.registry,
+        in_doubt_after_seconds=settings.in_doubt_after_seconds,
+        decision_retention_seconds=settings.decision_retention_seconds,
+        crash_point=CrashPoint(settings.two_phase_crash_point),
+    )
+    await coordinator.start()
+    if coordinator.crash_point is not CrashPoint.NONE:
+        log.warning(
+            "two-phase crash point %r is set: cross-shard transfers will stop there", settings.two_phase_crash_point
+        )
+
+    async def recover() -> None:
+        await coordinator.recover()
+
+    recover_every = every(settings.two_phase_recovery_interval_seconds, "recover_transfers", recover)
+
+    async def recover_transfers() -> None:
+        # The first pass runs as soon as every shard of the first topology is reachable.
+        await placement.wait_synced(1)
+        await recover_every()
+
+    recover_transfers.__qualname__ = "credits.recover_transfers"
+    follow_topology = follower.run
+    open_shards = placement.run
+    return Ledger(
+        placement,
+        home,
+        coordinator,
+        tasks=[follow_topology, open_shards, recover_transfers],
+        closers=[coordinator.close, placement.close],
     )

@@ -1,14 +1,19 @@
 """The credits store: where each account lives, and the one path every account change takes.
 
 Every account-level operation goes through `CreditsStore`, which asks `AccountPlacement` for
-the shard (a database with its AIP-155 request ledger) that holds the account; today that is
-always the single store. A change runs under an in-process lock per account (so a hot
-account's writers queue instead of failing each other's optimistic checks), inside
-`RequestLedger.execute` (so the answer is recorded with the change): load the account (cache,
-then the events after it), decide, append the sealed events, update the read models, and
-snapshot every `snapshot_every` events — all in one transaction. The (account_id, version)
-key still guards against writers in other processes: a collision drops the cached state and
-the ledger retries the whole work.
+the shard (a database with its AIP-155 request ledger) that holds the account: the single
+store by default, or the shard the sharding topology names (`shards.TopologyPlacement`). A
+change runs under an in-process lock per account (so a hot account's writers queue instead of
+failing each other's optimistic checks), inside `RequestLedger.execute` (so the answer is
+recorded with the change): load the account (cache, then the events after it), decide, append
+the sealed events, update the read models, and snapshot every `snapshot_every` events — all
+in one transaction. The (account_id, version) key still guards against writers in other
+processes: a collision drops the cached state and the ledger retries the whole work.
+
+On shards, every write transaction first checks the accounts' write fences on that shard
+(`fences.py`), so a rebalance cut-over is honoured even by a server on an older topology, and
+a shard that cannot be reached answers UNAVAILABLE. A transfer between accounts on two shards
+goes through two-phase commit (`crossshard.py`); reads are in `queries.py`.
 """
 
 from __future__ import annotations
@@ -17,18 +22,19 @@ import asyncio
 import contextlib
 import functools
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
+import psycopg
 from google.protobuf.message import Message
 
 from servers.credits.account import AccountState
-from servers.credits.audit import AccountHead, ChainMismatch, ChainVerifier, ledger_head
-from servers.credits.domain import Decision, TransferDecision, account_not_found, expire_reservations
-from servers.credits.events import Event, LowBalanceAlerted, StoredEvent
-from servers.credits.eventstore import EventStore, LoadedAccount, TransactionQuery
+from servers.credits.domain import Decision, TransferDecision, expire_reservations
+from servers.credits.events import Event, LowBalanceAlerted
+from servers.credits.eventstore import EventStore, LoadedAccount
+from servers.credits.fences import WriteFences
 from servers.credits.groupcommit import (
     GroupAccount,
     GroupCommitter,
@@ -41,19 +47,19 @@ from servers.credits.groupcommit import (
     sealed_entries,
     status_bytes,
 )
-from servers.credits.projection import BalanceRow, Projection, ReservationRow, ReservationState
-from servers.credits.reports import UsageReport
-from servers.credits.signing import HeadSigner, SignedHead, SignedHeads
+from servers.credits.projection import Projection
 from servers.mesh import errors, storage
 from servers.mesh.idempotency import MAX_REQUEST_ID_LENGTH, RequestLedger, fingerprint
 from servers.mesh.storage import Database, Transaction
+
+if TYPE_CHECKING:
+    from servers.credits.crossshard import CrossShardTransfers
 
 R = TypeVar("R", bound=Message)
 Decide = Callable[[AccountState, datetime], Decision]
 DecideTransfer = Callable[[AccountState, AccountState, datetime], TransferDecision]
 
 LEDGER_DOMAIN = "shieldx.credits.v1"
-_SCAN_BATCH = 5000
 _SWEEP_ATTEMPTS = 8
 _ANSWERED_MEMORY = 100_000
 """Request ids answered by groups that this process remembers, to route their retries straight to the ledger."""
@@ -82,12 +88,15 @@ class Shard:
 
 
 class AccountPlacement:
-    """Chooses the shard that holds an account: the one place sharding will change.
+    """Chooses the shard that holds an account: here the single store; see `shards.TopologyPlacement`.
 
-    Today there is one shard. With several, `shard_for` will follow the sharding topology and
-    a transfer between two shards will need two-phase commit (`CreditsStore.transfer` refuses
-    it until then).
+    The methods below are what the store and the queries ask of any placement: where to write
+    an account, where to read it, which shard serves each account (for scans over every
+    shard), and the server's own store (`home`) for what belongs to no account.
     """
+
+    sharded = False
+    """True if accounts live on several shards (write fences are checked, scans are merged)."""
 
     def __init__(self, shards: Sequence[Shard]) -> None:
         if not shards:
@@ -99,23 +108,42 @@ class AccountPlacement:
         """Every shard (for scans over all accounts)."""
         return self._shards
 
+    @property
+    def home(self) -> Database:
+        """The server's own store: signed heads, the cross-shard coordinator log."""
+        return self._shards[0].database
+
     def shard_for(self, account_id: str) -> Shard:
-        """The shard holding `account_id`."""
+        """The shard to write `account_id` on."""
         return self._shards[0]
 
+    def shard_for_reading(self, account_id: str) -> Shard:
+        """The shard (primary) serving `account_id`, writes fenced or not."""
+        return self.shard_for(account_id)
 
-@dataclass(frozen=True, slots=True)
-class ChainReport:
-    """The outcome of verifying audit chains."""
+    def primary_of(self, shard_id: str) -> Shard:
+        """The shard named `shard_id`."""
+        for shard in self._shards:
+            if shard.name == shard_id:
+                return shard
+        raise errors.Unavailable(f"shard {shard_id!r} is not known", reason="SHARD_UNAVAILABLE")
 
-    events_checked: int
-    accounts_checked: int
-    mismatch: ChainMismatch | None
+    def shard_id_of(self, account_id: str) -> str:
+        """The id of the shard serving `account_id`."""
+        return self.shard_for(account_id).name
 
-    @property
-    def ok(self) -> bool:
-        """True if every event checked matches its chain."""
-        return self.mismatch is None
+    def owners(self, account_ids: Sequence[str]) -> list[str]:
+        """The shard serving each account, in order."""
+        return [self._shards[0].name] * len(account_ids)
+
+    @contextlib.asynccontextmanager
+    async def reading(self, account_id: str, *, replica_ok: bool = False) -> AsyncIterator[Shard]:
+        """The shard (or a replica of it, if `replica_ok`) to read `account_id` from."""
+        yield self.shard_for(account_id)
+
+    def replica_or_primary(self, shard: Shard) -> Shard:
+        """What to scan for the whole of `shard`: a healthy replica of it where there is one."""
+        return shard
 
 
 class _AccountCache:
@@ -203,6 +231,7 @@ class CreditsStore:
         on_alert: Callable[[], None] = lambda: None,
         group_commit: bool = True,
         max_group: int = 128,
+        cross_shard: CrossShardTransfers | None = None,
     ) -> None:
         if snapshot_every < 1:
             raise ValueError("snapshot_every must be at least 1")
@@ -214,14 +243,61 @@ class CreditsStore:
         self._locks = _AccountLocks()
         self._in_flight: set[str] = set()
         self._answered: OrderedDict[str, None] = OrderedDict()
-        self._committers: dict[str, GroupCommitter] = {}
-        if group_commit:
-            for shard in placement.shards:
-                self._committers[shard.name] = GroupCommitter(
-                    functools.partial(self._commit_group, shard), max_group=max_group
-                )
-        # Signed heads cover every shard, so they are kept on the first.
-        self._signed_heads = SignedHeads(placement.shards[0].database.dialect)
+        self.group_commit = group_commit
+        self.max_group = max_group
+        self.cross_shard = cross_shard
+        """Two-phase commit of transfers between shards (None: such transfers are refused)."""
+        # One committer per shard database: a failover swaps the database, and with it the committer.
+        self._committers: dict[Shard, GroupCommitter] = {}
+        self._fences = WriteFences()
+
+    # -- what two-phase transfers build on (see crossshard.py) ------------------------------------
+
+    def hold(self, *account_ids: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """This process's write locks of the accounts, taken in account-id order."""
+        return self._locks.hold(*account_ids)
+
+    async def refuse_fenced(self, tx: Transaction, account_ids: Sequence[str]) -> None:
+        """On shards: hold the accounts' fence locks for `tx` and refuse a fenced one (UNAVAILABLE)."""
+        if self.placement.sharded:
+            await self._fences.refuse_fenced(tx, account_ids)
+
+    async def load_current(self, tx: Transaction, shard: Shard, account_id: str) -> LoadedAccount:
+        """The account as committed now on `shard` (cached state brought up to date, or loaded)."""
+        return await self._current(tx, shard, account_id)
+
+    async def append(
+        self, tx: Transaction, shard: Shard, loaded: LoadedAccount, events: Sequence[Event], request_id: str
+    ) -> LoadedAccount:
+        """Append `events` to the account in `tx` (read models and snapshot too); the account after them."""
+        return await self._write(tx, shard, loaded, events, request_id)
+
+    def remember(self, accounts: Sequence[LoadedAccount], events: Sequence[Event]) -> None:
+        """Cache accounts as just committed; wake alert watchers if `events` hold an alert."""
+        for loaded in accounts:
+            self._cache.put(loaded.state.account_id, loaded)
+        if any(isinstance(event, LowBalanceAlerted) for event in events):
+            self._on_alert()
+
+    def forget(self, *account_ids: str) -> None:
+        """Drop cached accounts whose committed state is unknown."""
+        for account_id in account_ids:
+            self._cache.drop(account_id)
+
+    def claim_request(self, request_id: str) -> None:
+        """Mark a request id as in flight in this process (ABORTED REQUEST_IN_PROGRESS if it already is)."""
+        _validate_request_id(request_id)
+        if request_id in self._in_flight:
+            raise _in_progress(request_id)
+        self._in_flight.add(request_id)
+
+    def release_request(self, request_id: str) -> None:
+        """The request id is no longer in flight here."""
+        self._in_flight.discard(request_id)
+
+    def unreachable_as_unavailable(self, shard: Shard) -> contextlib.AbstractContextManager[None]:
+        """On shards, a database that cannot be reached (or refuses writes) is UNAVAILABLE."""
+        return unreachable_as_unavailable(self.placement, shard)
 
     # -- changes ---------------------------------------------------------------------------------
 
@@ -241,7 +317,7 @@ class CreditsStore:
         """
         shard = self.placement.shard_for(account_id)
         request_id: str = getattr(request, "request_id", "")
-        committer = self._committers.get(shard.name)
+        committer = self._committer(shard)
         if committer is None or request_id in self._answered:
             # A retry of a request this process answered: the request ledger replays the answer.
             return await self._execute_alone(shard, method, request, response_type, account_id, decide, respond)
@@ -267,6 +343,20 @@ class CreditsStore:
         assert isinstance(answer, response_type)
         return answer
 
+    def _committer(self, shard: Shard) -> GroupCommitter | None:
+        if not self.group_commit:
+            return None
+        committer = self._committers.get(shard)
+        if committer is None:
+            current = set(self.placement.shards)
+            for retired in [s for s in self._committers if s not in current]:
+                # A shard swapped by a failover: nothing new joins its groups.
+                del self._committers[retired]
+            committer = self._committers[shard] = GroupCommitter(
+                functools.partial(self._commit_group, shard), max_group=self.max_group
+            )
+        return committer
+
     async def _execute_alone(
         self,
         shard: Shard,
@@ -281,6 +371,7 @@ class CreditsStore:
         outcome = _Outcome()
 
         async def work(tx: Transaction) -> R:
+            await self.refuse_fenced(tx, [account_id])
             loaded = await self._current(tx, shard, account_id)
             decision = decide(loaded.state, self.clock())
             after = await self._write(tx, shard, loaded, decision.events, request_id)
@@ -297,7 +388,8 @@ class CreditsStore:
         accounts = sorted({operation.account_id for operation in group})
         async with self._locks.hold(*accounts):
             try:
-                outcome: GroupOutcome | None = await self._group_transaction(shard, group)
+                with self.unreachable_as_unavailable(shard):
+                    outcome: GroupOutcome | None = await self._group_transaction(shard, group)
             except (storage.UniqueViolation, storage.TransientError, StaleAccount):
                 outcome = None
             except BaseException:
@@ -342,9 +434,14 @@ class CreditsStore:
         records: list[tuple[str, str, str, str, bytes]] = []
         working: dict[str, GroupAccount] = {}
         async with shard.database.transaction() as tx:
+            fences = await self._fences.check(tx, [o.account_id for o in group]) if self.placement.sharded else {}
             # No look-up of the request ids first: a retry is rare, and one already answered makes
             # the answers' insert fail, which sends the whole group through the request ledger.
             for operation in group:
+                fence = fences.get(operation.account_id)
+                if fence is not None:
+                    answers.append((operation, fence.refusal()))
+                    continue
                 account = working.get(operation.account_id)
                 if account is None:
                     account = working[operation.account_id] = await self._group_account(tx, shard, operation.account_id)
@@ -437,17 +534,26 @@ class CreditsStore:
         decide: DecideTransfer,
         respond: Callable[[TransferDecision, AccountState, AccountState], R],
     ) -> R:
-        """Decide a transfer and record both sides atomically, once per `request.request_id`."""
+        """Decide a transfer and record both sides atomically, once per `request.request_id`.
+
+        Accounts on one shard change in one transaction; on two shards, by two-phase commit.
+        """
         shard = self.placement.shard_for(from_account_id)
-        if self.placement.shard_for(to_account_id) is not shard:
-            raise errors.Unavailable(
-                "transfers between accounts on different shards need two-phase commit, not available yet",
-                reason="CROSS_SHARD_TRANSFER_UNAVAILABLE",
+        other = self.placement.shard_for(to_account_id)
+        if other is not shard:
+            if self.cross_shard is None:
+                raise errors.Unavailable(
+                    "transfers between accounts on different shards need the two-phase commit coordinator",
+                    reason="CROSS_SHARD_TRANSFER_UNAVAILABLE",
+                )
+            return await self.cross_shard.transfer(
+                method, request, response_type, (shard, from_account_id), (other, to_account_id), decide, respond
             )
         request_id: str = getattr(request, "request_id", "")
         outcome = _Outcome()
 
         async def work(tx: Transaction) -> R:
+            await self.refuse_fenced(tx, [from_account_id, to_account_id])
             source = await self._current(tx, shard, from_account_id)
             destination = await self._current(tx, shard, to_account_id)
             decision = decide(source.state, destination.state, self.clock())
@@ -469,7 +575,9 @@ class CreditsStore:
         for shard in self.placement.shards:
             async with shard.database.transaction() as tx:
                 due = await shard.projection.due_for_expiry(tx, self.clock(), limit)
-            for account_id in due:
+            # An account copied here by a rebalance in progress is still served by its source.
+            owned = [a for a, owner in zip(due, self.placement.owners(due), strict=True) if owner == shard.name]
+            for account_id in owned:
                 released += await self._expire_account(shard, account_id, trace_id)
         return released
 
@@ -478,6 +586,8 @@ class CreditsStore:
             for attempt in range(_SWEEP_ATTEMPTS):
                 try:
                     async with shard.database.transaction() as tx:
+                        if self.placement.sharded and await self._fences.check(tx, [account_id]):
+                            return 0  # being moved: the shard it lands on releases them
                         loaded = await self._current(tx, shard, account_id)
                         events = expire_reservations(loaded.state, now=self.clock(), trace_id=trace_id)
                         if not events:
@@ -513,7 +623,8 @@ class CreditsStore:
                 raise
 
         try:
-            return await shard.ledger.execute(method, request, response_type, guarded)
+            with self.unreachable_as_unavailable(shard):
+                return await shard.ledger.execute(method, request, response_type, guarded)
         except errors.DomainError:
             raise  # a refusal wrote nothing; the cache still holds committed states
         except BaseException:
@@ -564,135 +675,29 @@ class CreditsStore:
             await shard.events.save_snapshot(tx, state, self.clock())
         return LoadedAccount(state, appended.head_hash)
 
-    # -- reads -----------------------------------------------------------------------------------
 
-    async def balance(self, account_id: str) -> BalanceRow | None:
-        """An account's current balance row (None if it has no events)."""
-        shard = self.placement.shard_for(account_id)
-        async with shard.database.transaction() as tx:
-            return await shard.projection.balance(tx, account_id)
+UNREACHABLE = (psycopg.OperationalError, psycopg.InterfaceError, psycopg.errors.ReadOnlySqlTransaction)
+"""What a shard database raises when it is down, restarting, or a standby refusing writes."""
 
-    async def state_at(
-        self, account_id: str, *, version: int | None = None, moment: datetime | None = None
-    ) -> AccountState:
-        """The account replayed up to `version`, or to its last event at or before `moment`.
 
-        NotFound ACCOUNT_NOT_FOUND if it had no events by then; InvalidArgument on
-        `as_of_version` past its latest version.
-        """
-        shard = self.placement.shard_for(account_id)
-        async with shard.database.transaction() as tx:
-            if moment is not None:
-                version = await shard.events.version_at(tx, account_id, moment)
-                if version is None:
-                    raise account_not_found(account_id)
-            loaded = await shard.events.load(tx, account_id, up_to=version)
-        state = loaded.state
-        if not state.exists:
-            raise account_not_found(account_id)
-        if version is not None and state.version < version:
-            raise errors.InvalidArgument("as_of_version", f"the account's latest version is {state.version}")
-        return state
+@contextlib.contextmanager
+def unreachable_as_unavailable(placement: AccountPlacement, shard: Shard) -> Iterator[None]:
+    """On shards, turn a database that cannot be reached into UNAVAILABLE `SHARD_UNAVAILABLE` with RetryInfo.
 
-    async def transactions(
-        self, query: TransactionQuery, after: tuple[str, int] | None, limit: int
-    ) -> list[StoredEvent]:
-        """A page of events matching `query`, in (account, version) order after `after`."""
-        shard = self._listing_shard(query.account_id)
-        async with shard.database.transaction() as tx:
-            return await shard.events.transactions(tx, query, after, limit)
-
-    async def reservations(
-        self, account_id: str, states: Sequence[ReservationState], after: int, limit: int
-    ) -> list[ReservationRow]:
-        """A page of reservations (oldest first, after position `after`) as of now."""
-        shard = self._listing_shard(account_id)
-        async with shard.database.transaction() as tx:
-            return await shard.projection.reservations(tx, account_id, states, self.clock(), after, limit)
-
-    async def add_usage(self, report: UsageReport, account_id: str) -> None:
-        """Feed `report` every consumption event in its range (of one account, or all)."""
-        shard = self._listing_shard(account_id)
-        position = 0
-        while True:
-            async with shard.database.transaction() as tx:
-                batch = await shard.events.usage_events(
-                    tx, account_id, report.start_time, report.end_time, position, _SCAN_BATCH
-                )
-            for _, event in batch:
-                report.add(event)
-            if batch:
-                position = batch[-1][0]
-            if len(batch) < _SCAN_BATCH:
-                return
-
-    async def events_by_request(self, request_id: str) -> list[StoredEvent]:
-        """Every event recorded by the call with this request id."""
-        found: list[StoredEvent] = []
-        for shard in self.placement.shards:
-            async with shard.database.transaction() as tx:
-                found += await shard.events.events_by_request(tx, request_id)
-        return found
-
-    async def verify_chain(self, account_id: str = "") -> ChainReport:
-        """Recompute the audit chain of one account (or all) and name the first event that does not match."""
-        verifier = ChainVerifier()
-        shards = [self.placement.shard_for(account_id)] if account_id else list(self.placement.shards)
-        for shard in shards:
-            after: tuple[str, int] | None = None
-            query = TransactionQuery(account_id=account_id)
-            while True:
-                # Short transactions: a full verification must not hold SQLite's write lock.
-                async with shard.database.transaction() as tx:
-                    batch = await shard.events.transactions(tx, query, after, _SCAN_BATCH)
-                for row in batch:
-                    mismatch = verifier.check(row)
-                    if mismatch is not None:
-                        return ChainReport(verifier.events_checked, verifier.accounts_checked, mismatch)
-                if len(batch) < _SCAN_BATCH:
-                    break
-                after = (batch[-1].account_id, batch[-1].version)
-        return ChainReport(verifier.events_checked, verifier.accounts_checked, None)
-
-    async def heads(self) -> list[AccountHead]:
-        """The chain head of every account."""
-        heads: list[AccountHead] = []
-        for shard in self.placement.shards:
-            async with shard.database.transaction() as tx:
-                heads += await shard.projection.heads(tx)
-        return heads
-
-    async def projection_lag(self) -> int:
-        """Events stored beyond the read models' checkpoint, over all shards."""
-        lag = 0
-        for shard in self.placement.shards:
-            async with shard.database.transaction() as tx:
-                lag += await shard.projection.lag(tx)
-        return lag
-
-    async def sign_head(self, signer: HeadSigner) -> SignedHead:
-        """Sign the ledger head now and store it, unless it equals the latest stored head."""
-        head = ledger_head(await self.heads(), self.clock())
-        database = self.placement.shards[0].database
-        async with database.transaction() as tx:
-            latest = await self._signed_heads.latest(tx)
-            if latest is not None and latest.head.digest == head.digest and latest.public_key == signer.public_key:
-                return latest
-            signed = signer.sign(head)
-            await self._signed_heads.add(tx, signed)
-        return signed
-
-    async def latest_signed_head(self) -> SignedHead | None:
-        """The most recently stored signed head."""
-        async with self.placement.shards[0].database.transaction() as tx:
-            return await self._signed_heads.latest(tx)
-
-    def _listing_shard(self, account_id: str) -> Shard:
-        if account_id:
-            return self.placement.shard_for(account_id)
-        # Listings over every account read the one store; with several shards they will merge
-        # per-shard pages in the same order.
-        return self.placement.shards[0]
+    The single store keeps its errors as they are (it has no other node to wait for).
+    """
+    if not placement.sharded:
+        yield
+        return
+    try:
+        yield
+    except UNREACHABLE as error:
+        raise errors.Unavailable(
+            f"shard {shard.name!r} cannot be reached; retry shortly",
+            retry_after=0.5,
+            reason="SHARD_UNAVAILABLE",
+            metadata={"shard_id": shard.name},
+        ) from error
 
 
 def _validate_request_id(request_id: str) -> None:

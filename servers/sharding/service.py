@@ -8,14 +8,15 @@ wrote it has committed.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from google.protobuf.message import Message
 from prometheus_client import Gauge
 
-from servers.mesh.config import service_settings
+from servers.mesh.config import ConfigError, service_settings
 from servers.mesh.errors import InvalidArgument, NotFound
 from servers.mesh.idempotency import RequestLedger
 from servers.mesh.pagination import page_request
@@ -42,8 +43,39 @@ R = TypeVar("R", bound=Message)
 
 
 async def build(runtime: Runtime) -> Service:
-    """The sharding server as `python -m servers.sharding` runs it (no account mover yet)."""
-    return await build_service(runtime)
+    """The sharding server as `python -m servers.sharding` runs it, with the mover `sharding.account_mover` names."""
+    settings = service_settings(ShardingSettings, runtime.config)
+    mover = load_mover(settings.account_mover, runtime) if settings.account_mover else None
+    service = await build_service(runtime, mover=mover)
+    if isinstance(mover, ClosableMover):
+        service.closers.append(mover.close)
+    return service
+
+
+@runtime_checkable
+class ClosableMover(Protocol):
+    """A mover holding connections to release at shutdown."""
+
+    async def close(self) -> None:
+        """Release the mover's connections."""
+        ...
+
+
+def load_mover(name: str, runtime: Runtime) -> AccountMover:
+    """The mover made by the factory `module:attribute` names (ConfigError if it cannot be loaded).
+
+    Loading by name keeps the sharding server free of any mover's internals: it only knows the
+    `AccountMover` contract.
+    """
+    module_name, _, attribute = name.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(f"sharding.account_mover: {name!r} is not of the form module:factory")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ConfigError(f"sharding.account_mover: cannot load {name!r}: {error}") from None
+    mover: AccountMover = factory(runtime)
+    return mover
 
 
 async def build_service(runtime: Runtime, *, mover: AccountMover | None = None, clock: Clock = utc_now) -> Service:

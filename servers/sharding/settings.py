@@ -40,6 +40,10 @@ class ShardingSettings:
     """Accounts being copied, fenced or cleaned up at once."""
     watch_history: int = 256
     """Topology versions kept in memory for watchers that fall behind."""
+    account_mover: str = ""
+    """The account mover rebalances run with, as `module:factory` (the factory takes the runtime and returns
+    a `rebalancer.AccountMover`), e.g. `servers.credits.moves:create_mover` when credits runs on the shards.
+    Empty: rebalancing is refused (REBALANCE_MOVER_UNAVAILABLE)."""
     topology_refresh_seconds: float = 2.0
     """How often the stored topology version is read, so that versions written by other sharding
     servers sharing the registry reach this server's watchers (0 turns it off)."""

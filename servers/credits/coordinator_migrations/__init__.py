@@ -1,0 +1,1 @@
+"""Schema migrations of the credits coordinator log (the credits server's own store, topology mode)."""

@@ -1,0 +1,213 @@
+"""Transfers between accounts on two shards: both halves prepared, one decision, both finished alike.
+
+`CreditsStore.transfer` hands a transfer here when its accounts live on different shards.
+Under this process's locks of both accounts, one transaction opens on each shard primary; each
+checks its account's write fence, loads the account, and the domain decides the transfer on
+both states. Each side appends its events (with the request id) and updates its read models;
+the source side also records the AIP-155 answer, exactly as `RequestLedger` would, so the
+answer becomes visible with the source's events and a retry finds it on the source shard like
+the answer of any transfer. Both transactions end in `PREPARE TRANSACTION`; then the
+coordinator logs COMMIT and finishes both (`twophase.TransferCoordinator`). Anything failing
+before the decision rolls back whatever was prepared; after it, recovery finishes the halves.
+
+The transactions set a lock timeout: two transfers in opposite directions started by two
+servers could otherwise wait on each other's prepared rows across two databases, a deadlock
+neither PostgreSQL can see. The one that times out retries, like any write conflict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import uuid
+from collections.abc import Callable
+from typing import TypeVar
+
+from google.protobuf.message import Message
+
+from servers.credits.account import AccountState
+from servers.credits.domain import TransferDecision
+from servers.credits.events import TransferredOut
+from servers.credits.eventstore import LoadedAccount
+from servers.credits.groupcommit import RECORDED_REJECTIONS, record_answers, status_bytes
+from servers.credits.store import LEDGER_DOMAIN, CreditsStore, DecideTransfer, Shard
+from servers.credits.twophase import PreparedName, TransferCoordinator, TransferRecord, prepare
+from servers.mesh import errors, storage
+from servers.mesh.idempotency import fingerprint
+from servers.mesh.status import ReplayedRejection
+from servers.mesh.storage import Transaction
+
+R = TypeVar("R", bound=Message)
+Party = tuple[Shard, str]
+"""A shard and the account of one side of a transfer."""
+
+LOCK_TIMEOUT = "2s"
+"""Longest a cross-shard transfer waits for a row lock before retrying."""
+
+
+class CrossShardTransfers:
+    """Runs transfers between shards by two-phase commit, once per request id."""
+
+    def __init__(self, store: CreditsStore, coordinator: TransferCoordinator, *, attempts: int = 8) -> None:
+        self.store = store
+        self.coordinator = coordinator
+        self.attempts = attempts
+
+    async def transfer(
+        self,
+        method: str,
+        request: Message,
+        response_type: type[R],
+        source: Party,
+        target: Party,
+        decide: DecideTransfer,
+        respond: Callable[[TransferDecision, AccountState, AccountState], R],
+    ) -> R:
+        """Decide a transfer and record both sides on their shards atomically."""
+        request_id: str = getattr(request, "request_id", "")
+        digest = fingerprint(method, request) if request_id else ""
+        accounts = (source[1], target[1])
+        if request_id:
+            self.store.claim_request(request_id)
+        try:
+            async with self.store.hold(*accounts):
+                for attempt in range(self.attempts):
+                    if request_id:
+                        replayed = await self._replay(source[0], request_id, method, digest, response_type)
+                        if replayed is not None:
+                            self.store.forget(*accounts)
+                            return replayed
+                    try:
+                        with (
+                            self.store.unreachable_as_unavailable(source[0]),
+                            self.store.unreachable_as_unavailable(target[0]),
+                        ):
+                            return await self._attempt(method, request_id, digest, source, target, decide, respond)
+                    except (storage.UniqueViolation, storage.TransientError):
+                        # Another writer changed one of the accounts, or a lock timed out.
+                        self.store.forget(*accounts)
+                        await asyncio.sleep(random.uniform(0, 0.002 * 2 ** min(attempt, 6)))
+                    except RECORDED_REJECTIONS as rejection:
+                        if request_id:
+                            await self._record_rejection(source[0], request_id, method, digest, rejection)
+                        raise
+                    except BaseException:
+                        self.store.forget(*accounts)
+                        raise
+                raise errors.Conflict(
+                    f"gave up after {self.attempts} concurrent modifications; retry", reason="CONCURRENT_MODIFICATION"
+                )
+        finally:
+            if request_id:
+                self.store.release_request(request_id)
+
+    async def _attempt(
+        self,
+        method: str,
+        request_id: str,
+        digest: str,
+        source: Party,
+        target: Party,
+        decide: DecideTransfer,
+        respond: Callable[[TransferDecision, AccountState, AccountState], R],
+    ) -> R:
+        transfer_id = uuid.uuid4().hex
+        from_name, to_name = self.coordinator.names(transfer_id)
+        (source_shard, from_account), (target_shard, to_account) = source, target
+        with self.coordinator.running(transfer_id):
+            prepared: list[tuple[Shard, PreparedName]] = []
+            try:
+                async with source_shard.database.transaction() as stx, target_shard.database.transaction() as ttx:
+                    await asyncio.gather(self._begin(stx, from_account), self._begin(ttx, to_account))
+                    before = await asyncio.gather(
+                        self.store.load_current(stx, source_shard, from_account),
+                        self.store.load_current(ttx, target_shard, to_account),
+                    )
+                    decision = decide(before[0].state, before[1].state, self.store.clock())
+                    sent, received = await asyncio.gather(
+                        self.store.append(stx, source_shard, before[0], decision.outgoing.events, request_id),
+                        self.store.append(ttx, target_shard, before[1], decision.incoming.events, request_id),
+                    )
+                    response = respond(decision, sent.state, received.state)
+                    if request_id:
+                        answer = response.SerializeToString(deterministic=True)
+                        await record_answers(stx, [(request_id, method, digest, "ok", answer)])
+                    await self._prepare_both(prepared, (stx, source_shard, from_name), (ttx, target_shard, to_name))
+            except BaseException:
+                for shard, name in prepared:
+                    await asyncio.shield(self.coordinator.abandon(shard, name))
+                raise
+            record = TransferRecord(
+                transfer_id,
+                from_account,
+                to_account,
+                source_shard.name,
+                target_shard.name,
+                _amount(decision),
+                request_id,
+            )
+            committed, finished = await asyncio.shield(self.coordinator.commit(record, source_shard, target_shard))
+        if not committed:
+            raise errors.Conflict(
+                "the transfer was aborted by recovery before it could commit; retry",
+                reason="TRANSFER_ABORTED",
+                metadata={"transfer_id": transfer_id},
+            )
+        if finished:
+            self._remember(sent, received, decision)
+        return response
+
+    async def _begin(self, tx: Transaction, account_id: str) -> None:
+        await tx.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+        await self.store.refuse_fenced(tx, [account_id])
+
+    @staticmethod
+    async def _prepare_both(
+        prepared: list[tuple[Shard, PreparedName]],
+        *halves: tuple[Transaction, Shard, PreparedName],
+    ) -> None:
+        results = await asyncio.gather(*(prepare(tx, name) for tx, _, name in halves), return_exceptions=True)
+        for (_, shard, name), result in zip(halves, results, strict=True):
+            if not isinstance(result, BaseException):
+                prepared.append((shard, name))
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    def _remember(self, sent: LoadedAccount, received: LoadedAccount, decision: TransferDecision) -> None:
+        self.store.remember([sent, received], [*decision.outgoing.events, *decision.incoming.events])
+
+    @staticmethod
+    async def _replay(shard: Shard, request_id: str, method: str, digest: str, response_type: type[R]) -> R | None:
+        """The recorded answer to `request_id` on the source shard (as `RequestLedger` replays it)."""
+        row = await shard.database.fetchone(
+            "SELECT method, fingerprint, outcome, response FROM request_ids WHERE request_id = ?", (request_id,)
+        )
+        if row is None:
+            return None
+        if row["fingerprint"] != digest:
+            raise errors.FailedPrecondition(
+                f"request_id {request_id!r} was already used for a different request",
+                reason="REQUEST_ID_REUSED",
+                metadata={"request_id": request_id, "first_method": row["method"]},
+                violations=(errors.PreconditionViolation("REQUEST_ID", request_id, "used for another request"),),
+            )
+        if row["outcome"] == "rejected":
+            raise ReplayedRejection(bytes(row["response"]))
+        return response_type.FromString(bytes(row["response"]))
+
+    @staticmethod
+    async def _record_rejection(
+        shard: Shard, request_id: str, method: str, digest: str, rejection: errors.DomainError
+    ) -> None:
+        with contextlib.suppress(storage.UniqueViolation):
+            async with shard.database.transaction() as tx:
+                await record_answers(
+                    tx, [(request_id, method, digest, "rejected", status_bytes(rejection, LEDGER_DOMAIN))]
+                )
+
+
+def _amount(decision: TransferDecision) -> int:
+    sent = decision.outgoing.primary
+    return sent.amount if isinstance(sent, TransferredOut) else 0

@@ -1,0 +1,1 @@
+"""Schema migrations every credits shard gets on top of the ledger's: write fences and "moved" markers."""
