@@ -20,7 +20,7 @@ import signal
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,9 +179,9 @@ def decisions_logged(data_dir: Path) -> int:
         return int(db.execute("SELECT count(*) FROM transfer_decisions WHERE decision = 'commit'").fetchone()[0])
 
 
-async def wait_for(condition: object, timeout: float, what: str) -> None:
+async def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
-    while not await asyncio.to_thread(condition):  # type: ignore[arg-type]
+    while not await asyncio.to_thread(condition):
         if time.monotonic() > deadline:
             raise TimeoutError(what)
         await asyncio.sleep(0.1)
@@ -221,9 +221,11 @@ async def test_a_coordinator_killed_between_prepare_and_commit_creates_and_destr
         coordinator.env["SHIELDX_CREDITS__IN_DOUBT_AFTER_SECONDS"] = "4"
         await asyncio.to_thread(coordinator.start)
         seen_in_doubt = 0.0
-        while (gauge := metric(coordinator, "credits_prepared_transactions_unresolved")) != 0.0 or (
-            await asyncio.to_thread(prepared_transactions, clusters)
-        ):
+        while True:
+            gauge = metric(coordinator, "credits_prepared_transactions_unresolved")
+            left = await asyncio.to_thread(prepared_transactions, clusters)
+            if gauge == 0.0 and left == 0:
+                break
             seen_in_doubt = max(seen_in_doubt, gauge or 0.0)
             assert time.monotonic() - killed_at < 30, "recovery did not finish"
             await asyncio.sleep(0.1)
