@@ -28,7 +28,8 @@ from opentelemetry import trace
 from clients.sharding import ShardingClient
 from servers.credits import messages
 from servers.credits.account import AccountState
-from servers.credits.alerts import AlertCursor, AlertFeed
+from servers.credits.alerts import AlertFeed
+from servers.credits.alertstreams import AlertStream, ShardAlerts, StoreAlerts
 from servers.credits.commands import (
     MAX_REFERENCE_LENGTH,
     AccountCommand,
@@ -67,7 +68,6 @@ from servers.mesh.errors import InvalidArgument
 from servers.mesh.logs import current_trace_ids
 from servers.mesh.pagination import PageRequest, page_request
 from servers.mesh.server import Mount, Runtime, Service
-from servers.mesh.storage import Database
 from servers.sharding.follower import TopologyFollower
 from shieldx.credits.v1 import credits_pb2, credits_pb2_grpc
 
@@ -148,7 +148,7 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
         self,
         store: CreditsStore,
         queries: LedgerQueries,
-        alerts: AlertFeed,
+        alerts: AlertStream,
         cipher: PaymentReferenceCipher,
         signer: HeadSigner,
         metrics: LedgerMetrics,
@@ -399,11 +399,8 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
     ) -> AsyncIterator[credits_pb2.WatchAlertsResponse]:
         if request.account_id:
             validate_identifier(request.account_id, "account_id")
-        cursor = AlertCursor.parse(request.resume_token) if request.resume_token else None
-        async for record in self.alerts.watch(request.account_id, cursor):
-            yield credits_pb2.WatchAlertsResponse(
-                alert=messages.alert(record.alert), resume_token=record.cursor.token()
-            )
+        async for alert, token in self.alerts.watch(request.account_id, request.resume_token):
+            yield credits_pb2.WatchAlertsResponse(alert=messages.alert(alert), resume_token=token)
 
     @measured("get_usage_report")
     async def GetUsageReport(
@@ -592,8 +589,12 @@ async def build(runtime: Runtime) -> Service:
         ledger = await sharded_ledger(runtime, settings)
     else:
         database = await runtime.database("servers.credits.migrations")
-        ledger = Ledger(AccountPlacement([Shard.of("default", database)]), database)
-    feed = AlertFeed(ledger.alerts_database, poll_seconds=settings.alert_poll_seconds)
+        ledger = Ledger(AccountPlacement([Shard.of("default", database)]))
+    feed: AlertStream
+    if ledger.placement.sharded:
+        feed = ShardAlerts(ledger.placement, poll_seconds=settings.alert_poll_seconds)
+    else:
+        feed = StoreAlerts(AlertFeed(ledger.placement.home, poll_seconds=settings.alert_poll_seconds))
     store = CreditsStore(
         ledger.placement,
         snapshot_every=settings.snapshot_every,
@@ -633,7 +634,6 @@ class Ledger:
     """Where the ledger lives: the placement of accounts, and what running it on shards needs."""
 
     placement: AccountPlacement
-    alerts_database: Database
     coordinator: TransferCoordinator | None = None
     tasks: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -675,7 +675,6 @@ async def sharded_ledger(runtime: Runtime, settings: CreditsSettings) -> Ledger:
     open_shards = placement.run
     return Ledger(
         placement,
-        home,
         coordinator,
         tasks=[follow_topology, open_shards, recover_transfers],
         closers=[coordinator.close, placement.close],

@@ -174,6 +174,33 @@ async def test_cross_shard_transfers_under_concurrency_keep_the_total(mesh: Mesh
     )
 
 
+async def test_one_watch_follows_the_alerts_of_every_shard_and_resumes(mesh: Mesh) -> None:
+    async with mesh.clients() as (credits, sharding):
+        groups = await accounts_by_shard(sharding, 1, "alert")
+        accounts = [groups["shard-a"][0], groups["shard-b"][0]]
+        await fund(credits, accounts)
+        stream = credits.watch_alerts(cpb.WatchAlertsRequest())
+        received: list[cpb.WatchAlertsResponse] = []
+
+        async def first_two() -> None:
+            async for response in stream:
+                received.append(response)
+                if len(received) == 2:
+                    return
+
+        watching = asyncio.create_task(first_two())
+        await asyncio.sleep(0.3)  # the watch has taken its starting place on every shard
+        for account_id in accounts:
+            await credits.set_threshold(cpb.SetThresholdRequest(account_id=account_id, threshold=500))
+            await credits.consume(cpb.ConsumeRequest(account_id=account_id, amount=600))
+        await asyncio.wait_for(watching, 10)
+        assert sorted(r.alert.account_id for r in received) == sorted(accounts), "alerts from both shards"
+        resumed = credits.watch_alerts(cpb.WatchAlertsRequest(resume_token=received[0].resume_token))
+        async for response in resumed:
+            assert response.alert.account_id == received[1].alert.account_id, "resumes after the first alert"
+            break
+
+
 def decisions_logged(data_dir: Path) -> int:
     with contextlib.closing(sqlite3.connect(f"file:{data_dir / 'credits.db'}?mode=ro", uri=True)) as db:
         return int(db.execute("SELECT count(*) FROM transfer_decisions WHERE decision = 'commit'").fetchone()[0])
