@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import re
 import sqlite3
@@ -19,6 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -82,7 +84,12 @@ class Transaction(ABC):
 
     @abstractmethod
     async def copy_rows(self, table: str, columns: Sequence[str], rows: Iterable[Params]) -> int:
-        """Bulk-load rows into `table` (PostgreSQL COPY; batched INSERT on SQLite); returns the count."""
+        """Bulk-load rows into `table` (PostgreSQL COPY; batched INSERT on SQLite); returns the count.
+
+        Each value must have its column's Python type (str for text, int for integers, bool,
+        bytes for bytea, an aware datetime for timestamptz, None for NULL): on PostgreSQL, a
+        table whose columns are all of such types is loaded in COPY's binary format.
+        """
 
     @abstractmethod
     def stream(self, sql: str, params: Params = (), batch: int = 5000) -> AsyncIterator[list[tuple[Any, ...]]]:
@@ -332,6 +339,41 @@ def _pg_row(cursor: Any) -> Callable[[Sequence[Any]], PgRow]:
     return lambda values: PgRow(values, index)
 
 
+def json_rows(rows: Iterable[Sequence[Any]]) -> str:
+    """Rows as one JSON document (an array of arrays), a parameter that `select_json_rows` expands.
+
+    For PostgreSQL statements that take many rows at once: one text parameter, written by the C
+    JSON encoder, costs the client far less than an array parameter per column, which psycopg
+    dumps element by element in Python. Datetimes go as ISO 8601 text and bytes as bytea hex, so
+    the casts of `select_json_rows` read every value back exactly. NaN and infinities are refused.
+    """
+    return _ROWS_ENCODER.encode(rows if isinstance(rows, list) else list(rows))
+
+
+def select_json_rows(types: Sequence[str]) -> str:
+    """`SELECT <column i cast to types[i]>, ... FROM jsonb_array_elements(?::jsonb) AS r` (PostgreSQL).
+
+    The query yields the rows of one `json_rows` parameter, each value cast to its column's
+    type (`text`, `bigint`, `boolean`, `timestamptz`, `bytea`, ...).
+    """
+    columns = ", ".join(f"(r->>{i})::{kind}" for i, kind in enumerate(types))
+    return f"SELECT {columns} FROM jsonb_array_elements(?::jsonb) AS r"
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "\\x" + bytes(value).hex()
+    raise TypeError(f"{type(value).__name__} has no JSON row form")
+
+
+_ROWS_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_json_value)
+
+_BINARY_COPY_TYPES = frozenset({"text", "varchar", "bool", "int2", "int4", "int8", "float8", "bytea", "timestamptz"})
+"""Column types whose binary COPY form psycopg writes from the value the text form takes too."""
+
+
 @functools.lru_cache(maxsize=4096)
 def _to_pyformat(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
@@ -376,16 +418,35 @@ class _PostgresTransaction(Transaction):
 
     async def copy_rows(self, table: str, columns: Sequence[str], rows: Iterable[Params]) -> int:
         _check_identifiers(table, *columns)
+        types = await self._column_types(table, columns)
+        # Binary COPY skips formatting every value as text (about five times faster for rows
+        # with timestamps), but only where each type's binary form is written from the same
+        # Python value its text form would be.
+        binary = all(kind in _BINARY_COPY_TYPES for kind in types)
         count = 0
         with _translated():
             async with (
                 self._connection.cursor() as cursor,
-                cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy,
+                cursor.copy(
+                    f"COPY {table} ({', '.join(columns)}) FROM STDIN{' (FORMAT BINARY)' if binary else ''}"
+                ) as copy,
             ):
+                if binary:
+                    copy.set_types(types)
                 for row in rows:
                     await copy.write_row(row)
                     count += 1
         return count
+
+    async def _column_types(self, table: str, columns: Sequence[str]) -> list[str]:
+        """The type name of each of `columns` of `table` ("" for a column not found)."""
+        cursor = await self._connection.execute(
+            "SELECT a.attname, t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
+            " WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped",
+            (table,),
+        )
+        found = {row[0]: row[1] for row in await cursor.fetchall()}
+        return [found.get(column, "") for column in columns]
 
     async def stream(self, sql: str, params: Params = (), batch: int = 5000) -> AsyncIterator[list[tuple[Any, ...]]]:
         async with self._connection.cursor(name="shieldx_stream", row_factory=psycopg.rows.tuple_row) as cursor:

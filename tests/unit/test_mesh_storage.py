@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
 
@@ -97,3 +98,67 @@ async def test_copy_rows_bulk_loads_inside_the_transaction(database: Database) -
     with pytest.raises(storage.CheckViolation):
         async with database.transaction() as tx:
             await tx.copy_rows("accounts", ["id", "balance"], [("neg", -1)])
+
+
+async def test_copy_rows_keeps_every_value_of_typed_columns(database: Database) -> None:
+    moment = datetime(2026, 3, 1, 12, 30, 15, 123456, tzinfo=UTC)
+    if database.dialect == "postgres":
+        table = (
+            "CREATE TABLE typed (name TEXT PRIMARY KEY, count INTEGER, total BIGINT, flag BOOLEAN,"
+            " ratio DOUBLE PRECISION, digest BYTEA, at TIMESTAMPTZ)"
+        )
+    else:
+        table = (
+            "CREATE TABLE typed (name TEXT PRIMARY KEY, count INTEGER, total BIGINT, flag BOOLEAN,"
+            " ratio DOUBLE PRECISION, digest BLOB, at TEXT)"
+        )
+    at = moment if database.dialect == "postgres" else moment.isoformat()
+    rows = [
+        ("full", 7, 2**40, True, 0.25, b"\x00\xff" * 16, at),
+        ("nulls", None, None, None, None, None, None),
+        ("quote'tab\\t\\nnewline", -1, -(2**62), False, 3, b"", at),
+    ]
+    async with database.transaction() as tx:
+        await tx.execute(table)
+        assert await tx.copy_rows("typed", ["name", "count", "total", "flag", "ratio", "digest", "at"], rows) == 3
+    stored = await database.fetchall("SELECT name, count, total, flag, ratio, digest, at FROM typed ORDER BY total")
+    loaded = {row["name"]: tuple(row) for row in stored}
+    assert loaded["full"][1:4] == (7, 2**40, True)
+    assert loaded["full"][4] == 0.25
+    assert bytes(loaded["full"][5]) == b"\x00\xff" * 16
+    assert loaded["full"][6] == at
+    assert loaded["nulls"][1:] == (None,) * 6
+    assert loaded["quote'tab\\t\\nnewline"][1:5] == (-1, -(2**62), False, 3.0)
+    assert bytes(loaded["quote'tab\\t\\nnewline"][5]) == b""
+
+
+async def test_copy_rows_loads_columns_without_a_binary_form_as_text(database: Database) -> None:
+    if database.dialect != "postgres":
+        pytest.skip("JSONB is a PostgreSQL type")
+    async with database.transaction() as tx:
+        await tx.execute("CREATE TABLE documents (id TEXT PRIMARY KEY, body JSONB NOT NULL)")
+        await tx.copy_rows("documents", ["id", "body"], [("a", '{"b": [1, 2]}')])
+    row = await database.fetchone("SELECT body -> 'b' ->> 1 FROM documents WHERE id = 'a'")
+    assert row is not None
+    assert row[0] == "2"
+
+
+async def test_json_rows_carry_every_value_exactly(database: Database) -> None:
+    if database.dialect != "postgres":
+        pytest.skip("json_rows feeds PostgreSQL statements")
+    moment = datetime(2026, 3, 1, 12, 30, 15, 123456, tzinfo=UTC)
+    rows = [
+        ["ascii", 2**62, True, b"\x00\x01\xfe\xff", moment, 0.1],
+        ['quote" back\\slash \u00e9\u4e2d \U0001f600 {"json": [1]}', -(2**63), False, b"", None, None],
+    ]
+    select = storage.select_json_rows(["text", "bigint", "boolean", "bytea", "timestamptz", "double precision"])
+    async with database.transaction() as tx:
+        returned = await tx.fetchall(select, (storage.json_rows(rows),))
+    assert [[bytes(v) if isinstance(v, bytes | memoryview) else v for v in row] for row in returned] == rows
+
+
+def test_json_rows_refuse_values_without_an_exact_form() -> None:
+    with pytest.raises(ValueError):
+        storage.json_rows([[float("nan")]])
+    with pytest.raises(TypeError):
+        storage.json_rows([[object()]])
