@@ -9,7 +9,6 @@ slots by account, so writers of different accounts do not all queue on one row.
 
 from __future__ import annotations
 
-import json
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -27,22 +26,12 @@ from servers.credits.events import (
     Reserved,
 )
 from servers.credits.eventstore import Instants
-from servers.mesh.storage import Dialect, Transaction
+from servers.mesh.storage import Dialect, Transaction, json_rows, select_json_rows
 
 PROJECTION = "credit_balances"
 """Name of the read-model projection in `projection_checkpoint`."""
 CHECKPOINT_SLOTS = 64
 """Rows the checkpoint is spread over."""
-
-_BALANCE_COLUMNS = (
-    "account_id, available, held, version, threshold, alert_armed, purchased, consumed, transferred_in,"
-    " transferred_out, open_reservations, next_expiry, updated_at, position"
-)
-_RESERVATION_COLUMNS = (
-    "account_id, reservation_id, amount, state, description, created_at, expires_at, closed_at, committed,"
-    " released, position"
-)
-
 
 _BALANCE_TYPES = (
     ("account_id", "text"),
@@ -73,23 +62,21 @@ _RESERVATION_TYPES = (
     ("released", "bigint"),
     ("position", "bigint"),
 )
-_CHECKPOINT_TYPES = (("projection", "text"), ("slot", "integer"), ("position", "bigint"))
+_CLOSURE_TYPES = (
+    ("state", "text"),
+    ("closed_at", "timestamptz"),
+    ("committed", "bigint"),
+    ("released", "bigint"),
+    ("account_id", "text"),
+    ("reservation_id", "text"),
+)
+_CHECKPOINT_TYPES = (("slot", "integer"), ("position", "bigint"))
+_BALANCE_COLUMNS = ", ".join(name for name, _ in _BALANCE_TYPES)
+_RESERVATION_COLUMNS = ", ".join(name for name, _ in _RESERVATION_TYPES)
 
 
-async def _insert_json(
-    tx: Transaction, table: str, columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]]
-) -> None:
-    if not rows:
-        return
-    listed = ", ".join(name for name, _ in columns)
-    values = ", ".join(f"(r->>{i})::{kind}" for i, (_, kind) in enumerate(columns))
-    document = json.dumps(
-        [[value.isoformat() if type(value) is datetime else value for value in row] for row in rows],
-        separators=(",", ":"),
-    )
-    await tx.execute(
-        f"INSERT INTO {table} ({listed}) SELECT {values} FROM jsonb_array_elements(?::jsonb) AS r", (document,)
-    )
+def _kinds(columns: Sequence[tuple[str, str]]) -> list[str]:
+    return [kind for _, kind in columns]
 
 
 def checkpoint_slot(account_id: str) -> int:
@@ -150,6 +137,22 @@ class ReservationRow:
         if self.state is ReservationState.OPEN and self.expires_at <= now:
             return replace(self, state=ReservationState.EXPIRED, closed_at=self.expires_at, released=self.amount)
         return self
+
+    def closed_by(self, change: ReservationClosed) -> ReservationRow:
+        """The row after the event that closed the reservation."""
+        return ReservationRow(
+            self.account_id,
+            self.reservation_id,
+            self.amount,
+            change.state,
+            self.description,
+            self.created_at,
+            self.expires_at,
+            change.closed_at,
+            change.committed,
+            change.released,
+            self.position,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +227,27 @@ def reservation_change(event: Event, position: int) -> ReservationRow | Reservat
     return None
 
 
+def _reservation_changes(
+    changes: Sequence[tuple[AccountState, Sequence[Event], Sequence[int]]],
+) -> tuple[list[ReservationRow], list[ReservationClosed]]:
+    """The reservations opened by `changes` (as they stand after them) and the closings of older ones."""
+    opened: dict[tuple[str, str], ReservationRow] = {}
+    closed: list[ReservationClosed] = []
+    for _, events, positions in changes:
+        for event, position in zip(events, positions, strict=True):
+            change = reservation_change(event, position)
+            if isinstance(change, ReservationRow):
+                opened[(change.account_id, change.reservation_id)] = change
+            elif isinstance(change, ReservationClosed):
+                key = (change.account_id, change.reservation_id)
+                row = opened.get(key)
+                if row is None:
+                    closed.append(change)
+                else:
+                    opened[key] = row.closed_by(change)
+    return list(opened.values()), closed
+
+
 class Projection:
     """SQL for the read models and the checkpoint in one database dialect."""
 
@@ -231,29 +255,13 @@ class Projection:
         self.dialect = dialect
         self.instants = Instants(dialect)
         greatest = "GREATEST" if dialect == "postgres" else "MAX"
-        self._advance_checkpoint = (
-            "INSERT INTO projection_checkpoint (projection, slot, position) VALUES (?, ?, ?)"
+        self._checkpoint_conflict = (
             " ON CONFLICT (projection, slot) DO UPDATE"
             f" SET position = {greatest}(projection_checkpoint.position, excluded.position)"
         )
-        updates = ", ".join(f"{c} = excluded.{c}" for c in _BALANCE_COLUMNS.split(", ")[1:])
-        self._one_balance = f"({', '.join('?' * 14)})"
-        self._upsert_balance = (
-            f"INSERT INTO credit_balances_read_model ({_BALANCE_COLUMNS}) VALUES {self._one_balance}"
-            f" ON CONFLICT (account_id) DO UPDATE SET {updates}"
-        )
-        self._balance_sql: dict[int, str] = {}
-        # PostgreSQL gets one statement text per table whatever the count (arrays per column).
-        self._pg_upsert_balances = self._upsert_balance.replace(
-            f"VALUES {self._one_balance}",
-            "SELECT * FROM unnest(?::text[], ?::bigint[], ?::bigint[], ?::bigint[], ?::bigint[], ?::boolean[],"
-            " ?::bigint[], ?::bigint[], ?::bigint[], ?::bigint[], ?::integer[], ?::timestamptz[], ?::timestamptz[],"
-            " ?::bigint[])",
-        )
-        self._pg_advance_checkpoints = self._advance_checkpoint.replace(
-            "VALUES (?, ?, ?)", f"SELECT '{PROJECTION}', * FROM unnest(?::integer[], ?::bigint[])"
-        )
-        self._checkpoint_sql: dict[int, str] = {}
+        updates = ", ".join(f"{name} = excluded.{name}" for name, _ in _BALANCE_TYPES[1:])
+        self._balance_conflict = f" ON CONFLICT (account_id) DO UPDATE SET {updates}"
+        self._statements: dict[tuple[str, int], str] = {}
 
     # -- the live path ---------------------------------------------------------------------------
 
@@ -266,74 +274,90 @@ class Projection:
     async def record_many(
         self, tx: Transaction, changes: Sequence[tuple[AccountState, Sequence[Event], Sequence[int]]]
     ) -> None:
-        """`record` for several accounts (each once), in as few statements as the changes allow."""
+        """`record` for several accounts (each once): one statement on PostgreSQL, a few on SQLite."""
         balances = [balance_row(state, max(positions)) for state, _, positions in changes]
-        params = [value for row in balances for value in self._balance_params(row)]
-        if self.dialect == "postgres":
-            await tx.execute(self._pg_upsert_balances, [params[i::14] for i in range(14)])
-        else:
-            await tx.execute(self._upsert_balances(len(balances)), params)
-        opened: list[ReservationRow] = []
-        for _, events, positions in changes:
-            for event, position in zip(events, positions, strict=True):
-                change = reservation_change(event, position)
-                if isinstance(change, ReservationRow):
-                    opened.append(change)
-                elif isinstance(change, ReservationClosed):
-                    if opened:  # a reservation opened and closed within the same changes
-                        await self._insert_reservations(tx, opened)
-                        opened = []
-                    await tx.execute(
-                        "UPDATE credit_reservations_read_model"
-                        " SET state = ?, closed_at = ?, committed = ?, released = ?"
-                        " WHERE account_id = ? AND reservation_id = ?",
-                        (
-                            str(change.state),
-                            self.instants.column(change.closed_at),
-                            change.committed,
-                            change.released,
-                            change.account_id,
-                            change.reservation_id,
-                        ),
-                    )
-        if opened:
-            await self._insert_reservations(tx, opened)
+        opened, closed = _reservation_changes(changes)
         slots: dict[int, int] = {}
         for row in balances:
             slot = checkpoint_slot(row.account_id)
             slots[slot] = max(slots.get(slot, 0), row.position)
-        ordered = sorted(slots.items())
+        checkpoints = sorted(slots.items())
+        balance_params = [self._balance_params(row) for row in balances]
+        opened_params = [self._reservation_params(row) for row in opened]
+        closed_params = [self._closure_params(change) for change in closed]
         if self.dialect == "postgres":
-            await tx.execute(
-                self._pg_advance_checkpoints, [[slot for slot, _ in ordered], [position for _, position in ordered]]
+            await self._record_postgres(tx, balance_params, opened_params, closed_params, checkpoints)
+            return
+        await tx.execute(self._many("balances", len(balances)), [v for row in balance_params for v in row])
+        if opened_params:
+            await tx.execute(self._many("reservations", len(opened)), [v for row in opened_params for v in row])
+        if closed_params:
+            await tx.executemany(
+                "UPDATE credit_reservations_read_model SET state = ?, closed_at = ?, committed = ?, released = ?"
+                " WHERE account_id = ? AND reservation_id = ?",
+                closed_params,
             )
-        else:
-            await tx.execute(
-                self._advance_checkpoints(len(ordered)),
-                [value for slot, position in ordered for value in (PROJECTION, slot, position)],
-            )
-
-    async def _insert_reservations(self, tx: Transaction, rows: Sequence[ReservationRow]) -> None:
         await tx.execute(
-            f"INSERT INTO credit_reservations_read_model ({_RESERVATION_COLUMNS}) VALUES "
-            + ", ".join([f"({', '.join('?' * 11)})"] * len(rows)),
-            [value for row in rows for value in self._reservation_params(row)],
+            self._many("checkpoints", len(checkpoints)),
+            [value for slot, position in checkpoints for value in (PROJECTION, slot, position)],
         )
 
-    def _upsert_balances(self, count: int) -> str:
-        sql = self._balance_sql.get(count)
-        if sql is None:
-            sql = self._balance_sql[count] = self._upsert_balance.replace(
-                self._one_balance, ", ".join([self._one_balance] * count)
+    async def _record_postgres(
+        self,
+        tx: Transaction,
+        balances: list[tuple[Any, ...]],
+        opened: list[tuple[Any, ...]],
+        closed: list[tuple[Any, ...]],
+        checkpoints: list[tuple[int, int]],
+    ) -> None:
+        # Every table in one statement (one round trip), each fed one JSON parameter. The parts
+        # run on one snapshot and cannot see each other's rows, which is why a reservation opened
+        # and closed within these changes arrives already closed (`_reservation_changes`).
+        parts = [
+            f"balances AS (INSERT INTO credit_balances_read_model ({_BALANCE_COLUMNS})"
+            f" {select_json_rows(_kinds(_BALANCE_TYPES))}{self._balance_conflict})"
+        ]
+        params = [json_rows(balances)]
+        if opened:
+            parts.append(
+                f"opened AS (INSERT INTO credit_reservations_read_model ({_RESERVATION_COLUMNS})"
+                f" {select_json_rows(_kinds(_RESERVATION_TYPES))})"
             )
-        return sql
+            params.append(json_rows(opened))
+        if closed:
+            parts.append(
+                "closed AS (UPDATE credit_reservations_read_model AS m"
+                " SET state = c.state, closed_at = c.closed_at, committed = c.committed, released = c.released"
+                f" FROM ({select_json_rows(_kinds(_CLOSURE_TYPES))}) AS c ({', '.join(n for n, _ in _CLOSURE_TYPES)})"
+                " WHERE m.account_id = c.account_id AND m.reservation_id = c.reservation_id)"
+            )
+            params.append(json_rows(closed))
+        statement = (
+            f"WITH {', '.join(parts)} INSERT INTO projection_checkpoint (projection, slot, position)"
+            f" SELECT '{PROJECTION}', * FROM ({select_json_rows(_kinds(_CHECKPOINT_TYPES))}) AS c"
+            f"{self._checkpoint_conflict}"
+        )
+        params.append(json_rows(checkpoints))
+        await tx.execute(statement, params)
 
-    def _advance_checkpoints(self, count: int) -> str:
-        sql = self._checkpoint_sql.get(count)
-        if sql is None:
-            sql = self._checkpoint_sql[count] = self._advance_checkpoint.replace(
-                "(?, ?, ?)", ", ".join(["(?, ?, ?)"] * count)
-            )
+    def _many(self, table: str, count: int) -> str:
+        """A multi-row statement of SQLite (its text depends on the row count, so it is cached)."""
+        key = (table, count)
+        sql = self._statements.get(key)
+        if sql is not None:
+            return sql
+        if table == "balances":
+            values = ", ".join([f"({', '.join('?' * len(_BALANCE_TYPES))})"] * count)
+            sql = f"INSERT INTO credit_balances_read_model ({_BALANCE_COLUMNS}) VALUES {values}{self._balance_conflict}"
+        elif table == "reservations":
+            values = ", ".join([f"({', '.join('?' * len(_RESERVATION_TYPES))})"] * count)
+            sql = f"INSERT INTO credit_reservations_read_model ({_RESERVATION_COLUMNS}) VALUES {values}"
+        else:
+            values = ", ".join(["(?, ?, ?)"] * count)
+            sql = f"INSERT INTO projection_checkpoint (projection, slot, position) VALUES {values}"
+            sql += self._checkpoint_conflict
+        if count <= 256:
+            self._statements[key] = sql
         return sql
 
     # -- queries ---------------------------------------------------------------------------------
@@ -453,26 +477,21 @@ class Projection:
         await tx.execute("DELETE FROM credit_balances_read_model")
         await tx.execute("DELETE FROM credit_reservations_read_model")
         await tx.execute("DELETE FROM projection_checkpoint WHERE projection = ?", (PROJECTION,))
-        balance_rows = [self._balance_params(row) for row in balances]
-        reservation_rows = [self._reservation_params(row) for row in reservations]
-        checkpoint_rows = [(PROJECTION, slot, position) for slot, position in sorted(checkpoints.items())]
-        if self.dialect == "postgres":
-            # One JSON document per table, expanded by the server: far cheaper than a statement
-            # per row, or than the driver encoding an array per column element by element.
-            await _insert_json(tx, "credit_balances_read_model", _BALANCE_TYPES, balance_rows)
-            await _insert_json(tx, "credit_reservations_read_model", _RESERVATION_TYPES, reservation_rows)
-            await _insert_json(tx, "projection_checkpoint", _CHECKPOINT_TYPES, checkpoint_rows)
-            return
-        await tx.executemany(
-            f"INSERT INTO credit_balances_read_model ({_BALANCE_COLUMNS}) VALUES ({', '.join('?' * 14)})",
-            balance_rows,
+        # A bulk load (binary COPY on PostgreSQL): a rebuild writes tens of thousands of rows.
+        await tx.copy_rows(
+            "credit_balances_read_model",
+            [name for name, _ in _BALANCE_TYPES],
+            (self._balance_params(row) for row in balances),
         )
-        await tx.executemany(
-            f"INSERT INTO credit_reservations_read_model ({_RESERVATION_COLUMNS}) VALUES ({', '.join('?' * 11)})",
-            reservation_rows,
+        await tx.copy_rows(
+            "credit_reservations_read_model",
+            [name for name, _ in _RESERVATION_TYPES],
+            (self._reservation_params(row) for row in reservations),
         )
-        await tx.executemany(
-            "INSERT INTO projection_checkpoint (projection, slot, position) VALUES (?, ?, ?)", checkpoint_rows
+        await tx.copy_rows(
+            "projection_checkpoint",
+            ["projection", "slot", "position"],
+            [(PROJECTION, slot, position) for slot, position in sorted(checkpoints.items())],
         )
 
     # -- row conversion --------------------------------------------------------------------------
@@ -508,6 +527,16 @@ class Projection:
             row.committed,
             row.released,
             row.position,
+        )
+
+    def _closure_params(self, change: ReservationClosed) -> tuple[Any, ...]:
+        return (
+            str(change.state),
+            self.instants.column(change.closed_at),
+            change.committed,
+            change.released,
+            change.account_id,
+            change.reservation_id,
         )
 
     @staticmethod

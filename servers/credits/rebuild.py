@@ -103,7 +103,7 @@ class _Replayer:
                 reservations[(change.account_id, change.reservation_id)] = change
             elif isinstance(change, ReservationClosed):
                 key = (change.account_id, change.reservation_id)
-                reservations[key] = _closed(reservations[key], change)
+                reservations[key] = reservations[key].closed_by(change)
 
     def resume(self, state: AccountState) -> None:
         """Continue an account already replayed once from its state (for catching up)."""
@@ -146,22 +146,6 @@ async def _read_ahead(batches: AsyncIterator[list[tuple[Any, ...]]]) -> AsyncIte
             fetcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await fetcher
-
-
-def _closed(row: ReservationRow, change: ReservationClosed) -> ReservationRow:
-    return ReservationRow(
-        row.account_id,
-        row.reservation_id,
-        row.amount,
-        change.state,
-        row.description,
-        row.created_at,
-        row.expires_at,
-        change.closed_at,
-        change.committed,
-        change.released,
-        row.position,
-    )
 
 
 async def rebuild(database: Database, *, progress: Progress | None = None, batch: int = 20_000) -> RebuildReport:
