@@ -6,6 +6,9 @@ The answer is stored in the same transaction as the change it reports, so "chang
 lost" cannot happen. Business rejections (FAILED_PRECONDITION, NOT_FOUND, ALREADY_EXISTS) are
 stored too, in their own transaction, so the retry of a refused request is refused the same way.
 Conflicts between concurrent writers are retried here, with backoff, before giving up ABORTED.
+
+`RequestLedger.record` stores answers decided elsewhere (a store that runs many requests in one
+transaction) in exactly the form `execute` stores and replays them: `RecordedAnswer` is that form.
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ import asyncio
 import hashlib
 import random
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import NamedTuple, TypeVar
 
 from google.protobuf.message import Message
 
@@ -26,8 +29,62 @@ R = TypeVar("R", bound=Message)
 Work = Callable[[storage.Transaction], Awaitable[R]]
 
 MAX_REQUEST_ID_LENGTH = 128
-# Rejections that depend on the state the request met: a retry must see the same answer.
-_RECORDED_REJECTIONS = (errors.FailedPrecondition, errors.NotFound, errors.AlreadyExists)
+RECORDED_REJECTIONS = (errors.FailedPrecondition, errors.NotFound, errors.AlreadyExists)
+"""Rejections that depend on the state the request met: recorded, so a retry sees the same answer."""
+
+_INSERT = "INSERT INTO request_ids (request_id, method, fingerprint, outcome, response, created_at)"
+_POSTGRES_INSERT = f"{_INSERT} " + storage.select_json_rows(
+    ["text", "text", "text", "text", "bytea", "double precision"]
+)
+_SQLITE_ROWS = 1000
+"""Answers per SQLite statement (its parameter count is limited)."""
+
+
+class RecordedAnswer(NamedTuple):
+    """The first answer to a request id, as stored in `request_ids` and replayed to retries."""
+
+    request_id: str
+    method: str
+    fingerprint: str
+    """`fingerprint(method, request)`: a retry must carry the same request."""
+    outcome: str
+    """`ok`, or `rejected` for a business rejection (one of `RECORDED_REJECTIONS`)."""
+    response: bytes
+    """The serialized response (`ok`) or the serialized `google.rpc.Status` (`rejected`)."""
+
+    @classmethod
+    def ok(cls, request_id: str, method: str, fingerprint: str, response: Message) -> RecordedAnswer:
+        """The answer of a request that succeeded with `response`."""
+        return cls(request_id, method, fingerprint, "ok", response.SerializeToString(deterministic=True))
+
+    @classmethod
+    def rejected(
+        cls, request_id: str, method: str, fingerprint: str, rejection: errors.DomainError, domain: str
+    ) -> RecordedAnswer:
+        """The answer of a request refused with `rejection` (ErrorInfo domain `domain`)."""
+        return cls(request_id, method, fingerprint, "rejected", to_status_proto(rejection, domain).SerializeToString())
+
+
+def is_recorded(rejection: BaseException) -> bool:
+    """True for the rejections whose answer is recorded against the request id."""
+    return isinstance(rejection, RECORDED_REJECTIONS)
+
+
+async def record_answers(
+    tx: storage.Transaction, answers: Sequence[tuple[str, str, str, str, bytes]], created_at: float
+) -> None:
+    """Store `RecordedAnswer`s in `tx` (one statement); `storage.UniqueViolation` if an id has one already."""
+    if not answers:
+        return
+    if tx.dialect == "postgres":
+        await tx.execute(_POSTGRES_INSERT, (storage.json_rows([(*answer, created_at) for answer in answers]),))
+        return
+    for start in range(0, len(answers), _SQLITE_ROWS):
+        chunk = answers[start : start + _SQLITE_ROWS]
+        await tx.execute(
+            f"{_INSERT} VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk)),
+            [value for answer in chunk for value in (*answer, created_at)],
+        )
 
 
 def fingerprint(method: str, request: Message) -> str:
@@ -82,6 +139,14 @@ class RequestLedger:
         finally:
             self._in_flight.discard(request_id)
 
+    async def record(self, tx: storage.Transaction, answers: Sequence[tuple[str, str, str, str, bytes]]) -> None:
+        """Store answers decided outside `execute` in `tx`, in the form `execute` replays.
+
+        For a store that decides many requests in one transaction. `storage.UniqueViolation` if
+        one of the request ids has an answer already (a retry: run it through `execute`).
+        """
+        await record_answers(tx, answers, self._clock())
+
     async def _attempt(self, work: Work[R], key: tuple[str, str, str, type[R]] | None) -> R:
         for attempt in range(self.attempts):
             if key is not None:
@@ -92,13 +157,14 @@ class RequestLedger:
                 async with self.database.transaction() as tx:
                     response = await work(tx)
                     if key is not None:
-                        await self._record(tx, key, "ok", response.SerializeToString(deterministic=True))
+                        request_id, method, digest, _ = key
+                        await self.record(tx, [RecordedAnswer.ok(request_id, method, digest, response)])
                 return response
             except (storage.UniqueViolation, storage.TransientError):
                 # Another writer got there first (an account version, or this very request_id
                 # from another process): look again, with jittered backoff.
                 await asyncio.sleep(random.uniform(0, 0.002 * 2 ** min(attempt, 6)))
-            except _RECORDED_REJECTIONS as rejection:
+            except RECORDED_REJECTIONS as rejection:
                 if key is not None:
                     await self._record_rejection(key, rejection)
                 raise
@@ -123,21 +189,11 @@ class RequestLedger:
             raise ReplayedRejection(bytes(row["response"]))
         return response_type.FromString(bytes(row["response"]))
 
-    async def _record(
-        self, tx: storage.Transaction, key: tuple[str, str, str, type[R]], outcome: str, payload: bytes
-    ) -> None:
-        request_id, method, digest, _ = key
-        await tx.execute(
-            "INSERT INTO request_ids (request_id, method, fingerprint, outcome, response, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (request_id, method, digest, outcome, payload, self._clock()),
-        )
-
     async def _record_rejection(self, key: tuple[str, str, str, type[R]], rejection: errors.DomainError) -> None:
-        payload = to_status_proto(rejection, self.domain).SerializeToString()
+        request_id, method, digest, _ = key
         try:
             async with self.database.transaction() as tx:
-                await self._record(tx, key, "rejected", payload)
+                await self.record(tx, [RecordedAnswer.rejected(request_id, method, digest, rejection, self.domain)])
         except storage.UniqueViolation:
             pass  # a concurrent attempt recorded its answer first; retries will replay that one
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 
 from servers.mesh import errors, storage
-from servers.mesh.idempotency import RequestLedger
+from servers.mesh.idempotency import RecordedAnswer, RequestLedger, fingerprint, is_recorded
 from servers.mesh.status import ReplayedRejection
 from servers.mesh.storage import Database, open_database
 from tests.support.echo import echo_pb2
@@ -30,7 +32,7 @@ async def database(store_config: dict[str, str]) -> AsyncIterator[Database]:
     await db.close()
 
 
-def deposit(amount: int) -> object:
+def deposit(amount: int) -> Callable[[storage.Transaction], Awaitable[Any]]:
     async def work(tx: storage.Transaction) -> Response:
         await tx.execute(
             "INSERT INTO accounts (id, balance) VALUES ('a', ?)"
@@ -123,3 +125,58 @@ async def test_malformed_request_id_names_the_field(database: Database, request_
     with pytest.raises(errors.InvalidArgument) as caught:
         await RequestLedger(database, "test").execute("Deposit", Request(request_id=request_id), Response, deposit(1))
     assert caught.value.violations[0].field == "request_id"
+
+
+async def test_answers_recorded_in_a_batch_are_replayed_like_their_own(database: Database) -> None:
+    ledger = RequestLedger(database, "test")
+    paid = Request(text="deposit 5", request_id="b-1")
+    refused = Request(text="spend 9", request_id="b-2")
+    async with database.transaction() as tx:
+        await deposit(5)(tx)
+        await ledger.record(
+            tx,
+            [
+                RecordedAnswer.ok("b-1", "Deposit", fingerprint("Deposit", paid), Response(text="5")),
+                RecordedAnswer.rejected(
+                    "b-2",
+                    "Spend",
+                    fingerprint("Spend", refused),
+                    errors.FailedPrecondition("no credits", reason="INSUFFICIENT_CREDITS"),
+                    "test",
+                ),
+            ],
+        )
+    restarted = RequestLedger(database, "test")
+    assert await restarted.execute("Deposit", paid, Response, deposit(5)) == Response(text="5")
+    with pytest.raises(ReplayedRejection) as caught:
+        await restarted.execute("Spend", refused, Response, deposit(9))
+    info = error_details_pb2.ErrorInfo()
+    assert status_pb2.Status.FromString(caught.value.status).details[0].Unpack(info)
+    assert info.reason == "INSUFFICIENT_CREDITS"
+    with pytest.raises(errors.FailedPrecondition) as reused:
+        await restarted.execute("Deposit", Request(text="deposit 6", request_id="b-1"), Response, deposit(6))
+    assert reused.value.reason == "REQUEST_ID_REUSED"
+    assert await balance(database) == 5, "replayed answers run no work"
+
+
+async def test_recording_an_answered_id_again_writes_nothing(database: Database) -> None:
+    ledger = RequestLedger(database, "test")
+    request = Request(text="deposit 5", request_id="b-3")
+    await ledger.execute("Deposit", request, Response, deposit(5))
+    with pytest.raises(storage.UniqueViolation):
+        async with database.transaction() as tx:
+            await deposit(5)(tx)
+            answers = [
+                RecordedAnswer.ok(f"b-{i}", "Deposit", fingerprint("Deposit", request), Response(text="10"))
+                for i in (4, 3)
+            ]
+            await ledger.record(tx, answers)
+    assert await balance(database) == 5
+    assert await database.fetchone("SELECT 1 FROM request_ids WHERE request_id = 'b-4'") is None
+
+
+def test_only_state_dependent_rejections_are_recorded() -> None:
+    assert is_recorded(errors.FailedPrecondition("no", reason="X"))
+    assert is_recorded(errors.NotFound("account", "a"))
+    assert not is_recorded(errors.InvalidArgument("amount", "must be positive"))
+    assert not is_recorded(errors.Unavailable("later"))
