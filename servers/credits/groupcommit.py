@@ -7,11 +7,11 @@ makes a hot account fast), inserts every event in one statement, updates the rea
 records every answer — a handful of round trips for the whole group instead of about ten per
 operation.
 
-Answers are recorded in the mesh's `request_ids` table exactly as `RequestLedger` records them
-(same columns, fingerprint, outcome and encoding), so a retry is answered the same whichever
-path served the first attempt. Anything unusual — an account changed by another process, a
-request id answered before (a retry) — makes the group fall back to running each operation
-alone through `RequestLedger.execute`, which replays answers and retries conflicts.
+Answers are recorded with `RequestLedger.record` (the `request_ids` rows `RequestLedger.execute`
+writes and replays), so a retry is answered the same whichever path served the first attempt.
+Anything unusual — an account changed by another process, a request id answered before (a
+retry) — makes the group fall back to running each operation alone through
+`RequestLedger.execute`, which replays answers and retries conflicts.
 """
 
 from __future__ import annotations
@@ -30,14 +30,13 @@ from servers.credits.audit import seal
 from servers.credits.domain import Decision
 from servers.credits.events import Event, LowBalanceAlerted, StoredEvent
 from servers.credits.eventstore import LoadedAccount
-from servers.mesh import errors
-from servers.mesh.status import to_status_proto
+from servers.mesh import errors, idempotency
 from servers.mesh.storage import Transaction
 
 log = logging.getLogger(__name__)
 
-# The rejections RequestLedger records (their answer depends on the state the request met).
-RECORDED_REJECTIONS = (errors.FailedPrecondition, errors.NotFound, errors.AlreadyExists)
+RECORDED_REJECTIONS = idempotency.RECORDED_REJECTIONS
+"""The rejections the request ledger records (their answer depends on the state the request met)."""
 
 
 @dataclass(eq=False)
@@ -142,22 +141,8 @@ class GroupCommitter:
 
 
 async def record_answers(tx: Transaction, answers: Sequence[tuple[str, str, str, str, bytes]]) -> None:
-    """Record (request_id, method, fingerprint, outcome, response) rows as `RequestLedger` does."""
-    if not answers:
-        return
-    now = time.time()
-    insert = "INSERT INTO request_ids (request_id, method, fingerprint, outcome, response, created_at)"
-    if tx.dialect == "postgres":
-        columns = [[answer[i] for answer in answers] for i in range(5)]
-        await tx.execute(
-            f"{insert} SELECT *, ? FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::bytea[])",
-            [now, *columns],
-        )
-        return
-    await tx.execute(
-        f"{insert} VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(answers)),
-        [value for answer in answers for value in (*answer, now)],
-    )
+    """Record `idempotency.RecordedAnswer` rows (request_id, method, fingerprint, outcome, response) in `tx`."""
+    await idempotency.record_answers(tx, answers, time.time())
 
 
 def sealed_entries(accounts: Sequence[GroupAccount]) -> list[tuple[Event, StoredEvent, str]]:
@@ -177,9 +162,9 @@ def alerted(accounts: Sequence[GroupAccount]) -> bool:
 
 def refusal_is_recorded(error: BaseException) -> bool:
     """True for the refusals whose answer is recorded against the request id."""
-    return isinstance(error, RECORDED_REJECTIONS)
+    return idempotency.is_recorded(error)
 
 
 def status_bytes(error: errors.DomainError, domain: str) -> bytes:
     """The recorded form of a refusal (a serialized `google.rpc.Status`)."""
-    return bytes(to_status_proto(error, domain).SerializeToString())
+    return idempotency.RecordedAnswer.rejected("", "", "", error, domain).response
