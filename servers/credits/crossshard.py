@@ -10,9 +10,13 @@ the answer of any transfer. Both transactions end in `PREPARE TRANSACTION`; then
 coordinator logs COMMIT and finishes both (`twophase.TransferCoordinator`). Anything failing
 before the decision rolls back whatever was prepared; after it, recovery finishes the halves.
 
-The transactions set a lock timeout: two transfers in opposite directions started by two
-servers could otherwise wait on each other's prepared rows across two databases, a deadlock
-neither PostgreSQL can see. The one that times out retries, like any write conflict.
+Locks: each transfer writes on the shard with the lower id first and only then on the other,
+so two transfers can never wait on each other across two databases (a deadlock neither
+PostgreSQL could see): rows shared by many accounts, such as the read models' checkpoint slots,
+are locked in one global order. The answer's row, written last on the source, is a fresh key
+only a concurrent duplicate of the same request could contend for. As a safety net (and so
+that writers meeting a half left in doubt by a crashed coordinator do not wait for ever), the
+transactions also set a lock timeout; the one that times out retries like any write conflict.
 """
 
 from __future__ import annotations
@@ -125,10 +129,15 @@ class CrossShardTransfers:
                         self.store.load_current(ttx, target_shard, to_account),
                     )
                     decision = decide(before[0].state, before[1].state, self.store.clock())
-                    sent, received = await asyncio.gather(
-                        self.store.append(stx, source_shard, before[0], decision.outgoing.events, request_id),
-                        self.store.append(ttx, target_shard, before[1], decision.incoming.events, request_id),
-                    )
+                    send = self.store.append(stx, source_shard, before[0], decision.outgoing.events, request_id)
+                    receive = self.store.append(ttx, target_shard, before[1], decision.incoming.events, request_id)
+                    # Row locks are taken on the shard with the lower id first, by every transfer.
+                    if source_shard.name < target_shard.name:
+                        sent = await send
+                        received = await receive
+                    else:
+                        received = await receive
+                        sent = await send
                     response = respond(decision, sent.state, received.state)
                     if request_id:
                         answer = response.SerializeToString(deterministic=True)

@@ -37,6 +37,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+import psycopg
 from prometheus_client import CollectorRegistry, Gauge
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
@@ -246,17 +247,10 @@ class PreparedTransactions:
         verb = "COMMIT PREPARED" if decision is Decision.COMMIT else "ROLLBACK PREPARED"
         pool = await self._pool(shard)
         async with pool.connection() as connection:
-            found = await connection.execute(
-                "SELECT 1 FROM pg_prepared_xacts WHERE gid = %s AND database = current_database()", (name.gid,)
-            )
-            if await found.fetchone() is None:
-                return False
             try:
                 await connection.execute(sql.SQL(verb + " {}").format(sql.Literal(name.gid)))
-            except Exception as error:
-                if getattr(error, "sqlstate", None) == "42704":  # undefined_object: finished meanwhile
-                    return False
-                raise
+            except psycopg.errors.UndefinedObject:
+                return False  # finished already (by recovery, or by an earlier attempt)
         return True
 
     async def in_doubt(self, shard: Shard, coordinator_id: str) -> list[InDoubt]:
