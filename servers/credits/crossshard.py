@@ -10,7 +10,9 @@ the answer of any transfer. Both transactions end in `PREPARE TRANSACTION`; then
 coordinator logs COMMIT and finishes both (`twophase.TransferCoordinator`). Anything failing
 before the decision rolls back whatever was prepared; after it, recovery finishes the halves.
 
-Locks: each transfer writes on the shard with the lower id first and only then on the other,
+Locks: each transfer takes its connection to the shard with the lower id first (so transfers
+in opposite directions cannot exhaust both pools waiting on each other) and writes there first,
+and only then on the other,
 so two transfers can never wait on each other across two databases (a deadlock neither
 PostgreSQL could see): rows shared by many accounts, such as the read models' checkpoint slots,
 are locked in one global order. The answer's row, written last on the source, is a fresh key
@@ -25,7 +27,7 @@ import asyncio
 import contextlib
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
 from google.protobuf.message import Message
@@ -122,7 +124,7 @@ class CrossShardTransfers:
         with self.coordinator.running(transfer_id):
             prepared: list[tuple[Shard, PreparedName]] = []
             try:
-                async with source_shard.database.transaction() as stx, target_shard.database.transaction() as ttx:
+                async with _in_shard_order(source_shard, target_shard) as (stx, ttx):
                     await asyncio.gather(self._begin(stx, from_account), self._begin(ttx, to_account))
                     before = await asyncio.gather(
                         self.store.load_current(stx, source_shard, from_account),
@@ -215,6 +217,16 @@ class CrossShardTransfers:
                 await record_answers(
                     tx, [(request_id, method, digest, "rejected", status_bytes(rejection, LEDGER_DOMAIN))]
                 )
+
+
+@contextlib.asynccontextmanager
+async def _in_shard_order(source: Shard, target: Shard) -> AsyncIterator[tuple[Transaction, Transaction]]:
+    """A transaction on each shard, the lower shard id's connection taken first (as every transfer
+    does, so transfers in opposite directions never hold one pool's last connection each while
+    waiting for the other's)."""
+    low, high = (source, target) if source.name < target.name else (target, source)
+    async with low.database.transaction() as first, high.database.transaction() as second:
+        yield (first, second) if low is source else (second, first)
 
 
 def _amount(decision: TransferDecision) -> int:

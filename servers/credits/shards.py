@@ -109,6 +109,12 @@ class TopologyPlacement(AccountPlacement):
         """The shard primaries open now, by shard id."""
         return tuple(self._primaries[shard_id].shard for shard_id in sorted(self._primaries))
 
+    @property
+    def every_shard_open(self) -> bool:
+        """True if every shard of the topology has its current primary open."""
+        opened = {shard_id: node.node_id for shard_id, node in self._primaries.items()}
+        return all(opened.get(s.shard_id) == s.primary.node_id for s in self.follower.topology.shards)
+
     def shard_for(self, account_id: str) -> Shard:
         """The primary to write `account_id` on (UNAVAILABLE while fenced or while its pool opens)."""
         location = self._locate(account_id)
@@ -212,7 +218,7 @@ class TopologyPlacement(AccountPlacement):
 
     async def _sync(self, topology: Topology) -> bool:
         complete = True
-        wanted_replicas: set[str] = set()
+        # Primaries first: a replica slow to answer must not hold up a failover's new primary.
         for described in topology.shards:
             primary = described.primary
             opened = self._primaries.get(described.shard_id)
@@ -235,11 +241,12 @@ class TopologyPlacement(AccountPlacement):
                     log.info("shard %s writes go to %s", described.shard_id, primary.node_id)
                     if opened is not None:
                         await _close_quietly(opened)
-            if self.read_replicas:
-                for node in described.replicas:
-                    if node.health is HealthState.HEALTHY:
-                        wanted_replicas.add(node.node_id)
-                        await self._open_replica(described.shard_id, node.node_id, node.dsn)
+        wanted_replicas: set[str] = set()
+        for described in topology.shards if self.read_replicas else ():
+            for node in described.replicas:
+                if node.health is HealthState.HEALTHY:
+                    wanted_replicas.add(node.node_id)
+                    await self._open_replica(described.shard_id, node.node_id, node.dsn)
         listed = {s.shard_id for s in topology.shards}
         for shard_id in [s for s in self._primaries if s not in listed]:
             await _close_quietly(self._primaries.pop(shard_id))

@@ -109,6 +109,11 @@ class AccountPlacement:
         return self._shards
 
     @property
+    def every_shard_open(self) -> bool:
+        """True if `shards` holds every shard accounts may live on."""
+        return True
+
+    @property
     def home(self) -> Database:
         """The server's own store: signed heads, the cross-shard coordinator log."""
         return self._shards[0].database

@@ -327,6 +327,7 @@ class TransferCoordinator:
         self.crash_point = crash_point
         self.coordinator_id = ""
         self._running: set[str] = set()
+        self._next_purge = 0.0
         self.unresolved = Gauge(
             "credits_prepared_transactions_unresolved",
             "Prepared cross-shard transfer halves of this coordinator left in doubt after the latest recovery pass",
@@ -404,7 +405,7 @@ class TransferCoordinator:
         finished = 0
         unresolved = 0
         in_doubt: list[str] = []
-        every_shard_read = True
+        every_shard_read = self.placement.every_shard_open
         for shard in self.placement.shards:
             try:
                 found = await self.prepared.in_doubt(shard, self.coordinator_id)
@@ -432,9 +433,10 @@ class TransferCoordinator:
                 log.info("recovered prepared transfer half", extra={"gid": doubt.name.gid, "decision": str(decision)})
         self.unresolved.set(unresolved)
         await self.prepared.retire(self.placement.shards)
-        if every_shard_read:
+        if every_shard_read and time.monotonic() >= self._next_purge:
             # A decision may only be forgotten once no shard can still hold a half it decides.
             await self.log.purge(self.decision_retention_seconds, in_doubt)
+            self._next_purge = time.monotonic() + min(self.decision_retention_seconds / 10, 3600.0)
         return finished
 
     async def _pause_at(self, point: CrashPoint, transfer_id: str) -> None:
