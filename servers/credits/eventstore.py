@@ -30,15 +30,17 @@ from servers.credits.events import (
     parse_utc,
     utc_text,
 )
-from servers.mesh.storage import Dialect, Transaction
+from servers.mesh.storage import Dialect, Transaction, json_rows, select_json_rows
 
 _EVENT_COLUMNS = "account_id, version, type, body, occurred_at, trace_id, prev_hash, hash"
 _INSERT_COLUMNS = f"{_EVENT_COLUMNS}, request_id, reference, alert_seq"
 _INSERT_ROW = "(" + ", ".join("?" * 11) + ")"
 _PG_INSERT = (
-    f"INSERT INTO event_store ({_INSERT_COLUMNS}) SELECT * FROM unnest("
-    "?::text[], ?::bigint[], ?::text[], ?::text[], ?::timestamptz[], ?::text[], ?::bytea[], ?::bytea[],"
-    " ?::text[], ?::text[], ?::bigint[]) RETURNING account_id, version, position"
+    f"INSERT INTO event_store ({_INSERT_COLUMNS}) "
+    + select_json_rows(
+        ["text", "bigint", "text", "text", "timestamptz", "text", "bytea", "bytea", "text", "text", "bigint"]
+    )
+    + " RETURNING account_id, version, position"
 )
 
 
@@ -153,31 +155,32 @@ class EventStore:
         if alerts:
             last = await tx.fetchval("UPDATE alert_sequence SET last = last + ? WHERE id = 1 RETURNING last", (alerts,))
             next_alert = int(last) - alerts + 1
-        params: list[Any] = []
+        rows: list[tuple[Any, ...]] = []
         column = self.instants.column
         for event, row, request_id in entries:
             alert_seq = None
             if isinstance(event, LowBalanceAlerted):
                 alert_seq, next_alert = next_alert, next_alert + 1
-            params += (
-                row.account_id,
-                row.version,
-                row.type,
-                row.body,
-                column(row.occurred_at),
-                row.trace_id,
-                row.prev_hash,
-                row.hash,
-                request_id,
-                reference_of(event),
-                alert_seq,
+            rows.append(
+                (
+                    row.account_id,
+                    row.version,
+                    row.type,
+                    row.body,
+                    column(row.occurred_at),
+                    row.trace_id,
+                    row.prev_hash,
+                    row.hash,
+                    request_id,
+                    reference_of(event),
+                    alert_seq,
+                )
             )
         if self.dialect == "postgres":
-            # One statement text whatever the count: arrays per column. A long multi-row VALUES
-            # list would be parsed afresh by the driver on every call.
-            returned = await tx.fetchall(_PG_INSERT, [params[i::11] for i in range(11)])
+            # One statement text whatever the count, the rows in one JSON parameter.
+            returned = await tx.fetchall(_PG_INSERT, (json_rows(rows),))
         else:
-            returned = await tx.fetchall(self._insert(len(entries)), params)
+            returned = await tx.fetchall(self._insert(len(entries)), [value for row in rows for value in row])
         positions = {(r[0], int(r[1])): int(r[2]) for r in returned}
         return [positions[(row.account_id, row.version)] for _, row, _ in entries]
 
