@@ -35,6 +35,9 @@ from servers.mesh.storage import Transaction
 
 log = logging.getLogger(__name__)
 
+_GATHER_SLICES = 10
+"""Parts of the gathering time after each of which a group stops waiting if nobody new came."""
+
 RECORDED_REJECTIONS = idempotency.RECORDED_REJECTIONS
 """The rejections the request ledger records (their answer depends on the state the request met)."""
 
@@ -100,11 +103,16 @@ class GroupCommitter:
         run_group: Callable[[Sequence[Operation]], Awaitable[None]],
         *,
         max_group: int = 128,
+        gather_seconds: float = 0.005,
     ) -> None:
         self._run_group = run_group
         self.max_group = max_group
+        self.gather_seconds = gather_seconds
+        """Under load, how long a group waits at most for operations still on their way."""
         self._waiting: list[Operation] = []
         self._worker: asyncio.Task[None] | None = None
+        self._busy = False
+        """True while groups have company (the last one had more than one operation)."""
 
     async def submit(self, operation: Operation) -> Message:
         """Queue `operation` for the next group and wait for its answer."""
@@ -118,8 +126,12 @@ class GroupCommitter:
     async def _drain(self) -> None:
         try:
             while self._waiting:
+                if self._busy and len(self._waiting) < self.max_group:
+                    # The last group had company: more operations are likely on their way.
+                    await self._gather()
                 group = self._waiting[: self.max_group]
                 del self._waiting[: self.max_group]
+                self._busy = len(group) > 1
                 try:
                     await self._run_group(group)
                 except BaseException as error:
@@ -133,6 +145,21 @@ class GroupCommitter:
             for operation in self._waiting:  # only when cancelled: nobody will run them
                 operation.settle(errors.Unavailable("the credits server is stopping", retry_after=1.0))
             self._waiting.clear()
+
+    async def _gather(self) -> None:
+        """Let the operations still on their way join the group, while they keep coming.
+
+        Under load every group pays the same few round trips, so the more operations share
+        them, the less each costs; waiting costs latency, so the wait ends as soon as a slice
+        of `gather_seconds` brings nobody new (with few callers, about one slice).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.gather_seconds
+        while len(self._waiting) < self.max_group and loop.time() < deadline:
+            seen = len(self._waiting)
+            await asyncio.sleep(self.gather_seconds / _GATHER_SLICES)
+            if len(self._waiting) == seen:
+                return
 
     async def close(self) -> None:
         """Wait for the group in progress (at shutdown)."""
