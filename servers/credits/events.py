@@ -28,6 +28,9 @@ class CorruptEvent(ValueError):
 
 def utc_text(moment: datetime) -> str:
     """The canonical text of an instant: UTC, microseconds, `Z` suffix (as hashed and stored)."""
+    if moment.tzinfo is UTC:
+        # The ledger clock's own instants (every event's): only the offset's spelling changes.
+        return moment.isoformat(timespec="microseconds")[:-6] + "Z"
     if moment.tzinfo is None:
         raise ValueError("naive datetime: ledger times must carry a time zone")
     return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
@@ -364,7 +367,11 @@ class StoredEvent:
 
 def canonical_json(body: Mapping[str, Any]) -> str:
     """The one JSON text of a body: sorted keys, no whitespace, ASCII only (stored and hashed)."""
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return _CANONICAL.encode(body)
+
+
+# What json.dumps would build on every call with these arguments (an encoder is stateless).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
 def encode_body(event: Event) -> str:

@@ -31,6 +31,7 @@ from shieldx.credits.v1 import credits_pb2
 _MIN_SECONDS = -62_135_596_800
 _MAX_SECONDS = 253_402_300_799
 _MAX_DURATION_SECONDS = 315_576_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 TRANSACTION_TYPES: dict[int, str] = {
     credits_pb2.TRANSACTION_TYPE_PURCHASED: Purchased.TYPE,
@@ -82,9 +83,10 @@ class BalanceView(Protocol):
 
 def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
     """A protobuf Timestamp of an aware datetime."""
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment.astimezone(UTC))
-    return stamp
+    # Timestamp.FromDatetime goes through a time tuple; plain arithmetic on the delta is exact
+    # (whole microseconds) and several times cheaper, and every response carries a timestamp.
+    delta = moment - _EPOCH
+    return timestamp_pb2.Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000)
 
 
 def instant(stamp: timestamp_pb2.Timestamp, field: str) -> datetime:
@@ -106,17 +108,16 @@ def lifetime(duration: duration_pb2.Duration, field: str) -> timedelta:
 
 def balance(view: BalanceView) -> credits_pb2.Balance:
     """The Balance message of an account state or balance row."""
-    message = credits_pb2.Balance(
+    updated_at = view.updated_at
+    return credits_pb2.Balance(
         account_id=view.account_id,
         available=view.available,
         held=view.held,
         total=view.available + view.held,
         version=view.version,
         threshold=view.threshold,
+        update_time=None if updated_at is None else timestamp(updated_at),
     )
-    if view.updated_at is not None:
-        message.update_time.CopyFrom(timestamp(view.updated_at))
-    return message
 
 
 def reservation_of(event: Reserved) -> credits_pb2.Reservation:

@@ -41,10 +41,21 @@ class LedgerMetrics:
             registry=registry,
         )
 
+        # Every call counts and times itself: keep each label set's child instead of looking it
+        # up (a lock and a validation) twice per call.
+        self._counts: dict[tuple[str, str], Counter] = {}
+        self._durations: dict[str, Histogram] = {}
+
     def observe(self, op: str, result: str, seconds: float) -> None:
         """Count one operation and its duration."""
-        self.operations.labels(op, result).inc()
-        self.duration.labels(op).observe(seconds)
+        count = self._counts.get((op, result))
+        if count is None:
+            count = self._counts[op, result] = self.operations.labels(op, result)
+        count.inc()
+        duration = self._durations.get(op)
+        if duration is None:
+            duration = self._durations[op] = self.duration.labels(op)
+        duration.observe(seconds)
 
 
 class Measured(Protocol):

@@ -6,7 +6,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import nacl.exceptions
 import nacl.signing
@@ -26,7 +26,7 @@ from servers.credits.audit import (
 )
 from servers.credits.commands import AccountCommand, Consume, Purchase, Reserve
 from servers.credits.domain import decide
-from servers.credits.events import Consumed, Event, SealedPaymentReference, StoredEvent
+from servers.credits.events import Consumed, Event, SealedPaymentReference, StoredEvent, utc_text
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 REF = SealedPaymentReference("v1:0badc0de:c2VhbGVk", "0badc0de:" + "ab" * 32)
@@ -74,6 +74,19 @@ def test_hash_follows_the_documented_encoding() -> None:
     ).digest()
     assert seal([event], prev)[0].hash == expected
     assert expected.hex() == "b737a18cf1661b848f47fb1110ced011df51b6a82668b85135f2e96be352b779"
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
+        datetime(2026, 1, 2, 5, 4, 5, 6, tzinfo=timezone(timedelta(hours=2))),
+        datetime(2026, 1, 1, 22, 4, 5, 6, tzinfo=timezone(-timedelta(hours=5), "EST")),
+    ],
+)
+def test_an_instant_has_one_text_whatever_its_time_zone(moment: datetime) -> None:
+    assert utc_text(moment) == "2026-01-02T03:04:05.000006Z"
+    assert utc_text(moment.replace(microsecond=0)) == "2026-01-02T03:04:05.000000Z"
 
 
 @pytest.mark.parametrize(
