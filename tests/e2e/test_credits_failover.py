@@ -23,6 +23,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import pytest_asyncio
 
 from clients.credits import CreditsClient
 from clients.errors import ShieldxError
@@ -49,7 +50,10 @@ ACKS_AFTER_FAILOVER = 60
 REPLACED_SYSTEM_RECOVERY = 4 * 60 + 23
 
 
-@pytest.fixture
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest.fixture(scope="module")
 def pg() -> Iterator[PgWorkspace]:
     try:
         workspace = PgWorkspace()
@@ -57,6 +61,12 @@ def pg() -> Iterator[PgWorkspace]:
         pytest.skip(str(missing))
     with workspace:
         yield workspace
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def mesh(pg: PgWorkspace, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
+    async with running_mesh(pg, tmp_path_factory.mktemp("failover")) as running:
+        yield running
 
 
 @dataclass
@@ -187,30 +197,53 @@ async def assert_every_acknowledged_operation_once(mesh: Mesh, load: CreditsLoad
     return applied
 
 
-async def test_sigkill_of_a_shard_primary_under_credits_load_loses_nothing(pg: PgWorkspace, tmp_path: Path) -> None:
+async def test_listings_are_read_from_the_replica_and_balances_from_the_primary(mesh: Mesh) -> None:
+    account = (await accounts_by_shard(mesh.sharding, 1, "replica"))["shard-a"][0]
+    await when_serving(mesh.credits, account)
+    await mesh.credits.purchase(cpb.PurchaseRequest(account_id=account, amount=10, payment_reference="r"))
+    await asyncio.to_thread(mesh.shard_a.wait_caught_up)
+    replica = mesh.shard_a.replicas[0]
+    connected = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'shieldx:credits'"
+    for _ in range(100):  # the credits server has opened its pool to the replica
+        if await asyncio.to_thread(replica.value, connected):
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.to_thread(replica.query, "SELECT pg_wal_replay_pause()")
+    try:
+        # Synchronous commit waits for the replica to flush the WAL, not to replay it.
+        await mesh.credits.consume(cpb.ConsumeRequest(account_id=account, amount=3))
+        balance = await mesh.credits.get_balance(cpb.GetBalanceRequest(account_id=account))
+        assert balance.balance.available == 7, "the balance is the primary's: a caller sees its own write"
+        listed = await mesh.credits.list_transactions(cpb.ListTransactionsRequest(account_id=account))
+        assert len(listed.transactions) == 1, "the listing came from the replica, paused before the consume"
+    finally:
+        await asyncio.to_thread(replica.query, "SELECT pg_wal_replay_resume()")
+    await asyncio.to_thread(mesh.shard_a.wait_caught_up)
+    listed = await mesh.credits.list_transactions(cpb.ListTransactionsRequest(account_id=account))
+    assert len(listed.transactions) == 2
+
+
+async def test_sigkill_of_a_shard_primary_under_credits_load_loses_nothing(mesh: Mesh) -> None:
     started = time.monotonic()
-    async with running_mesh(pg, tmp_path) as mesh:
-        accounts = (await accounts_by_shard(mesh.sharding, 8, "fo"))["shard-a"]
-        await when_serving(mesh.credits, accounts[0])
-        for account_id in accounts:
-            await mesh.credits.purchase(
-                cpb.PurchaseRequest(account_id=account_id, amount=FUNDS, payment_reference="setup")
-            )
-        load = CreditsLoad(mesh.credits, accounts)
-        workers = [asyncio.create_task(load.worker(seed)) for seed in range(WORKERS)]
-        try:
-            await asyncio.sleep(LOAD_BEFORE_KILL)
-            acknowledged_before = sum(c.outcome == "applied" for c in load.calls)
-            load.killed_at = time.monotonic()
-            await asyncio.to_thread(mesh.shard_a.primary.kill)
-            promoted = await mesh.follower.wait_until(lambda t: t.shard("shard-a").primary.node_id == "fa-r1", 20)
-            published_after = time.monotonic() - load.killed_at
-            await asyncio.wait_for(load.enough_after_failover.wait(), 30)
-        finally:
-            load.stop.set()
-            await asyncio.gather(*workers)
-        history = (await mesh.sharding.list_failovers(spb.ListFailoversRequest(shard_id="shard-a"))).failovers
-        applied = await assert_every_acknowledged_operation_once(mesh, load)
+    accounts = (await accounts_by_shard(mesh.sharding, 8, "fo"))["shard-a"]
+    await when_serving(mesh.credits, accounts[0])
+    for account_id in accounts:
+        await mesh.credits.purchase(cpb.PurchaseRequest(account_id=account_id, amount=FUNDS, payment_reference="setup"))
+    load = CreditsLoad(mesh.credits, accounts)
+    workers = [asyncio.create_task(load.worker(seed)) for seed in range(WORKERS)]
+    try:
+        await asyncio.sleep(LOAD_BEFORE_KILL)
+        acknowledged_before = sum(c.outcome == "applied" for c in load.calls)
+        load.killed_at = time.monotonic()
+        await asyncio.to_thread(mesh.shard_a.primary.kill)
+        promoted = await mesh.follower.wait_until(lambda t: t.shard("shard-a").primary.node_id == "fa-r1", 20)
+        published_after = time.monotonic() - load.killed_at
+        await asyncio.wait_for(load.enough_after_failover.wait(), 30)
+    finally:
+        load.stop.set()
+        await asyncio.gather(*workers)
+    history = (await mesh.sharding.list_failovers(spb.ListFailoversRequest(shard_id="shard-a"))).failovers
+    applied = await assert_every_acknowledged_operation_once(mesh, load)
 
     assert [n.node_id for n in promoted.shard("shard-a").nodes][:1] == ["fa-r1"]
     assert len(history) == 1 and history[0].trigger == spb.FAILOVER_TRIGGER_AUTOMATIC
