@@ -286,31 +286,51 @@ async def test_a_coordinator_killed_between_prepare_and_commit_creates_and_destr
 class Call:
     """One mutating call of the load and what became of it."""
 
-    request: cpb.PurchaseRequest | cpb.ConsumeRequest
+    request: cpb.PurchaseRequest | cpb.ConsumeRequest | cpb.TransferRequest
     outcome: str = "pending"
     """`applied` or `refused` (retried with its request id until one of them)."""
     attempts: int = 0
 
+    def changes(self) -> list[tuple[str, int, str]]:
+        """(account, amount added, event type) of each event the call records when applied."""
+        request = self.request
+        if isinstance(request, cpb.TransferRequest):
+            return [
+                (request.from_account_id, -request.amount, "TransferredOut"),
+                (request.to_account_id, request.amount, "TransferredIn"),
+            ]
+        if isinstance(request, cpb.PurchaseRequest):
+            return [(request.account_id, request.amount, "Purchased")]
+        return [(request.account_id, -request.amount, "Consumed")]
+
 
 @dataclass
 class Load:
-    """Consumes and purchases with request ids, each retried (same id) until it settles."""
+    """Consumes, purchases and transfers with request ids, each retried (same id) until it settles."""
 
     credits: CreditsClient
     accounts: list[str]
     calls: list[Call] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     refusals_by_reason: dict[str, int] = field(default_factory=dict)
+    reads: int = 0
+    failed_reads: list[str] = field(default_factory=list)
 
     async def worker(self, seed: int) -> None:
         rng = random.Random(seed)
         while not self.stop.is_set():
             account = rng.choice(self.accounts)
             request_id = uuid.uuid4().hex
-            request: cpb.PurchaseRequest | cpb.ConsumeRequest
-            if rng.random() < 0.3:
+            request: cpb.PurchaseRequest | cpb.ConsumeRequest | cpb.TransferRequest
+            dice = rng.random()
+            if dice < 0.25:
                 request = cpb.PurchaseRequest(
                     account_id=account, amount=rng.randint(1, 20), payment_reference="load", request_id=request_id
+                )
+            elif dice < 0.45:
+                other = rng.choice([a for a in self.accounts if a != account])
+                request = cpb.TransferRequest(
+                    from_account_id=account, to_account_id=other, amount=rng.randint(1, 10), request_id=request_id
                 )
             else:
                 request = cpb.ConsumeRequest(account_id=account, amount=rng.randint(1, 10), request_id=request_id)
@@ -324,6 +344,8 @@ class Load:
             try:
                 if isinstance(call.request, cpb.PurchaseRequest):
                     await self.credits.purchase(call.request, timeout=10)
+                elif isinstance(call.request, cpb.TransferRequest):
+                    await self.credits.transfer(call.request, timeout=10)
                 else:
                     await self.credits.consume(call.request, timeout=10)
             except ShieldxError as error:
@@ -339,38 +361,60 @@ class Load:
             call.outcome = "applied"
             return
 
+    async def reader(self, seed: int) -> None:
+        """GetBalance of random accounts, all along: every read must be answered."""
+        rng = random.Random(seed)
+        while not self.stop.is_set():
+            try:
+                await self.credits.get_balance(cpb.GetBalanceRequest(account_id=rng.choice(self.accounts)))
+            except ShieldxError as error:
+                self.failed_reads.append(f"{error.code.name} {error.reason}")
+            self.reads += 1
+
     def expected(self, account_id: str, opening: int) -> int:
-        total = opening
-        for call in self.calls:
-            if call.outcome == "applied" and call.request.account_id == account_id:
-                total += call.request.amount if isinstance(call.request, cpb.PurchaseRequest) else -call.request.amount
-        return total
+        return opening + sum(
+            amount
+            for call in self.calls
+            if call.outcome == "applied"
+            for account, amount, _ in call.changes()
+            if account == account_id
+        )
 
 
-def primary_events(clusters: list[PgShard], request_ids: list[str]) -> dict[str, list[tuple[str, str]]]:
-    """(shard node, account) of the purchase/consume event of each request id, over every primary."""
-    found: dict[str, list[tuple[str, str]]] = {}
+def primary_events(clusters: list[PgShard], request_ids: list[str]) -> dict[str, list[tuple[str, str, str]]]:
+    """(shard node, account, type) of the main events of each request id, over every primary."""
+    found: dict[str, list[tuple[str, str, str]]] = {}
     for cluster in clusters:
         rows = cluster.primary.query(
-            "SELECT request_id, account_id FROM credits.event_store"
-            " WHERE type IN ('Purchased', 'Consumed') AND request_id = ANY(%s)",
+            "SELECT request_id, account_id, type FROM credits.event_store WHERE type IN"
+            " ('Purchased', 'Consumed', 'TransferredOut', 'TransferredIn') AND request_id = ANY(%s)",
             (request_ids,),
         )
-        for request_id, account_id in rows:
-            found.setdefault(request_id, []).append((cluster.name, account_id))
+        for request_id, account_id, kind in rows:
+            found.setdefault(request_id, []).append((cluster.name, account_id, kind))
     return found
+
+
+def accounts_on_several_shards(clusters: list[PgShard]) -> set[str]:
+    """Accounts with events on more than one shard's primary."""
+    seen: dict[str, int] = {}
+    for cluster in clusters:
+        for (account_id,) in cluster.primary.query("SELECT DISTINCT account_id FROM credits.event_store"):
+            seen[account_id] = seen.get(account_id, 0) + 1
+    return {account_id for account_id, shards in seen.items() if shards > 1}
 
 
 async def test_adding_a_shard_under_load_rebalances_with_every_balance_and_chain_intact(mesh: Mesh) -> None:
     mesh.clusters["shard-c"] = await asyncio.to_thread(mesh.pg.shard, "sc", replicas=0, settings=TWO_PHASE)
     clusters = list(mesh.clusters.values())
     async with mesh.clients() as (credits, sharding):
-        groups = await accounts_by_shard(sharding, 12, "move")
+        groups = await accounts_by_shard(sharding, 30, "move")
         accounts = [a for ids in groups.values() for a in ids]
         await fund(credits, accounts)
         opening = await balances(credits, accounts)
         load = Load(credits, accounts)
         workers = [asyncio.create_task(load.worker(seed)) for seed in range(6)]
+        workers += [asyncio.create_task(load.reader(seed)) for seed in range(2)]
         try:
             await asyncio.sleep(0.5)
             await register(sharding, "shard-c", mesh.clusters["shard-c"])
@@ -384,6 +428,8 @@ async def test_adding_a_shard_under_load_rebalances_with_every_balance_and_chain
             await asyncio.gather(*workers)
 
         assert status.failed_accounts == 0 and status.total_accounts > 0, status
+        assert load.reads > 100 and not load.failed_reads, f"reads kept working: {load.failed_reads[:3]}"
+        assert not await asyncio.to_thread(accounts_on_several_shards, clusters), "no copy left behind"
         located = {
             location.key: location.shard_id
             for location in (await sharding.locate_keys(spb.LocateKeysRequest(keys=accounts))).locations
@@ -394,10 +440,10 @@ async def test_adding_a_shard_under_load_rebalances_with_every_balance_and_chain
         found = await asyncio.to_thread(primary_events, clusters, [c.request.request_id for c in applied])
         node_of = {shard_id: mesh.clusters[shard_id].name for shard_id in mesh.clusters}
         for call in applied:
-            places = found.get(call.request.request_id, [])
-            assert places == [(node_of[located[call.request.account_id]], call.request.account_id)], (
-                f"{call.request.request_id} recorded exactly once, on the account's shard: {places}"
-            )
+            places = sorted(found.get(call.request.request_id, []))
+            expected = sorted((node_of[located[account]], account, kind) for account, _, kind in call.changes())
+            assert places == expected, f"{call.request.request_id} recorded exactly once, on the account's shard"
+        transfers = sum(isinstance(c.request, cpb.TransferRequest) for c in applied)
         now = await balances(credits, accounts)
         for account_id in accounts:
             assert now[account_id] == load.expected(account_id, opening[account_id]), account_id
@@ -407,6 +453,7 @@ async def test_adding_a_shard_under_load_rebalances_with_every_balance_and_chain
             assert (await credits.verify_audit_chain(cpb.VerifyAuditChainRequest(account_id=account_id))).ok
     print(
         f"\nshard-c added under load: rebalance of {status.total_accounts} accounts in {took:.1f} s;"
-        f" {len(load.calls)} operations ({during} while moving), {len(applied)} applied, all present exactly once;"
-        f" retried answers while moving: {load.refusals_by_reason}"
+        f" {len(load.calls)} operations ({during} while moving), {len(applied)} applied ({transfers} transfers),"
+        " all present exactly once;"
+        f" retried answers while moving: {load.refusals_by_reason}; {load.reads} balance reads, none failed"
     )
