@@ -27,14 +27,14 @@ import asyncio
 import contextlib
 import random
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TypeVar
 
 from google.protobuf.message import Message
 
 from servers.credits.account import AccountState
 from servers.credits.domain import TransferDecision
-from servers.credits.events import TransferredOut
+from servers.credits.events import Event, TransferredOut
 from servers.credits.eventstore import LoadedAccount
 from servers.credits.groupcommit import RECORDED_REJECTIONS, record_answers, status_bytes
 from servers.credits.store import LEDGER_DOMAIN, CreditsStore, DecideTransfer, Shard
@@ -47,6 +47,9 @@ from servers.mesh.storage import Transaction
 R = TypeVar("R", bound=Message)
 Party = tuple[Shard, str]
 """A shard and the account of one side of a transfer."""
+
+_Append = tuple[Transaction, Shard, LoadedAccount, Sequence[Event]]
+"""One side's write: its transaction, shard, account as loaded, and events."""
 
 LOCK_TIMEOUT = "2s"
 """Longest a cross-shard transfer waits for a row lock before retrying."""
@@ -79,16 +82,16 @@ class CrossShardTransfers:
         try:
             async with self.store.hold(*accounts):
                 for attempt in range(self.attempts):
-                    if request_id:
-                        replayed = await self._replay(source[0], request_id, method, digest, response_type)
-                        if replayed is not None:
-                            self.store.forget(*accounts)
-                            return replayed
                     try:
                         with (
                             self.store.unreachable_as_unavailable(source[0]),
                             self.store.unreachable_as_unavailable(target[0]),
                         ):
+                            if request_id:
+                                replayed = await self._replay(source[0], request_id, method, digest, response_type)
+                                if replayed is not None:
+                                    self.store.forget(*accounts)
+                                    return replayed
                             return await self._attempt(method, request_id, digest, source, target, decide, respond)
                     except (storage.UniqueViolation, storage.TransientError):
                         # Another writer changed one of the accounts, or a lock timed out.
@@ -96,7 +99,8 @@ class CrossShardTransfers:
                         await asyncio.sleep(random.uniform(0, 0.002 * 2 ** min(attempt, 6)))
                     except RECORDED_REJECTIONS as rejection:
                         if request_id:
-                            await self._record_rejection(source[0], request_id, method, digest, rejection)
+                            with self.store.unreachable_as_unavailable(source[0]):
+                                await self._record_rejection(source[0], request_id, method, digest, rejection)
                         raise
                     except BaseException:
                         self.store.forget(*accounts)
@@ -131,15 +135,11 @@ class CrossShardTransfers:
                         self.store.load_current(ttx, target_shard, to_account),
                     )
                     decision = decide(before[0].state, before[1].state, self.store.clock())
-                    send = self.store.append(stx, source_shard, before[0], decision.outgoing.events, request_id)
-                    receive = self.store.append(ttx, target_shard, before[1], decision.incoming.events, request_id)
-                    # Row locks are taken on the shard with the lower id first, by every transfer.
-                    if source_shard.name < target_shard.name:
-                        sent = await send
-                        received = await receive
-                    else:
-                        received = await receive
-                        sent = await send
+                    sent, received = await self._append_in_shard_order(
+                        (stx, source_shard, before[0], decision.outgoing.events),
+                        (ttx, target_shard, before[1], decision.incoming.events),
+                        request_id,
+                    )
                     response = respond(decision, sent.state, received.state)
                     if request_id:
                         answer = response.SerializeToString(deterministic=True)
@@ -168,6 +168,16 @@ class CrossShardTransfers:
         if finished:
             self._remember(sent, received, decision)
         return response
+
+    async def _append_in_shard_order(
+        self, source: _Append, target: _Append, request_id: str
+    ) -> tuple[LoadedAccount, LoadedAccount]:
+        """Append both sides, the shard with the lower id first (so its row locks are taken first)."""
+        first, second = (source, target) if source[1].name < target[1].name else (target, source)
+        done = {}
+        for tx, shard, loaded, events in (first, second):
+            done[shard.name] = await self.store.append(tx, shard, loaded, events, request_id)
+        return done[source[1].name], done[target[1].name]
 
     async def _begin(self, tx: Transaction, account_id: str) -> None:
         await tx.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
