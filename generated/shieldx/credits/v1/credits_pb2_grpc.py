@@ -30,6 +30,21 @@ class CreditsServiceStub:
     events per account with a hash chain over it. Available credits never go negative; credits
     held by open reservations count against them. Every mutation is idempotent by `request_id`
     (AIP-155): a retry returns the first answer, including a rejection.
+
+    Errors carry a `google.rpc.ErrorInfo` whose reason is one of:
+    - INSUFFICIENT_CREDITS (FAILED_PRECONDITION; metadata `available`, `requested`),
+    BALANCE_LIMIT_EXCEEDED, ACCOUNT_NOT_FOUND (NOT_FOUND), RESERVATION_NOT_FOUND,
+    RESERVATION_EXPIRED, RESERVATION_ALREADY_COMMITTED, RESERVATION_CANCELLED,
+    RESERVATION_EXISTS, TOO_MANY_OPEN_RESERVATIONS, INVALID_ARGUMENT (with a BadRequest
+    naming the field);
+    - REQUEST_ID_REUSED (FAILED_PRECONDITION), REQUEST_IN_PROGRESS and CONCURRENT_MODIFICATION
+    (ABORTED: retry with the same request id);
+    - when accounts live on shards: ACCOUNT_MOVING (ABORTED, with RetryInfo: the account is
+    being rebalanced; retry with the same request id), ACCOUNT_MOVED (the caller followed an
+    older topology; retry), SHARD_UNAVAILABLE and NO_SHARD_TOPOLOGY (UNAVAILABLE: the shard's
+    primary cannot be reached, e.g. during a failover, or the topology is not known yet),
+    TRANSFER_ABORTED (a cross-shard transfer's two-phase commit was rolled back; nothing
+    moved).
     """
 
     def __init__(self, channel):
@@ -115,6 +130,21 @@ class CreditsServiceServicer:
     events per account with a hash chain over it. Available credits never go negative; credits
     held by open reservations count against them. Every mutation is idempotent by `request_id`
     (AIP-155): a retry returns the first answer, including a rejection.
+
+    Errors carry a `google.rpc.ErrorInfo` whose reason is one of:
+    - INSUFFICIENT_CREDITS (FAILED_PRECONDITION; metadata `available`, `requested`),
+    BALANCE_LIMIT_EXCEEDED, ACCOUNT_NOT_FOUND (NOT_FOUND), RESERVATION_NOT_FOUND,
+    RESERVATION_EXPIRED, RESERVATION_ALREADY_COMMITTED, RESERVATION_CANCELLED,
+    RESERVATION_EXISTS, TOO_MANY_OPEN_RESERVATIONS, INVALID_ARGUMENT (with a BadRequest
+    naming the field);
+    - REQUEST_ID_REUSED (FAILED_PRECONDITION), REQUEST_IN_PROGRESS and CONCURRENT_MODIFICATION
+    (ABORTED: retry with the same request id);
+    - when accounts live on shards: ACCOUNT_MOVING (ABORTED, with RetryInfo: the account is
+    being rebalanced; retry with the same request id), ACCOUNT_MOVED (the caller followed an
+    older topology; retry), SHARD_UNAVAILABLE and NO_SHARD_TOPOLOGY (UNAVAILABLE: the shard's
+    primary cannot be reached, e.g. during a failover, or the topology is not known yet),
+    TRANSFER_ABORTED (a cross-shard transfer's two-phase commit was rolled back; nothing
+    moved).
     """
 
     def Purchase(self, request, context):
@@ -314,6 +344,21 @@ class CreditsService:
     events per account with a hash chain over it. Available credits never go negative; credits
     held by open reservations count against them. Every mutation is idempotent by `request_id`
     (AIP-155): a retry returns the first answer, including a rejection.
+
+    Errors carry a `google.rpc.ErrorInfo` whose reason is one of:
+    - INSUFFICIENT_CREDITS (FAILED_PRECONDITION; metadata `available`, `requested`),
+    BALANCE_LIMIT_EXCEEDED, ACCOUNT_NOT_FOUND (NOT_FOUND), RESERVATION_NOT_FOUND,
+    RESERVATION_EXPIRED, RESERVATION_ALREADY_COMMITTED, RESERVATION_CANCELLED,
+    RESERVATION_EXISTS, TOO_MANY_OPEN_RESERVATIONS, INVALID_ARGUMENT (with a BadRequest
+    naming the field);
+    - REQUEST_ID_REUSED (FAILED_PRECONDITION), REQUEST_IN_PROGRESS and CONCURRENT_MODIFICATION
+    (ABORTED: retry with the same request id);
+    - when accounts live on shards: ACCOUNT_MOVING (ABORTED, with RetryInfo: the account is
+    being rebalanced; retry with the same request id), ACCOUNT_MOVED (the caller followed an
+    older topology; retry), SHARD_UNAVAILABLE and NO_SHARD_TOPOLOGY (UNAVAILABLE: the shard's
+    primary cannot be reached, e.g. during a failover, or the topology is not known yet),
+    TRANSFER_ABORTED (a cross-shard transfer's two-phase commit was rolled back; nothing
+    moved).
     """
 
     @staticmethod
