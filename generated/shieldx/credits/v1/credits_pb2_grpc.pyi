@@ -40,10 +40,10 @@ class CreditsServiceStub:
       naming the field);
     - REQUEST_ID_REUSED (FAILED_PRECONDITION), REQUEST_IN_PROGRESS and CONCURRENT_MODIFICATION
       (ABORTED: retry with the same request id);
-    - when accounts live on shards: ACCOUNT_MOVING (ABORTED, with RetryInfo: the account is
-      being rebalanced; retry with the same request id), ACCOUNT_MOVED (the caller followed an
-      older topology; retry), SHARD_UNAVAILABLE and NO_SHARD_TOPOLOGY (UNAVAILABLE: the shard's
-      primary cannot be reached, e.g. during a failover, or the topology is not known yet),
+    - when accounts live on shards (UNAVAILABLE with RetryInfo: retry with the same request
+      id): ACCOUNT_MOVING (the account is being rebalanced), ACCOUNT_MOVED (this server still
+      followed an older topology), SHARD_UNAVAILABLE (the shard's primary cannot be reached,
+      e.g. during a failover), NO_SHARD_TOPOLOGY (the topology is not known yet); and
       TRANSFER_ABORTED (a cross-shard transfer's two-phase commit was rolled back; nothing
       moved).
     """
@@ -121,10 +121,10 @@ class CreditsServiceAsyncStub(CreditsServiceStub):
       naming the field);
     - REQUEST_ID_REUSED (FAILED_PRECONDITION), REQUEST_IN_PROGRESS and CONCURRENT_MODIFICATION
       (ABORTED: retry with the same request id);
-    - when accounts live on shards: ACCOUNT_MOVING (ABORTED, with RetryInfo: the account is
-      being rebalanced; retry with the same request id), ACCOUNT_MOVED (the caller followed an
-      older topology; retry), SHARD_UNAVAILABLE and NO_SHARD_TOPOLOGY (UNAVAILABLE: the shard's
-      primary cannot be reached, e.g. during a failover, or the topology is not known yet),
+    - when accounts live on shards (UNAVAILABLE with RetryInfo: retry with the same request
+      id): ACCOUNT_MOVING (the account is being rebalanced), ACCOUNT_MOVED (this server still
+      followed an older topology), SHARD_UNAVAILABLE (the shard's primary cannot be reached,
+      e.g. during a failover), NO_SHARD_TOPOLOGY (the topology is not known yet); and
       TRANSFER_ABORTED (a cross-shard transfer's two-phase commit was rolled back; nothing
       moved).
     """
@@ -198,10 +198,10 @@ class CreditsServiceServicer(metaclass=_abc_1.ABCMeta):
       naming the field);
     - REQUEST_ID_REUSED (FAILED_PRECONDITION), REQUEST_IN_PROGRESS and CONCURRENT_MODIFICATION
       (ABORTED: retry with the same request id);
-    - when accounts live on shards: ACCOUNT_MOVING (ABORTED, with RetryInfo: the account is
-      being rebalanced; retry with the same request id), ACCOUNT_MOVED (the caller followed an
-      older topology; retry), SHARD_UNAVAILABLE and NO_SHARD_TOPOLOGY (UNAVAILABLE: the shard's
-      primary cannot be reached, e.g. during a failover, or the topology is not known yet),
+    - when accounts live on shards (UNAVAILABLE with RetryInfo: retry with the same request
+      id): ACCOUNT_MOVING (the account is being rebalanced), ACCOUNT_MOVED (this server still
+      followed an older topology), SHARD_UNAVAILABLE (the shard's primary cannot be reached,
+      e.g. during a failover), NO_SHARD_TOPOLOGY (the topology is not known yet); and
       TRANSFER_ABORTED (a cross-shard transfer's two-phase commit was rolled back; nothing
       moved).
     """
