@@ -5,7 +5,8 @@ arrive while a transaction is running wait and then go together: one transaction
 in arrival order (later operations on an account see the earlier ones' events, which is what
 makes a hot account fast), inserts every event in one statement, updates the read models and
 records every answer — a handful of round trips for the whole group instead of about ten per
-operation.
+operation. Under load a group first waits briefly for the callers of the previous group to come
+back (`GroupCommitter._gather`), so that more operations share those round trips.
 
 Answers are recorded with `RequestLedger.record` (the `request_ids` rows `RequestLedger.execute`
 writes and replays), so a retry is answered the same whichever path served the first attempt.
@@ -103,7 +104,7 @@ class GroupCommitter:
         run_group: Callable[[Sequence[Operation]], Awaitable[None]],
         *,
         max_group: int = 128,
-        gather_seconds: float = 0.005,
+        gather_seconds: float = 0.010,
     ) -> None:
         self._run_group = run_group
         self.max_group = max_group
@@ -111,12 +112,17 @@ class GroupCommitter:
         """Under load, how long a group waits at most for operations still on their way."""
         self._waiting: list[Operation] = []
         self._worker: asyncio.Task[None] | None = None
-        self._busy = False
-        """True while groups have company (the last one had more than one operation)."""
+        self._last_size = 0
+        """Operations in the last group: the callers likely to come back for the next one."""
+        self._expected = 0
+        self._arrived: asyncio.Future[None] | None = None
+        """While a group gathers: resolved once `_expected` operations are waiting."""
 
     async def submit(self, operation: Operation) -> Message:
         """Queue `operation` for the next group and wait for its answer."""
         self._waiting.append(operation)
+        if self._arrived is not None and len(self._waiting) >= self._expected and not self._arrived.done():
+            self._arrived.set_result(None)
         if self._worker is None:
             # The group runs in its own task: a caller that stops waiting must not cut a
             # transaction in half for everyone else.
@@ -126,12 +132,13 @@ class GroupCommitter:
     async def _drain(self) -> None:
         try:
             while self._waiting:
-                if self._busy and len(self._waiting) < self.max_group:
-                    # The last group had company: more operations are likely on their way.
-                    await self._gather()
+                expected = min(self._last_size, self.max_group)
+                if expected > 1 and len(self._waiting) < expected:
+                    # The last group had company: its callers are likely on their way back.
+                    await self._gather(expected)
                 group = self._waiting[: self.max_group]
                 del self._waiting[: self.max_group]
-                self._busy = len(group) > 1
+                self._last_size = len(group)
                 try:
                     await self._run_group(group)
                 except BaseException as error:
@@ -146,25 +153,39 @@ class GroupCommitter:
                 operation.settle(errors.Unavailable("the credits server is stopping", retry_after=1.0))
             self._waiting.clear()
 
-    async def _gather(self) -> None:
-        """Let the operations still on their way join the group, while they keep coming.
+    async def _gather(self, expected: int) -> None:
+        """Wait for `expected` operations, as long as they keep coming (at most `gather_seconds`).
 
-        Under load every group pays the same few round trips, so the more operations share
-        them, the less each costs; waiting costs latency, so the wait ends as soon as a slice
-        of `gather_seconds` brings nobody new (with few callers, about one slice).
+        Under load every group pays the same few round trips, so the more operations share them,
+        the less each costs. Waiting costs latency, so it ends as soon as the last group's number
+        of operations is here, or a slice of `gather_seconds` brings nobody new.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.gather_seconds
-        while len(self._waiting) < self.max_group and loop.time() < deadline:
-            seen = len(self._waiting)
-            await asyncio.sleep(self.gather_seconds / _GATHER_SLICES)
-            if len(self._waiting) == seen:
-                return
+        self._expected = expected
+        try:
+            while len(self._waiting) < expected and loop.time() < deadline:
+                seen = len(self._waiting)
+                self._arrived = arrived = loop.create_future()
+                timer = loop.call_later(self.gather_seconds / _GATHER_SLICES, _resolve, arrived)
+                try:
+                    await arrived
+                finally:
+                    timer.cancel()
+                if len(self._waiting) == seen:
+                    return
+        finally:
+            self._arrived = None
 
     async def close(self) -> None:
         """Wait for the group in progress (at shutdown)."""
         if self._worker is not None:
             await asyncio.wait([self._worker])
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 async def record_answers(tx: Transaction, answers: Sequence[tuple[str, str, str, str, bytes]]) -> None:

@@ -63,20 +63,24 @@ async def test_operations_arriving_while_a_group_commits_go_together_in_the_next
     assert recorder.groups == [["r-0"], ["r-1", "r-2", "r-3", "r-4", "r-5"]]
 
 
-async def test_under_load_a_group_waits_for_operations_still_trickling_in() -> None:
+async def test_under_load_a_group_waits_until_as_many_operations_as_the_last_one_are_back() -> None:
     recorder = Recorder()
-    committer = GroupCommitter(recorder, gather_seconds=0.5)
-    await submit_all(committer, [operation(0), operation(1)])  # a group with company: load
+    committer = GroupCommitter(recorder, gather_seconds=2.0)
+    await submit_all(committer, [operation(n) for n in range(4)])  # load: four callers
 
-    async def trickle() -> list[Message]:
+    async def trickle(numbers: range) -> list[Message]:
         answers = []
-        for number in range(2, 7):
+        for number in numbers:
             answers.append(asyncio.ensure_future(committer.submit(operation(number))))
-            await asyncio.sleep(0.005)  # well within a gathering slice (0.05 s)
+            await asyncio.sleep(0.005)  # well within a gathering slice (0.2 s)
         return list(await asyncio.gather(*answers))
 
-    await trickle()
-    assert recorder.groups == [["r-0", "r-1"], ["r-2", "r-3", "r-4", "r-5", "r-6"]]
+    began = time.perf_counter()
+    await trickle(range(4, 8))
+    assert time.perf_counter() - began < 0.15, "the wait ends with the fourth operation, not at the slice's end"
+    await trickle(range(8, 14))
+    assert recorder.groups[:2] == [["r-0", "r-1", "r-2", "r-3"], ["r-4", "r-5", "r-6", "r-7"]]
+    assert recorder.groups[2] == ["r-8", "r-9", "r-10", "r-11"]
 
 
 async def test_gathering_stops_once_a_slice_brings_nobody_new() -> None:
