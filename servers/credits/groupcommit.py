@@ -36,6 +36,8 @@ from servers.mesh.storage import Transaction
 
 log = logging.getLogger(__name__)
 
+_QUIET_TURNS = 32
+"""Turns of the event loop that must bring nobody new before a gathered group goes."""
 _GATHER_SLICES = 10
 """Parts of the gathering time after each of which a group stops waiting if nobody new came."""
 
@@ -154,18 +156,31 @@ class GroupCommitter:
             self._waiting.clear()
 
     async def _gather(self, expected: int) -> None:
-        """Wait for `expected` operations, as long as they keep coming (at most `gather_seconds`).
+        """Let the operations on their way join the group, as long as they keep coming.
 
         Under load every group pays the same few round trips, so the more operations share them,
-        the less each costs. Waiting costs latency, so it ends as soon as the last group's number
-        of operations is here, or a slice of `gather_seconds` brings nobody new.
+        the less each costs; waiting costs latency. So a group waits (woken by each arrival) for
+        as many operations as the last group had — its callers coming back — and then for more
+        only while the loop keeps bringing them; never longer than `gather_seconds`, nor than a
+        slice of it that brings nobody new.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.gather_seconds
         self._expected = expected
         try:
-            while len(self._waiting) < expected and loop.time() < deadline:
+            while len(self._waiting) < self.max_group and loop.time() < deadline:
                 seen = len(self._waiting)
+                if seen >= expected:
+                    # As many as last time: more come only while other calls are still being
+                    # taken in, which shows within a few turns of the loop (a busy server). An
+                    # idle loop turns in microseconds, so few callers are hardly held up.
+                    for _ in range(_QUIET_TURNS):
+                        await asyncio.sleep(0)
+                        if len(self._waiting) > seen:
+                            break
+                    else:
+                        return
+                    continue
                 self._arrived = arrived = loop.create_future()
                 timer = loop.call_later(self.gather_seconds / _GATHER_SLICES, _resolve, arrived)
                 try:

@@ -83,6 +83,18 @@ async def test_under_load_a_group_waits_until_as_many_operations_as_the_last_one
     assert recorder.groups[2] == ["r-8", "r-9", "r-10", "r-11"]
 
 
+async def test_a_group_keeps_growing_while_the_loop_keeps_bringing_operations() -> None:
+    recorder = Recorder()
+    committer = GroupCommitter(recorder, gather_seconds=2.0)
+    await submit_all(committer, [operation(0), operation(1)])
+    answers = []
+    for number in range(2, 12):  # a busy server: another operation every turn of the loop
+        answers.append(asyncio.ensure_future(committer.submit(operation(number))))
+        await asyncio.sleep(0)
+    await asyncio.gather(*answers)
+    assert recorder.groups == [["r-0", "r-1"], [f"r-{n}" for n in range(2, 12)]]
+
+
 async def test_gathering_stops_once_a_slice_brings_nobody_new() -> None:
     recorder = Recorder()
     committer = GroupCommitter(recorder, gather_seconds=0.5)
