@@ -6,13 +6,16 @@ In one run, on one machine:
   process (`python -m servers.credits`, auth and rate limit off) spread over many funded
   accounts, and, alternately, the same calls to a bare grpc.aio server process that answers a
   fixed ConsumeResponse, and to the mesh runtime answering the same fixed response (the
-  ceiling the runtime's interceptor chain leaves to any service). Reported: calls/s, p50/p99
-  latency, and the ratio credits/bare (the median over rounds). Also reported: the same load on one hot account.
+  ceiling the runtime's interceptor chain leaves to any service). Every server runs on the
+  default asyncio event loop. Reported: calls/s, p50/p99 latency, the server process's CPU
+  time per call (steadier than rates on a shared machine), and the ratio credits/bare (the
+  median over rounds). Also reported: the same load on one hot account.
 - Replay: a fresh schema is bulk-loaded with a realistic mixed history (made by the real
   decisions, sealed into the audit chain), then the read models are rebuilt from it through
   the database (`servers.credits.rebuild`); reported in events per second.
 
     python tests/bench/bench_credits.py [--calls 20000] [--rounds 3] [--accounts 1000] [--events 300000]
+                                        [--replays 3]
 
 Needs PostgreSQL at $SHIELDX_TEST_DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/test);
 its schemas are dropped afterwards.
@@ -55,6 +58,8 @@ from tests.support.processes import ServerProcess  # noqa: E402
 POSTGRES_URL = os.environ.get("SHIELDX_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 Outcome = tuple[float, list[float], int]
 """(calls per second, latencies, calls refused)."""
+Measured = tuple[float, list[float], int, float]
+"""An `Outcome` and the server's CPU seconds per call."""
 
 
 # -- the bare baseline ------------------------------------------------------------------------------
@@ -134,6 +139,23 @@ async def drive(address: str, calls: int, concurrency: int, accounts: list[str])
     return calls / elapsed, latencies, refused
 
 
+def cpu_seconds(server: ServerProcess) -> float:
+    """CPU time (user + system) the server process has used so far; 0 where /proc is not available."""
+    assert server.process is not None
+    try:
+        fields = Path(f"/proc/{server.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measured_drive(server: ServerProcess, calls: int, concurrency: int, accounts: list[str]) -> Measured:
+    """`drive`, with the server's CPU time per call."""
+    before = cpu_seconds(server)
+    rate, latencies, refused = await drive(server.address, calls, concurrency, accounts)
+    return rate, latencies, refused, (cpu_seconds(server) - before) / calls
+
+
 async def fund(address: str, accounts: list[str]) -> None:
     async with grpc.aio.insecure_channel(address) as channel:
         stub = credits_pb2_grpc.CreditsServiceStub(channel)
@@ -151,10 +173,10 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def line(name: str, rate: float, latencies: list[float], refused: int = 0) -> str:
+def line(name: str, rate: float, latencies: list[float], cpu: float, refused: int = 0) -> str:
     text = (
-        f"  {name:24s} {rate:8.0f} calls/s   p50 {percentile(latencies, 0.5) * 1e3:6.2f} ms"
-        f"   p99 {percentile(latencies, 0.99) * 1e3:6.2f} ms"
+        f"  {name:26s} {rate:8.0f} calls/s   p50 {percentile(latencies, 0.5) * 1e3:6.2f} ms"
+        f"   p99 {percentile(latencies, 0.99) * 1e3:6.2f} ms   server CPU {cpu * 1e6:4.0f} us/call"
     )
     return text + (f"   ({refused} refused)" if refused else "")
 
@@ -227,7 +249,7 @@ def bulk_load(schema: str, events: list[Event]) -> None:
         connection.execute("ANALYZE event_store")
 
 
-async def replay_rate(events: int, accounts: int) -> None:
+async def replay_rate(events: int, accounts: int, replays: int) -> None:
     schema = f"bench_replay_{uuid.uuid4().hex[:8]}"
     began = time.perf_counter()
     made = history(events, accounts)
@@ -240,7 +262,7 @@ async def replay_rate(events: int, accounts: int) -> None:
         await asyncio.to_thread(bulk_load, schema, made)
         print(f"bulk-loaded into PostgreSQL in {time.perf_counter() - began:.1f} s")
         rates = []
-        for _ in range(2):
+        for _ in range(replays):
             report = await rebuild(database)
             rates.append(report.events_per_second)
             print(
@@ -281,43 +303,51 @@ async def consume_throughput(calls: int, rounds: int, concurrency: int, accounts
             await asyncio.to_thread(mesh.start)
             names = [f"acct-{i:06d}" for i in range(accounts)]
             await fund(ledger.address, [*names, "hot"])
-            targets: dict[str, Callable[[], Awaitable[Outcome]]] = {
-                "bare": lambda: drive(bare.address, calls, concurrency, names),
-                "mesh": lambda: drive(mesh.address, calls, concurrency, names),
-                "credits": lambda: drive(ledger.address, calls, concurrency, names),
+            targets: dict[str, Callable[[], Awaitable[Measured]]] = {
+                "bare": lambda: measured_drive(bare, calls, concurrency, names),
+                "mesh": lambda: measured_drive(mesh, calls, concurrency, names),
+                "credits": lambda: measured_drive(ledger, calls, concurrency, names),
             }
             rates: dict[str, list[float]] = {name: [] for name in targets}
             latencies: dict[str, list[float]] = {name: [] for name in targets}
+            cpu: dict[str, list[float]] = {name: [] for name in targets}
             refused = 0
             for _ in range(rounds):
                 for name, run in targets.items():
-                    rate, lat, lost = await run()
+                    rate, lat, lost, seconds = await run()
                     rates[name].append(rate)
                     latencies[name].extend(lat)
+                    cpu[name].append(seconds)
                     refused += lost
-            hot_rate, hot_latencies, hot_refused = await drive(ledger.address, hot_calls, concurrency, ["hot"])
+            hot_rate, hot_latencies, hot_refused, hot_cpu = await measured_drive(
+                ledger, hot_calls, concurrency, ["hot"]
+            )
         finally:
             ledger.stop()
             bare.stop()
             mesh.stop()
             drop(schema)
     print(f"Consume: {calls} calls x {rounds} rounds, {concurrency} concurrent callers, {accounts} accounts")
-    print(line("bare grpc.aio", statistics.median(rates["bare"]), latencies["bare"]))
-    print(line("mesh runtime, fixed answer", statistics.median(rates["mesh"]), latencies["mesh"]))
-    print(line("credits (PostgreSQL)", statistics.median(rates["credits"]), latencies["credits"], refused))
+    labels = {"bare": "bare grpc.aio", "mesh": "mesh runtime, fixed answer", "credits": "credits (PostgreSQL)"}
+    for name, label in labels.items():
+        lost = refused if name == "credits" else 0
+        print(line(label, statistics.median(rates[name]), latencies[name], statistics.median(cpu[name]), lost))
     ratios = [c / b for c, b in zip(rates["credits"], rates["bare"], strict=True)]
     print(
         f"  ratio credits/bare: {statistics.median(ratios):.2f} (target >= 0.5; per round:"
         f" {', '.join(f'{r:.2f}' for r in ratios)})"
     )
-    print(line("credits, one hot account", hot_rate, hot_latencies, hot_refused))
+    bare_cpu, credits_cpu = statistics.median(cpu["bare"]), statistics.median(cpu["credits"])
+    if bare_cpu > 0:
+        print(f"  server CPU per call, credits/bare: {credits_cpu / bare_cpu:.2f}x")
+    print(line("credits, one hot account", hot_rate, hot_latencies, hot_cpu, hot_refused))
 
 
 async def main(args: argparse.Namespace) -> None:
     if not args.skip_consume:
         await consume_throughput(args.calls, args.rounds, args.concurrency, args.accounts, args.hot_calls)
     if not args.skip_replay:
-        await replay_rate(args.events, args.replay_accounts)
+        await replay_rate(args.events, args.replay_accounts, args.replays)
 
 
 if __name__ == "__main__":
@@ -331,6 +361,7 @@ if __name__ == "__main__":
     parser.add_argument("--hot-calls", type=int, default=5000)
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--replay-accounts", type=int, default=2000)
+    parser.add_argument("--replays", type=int, default=3, help="rebuilds timed (the best is reported)")
     parser.add_argument("--skip-consume", action="store_true")
     parser.add_argument("--skip-replay", action="store_true")
     arguments = parser.parse_args()
