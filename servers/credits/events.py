@@ -28,12 +28,25 @@ class CorruptEvent(ValueError):
 
 def utc_text(moment: datetime) -> str:
     """The canonical text of an instant: UTC, microseconds, `Z` suffix (as hashed and stored)."""
+    last = _last_utc_text
+    if moment is last[0]:
+        return last[1]  # every event of a group shares the group's instant
     if moment.tzinfo is UTC:
         # The ledger clock's own instants (every event's): only the offset's spelling changes.
-        return moment.isoformat(timespec="microseconds")[:-6] + "Z"
+        text = moment.isoformat(timespec="microseconds")[:-6] + "Z"
+        _remember_utc_text(moment, text)
+        return text
     if moment.tzinfo is None:
         raise ValueError("naive datetime: ledger times must carry a time zone")
     return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+_last_utc_text: tuple[datetime | None, str] = (None, "")
+
+
+def _remember_utc_text(moment: datetime, text: str) -> None:
+    global _last_utc_text
+    _last_utc_text = (moment, text)  # one tuple, so a reader never sees half of a pair
 
 
 def parse_utc(text: str) -> datetime:

@@ -362,10 +362,23 @@ def select_json_rows(types: Sequence[str]) -> str:
 
 def _json_value(value: Any) -> Any:
     if isinstance(value, datetime):
-        return value.isoformat()
+        last = _last_instant
+        if value is last[0]:
+            return last[1]  # rows written together often share one instant
+        text = value.isoformat()
+        _remember_instant(value, text)
+        return text
     if isinstance(value, bytes | bytearray | memoryview):
         return "\\x" + bytes(value).hex()
     raise TypeError(f"{type(value).__name__} has no JSON row form")
+
+
+_last_instant: tuple[datetime | None, str] = (None, "")
+
+
+def _remember_instant(moment: datetime, text: str) -> None:
+    global _last_instant
+    _last_instant = (moment, text)  # one tuple, so a reader never sees half of a pair
 
 
 _ROWS_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_json_value)

@@ -87,6 +87,7 @@ def test_hash_follows_the_documented_encoding() -> None:
 def test_an_instant_has_one_text_whatever_its_time_zone(moment: datetime) -> None:
     assert utc_text(moment) == "2026-01-02T03:04:05.000006Z"
     assert utc_text(moment.replace(microsecond=0)) == "2026-01-02T03:04:05.000000Z"
+    assert utc_text(moment) == "2026-01-02T03:04:05.000006Z", "the same instant again, after another"
 
 
 @pytest.mark.parametrize(
