@@ -327,7 +327,10 @@ async def consume_throughput(calls: int, rounds: int, concurrency: int, accounts
             bare.stop()
             mesh.stop()
             drop(schema)
-    print(f"Consume: {calls} calls x {rounds} rounds, {concurrency} concurrent callers, {accounts} accounts")
+    print(
+        f"Consume: {calls} calls x {rounds} rounds, {concurrency} concurrent callers, {accounts} accounts"
+        " (every server on the default asyncio event loop)"
+    )
     labels = {"bare": "bare grpc.aio", "mesh": "mesh runtime, fixed answer", "credits": "credits (PostgreSQL)"}
     for name, label in labels.items():
         lost = refused if name == "credits" else 0
