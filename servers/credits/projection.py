@@ -171,7 +171,7 @@ def balance_row(state: AccountState, position: int) -> BalanceRow:
     """The read-model row of an account in `state`, whose latest event is at `position`."""
     if state.updated_at is None:
         raise ValueError(f"account {state.account_id!r} has no events to project")
-    open_reservations = state.open_reservations.values()
+    open_reservations = state.open_reservations
     return BalanceRow(
         state.account_id,
         state.available,
@@ -184,7 +184,7 @@ def balance_row(state: AccountState, position: int) -> BalanceRow:
         state.transferred_in,
         state.transferred_out,
         len(open_reservations),
-        min((r.expires_at for r in open_reservations), default=None),
+        min(r.expires_at for r in open_reservations.values()) if open_reservations else None,
         state.updated_at,
         position,
     )
@@ -227,6 +227,10 @@ def reservation_change(event: Event, position: int) -> ReservationRow | Reservat
     return None
 
 
+_RESERVATION_EVENTS = frozenset({Reserved, ReservationCommitted, ReservationCancelled, ReservationExpired})
+"""The event types `reservation_change` answers for."""
+
+
 def _reservation_changes(
     changes: Sequence[tuple[AccountState, Sequence[Event], Sequence[int]]],
 ) -> tuple[list[ReservationRow], list[ReservationClosed]]:
@@ -235,6 +239,8 @@ def _reservation_changes(
     closed: list[ReservationClosed] = []
     for _, events, positions in changes:
         for event, position in zip(events, positions, strict=True):
+            if type(event) not in _RESERVATION_EVENTS:
+                continue  # most events (consumes, purchases) leave reservations alone
             change = reservation_change(event, position)
             if isinstance(change, ReservationRow):
                 opened[(change.account_id, change.reservation_id)] = change
