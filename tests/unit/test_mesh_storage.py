@@ -61,7 +61,9 @@ async def test_constraint_failures_are_backend_neutral(database: Database) -> No
         await database.execute("INSERT INTO accounts (id, balance) VALUES (?, ?)", ("a", 2))
     with pytest.raises(storage.CheckViolation):
         await database.execute("UPDATE accounts SET balance = -1 WHERE id = ?", ("a",))
-    assert (await database.fetchone("SELECT balance FROM accounts"))["balance"] == 1
+    row = await database.fetchone("SELECT balance FROM accounts")
+    assert row is not None
+    assert row["balance"] == 1
 
 
 async def test_percent_signs_and_placeholders_are_safe(database: Database) -> None:
