@@ -126,7 +126,7 @@ class AuthInterceptor(CallInterceptor[contextvars.Token[Caller] | None]):
         rule = self._rules.get(method.path)
         if rule is not None and rule.public:
             return None
-        token = bearer_token(context.invocation_metadata() or ())
+        token = bearer_token(context.invocation_metadata())
         if token is None:
             await status.abort(
                 context,

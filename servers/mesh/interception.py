@@ -17,7 +17,6 @@ from typing import Any, Generic, TypeVar
 import grpc
 
 State = TypeVar("State")
-Context = grpc.aio.ServicerContext[Any, Any]
 Behavior = Callable[..., Any]
 Deserializer = Callable[[bytes], Any]
 
@@ -56,6 +55,52 @@ class Method:
         """Parse a wire path; the handler, when known, tells the streaming shape."""
         service, _, name = path.lstrip("/").rpartition("/")
         return cls(path, service or "unknown", name or path, _kind(handler))
+
+
+class CallContext:
+    """The servicer context as the interceptors see it, with what they all read taken once per call.
+
+    Converting the call's metadata to Python costs about as much as a small handler; tracing and
+    auth both need it. The final status code is read once for metrics and tracing alike.
+    """
+
+    __slots__ = ("_final", "_metadata", "grpc")
+
+    def __init__(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        self.grpc = context
+        """The grpc servicer context."""
+        self._metadata: tuple[tuple[str, str | bytes], ...] | None = None
+        self._final: tuple[BaseException | None, grpc.StatusCode] | None = None
+
+    def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        """The call's metadata (converted once)."""
+        if self._metadata is None:
+            self._metadata = tuple(self.grpc.invocation_metadata() or ())
+        return self._metadata
+
+    def header(self, key: str) -> str | None:
+        """The first value of a text metadata key, or None."""
+        for name, value in self.invocation_metadata():
+            if name == key:
+                return value if isinstance(value, str) else None
+        return None
+
+    def peer(self) -> str:
+        """The caller's address, as grpc names it (`ipv4:10.0.0.7:5050`)."""
+        return str(self.grpc.peer() or "")
+
+    async def abort_with_status(self, status: grpc.Status) -> None:
+        """End the call with `status` (raises)."""
+        await self.grpc.abort_with_status(status)
+
+    def final_code(self, error: BaseException | None) -> grpc.StatusCode:
+        """The status the call ended with, for interceptors outside the error mapping."""
+        if self._final is None or self._final[0] is not error:
+            self._final = (error, final_code(self.grpc, error))
+        return self._final[1]
+
+
+Context = CallContext
 
 
 def _kind(handler: grpc.RpcMethodHandler[Any, Any] | None) -> str:
@@ -158,18 +203,19 @@ def _wrap(method: Method, stages: Stages, handler: grpc.RpcMethodHandler[Any, An
 
 
 def _unary(method: Method, stages: Stages, behavior: Behavior) -> Behavior:
-    async def call(request: Any, context: Context) -> Any:
+    async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        seen = CallContext(context)
         states: list[Any] = []
         response: Any = None
         error: BaseException | None = None
         try:
-            await _enter_all(stages, method, context, request, states)
+            await _enter_all(stages, method, seen, request, states)
             response = behavior(request, context)
             if inspect.isawaitable(response):
                 response = await response
         except BaseException as raised:
             error = raised
-        error = await _exit_all(stages, method, context, states, error)
+        error = await _exit_all(stages, method, seen, states, error)
         if error is not None:
             raise error
         return response
@@ -178,11 +224,12 @@ def _unary(method: Method, stages: Stages, behavior: Behavior) -> Behavior:
 
 
 def _stream(method: Method, stages: Stages, behavior: Behavior) -> Behavior:
-    async def call(request: Any, context: Context) -> AsyncIterator[Any]:
+    async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        seen = CallContext(context)
         states: list[Any] = []
         error: BaseException | None = None
         try:
-            await _enter_all(stages, method, context, request, states)
+            await _enter_all(stages, method, seen, request, states)
             result = behavior(request, context)
             if hasattr(result, "__aiter__"):
                 async for response in result:
@@ -191,14 +238,14 @@ def _stream(method: Method, stages: Stages, behavior: Behavior) -> Behavior:
                 await result
         except BaseException as raised:
             error = raised
-        error = await _exit_all(stages, method, context, states, error)
+        error = await _exit_all(stages, method, seen, states, error)
         if error is not None:
             raise error
 
     return call
 
 
-def final_code(context: Context, error: BaseException | None) -> grpc.StatusCode:
+def final_code(context: grpc.aio.ServicerContext[Any, Any], error: BaseException | None) -> grpc.StatusCode:
     """The status a call ended with, seen from an interceptor outside the error mapping."""
     code: grpc.StatusCode | None = context.code()
     if code is not None:

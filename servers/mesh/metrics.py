@@ -9,7 +9,7 @@ import grpc
 from prometheus_client import CollectorRegistry, start_http_server
 
 from clients.telemetry import CODE_LABELS, GrpcMetrics
-from servers.mesh.interception import CallInterceptor, Context, Method, final_code
+from servers.mesh.interception import CallInterceptor, Context, Method
 
 
 class _MethodMetrics:
@@ -42,7 +42,7 @@ class MetricsInterceptor(CallInterceptor[tuple[_MethodMetrics, float]]):
         self, method: Method, context: Context, state: tuple[_MethodMetrics, float], error: BaseException | None
     ) -> None:
         children, began = state
-        children.handled[final_code(context, error)].inc()
+        children.handled[context.final_code(error)].inc()
         children.handling.observe(time.perf_counter() - began)
 
 

@@ -2,8 +2,13 @@
 
 Spans are named `package.Service/Method`; W3C `traceparent` is read from incoming metadata
 (and written on outgoing calls by `clients.telemetry`). Export is OTLP/gRPC, configured by
-the standard `OTEL_*` variables; with no exporter endpoint set, spans are still created (so
-logs carry trace ids) but not exported.
+the standard `OTEL_*` variables.
+
+Spans are recorded only when they go somewhere: with no exporter endpoint set, no recording
+SDK is installed, and the interceptor only gives each call its trace context — a new span id
+under the caller's trace (or a new trace), the caller's sampled flag kept — so logs still
+carry trace ids and the context still travels downstream. Recording a span that nobody
+exports cost a quarter of a small call's CPU in our measurements.
 """
 
 from __future__ import annotations
@@ -18,14 +23,14 @@ from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from servers.mesh.interception import (
     HEALTH_SERVICE,
     CallInterceptor,
     Context,
     Method,
-    final_code,
     finalized_elsewhere,
 )
 
@@ -55,14 +60,15 @@ def configure_tracing(service: str) -> trace.TracerProvider:
     _configured = True
     if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
         return trace.get_tracer_provider()
+    if not (os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")):
+        return trace.get_tracer_provider()
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
     os.environ.setdefault("OTEL_SERVICE_NAME", f"shieldx-{service}")
     provider = TracerProvider(resource=Resource.create({"service.namespace": "shieldx"}))
-    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-        log.info("exporting traces over OTLP/gRPC")
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
+    log.info("exporting traces over OTLP/gRPC")
     return provider
 
 
@@ -73,19 +79,34 @@ def shutdown_tracing() -> None:
         provider.shutdown()
 
 
-class TracingInterceptor(CallInterceptor[tuple[trace.Span, object]]):
-    """A SERVER span around every call except health checks, child of the caller's traceparent."""
+_ids = RandomIdGenerator()
+_PROPAGATED = frozenset({"traceparent", "tracestate", "baggage"})
 
-    def __init__(self, tracer: trace.Tracer | None = None) -> None:
+
+def _incoming(context: Context) -> otel_context.Context | None:
+    carrier = {key: value for key, value in context.invocation_metadata() if key in _PROPAGATED}
+    return propagate.extract(carrier) if carrier else None
+
+
+class TracingInterceptor(CallInterceptor[tuple[trace.Span, object]]):
+    """A SERVER span around every call except health checks, child of the caller's traceparent.
+
+    When spans are not recorded (no exporter), a non-recording span with fresh ids stands in,
+    so the call still has a trace id (logs, INTERNAL errors) and passes its context on.
+    """
+
+    def __init__(self, tracer: trace.Tracer | None = None, *, record: bool | None = None) -> None:
         self._tracer = tracer or trace.get_tracer("shieldx.mesh")
+        self._record = isinstance(trace.get_tracer_provider(), TracerProvider) if record is None else record
         self._attributes: dict[str, dict[str, str]] = {}
 
     def applies_to(self, method: Method) -> bool:
         return method.service != HEALTH_SERVICE
 
     async def enter(self, method: Method, context: Context, request: Any) -> tuple[trace.Span, object]:
-        carrier = {key: value for key, value in context.invocation_metadata() or ()}
-        parent = propagate.extract(carrier)
+        parent = _incoming(context)
+        if not self._record:
+            return _stand_in(parent)
         attributes = self._attributes.get(method.path)
         if attributes is None:
             attributes = {"rpc.system": "grpc", "rpc.service": method.service, "rpc.method": method.name}
@@ -98,10 +119,27 @@ class TracingInterceptor(CallInterceptor[tuple[trace.Span, object]]):
         self, method: Method, context: Context, state: tuple[trace.Span, object], error: BaseException | None
     ) -> None:
         span, token = state
-        code = final_code(context, error)
+        if not self._record:
+            if not finalized_elsewhere(error):
+                otel_context.detach(token)  # type: ignore[arg-type]
+            return
+        code = context.final_code(error)
         span.set_attribute("rpc.grpc.status_code", code.value[0])
         if code in _SERVER_ERRORS:
             span.set_status(Status(StatusCode.ERROR, code.name))
         if not finalized_elsewhere(error):
             otel_context.detach(token)  # type: ignore[arg-type]
         span.end()
+
+
+def _stand_in(parent: otel_context.Context | None) -> tuple[trace.Span, object]:
+    caller = trace.get_current_span(parent).get_span_context() if parent is not None else INVALID_SPAN_CONTEXT
+    span = trace.NonRecordingSpan(
+        SpanContext(
+            trace_id=caller.trace_id if caller.is_valid else _ids.generate_trace_id(),
+            span_id=_ids.generate_span_id(),
+            is_remote=False,
+            trace_flags=caller.trace_flags if caller.is_valid else TraceFlags(TraceFlags.DEFAULT),
+        )
+    )
+    return span, otel_context.attach(trace.set_span_in_context(span, parent))

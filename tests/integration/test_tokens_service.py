@@ -210,7 +210,8 @@ async def test_one_time_secrets_leave_stored_replays_after_the_window(
 
     async def scrubbed() -> bool:
         replay = await create(client, "svc", allowed_scopes=["credits.read"], request_id="once")
-        return not replay.client_secret
+        mfa = await client.enroll_mfa(pb.EnrollMfaRequest(client_id="bob", request_id="mfa-once"))
+        return not replay.client_secret and not mfa.totp_secret  # each window ends 0.3 s after its own answer
 
     await eventually(scrubbed)
     replay = await create(client, "svc", allowed_scopes=["credits.read"], request_id="once")
