@@ -5,9 +5,12 @@ channel with 64 concurrent callers) drives them alternately, round after round, 
 process, so machine noise hits both alike. Reported: calls/s, p50 and p99 latency, and the
 ratio mesh/bare (median of the rounds).
 
-    python tests/bench/bench_mesh_overhead.py [--calls 20000] [--rounds 3] [--auth]
+    python tests/bench/bench_mesh_overhead.py [--calls 20000] [--rounds 3] [--auth] [--record-spans]
 
 With `--auth` the mesh server also verifies a real PASETO v4.public bearer token on every call.
+Without an exporter the runtime records no spans (see servers/mesh/tracing.py); with
+`--record-spans` every span is recorded and handed to a batch exporter (that discards them),
+which is the cost of a deployment exporting traces.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "generated")]
@@ -80,7 +86,16 @@ async def auth_setup(runtime: Runtime) -> Metadata:
     return (("authorization", f"Bearer {token}"),)
 
 
-async def main(calls: int, rounds: int, concurrency: int, auth: bool) -> None:
+class _Discard(SpanExporter):
+    def export(self, spans: object) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+async def main(calls: int, rounds: int, concurrency: int, auth: bool, record_spans: bool) -> None:
+    if record_spans:
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(_Discard()))
+        trace.set_tracer_provider(provider)
     configure_tracing("bench")
     with tempfile.TemporaryDirectory() as data_dir:
         config = load_config("compliance", environ={})
@@ -106,7 +121,9 @@ async def main(calls: int, rounds: int, concurrency: int, auth: bool) -> None:
                 latencies[name].extend(lat)
         await mesh.stop(grace=0, drain_delay=0)
         await bare.stop(None)
-    print(f"{calls} calls x {rounds} rounds, {concurrency} concurrent callers, auth={'on' if auth else 'off'}")
+    spans = "recorded and exported" if record_spans else "not recorded (no exporter)"
+    shape = f"{calls} calls x {rounds} rounds, {concurrency} concurrent callers"
+    print(f"{shape}, auth={'on' if auth else 'off'}, spans {spans}")
     for name in ("bare", "mesh"):
         lat = latencies[name]
         print(
@@ -123,5 +140,6 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--auth", action="store_true")
+    parser.add_argument("--record-spans", action="store_true")
     args = parser.parse_args()
-    asyncio.run(main(args.calls, args.rounds, args.concurrency, args.auth))
+    asyncio.run(main(args.calls, args.rounds, args.concurrency, args.auth, args.record_spans))
