@@ -259,45 +259,50 @@ class ReservationExpired(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class TransferredOut(Event):
+class TransferSide(Event):
+    """One side of a transfer: the same fields whichever way the credits go."""
+
+    transfer_id: str
+    counterparty_account_id: str
+    amount: int
+    description: str = ""
+
+    def to_body(self) -> Body:
+        """The transfer id, the other account, amount and description."""
+        return {
+            "transfer_id": self.transfer_id,
+            "counterparty_account_id": self.counterparty_account_id,
+            "amount": self.amount,
+            "description": self.description,
+        }
+
+    @classmethod
+    def from_body(cls, account_id: str, version: int, occurred_at: datetime, trace_id: str, body: JsonFields) -> Self:
+        """Rebuild from a stored row."""
+        return cls(
+            account_id,
+            version,
+            occurred_at,
+            trace_id,
+            _text(body, "transfer_id"),
+            _text(body, "counterparty_account_id"),
+            _int(body, "amount"),
+            _text(body, "description"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TransferredOut(TransferSide):
     """Credits sent to another account (the source side of a transfer)."""
 
     TYPE: ClassVar[str] = "TransferredOut"
 
-    transfer_id: str
-    counterparty_account_id: str
-    amount: int
-    description: str = ""
-
-    def to_body(self) -> Body:
-        """The transfer id, destination account, amount and description."""
-        return _transfer_body(self.transfer_id, self.counterparty_account_id, self.amount, self.description)
-
-    @classmethod
-    def from_body(cls, account_id: str, version: int, occurred_at: datetime, trace_id: str, body: JsonFields) -> Self:
-        """Rebuild from a stored row."""
-        return cls(account_id, version, occurred_at, trace_id, *_transfer_fields(body))
-
 
 @dataclass(frozen=True, slots=True)
-class TransferredIn(Event):
+class TransferredIn(TransferSide):
     """Credits received from another account (the destination side of a transfer)."""
 
     TYPE: ClassVar[str] = "TransferredIn"
-
-    transfer_id: str
-    counterparty_account_id: str
-    amount: int
-    description: str = ""
-
-    def to_body(self) -> Body:
-        """The transfer id, source account, amount and description."""
-        return _transfer_body(self.transfer_id, self.counterparty_account_id, self.amount, self.description)
-
-    @classmethod
-    def from_body(cls, account_id: str, version: int, occurred_at: datetime, trace_id: str, body: JsonFields) -> Self:
-        """Rebuild from a stored row."""
-        return cls(account_id, version, occurred_at, trace_id, *_transfer_fields(body))
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,21 +450,3 @@ def _text(body: JsonFields, key: str) -> str:
     if type(value) is not str:
         raise TypeError(f"{key} is not a string")
     return value
-
-
-def _transfer_body(transfer_id: str, counterparty: str, amount: int, description: str) -> Body:
-    return {
-        "transfer_id": transfer_id,
-        "counterparty_account_id": counterparty,
-        "amount": amount,
-        "description": description,
-    }
-
-
-def _transfer_fields(body: JsonFields) -> tuple[str, str, int, str]:
-    return (
-        _text(body, "transfer_id"),
-        _text(body, "counterparty_account_id"),
-        _int(body, "amount"),
-        _text(body, "description"),
-    )
