@@ -30,7 +30,8 @@ from servers.credits.events import (
     parse_utc,
     utc_text,
 )
-from servers.mesh.storage import Dialect, Transaction, json_rows, select_json_rows
+from servers.mesh.postgres import json_rows, select_json_rows
+from servers.mesh.storage import Dialect, Transaction
 
 _EVENT_COLUMNS = "account_id, version, type, body, occurred_at, trace_id, prev_hash, hash"
 _INSERT_COLUMNS = f"{_EVENT_COLUMNS}, request_id, reference, alert_seq"

@@ -33,8 +33,9 @@ from servers.credits.eventstore import EventStore, Instants
 from servers.credits.fences import FenceState, WriteFences
 from servers.credits.projection import Projection, balance_row
 from servers.credits.shards import open_shard_database
+from servers.mesh.postgres import PostgresDatabase
 from servers.mesh.server import Runtime
-from servers.mesh.storage import PostgresDatabase, Transaction
+from servers.mesh.storage import Transaction
 from servers.sharding.domain import Shard
 from servers.sharding.rebalance import AccountMove
 

@@ -26,7 +26,8 @@ from servers.credits.events import (
     Reserved,
 )
 from servers.credits.eventstore import Instants
-from servers.mesh.storage import Dialect, Transaction, json_rows, select_json_rows
+from servers.mesh.postgres import json_rows, select_json_rows
+from servers.mesh.storage import Dialect, Transaction
 
 PROJECTION = "credit_balances"
 """Name of the read-model projection in `projection_checkpoint`."""

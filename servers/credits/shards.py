@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 from servers.credits.store import AccountPlacement, Shard
 from servers.mesh import errors
-from servers.mesh.storage import Database, PostgresDatabase
+from servers.mesh.postgres import PostgresDatabase
+from servers.mesh.storage import Database
 from servers.sharding.domain import HealthState
 from servers.sharding.follower import TopologyFollower
 from servers.sharding.topology import KeyLocation, Topology

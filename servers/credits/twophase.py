@@ -44,7 +44,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from servers.credits.store import UNREACHABLE, AccountPlacement, Shard
 from servers.mesh import storage
-from servers.mesh.storage import Database, PostgresDatabase, Transaction
+from servers.mesh.postgres import PostgresDatabase
+from servers.mesh.storage import Database, Transaction
 
 log = logging.getLogger(__name__)
 

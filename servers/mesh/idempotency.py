@@ -22,7 +22,7 @@ from typing import NamedTuple, TypeVar
 
 from google.protobuf.message import Message
 
-from servers.mesh import errors, storage
+from servers.mesh import errors, postgres, storage
 from servers.mesh.status import ReplayedRejection, to_status_proto
 
 R = TypeVar("R", bound=Message)
@@ -33,7 +33,7 @@ RECORDED_REJECTIONS = (errors.FailedPrecondition, errors.NotFound, errors.Alread
 """Rejections that depend on the state the request met: recorded, so a retry sees the same answer."""
 
 _INSERT = "INSERT INTO request_ids (request_id, method, fingerprint, outcome, response, created_at)"
-_POSTGRES_INSERT = f"{_INSERT} " + storage.select_json_rows(
+_POSTGRES_INSERT = f"{_INSERT} " + postgres.select_json_rows(
     ["text", "text", "text", "text", "bytea", "double precision"]
 )
 _SQLITE_ROWS = 1000
@@ -77,7 +77,7 @@ async def record_answers(
     if not answers:
         return
     if tx.dialect == "postgres":
-        await tx.execute(_POSTGRES_INSERT, (storage.json_rows([(*answer, created_at) for answer in answers]),))
+        await tx.execute(_POSTGRES_INSERT, (postgres.json_rows([(*answer, created_at) for answer in answers]),))
         return
     for start in range(0, len(answers), _SQLITE_ROWS):
         chunk = answers[start : start + _SQLITE_ROWS]

@@ -24,7 +24,7 @@ from servers.credits.fences import WriteFences
 from servers.credits.shards import open_shard_database
 from servers.credits.store import AccountPlacement, CreditsStore, Shard
 from servers.mesh import errors, storage
-from servers.mesh.storage import PostgresDatabase
+from servers.mesh.postgres import PostgresDatabase
 from shieldx.credits.v1 import credits_pb2 as pb
 from tests.support.pgcluster import PgNode, PgWorkspace, PostgresUnavailable
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from servers.mesh import storage
+from servers.mesh import postgres, storage
 from servers.mesh.storage import Database, discover_migrations, open_database
 
 MIGRATIONS = "tests.support.migrations"
@@ -153,14 +153,14 @@ async def test_json_rows_carry_every_value_exactly(database: Database) -> None:
         ["ascii", 2**62, True, b"\x00\x01\xfe\xff", moment, 0.1],
         ['quote" back\\slash \u00e9\u4e2d \U0001f600 {"json": [1]}', -(2**63), False, b"", None, None],
     ]
-    select = storage.select_json_rows(["text", "bigint", "boolean", "bytea", "timestamptz", "double precision"])
+    select = postgres.select_json_rows(["text", "bigint", "boolean", "bytea", "timestamptz", "double precision"])
     async with database.transaction() as tx:
-        returned = await tx.fetchall(select, (storage.json_rows(rows),))
+        returned = await tx.fetchall(select, (postgres.json_rows(rows),))
     assert [[bytes(v) if isinstance(v, bytes | memoryview) else v for v in row] for row in returned] == rows
 
 
 def test_json_rows_refuse_values_without_an_exact_form() -> None:
     with pytest.raises(ValueError):
-        storage.json_rows([[float("nan")]])
+        postgres.json_rows([[float("nan")]])
     with pytest.raises(TypeError):
-        storage.json_rows([[object()]])
+        postgres.json_rows([[object()]])

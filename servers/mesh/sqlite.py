@@ -1,0 +1,147 @@
+"""The embedded SQLite store: one file in WAL mode, used from one worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from servers.mesh.storage import (
+    MIGRATIONS_TABLE,
+    CheckViolation,
+    Database,
+    Dialect,
+    Migration,
+    Params,
+    Row,
+    Transaction,
+    TransientError,
+    UniqueViolation,
+    check_identifiers,
+)
+
+T = TypeVar("T")
+
+
+class _SQLiteTransaction(Transaction):
+    dialect: Dialect = "sqlite"
+
+    def __init__(self, db: SQLiteDatabase) -> None:
+        self._db = db
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        return await self._db.run(lambda c: c.execute(sql, params).rowcount)
+
+    async def executemany(self, sql: str, rows: Iterable[Params]) -> None:
+        materialized = list(rows)
+        await self._db.run(lambda c: c.executemany(sql, materialized))
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        return await self._db.run(lambda c: c.execute(sql, params).fetchall())
+
+    async def copy_rows(self, table: str, columns: Sequence[str], rows: Iterable[Params]) -> int:
+        check_identifiers(table, *columns)
+        materialized = list(rows)
+        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+        await self._db.run(lambda c: c.executemany(sql, materialized))
+        return len(materialized)
+
+    async def stream(self, sql: str, params: Params = (), batch: int = 5000) -> AsyncIterator[list[tuple[Any, ...]]]:
+        cursor = await self._db.run(lambda c: c.execute(sql, params))
+        while True:
+            rows = await self._db.run(lambda _: cursor.fetchmany(batch))
+            if not rows:
+                return
+            yield [tuple(r) for r in rows]
+
+
+class SQLiteDatabase(Database):
+    """One SQLite file in WAL mode, used from one worker thread; transactions run one at a time."""
+
+    dialect: Dialect = "sqlite"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._lock = asyncio.Lock()
+        self._connection: sqlite3.Connection | None = None
+        self._connect_once = threading.Lock()
+
+    def _connection_in_thread(self) -> sqlite3.Connection:
+        with self._connect_once:
+            if self._connection is None:
+                connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                connection.row_factory = sqlite3.Row
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA synchronous=FULL")  # an acknowledged write survives power loss
+                connection.execute("PRAGMA foreign_keys=ON")
+                connection.execute("PRAGMA busy_timeout=5000")
+                self._connection = connection
+            return self._connection
+
+    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` on the database thread, translating constraint errors."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._guarded, work)
+
+    def _guarded(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return work(self._connection_in_thread())
+        except sqlite3.IntegrityError as exc:
+            text = str(exc)
+            if "UNIQUE" in text or "PRIMARY KEY" in text:
+                raise UniqueViolation(text) from exc
+            raise CheckViolation(text) from exc
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise TransientError(str(exc)) from exc
+            raise
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        async with self._lock:
+            await self.run(lambda c: c.execute("BEGIN IMMEDIATE"))
+            try:
+                yield _SQLiteTransaction(self)
+            except BaseException:
+                await asyncio.shield(self.run(lambda c: c.execute("ROLLBACK")))
+                raise
+            await self.run(lambda c: c.execute("COMMIT"))
+
+    async def _apply(self, migration: Migration) -> bool:
+        def apply(c: sqlite3.Connection) -> bool:
+            c.execute(MIGRATIONS_TABLE)
+            key = (migration.package, migration.version)
+            if c.execute("SELECT 1 FROM schema_migrations WHERE package = ? AND version = ?", key).fetchone():
+                return False
+            # executescript commits first and runs many statements; BEGIN/COMMIT keep it atomic.
+            c.executescript(f"BEGIN IMMEDIATE;\n{migration.sql}\n;")
+            try:
+                c.execute(
+                    "INSERT INTO schema_migrations (package, version, name) VALUES (?, ?, ?)", (*key, migration.name)
+                )
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            return True
+
+        async with self._lock:
+            return await self.run(apply)
+
+    async def close(self) -> None:
+        def shut(_: sqlite3.Connection) -> None:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+
+        async with self._lock:
+            await self.run(shut)
+        self._executor.shutdown(wait=True)
