@@ -37,8 +37,13 @@ PUBLIC_KEY_SIZE = 32
 SECRET_KEY_SIZE = 64
 """Bytes of a libsodium Ed25519 secret key: the 32-byte seed followed by the public key."""
 
-DEFAULT_MAX_TOKEN_LENGTH = 8192
-"""Longest token string accepted by default; longer ones are refused before any decoding."""
+DEFAULT_MAX_TOKEN_LENGTH = 4096
+"""Longest token string accepted by default; longer ones are refused before any decoding.
+
+ShieldX tokens are a few hundred bytes. The limit stays well under gRPC's soft metadata limit
+(8 KiB for all headers), above which the transport itself refuses requests at random with
+RESOURCE_EXHAUSTED before any interceptor runs; a token between the two is refused here,
+every time, with TOKEN_TOO_LARGE."""
 
 TOKEN_MALFORMED = "TOKEN_MALFORMED"
 """Reason: not a well-formed v4.public token (bad base64url, missing parts, too short)."""

@@ -94,7 +94,7 @@ def _cases(authority: TestAuthority) -> dict[str, tuple[str, str]]:
         "v4.local": ("v4.local." + good.split(".", 2)[2], "TOKEN_UNSUPPORTED"),
         "v3": ("v3.public." + good.split(".", 2)[2], "TOKEN_UNSUPPORTED"),
         "padded": (good + "=", "TOKEN_MALFORMED"),
-        "oversized": ("v4.public." + "A" * 10000, "TOKEN_TOO_LARGE"),
+        "oversized": ("v4.public." + "A" * 6000, "TOKEN_TOO_LARGE"),
     }
 
 
