@@ -173,10 +173,9 @@ class Supervisor:
         child.status = "STARTING"
 
     async def _wait_serving(self, child: Child, timeout: float) -> bool:
+        # A server that exits meanwhile is restarted by its watcher; keep waiting for it.
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not self.stopping:
-            if child.process is not None and child.process.returncode is not None:
-                return False
             child.status = await health_status(child.endpoint.address, timeout=1.0)
             if child.status == "SERVING":
                 return True
@@ -186,15 +185,17 @@ class Supervisor:
     async def start(self, timeout: float = 60.0) -> bool:
         """Start every server (tokens first) and wait for SERVING; False if one never got there."""
         first, *rest = self.children.values()
-        await self._spawn(first)
+        await self._launch(first)
         ok = await self._wait_serving(first, timeout)
         for child in rest:
-            await self._spawn(child)
+            await self._launch(child)
         results = await asyncio.gather(*(self._wait_serving(c, timeout) for c in rest))
-        for child in self.children.values():
-            child.monitor = asyncio.create_task(self._watch(child))
         self._write_endpoints()
         return ok and all(results)
+
+    async def _launch(self, child: Child) -> None:
+        await self._spawn(child)
+        child.monitor = asyncio.create_task(self._watch(child))
 
     async def _watch(self, child: Child) -> None:
         while not self.stopping:

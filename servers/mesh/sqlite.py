@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -119,11 +119,15 @@ class SQLiteDatabase(Database):
         def apply(c: sqlite3.Connection) -> bool:
             c.execute(MIGRATIONS_TABLE)
             key = (migration.package, migration.version)
-            if c.execute("SELECT 1 FROM schema_migrations WHERE package = ? AND version = ?", key).fetchone():
-                return False
-            # executescript commits first and runs many statements; BEGIN/COMMIT keep it atomic.
-            c.executescript(f"BEGIN IMMEDIATE;\n{migration.sql}\n;")
+            # The check and the change under one write lock: another process starting on the
+            # same file (a second version of a service) waits, then sees the migration applied.
+            c.execute("BEGIN IMMEDIATE")
             try:
+                if c.execute("SELECT 1 FROM schema_migrations WHERE package = ? AND version = ?", key).fetchone():
+                    c.execute("ROLLBACK")
+                    return False
+                for statement in sql_statements(migration.sql):
+                    c.execute(statement)
                 c.execute(
                     "INSERT INTO schema_migrations (package, version, name) VALUES (?, ?, ?)", (*key, migration.name)
                 )
@@ -145,3 +149,16 @@ class SQLiteDatabase(Database):
         async with self._lock:
             await self.run(shut)
         self._executor.shutdown(wait=True)
+
+
+def sql_statements(script: str) -> Iterator[str]:
+    """The statements of a script, split where SQLite says a statement is complete (so a
+    trigger's `BEGIN ... END;` stays whole); `executescript` would commit the open transaction."""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending
+            pending = ""
+    if pending.strip():
+        yield pending

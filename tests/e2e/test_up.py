@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -29,18 +31,29 @@ CONTRACTS = {
 }
 
 
+_readers: dict[int, queue.Queue[str]] = {}
+
+
 def _wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float) -> list[str]:
+    """Lines the launcher printed up to the one containing `needle`; fails after `timeout`
+    even when the launcher prints nothing more (its output is read by a thread)."""
+    lines = _readers.get(process.pid)
+    if lines is None:
+        lines = _readers[process.pid] = queue.Queue()
+        assert process.stdout is not None
+        output = process.stdout
+        threading.Thread(target=lambda: [lines.put(line.rstrip()) for line in output], daemon=True).start()
     seen: list[str] = []
     deadline = time.monotonic() + timeout
-    assert process.stdout is not None
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line and process.poll() is not None:
+    while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=remaining)
+        except queue.Empty:
             break
-        seen.append(line.rstrip())
+        seen.append(line)
         if needle in line:
             return seen
-    raise AssertionError(f"{needle!r} not printed; got:\n" + "\n".join(seen))
+    raise AssertionError(f"{needle!r} not printed within {timeout} s; got:\n" + "\n".join(seen))
 
 
 @pytest.fixture

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from servers.mesh import postgres, storage
+from servers.mesh.sqlite import SQLiteDatabase, sql_statements
 from servers.mesh.storage import Database, discover_migrations, open_database
 
 MIGRATIONS = "tests.support.migrations"
@@ -164,3 +167,29 @@ def test_json_rows_refuse_values_without_an_exact_form() -> None:
         postgres.json_rows([[float("nan")]])
     with pytest.raises(TypeError):
         postgres.json_rows([[object()]])
+
+
+async def test_two_processes_opening_one_sqlite_file_migrate_it_once(tmp_path: Path) -> None:
+    # Two stores on one file (as two versions of a service share one): each checks and applies
+    # under the write lock, so the second sees the first's migrations instead of redoing them.
+    first, second = SQLiteDatabase(tmp_path / "shared.db"), SQLiteDatabase(tmp_path / "shared.db")
+    applied = await asyncio.gather(
+        first.migrate("servers.mesh.migrations"),
+        second.migrate("servers.mesh.migrations"),
+        first.migrate(MIGRATIONS),
+        second.migrate(MIGRATIONS),
+    )
+    assert sorted(len(versions) for versions in applied) == [0, 0, 1, 2]
+    await first.close()
+    await second.close()
+
+
+def test_sql_statements_keep_trigger_bodies_whole() -> None:
+    script = (
+        "CREATE TABLE t (a INTEGER); -- a comment; with a semicolon\n"
+        "CREATE TRIGGER t_frozen BEFORE UPDATE ON t BEGIN\n  SELECT RAISE(ABORT, 'frozen; really');\nEND;\n"
+        "INSERT INTO t VALUES (1);\n"
+    )
+    statements = list(sql_statements(script))
+    assert len(statements) == 3
+    assert "END;" in statements[1]
