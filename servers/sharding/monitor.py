@@ -8,7 +8,9 @@ negative) and, when it is behind, as the age of its last replayed transaction.
 
 Health changes are written to the topology (one version per round at most), so followers stop
 routing reads to a replica that is not HEALTHY. A primary that has failed
-`failure_threshold` checks in a row is handed to the failover (`on_primary_down`). The loop
+`failure_threshold` checks in a row is handed to the failover (`on_primary_down`); a replica
+that answers as a writable primary (a deposed primary restarted, say) to `on_writable_replica`,
+which fences it if it was failed over from. The loop
 survives any error: it logs it and tries again next round. `kick()` starts a round early (a
 shard was registered, say).
 """
@@ -35,6 +37,7 @@ from servers.sharding.topology import Topology
 log = logging.getLogger(__name__)
 
 PrimaryDown = Callable[[Shard], Awaitable[object]]
+WritableReplica = Callable[[Shard, Node], Awaitable[object]]
 
 
 class MonitorMetrics:
@@ -127,7 +130,9 @@ class HealthMonitor:
         self.metrics = metrics
         self.clock = clock
         self.on_primary_down: PrimaryDown | None = None
+        self.on_writable_replica: WritableReplica | None = None
         self._health: dict[str, NodeHealth] = {}
+        self._writable_replicas: dict[str, list[Node]] = {}
         self._kicked = asyncio.Event()
 
     def health(self, node: Node) -> NodeHealth:
@@ -174,6 +179,14 @@ class HealthMonitor:
         ]
         if down and self.on_primary_down is not None:
             await asyncio.gather(*(self._fail_over(shard) for shard in down))
+        if self.on_writable_replica is not None:
+            await asyncio.gather(
+                *(
+                    self._guarded(self.on_writable_replica(shard, node), f"fencing {node.node_id}")
+                    for shard in topology.shards
+                    for node in self._writable_replicas.get(shard.shard_id, ())
+                )
+            )
 
     async def check_shard(self, shard: Shard) -> dict[str, NodeHealth]:
         """Check all nodes of a shard at once; returns their health afterwards, by node id."""
@@ -185,6 +198,14 @@ class HealthMonitor:
         for node, look in zip(shard.nodes, looks, strict=True):
             result = self._judge(node, look, primary_lsn)
             self._health[node.node_id] = self.health(node).record(result, self.policy)
+        self._writable_replicas[shard.shard_id] = [
+            node
+            for node, look in zip(shard.nodes, looks, strict=True)
+            if node.role is NodeRole.REPLICA
+            and isinstance(look, Observation)
+            and not look.in_recovery
+            and not look.read_only
+        ]
         return {node.node_id: self._health[node.node_id] for node in shard.nodes}
 
     async def _observe(self, node: Node) -> Observation | str:
@@ -262,3 +283,10 @@ class HealthMonitor:
             )
         except Exception:
             log.exception("automatic failover of %s failed; retried next round", shard.shard_id)
+
+    @staticmethod
+    async def _guarded(action: Awaitable[object], what: str) -> None:
+        try:
+            await action
+        except Exception:
+            log.exception("%s failed; tried again next round", what)

@@ -10,11 +10,20 @@ On PostgreSQL (14 or newer):
 - observe: `SELECT pg_is_in_recovery()`, then `pg_current_wal_lsn()` on a primary or
   `pg_last_wal_replay_lsn()` and `now() - pg_last_xact_replay_timestamp()` on a replica;
 - promote: `SELECT pg_promote(true, <timeout>)`, then `pg_is_in_recovery()` must be false;
-- fence (a planned switchover): `ALTER SYSTEM SET default_transaction_read_only = on`, reload,
-  wait until new sessions see it, terminate the other client sessions (waiting for them to exit)
-  and read the final `pg_current_wal_lsn()`: no write can commit after that LSN.
-  `unfence` resets the setting. These need a superuser, or a role granted `pg_promote`,
-  `ALTER SYSTEM` on `default_transaction_read_only` and `pg_signal_backend`.
+- fence (a planned switchover, or a deposed primary that came back): `ALTER SYSTEM SET
+  default_transaction_read_only = on`, reload, wait until new sessions see it, terminate the
+  other client sessions (waiting for them to exit) and read the final `pg_current_wal_lsn()`:
+  no write can commit after that LSN. `ALTER SYSTEM` persists, so a restart keeps the fence.
+  `unfence` resets the setting;
+- follow (after a failover): point a replica at the new primary. Its own `primary_conninfo` is
+  kept (user, application_name, TLS and password file settings) with host, hostaddr and port
+  taken from the new primary's DSN; its `primary_slot_name`, if it has one, is created on the
+  new primary first; then `ALTER SYSTEM SET primary_conninfo` and a reload, which restarts the
+  WAL receiver (PostgreSQL 13+) and, with `recovery_target_timeline = 'latest'` (the default),
+  follows the promotion onto the new timeline.
+
+These need a superuser, or a role granted `pg_promote`, `ALTER SYSTEM` on the settings named and
+`pg_signal_backend`.
 
 `sqlite:` nodes (the embedded single-shard store) are observed by opening the file read-only;
 they are primaries without replication and cannot be promoted or fenced.
@@ -35,7 +44,8 @@ from typing import Any, Protocol
 from urllib.parse import quote, unquote, urlsplit
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from servers.sharding.domain import Node
 from servers.sharding.dsn import REDACTED
@@ -45,8 +55,11 @@ APPLICATION_NAME = "shieldx-sharding"
 _OBSERVE = (
     "SELECT pg_is_in_recovery(),"
     " (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text,"
-    " CASE WHEN pg_is_in_recovery() THEN extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END"
+    " CASE WHEN pg_is_in_recovery() THEN extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END,"
+    " current_setting('default_transaction_read_only')::bool"
 )
+_FOLLOWED_KEYS = ("host", "hostaddr", "port")
+"""What `follow` takes from the new primary's DSN into a replica's `primary_conninfo`."""
 
 
 class NodeError(Exception):
@@ -63,6 +76,8 @@ class Observation:
     """Primary: current WAL write position; replica: last replayed position (None if unknown)."""
     replay_age: timedelta | None = None
     """Replica: time since the last replayed transaction committed on the primary."""
+    read_only: bool = False
+    """New sessions default to read-only: the server is fenced (or a replica that says so)."""
 
 
 class NodeOperations(Protocol):
@@ -82,6 +97,10 @@ class NodeOperations(Protocol):
 
     async def unfence(self, node: Node, timeout: float) -> None:
         """Undo `fence` (a switchover that could not complete)."""
+        ...
+
+    async def follow(self, replica: Node, primary: Node, timeout: float) -> None:
+        """Make a replica stream from `primary` (after a failover)."""
         ...
 
 
@@ -131,11 +150,12 @@ class DatabaseNodes:
         async with self._connection(node, timeout) as connection:
             row = await (await connection.execute(_OBSERVE)).fetchone()
         assert row is not None
-        in_recovery, lsn_text, age_seconds = row
+        in_recovery, lsn_text, age_seconds, read_only = row
         age = None
         if age_seconds is not None and math.isfinite(float(age_seconds)):
             age = timedelta(seconds=max(0.0, float(age_seconds)))
-        return Observation(bool(in_recovery), None if lsn_text is None else parse_lsn(lsn_text), age)
+        lsn = None if lsn_text is None else parse_lsn(lsn_text)
+        return Observation(bool(in_recovery), lsn, age, read_only=bool(read_only))
 
     async def promote(self, node: Node, timeout: float) -> int | None:
         """See `NodeOperations.promote`; a node already out of recovery counts as promoted."""
@@ -189,6 +209,34 @@ class DatabaseNodes:
             await connection.execute("ALTER SYSTEM RESET default_transaction_read_only")
             await connection.execute("SELECT pg_reload_conf()")
 
+    async def follow(self, replica: Node, primary: Node, timeout: float) -> None:
+        """See `NodeOperations.follow`."""
+        self._refuse_sqlite(replica, "re-pointed")
+        self._refuse_sqlite(primary, "followed")
+        async with self._connection(replica, timeout) as connection:
+            current = await self._value(connection, "SHOW primary_conninfo")
+            slot = await self._value(connection, "SHOW primary_slot_name")
+        try:
+            settings = conninfo_to_dict(current or "")
+            target = conninfo_to_dict(primary.dsn)
+        except psycopg.Error as error:
+            raise NodeError(f"unreadable connection string: {one_line(error, primary.dsn)}") from None
+        for key in _FOLLOWED_KEYS:
+            settings.pop(key, None)
+        settings.update({k: v for k, v in target.items() if k in _FOLLOWED_KEYS})
+        settings.pop("dbname", None)  # a physical replication connection has no database
+        conninfo = make_conninfo("", **{k: v for k, v in settings.items() if v is not None})
+        if slot:
+            async with self._connection(primary, timeout) as connection:
+                await connection.execute(
+                    "SELECT pg_create_physical_replication_slot(%s, true)"
+                    " WHERE NOT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = %s)",
+                    (slot, slot),
+                )
+        async with self._connection(replica, timeout) as connection:
+            await connection.execute(sql.SQL("ALTER SYSTEM SET primary_conninfo = {}").format(sql.Literal(conninfo)))
+            await connection.execute("SELECT pg_reload_conf()")
+
     @asynccontextmanager
     async def _connection(self, node: Node, timeout: float) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         try:
@@ -214,8 +262,8 @@ class DatabaseNodes:
             await connection.close()
 
     @staticmethod
-    async def _value(connection: psycopg.AsyncConnection[Any], sql: str, params: tuple[Any, ...] = ()) -> Any:
-        row = await (await connection.execute(sql.encode(), params)).fetchone()
+    async def _value(connection: psycopg.AsyncConnection[Any], query: str, params: tuple[Any, ...] = ()) -> Any:
+        row = await (await connection.execute(query.encode(), params)).fetchone()
         return None if row is None else row[0]
 
     @staticmethod

@@ -13,9 +13,16 @@ cannot be fenced, the primary is unfenced and the failover refused.
 
 A promotion is remembered until its topology is committed: if that write has to be retried
 (by the request ledger, or the next monitor round after a registry outage), the promoted node is
-reused rather than a second replica promoted. A failed-over primary is not touched (it may be
-unreachable); it stays in the shard as a DOWN replica, refused any traffic, until an operator
-rebuilds it as a replica (pg_rewind or a new base backup) or removes it.
+reused rather than a second replica promoted.
+
+After the topology is published, the shard's other replicas are pointed at the new primary
+(`NodeOperations.follow`), so it keeps its replicas rather than leaving them waiting on a dead
+server. The failed-over primary stays in the shard as a DOWN replica, refused any traffic,
+until an operator rebuilds it as a replica (pg_rewind or a new base backup) or removes it. If
+it comes back as a writable server (a restart after an automatic failover, when it could not
+be fenced first), the monitor sees a replica out of recovery and `fence_deposed` makes it
+read-only and ends its sessions, so a client that missed the topology change cannot write to
+the old timeline.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from servers.mesh.errors import Conflict, FailedPrecondition, Unavailable
 from servers.mesh.storage import Transaction
-from servers.sharding.domain import NodeRole, Reason, Shard
+from servers.sharding.domain import Node, NodeRole, Reason, Shard
 from servers.sharding.failover import FailoverRecord, FailoverTrigger, HealthPolicy, choose_promotion_target
 from servers.sharding.monitor import HealthMonitor
 from servers.sharding.nodes import NodeError, NodeOperations
@@ -81,6 +88,18 @@ class FailoverMetrics:
             buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300),
             registry=registry,
         )
+        self.repointed = Counter(
+            "shieldx_sharding_replicas_repointed",
+            "Replicas pointed at a new primary after a failover, by result",
+            ("shard", "result"),
+            registry=registry,
+        )
+        self.deposed_fenced = Counter(
+            "shieldx_sharding_deposed_primaries_fenced",
+            "Failed-over primaries found writable again and fenced",
+            ("shard",),
+            registry=registry,
+        )
 
 
 class Failovers:
@@ -105,6 +124,7 @@ class Failovers:
         self.timeouts = timeouts or FailoverTimeouts()
         self.clock = clock
         self._pending: dict[str, Promotion] = {}
+        self._reported: set[str] = set()
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     @property
@@ -162,6 +182,75 @@ class Failovers:
         self.monitor.mark_down(record.old_primary)
         self.metrics.failovers.labels(record.shard_id, record.trigger.value).inc()
         self.metrics.recovery.labels(record.trigger.value).observe(record.recovery_time.total_seconds())
+        await self._repoint_replicas(topology.shard(record.shard_id), record.old_primary)
+
+    async def fence_deposed(self, shard: Shard, node: Node) -> None:
+        """Fence a node listed as a replica that answered as a writable primary, if it was failed over
+        from; any other writable "replica" is only reported (it may be a server registered by mistake)."""
+        async with self._locks[shard.shard_id]:
+            pending = self._pending.get(shard.shard_id)
+            if pending is not None and pending.new_primary == node.node_id:
+                return  # promoted a moment ago; its topology is being written
+            if any(
+                s.shard_id == shard.shard_id and s.primary.node_id == node.node_id for s in self.registry.current.shards
+            ):
+                return  # the topology has made it the primary meanwhile
+            if not await self.store.was_failed_over(shard.shard_id, node.node_id):
+                if node.node_id not in self._reported:
+                    self._reported.add(node.node_id)
+                    log.warning(
+                        "replica %s of %s is a writable primary, not following %s; not touched, as it was never"
+                        " this shard's primary: rebuild it as a replica or remove it",
+                        node.node_id,
+                        shard.shard_id,
+                        shard.primary.node_id,
+                        extra={"shard_id": shard.shard_id, "node_id": node.node_id},
+                    )
+                return
+            await self._fence_deposed(shard, node)
+
+    async def _fence_deposed(self, shard: Shard, node: Node) -> None:
+        try:
+            await self.nodes.fence(node, self.timeouts.switchover.total_seconds())
+        except NodeError as error:
+            log.error(
+                "deposed primary %s of %s is writable again and could not be fenced: %s",
+                node.node_id,
+                shard.shard_id,
+                error,
+                extra={"shard_id": shard.shard_id, "node_id": node.node_id},
+            )
+            return
+        log.warning(
+            "deposed primary %s of %s came back writable; fenced (read-only, sessions ended)",
+            node.node_id,
+            shard.shard_id,
+            extra={"shard_id": shard.shard_id, "node_id": node.node_id},
+        )
+        self.metrics.deposed_fenced.labels(shard.shard_id).inc()
+
+    async def _repoint_replicas(self, shard: Shard, old_primary: str) -> None:
+        """Point the shard's replicas (not the deposed primary) at its new primary; failures are logged."""
+        replicas = [n for n in shard.replicas if n.node_id != old_primary]
+        timeout = self.timeouts.switchover.total_seconds()
+        results = await asyncio.gather(
+            *(self.nodes.follow(n, shard.primary, timeout) for n in replicas), return_exceptions=True
+        )
+        for replica, result in zip(replicas, results, strict=True):
+            if isinstance(result, BaseException) and not isinstance(result, NodeError):
+                raise result
+            fields = {"shard_id": shard.shard_id, "node_id": replica.node_id}
+            if isinstance(result, NodeError):
+                log.error(
+                    "replica %s could not be pointed at %s: %s",
+                    replica.node_id,
+                    shard.primary.node_id,
+                    result,
+                    extra=fields,
+                )
+            else:
+                log.info("replica %s now follows %s", replica.node_id, shard.primary.node_id, extra=fields)
+            self.metrics.repointed.labels(shard.shard_id, "error" if result is not None else "ok").inc()
 
     async def _promote(self, shard: Shard, *, target_node_id: str, fence_live_primary: bool) -> Promotion | None:
         """Promote the target (fencing a live primary first if asked); None if the primary is live and not to be

@@ -105,6 +105,7 @@ async def build_service(runtime: Runtime, *, mover: AccountMover | None = None, 
         clock=clock,
     )
     monitor.on_primary_down = failovers.automatic
+    monitor.on_writable_replica = failovers.fence_deposed
     rebalancer = Rebalancer(
         registry,
         store,

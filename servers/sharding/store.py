@@ -194,6 +194,13 @@ class ShardingStore:
             ),
         )
 
+    async def was_failed_over(self, shard_id: str, node_id: str) -> bool:
+        """Whether `node_id` was ever the primary a failover of `shard_id` replaced."""
+        found = await self._fetchval(
+            "SELECT 1 FROM failover_history WHERE shard_id = ? AND old_primary = ? LIMIT 1", (shard_id, node_id)
+        )
+        return found is not None
+
     async def list_failovers(
         self, *, shard_id: str = "", after: FailoverCursor | None = None, limit: int = 50
     ) -> list[FailoverRecord]:

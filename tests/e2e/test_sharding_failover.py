@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -229,3 +230,66 @@ async def test_sigkill_of_a_synchronous_primary_loses_no_acknowledged_write(
         f" unacknowledged attempts: {len(load.in_doubt)} ({len(stored & load.in_doubt)} of them committed anyway)"
         f"\n  whole test: {time.monotonic() - started:.1f} s"
     )
+
+
+async def test_after_a_failover_the_other_replica_follows_the_new_primary_and_the_old_one_is_fenced(
+    pg: PgWorkspace, sharding_server: ServerProcess
+) -> None:
+    shard_c = await asyncio.to_thread(pg.shard, "sc", replicas=2)
+    await asyncio.to_thread(shard_c.primary.query, "CREATE TABLE marks (id INT PRIMARY KEY)")
+    old_primary = shard_c.primary
+    # A stand-alone server registered as a replica by mistake: reported, never fenced (it was no primary of ours).
+    shard_d = await asyncio.to_thread(pg.shard, "sd", replicas=0)
+    stray = await asyncio.to_thread(pg.primary, "sd-stray")
+    shard_d.replicas.append(stray)
+    channel = grpc.aio.insecure_channel(sharding_server.address)
+    client = ShardingClient(channel)
+    follower = TopologyFollower(client)
+    following = asyncio.create_task(follower.run())
+    try:
+        await register(client, "shard-c", shard_c)
+        await register(client, "shard-d", shard_d)
+        await follower.wait_until(
+            lambda t: len(t.shards) == 2 and all(n.health.value == "healthy" for n in t.shard("shard-c").nodes), 15
+        )
+        await asyncio.to_thread(old_primary.kill)
+        promoted = await follower.wait_until(lambda t: t.shard("shard-c").primary.node_id != "sc-p", timeout=20)
+    finally:
+        following.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await following
+        await channel.close()
+    by_name = {r.name: r for r in shard_c.replicas}
+    new_primary = by_name.pop(promoted.shard("shard-c").primary.node_id)
+    (other,) = by_name.values()
+
+    # The replica that was not promoted streams from the new primary (on its new timeline) and replays its writes.
+    await asyncio.to_thread(
+        wait_for, lambda: new_primary.replication().get(other.name, ("", ""))[0] == "streaming", 20, "re-pointed"
+    )
+    await asyncio.to_thread(new_primary.query, "INSERT INTO marks VALUES (1)")
+    await asyncio.to_thread(
+        wait_for, lambda: other.value("SELECT count(*) FROM marks") == 1, 10, "the replica replays the new primary"
+    )
+    assert metric(sharding_server, "shieldx_sharding_replicas_repointed_total", 'shard="shard-c",result="ok"') == 1
+
+    # The deposed primary comes back as a writable server on the old timeline: the monitor fences it.
+    await asyncio.to_thread(old_primary.wait_stopped)
+    await asyncio.to_thread(old_primary.start)
+    await asyncio.to_thread(
+        wait_for, lambda: old_primary.value("SHOW default_transaction_read_only") == "on", 15, "fenced"
+    )
+    with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+        await asyncio.to_thread(old_primary.query, "INSERT INTO marks VALUES (2)")
+    fenced = functools.partial(metric, sharding_server, "shieldx_sharding_deposed_primaries_fenced_total")
+    await asyncio.to_thread(wait_for, lambda: fenced('shard="shard-c"') == 1, 10, "counted")  # after its sessions end
+    assert not await asyncio.to_thread(other.value, "SELECT count(*) FROM marks WHERE id = 2")
+    assert await asyncio.to_thread(stray.value, "SHOW default_transaction_read_only") == "off"
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not {what} within {timeout}s")
+        time.sleep(0.1)

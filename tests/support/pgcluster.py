@@ -142,7 +142,15 @@ class PgNode:
     # Lifecycle
 
     def start(self) -> None:
-        """Start the server and wait until it accepts connections (a taken port is swapped once or twice)."""
+        """Start the server and wait until it accepts connections (a taken port is swapped once or twice).
+
+        After `kill`, the lock files name a postmaster that is dead but may be unreaped (a zombie
+        still answers `kill(pid, 0)`, so PostgreSQL would refuse to start): they are removed first.
+        """
+        if self.postmaster_pid() is not None and not self.running():
+            self.wait_stopped()
+            (self.workspace.root / f".s.PGSQL.{self.port}.lock").unlink(missing_ok=True)
+            (self.data_dir / "postmaster.pid").unlink(missing_ok=True)
         for attempt in range(_START_ATTEMPTS):
             options = f"-p {self.port} -c cluster_name={self.name}"
             result = self.workspace.run(
