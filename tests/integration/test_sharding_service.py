@@ -359,8 +359,13 @@ async def test_health_checks_measure_real_servers_and_mark_failures(
     assert dead.consecutive_failures >= 2 and dead.last_error and "s3cret" not in dead.last_error
     assert health.failure_threshold == 2 and health.check_interval.ToMilliseconds() == 250
 
-    shard = (await client.get_shard(pb.GetShardRequest(shard_id="shard-a"))).shard
-    assert [n.health for n in shard.nodes] == [pb.HEALTH_STATE_HEALTHY, pb.HEALTH_STATE_DOWN, pb.HEALTH_STATE_DOWN]
+    async def published() -> pb.Shard | None:
+        # The round writes the health changes to the topology after it has checked every node.
+        shard = (await client.get_shard(pb.GetShardRequest(shard_id="shard-a"))).shard
+        healths = [n.health for n in shard.nodes]
+        return shard if healths == [pb.HEALTH_STATE_HEALTHY, pb.HEALTH_STATE_DOWN, pb.HEALTH_STATE_DOWN] else None
+
+    await wait_for(published)
     gauge = running.runtime.registry.get_sample_value
     assert gauge("shieldx_sharding_node_healthy", {"shard": "shard-a", "node": "shard-a-p", "role": "primary"}) == 1
     assert gauge("shieldx_sharding_node_up", {"shard": "shard-a", "node": "shard-a-r2", "role": "replica"}) == 0
