@@ -36,11 +36,11 @@ from servers.credits.account import AccountState
 from servers.credits.domain import TransferDecision
 from servers.credits.events import Event, TransferredOut
 from servers.credits.eventstore import LoadedAccount
-from servers.credits.groupcommit import RECORDED_REJECTIONS, record_answers, status_bytes
+from servers.credits.groupcommit import RECORDED_REJECTIONS, record_answers
 from servers.credits.store import LEDGER_DOMAIN, CreditsStore, DecideTransfer, Shard
 from servers.credits.twophase import PreparedName, TransferCoordinator, TransferRecord, prepare
 from servers.mesh import errors, storage
-from servers.mesh.idempotency import fingerprint
+from servers.mesh.idempotency import RecordedAnswer, fingerprint
 from servers.mesh.status import ReplayedRejection
 from servers.mesh.storage import Transaction
 
@@ -100,7 +100,10 @@ class CrossShardTransfers:
                     except RECORDED_REJECTIONS as rejection:
                         if request_id:
                             with self.store.unreachable_as_unavailable(source[0]):
-                                await self._record_rejection(source[0], request_id, method, digest, rejection)
+                                answer = RecordedAnswer.rejected(
+                                    request_id, method, digest, rejection, LEDGER_DOMAIN, source[1]
+                                )
+                                await self._record_rejection(source[0], answer)
                         raise
                     except BaseException:
                         self.store.forget(*accounts)
@@ -142,8 +145,8 @@ class CrossShardTransfers:
                     )
                     response = respond(decision, sent.state, received.state)
                     if request_id:
-                        answer = response.SerializeToString(deterministic=True)
-                        await record_answers(stx, [(request_id, method, digest, "ok", answer)])
+                        answer = RecordedAnswer.ok(request_id, method, digest, response, from_account)
+                        await record_answers(stx, [answer])
                     await self._prepare_both(prepared, (stx, source_shard, from_name), (ttx, target_shard, to_name))
             except BaseException:
                 for shard, name in prepared:
@@ -219,14 +222,10 @@ class CrossShardTransfers:
         return response_type.FromString(bytes(row["response"]))
 
     @staticmethod
-    async def _record_rejection(
-        shard: Shard, request_id: str, method: str, digest: str, rejection: errors.DomainError
-    ) -> None:
+    async def _record_rejection(shard: Shard, answer: RecordedAnswer) -> None:
         with contextlib.suppress(storage.UniqueViolation):
             async with shard.database.transaction() as tx:
-                await record_answers(
-                    tx, [(request_id, method, digest, "rejected", status_bytes(rejection, LEDGER_DOMAIN))]
-                )
+                await record_answers(tx, [answer])
 
 
 @contextlib.asynccontextmanager

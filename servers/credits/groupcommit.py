@@ -203,8 +203,8 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-async def record_answers(tx: Transaction, answers: Sequence[tuple[str, str, str, str, bytes]]) -> None:
-    """Record `idempotency.RecordedAnswer` rows (request_id, method, fingerprint, outcome, response) in `tx`."""
+async def record_answers(tx: Transaction, answers: Sequence[idempotency.RecordedAnswer]) -> None:
+    """Record answers in `tx`, each against the account it acted on (its subject), so they move with it."""
     await idempotency.record_answers(tx, answers, time.time())
 
 
@@ -226,8 +226,3 @@ def alerted(accounts: Sequence[GroupAccount]) -> bool:
 def refusal_is_recorded(error: BaseException) -> bool:
     """True for the refusals whose answer is recorded against the request id."""
     return idempotency.is_recorded(error)
-
-
-def status_bytes(error: errors.DomainError, domain: str) -> bytes:
-    """The recorded form of a refusal (a serialized `google.rpc.Status`)."""
-    return idempotency.RecordedAnswer.rejected("", "", "", error, domain).response

@@ -6,8 +6,9 @@ like the credits server does. For one account (see `servers.sharding.rebalancer.
 
 - copy: mark the account `incoming` on the target (its writes refused there, its rows there
   discardable), discard what an earlier attempt left, and copy every event row with its version,
-  hashes, trace id and request id unchanged, the snapshots, the answers of the request ids its
-  events carry, and read models rebuilt from the copied events. Alert numbers are not copied:
+  hashes, trace id and request id unchanged, the snapshots, the recorded answers about the
+  account (its refusals included) and of the request ids its events carry, and read models
+  rebuilt from the copied events. Alert numbers are not copied:
   they order each shard's alert feed, and an alert already announced must not be announced again;
 - verify: the target's events equal the source's (version by version, hashes included), the
   target's chain verifies from genesis, and its balance row equals a replay of its events;
@@ -112,7 +113,7 @@ class CreditsAccountMover:
             await self._discard(tx, move.account_id)
             await self._copy_snapshots(source, tx, move.account_id, max((r.stored.version for r in rows), default=0))
             await self._append(tx, move.account_id, rows)
-            await self._copy_answers(source, tx, rows)
+            await self._copy_answers(source, tx, move.account_id, rows)
 
     async def verify(self, move: AccountMove, source: Shard, target: Shard) -> None:
         """Raise MoveMismatch unless the target's copy equals the source's events up to what was copied."""
@@ -134,7 +135,7 @@ class CreditsAccountMover:
             )
             tail = await self._events_after(source_db, move.account_id, int(have))
             await self._append(tx, move.account_id, tail)
-            await self._copy_answers(source, tx, tail)
+            await self._copy_answers(source, tx, move.account_id, tail)
             await self.fences.clear(tx, move.account_id, FenceState.INCOMING)
         copied = await self._events_after(target_db, move.account_id, 0)
         original = await self._events_after(source_db, move.account_id, 0)
@@ -222,20 +223,19 @@ class CreditsAccountMover:
                 [tuple(row) for row in snapshots],
             )
 
-    async def _copy_answers(self, source: Shard, tx: Transaction, rows: Sequence[_EventRow]) -> None:
-        """Copy the recorded answers of the request ids the rows carry, so retries replay on the target."""
+    async def _copy_answers(self, source: Shard, tx: Transaction, account_id: str, rows: Sequence[_EventRow]) -> None:
+        """Copy the recorded answers about the account (refusals too) and those of the request ids the rows
+        carry (the other side of a transfer), so a retry on the target gets the same answer."""
         request_ids = sorted({row.request_id for row in rows if row.request_id})
-        if not request_ids:
-            return
         answers = await (await self._database(source)).fetchall(
-            "SELECT request_id, method, fingerprint, outcome, response, created_at FROM request_ids"
-            " WHERE request_id = ANY(?::text[])",
-            (request_ids,),
+            "SELECT request_id, method, fingerprint, outcome, response, subject, created_at FROM request_ids"
+            " WHERE subject = ? OR request_id = ANY(?::text[])",
+            (account_id, request_ids),
         )
         if answers:
             await tx.executemany(
-                "INSERT INTO request_ids (request_id, method, fingerprint, outcome, response, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING",
+                "INSERT INTO request_ids (request_id, method, fingerprint, outcome, response, subject, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING",
                 [tuple(row) for row in answers],
             )
 

@@ -45,11 +45,10 @@ from servers.credits.groupcommit import (
     record_answers,
     refusal_is_recorded,
     sealed_entries,
-    status_bytes,
 )
 from servers.credits.projection import Projection
 from servers.mesh import errors, storage
-from servers.mesh.idempotency import MAX_REQUEST_ID_LENGTH, RequestLedger, fingerprint
+from servers.mesh.idempotency import MAX_REQUEST_ID_LENGTH, RecordedAnswer, RequestLedger, fingerprint
 from servers.mesh.storage import Database, Transaction
 
 if TYPE_CHECKING:
@@ -436,7 +435,7 @@ class CreditsStore:
     async def _group_transaction(self, shard: Shard, group: Sequence[Operation]) -> GroupOutcome:
         now = self.clock()
         answers: list[tuple[Operation, Message | BaseException]] = []
-        records: list[tuple[str, str, str, str, bytes]] = []
+        records: list[RecordedAnswer] = []
         working: dict[str, GroupAccount] = {}
         async with shard.database.transaction() as tx:
             fences = await self._fences.check(tx, [o.account_id for o in group]) if self.placement.sharded else {}
@@ -461,12 +460,13 @@ class CreditsStore:
                     answers.append((operation, refusal))
                     if operation.request_id and refusal_is_recorded(refusal):
                         records.append(
-                            (
+                            RecordedAnswer.rejected(
                                 operation.request_id,
                                 operation.method,
                                 operation.fingerprint,
-                                "rejected",
-                                status_bytes(refusal, LEDGER_DOMAIN),
+                                refusal,
+                                LEDGER_DOMAIN,
+                                operation.account_id,
                             )
                         )
                     continue
@@ -477,18 +477,18 @@ class CreditsStore:
                 answers.append((operation, response))
                 if operation.request_id:
                     records.append(
-                        (
+                        RecordedAnswer.ok(
                             operation.request_id,
                             operation.method,
                             operation.fingerprint,
-                            "ok",
-                            response.SerializeToString(deterministic=True),
+                            response,
+                            operation.account_id,
                         )
                     )
             written = [account for account in working.values() if account.events]
             committed = await self._write_group(tx, shard, written)
             await record_answers(tx, records)
-        return GroupOutcome(answers, committed, alerted(written), [record[0] for record in records])
+        return GroupOutcome(answers, committed, alerted(written), [record.request_id for record in records])
 
     def _remember_answered(self, request_ids: Sequence[str]) -> None:
         for request_id in request_ids:
@@ -629,7 +629,8 @@ class CreditsStore:
 
         try:
             with self.unreachable_as_unavailable(shard):
-                return await shard.ledger.execute(method, request, response_type, guarded)
+                # Recorded against the first account: the one whose shard holds the answer.
+                return await shard.ledger.execute(method, request, response_type, guarded, subject=accounts[0])
         except errors.DomainError:
             raise  # a refusal wrote nothing; the cache still holds committed states
         except BaseException:

@@ -9,6 +9,8 @@ Conflicts between concurrent writers are retried here, with backoff, before givi
 
 `RequestLedger.record` stores answers decided elsewhere (a store that runs many requests in one
 transaction) in exactly the form `execute` stores and replays them: `RecordedAnswer` is that form.
+An answer may name its `subject` (what the request acted on, such as an account), so whatever
+moves that subject to another database can take its answers along.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import hashlib
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import NamedTuple, TypeVar
+from dataclasses import dataclass
+from typing import Generic, NamedTuple, TypeVar
 
 from google.protobuf.message import Message
 
@@ -32,9 +35,9 @@ MAX_REQUEST_ID_LENGTH = 128
 RECORDED_REJECTIONS = (errors.FailedPrecondition, errors.NotFound, errors.AlreadyExists)
 """Rejections that depend on the state the request met: recorded, so a retry sees the same answer."""
 
-_INSERT = "INSERT INTO request_ids (request_id, method, fingerprint, outcome, response, created_at)"
+_INSERT = "INSERT INTO request_ids (request_id, method, fingerprint, outcome, response, subject, created_at)"
 _POSTGRES_INSERT = f"{_INSERT} " + postgres.select_json_rows(
-    ["text", "text", "text", "text", "bytea", "double precision"]
+    ["text", "text", "text", "text", "bytea", "text", "double precision"]
 )
 _SQLITE_ROWS = 1000
 """Answers per SQLite statement (its parameter count is limited)."""
@@ -51,18 +54,27 @@ class RecordedAnswer(NamedTuple):
     """`ok`, or `rejected` for a business rejection (one of `RECORDED_REJECTIONS`)."""
     response: bytes
     """The serialized response (`ok`) or the serialized `google.rpc.Status` (`rejected`)."""
+    subject: str = ""
+    """What the request acted on (e.g. an account id), or empty."""
 
     @classmethod
-    def ok(cls, request_id: str, method: str, fingerprint: str, response: Message) -> RecordedAnswer:
+    def ok(cls, request_id: str, method: str, fingerprint: str, response: Message, subject: str = "") -> RecordedAnswer:
         """The answer of a request that succeeded with `response`."""
-        return cls(request_id, method, fingerprint, "ok", response.SerializeToString(deterministic=True))
+        return cls(request_id, method, fingerprint, "ok", response.SerializeToString(deterministic=True), subject)
 
     @classmethod
     def rejected(
-        cls, request_id: str, method: str, fingerprint: str, rejection: errors.DomainError, domain: str
+        cls,
+        request_id: str,
+        method: str,
+        fingerprint: str,
+        rejection: errors.DomainError,
+        domain: str,
+        subject: str = "",
     ) -> RecordedAnswer:
         """The answer of a request refused with `rejection` (ErrorInfo domain `domain`)."""
-        return cls(request_id, method, fingerprint, "rejected", to_status_proto(rejection, domain).SerializeToString())
+        status = to_status_proto(rejection, domain).SerializeToString()
+        return cls(request_id, method, fingerprint, "rejected", status, subject)
 
 
 def is_recorded(rejection: BaseException) -> bool:
@@ -70,9 +82,7 @@ def is_recorded(rejection: BaseException) -> bool:
     return isinstance(rejection, RECORDED_REJECTIONS)
 
 
-async def record_answers(
-    tx: storage.Transaction, answers: Sequence[tuple[str, str, str, str, bytes]], created_at: float
-) -> None:
+async def record_answers(tx: storage.Transaction, answers: Sequence[RecordedAnswer], created_at: float) -> None:
     """Store `RecordedAnswer`s in `tx` (one statement); `storage.UniqueViolation` if an id has one already."""
     if not answers:
         return
@@ -82,7 +92,7 @@ async def record_answers(
     for start in range(0, len(answers), _SQLITE_ROWS):
         chunk = answers[start : start + _SQLITE_ROWS]
         await tx.execute(
-            f"{_INSERT} VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk)),
+            f"{_INSERT} VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(chunk)),
             [value for answer in chunk for value in (*answer, created_at)],
         )
 
@@ -104,6 +114,17 @@ def _validate(request_id: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class _Key(Generic[R]):
+    """What `execute` records an attempt's answer under."""
+
+    request_id: str
+    method: str
+    fingerprint: str
+    subject: str
+    response_type: type[R]
+
+
 class RequestLedger:
     """Runs mutating work exactly once per request_id against one store."""
 
@@ -121,8 +142,11 @@ class RequestLedger:
         self._clock = clock
         self._in_flight: set[str] = set()
 
-    async def execute(self, method: str, request: Message, response_type: type[R], work: Work[R]) -> R:
-        """Run `work` in a transaction (retrying write conflicts), once per `request.request_id`."""
+    async def execute(
+        self, method: str, request: Message, response_type: type[R], work: Work[R], *, subject: str = ""
+    ) -> R:
+        """Run `work` in a transaction (retrying write conflicts), once per `request.request_id`;
+        the answer is recorded against `subject`, if given (see `RecordedAnswer.subject`)."""
         request_id: str = getattr(request, "request_id", "")
         if not request_id:
             return await self._attempt(work, None)
@@ -135,11 +159,12 @@ class RequestLedger:
             )
         self._in_flight.add(request_id)
         try:
-            return await self._attempt(work, (request_id, method, fingerprint(method, request), response_type))
+            key = _Key(request_id, method, fingerprint(method, request), subject, response_type)
+            return await self._attempt(work, key)
         finally:
             self._in_flight.discard(request_id)
 
-    async def record(self, tx: storage.Transaction, answers: Sequence[tuple[str, str, str, str, bytes]]) -> None:
+    async def record(self, tx: storage.Transaction, answers: Sequence[RecordedAnswer]) -> None:
         """Store answers decided outside `execute` in `tx`, in the form `execute` replays.
 
         For a store that decides many requests in one transaction. `storage.UniqueViolation` if
@@ -147,18 +172,18 @@ class RequestLedger:
         """
         await record_answers(tx, answers, self._clock())
 
-    async def _attempt(self, work: Work[R], key: tuple[str, str, str, type[R]] | None) -> R:
+    async def _attempt(self, work: Work[R], key: _Key[R] | None) -> R:
         for attempt in range(self.attempts):
             if key is not None:
-                stored = await self._replay(*key)
+                stored = await self._replay(key.request_id, key.method, key.fingerprint, key.response_type)
                 if stored is not None:
                     return stored
             try:
                 async with self.database.transaction() as tx:
                     response = await work(tx)
                     if key is not None:
-                        request_id, method, digest, _ = key
-                        await self.record(tx, [RecordedAnswer.ok(request_id, method, digest, response)])
+                        answer = RecordedAnswer.ok(key.request_id, key.method, key.fingerprint, response, key.subject)
+                        await self.record(tx, [answer])
                 return response
             except (storage.UniqueViolation, storage.TransientError):
                 # Another writer got there first (an account version, or this very request_id
@@ -189,11 +214,13 @@ class RequestLedger:
             raise ReplayedRejection(bytes(row["response"]))
         return response_type.FromString(bytes(row["response"]))
 
-    async def _record_rejection(self, key: tuple[str, str, str, type[R]], rejection: errors.DomainError) -> None:
-        request_id, method, digest, _ = key
+    async def _record_rejection(self, key: _Key[R], rejection: errors.DomainError) -> None:
+        answer = RecordedAnswer.rejected(
+            key.request_id, key.method, key.fingerprint, rejection, self.domain, key.subject
+        )
         try:
             async with self.database.transaction() as tx:
-                await self.record(tx, [RecordedAnswer.rejected(request_id, method, digest, rejection, self.domain)])
+                await self.record(tx, [answer])
         except storage.UniqueViolation:
             pass  # a concurrent attempt recorded its answer first; retries will replay that one
 

@@ -395,6 +395,18 @@ def primary_events(clusters: list[PgShard], request_ids: list[str]) -> dict[str,
     return found
 
 
+BEYOND_FUNDS = 10**12
+
+
+async def refused_consume(credits: CreditsClient, account_id: str) -> cpb.ConsumeRequest:
+    """A consume beyond the account's funds, refused INSUFFICIENT_CREDITS (and recorded under its request id)."""
+    request = cpb.ConsumeRequest(account_id=account_id, amount=BEYOND_FUNDS, request_id=f"too-much-{account_id}")
+    with pytest.raises(ShieldxError) as refused:
+        await credits.consume(request)
+    assert refused.value.reason == "INSUFFICIENT_CREDITS"
+    return request
+
+
 def accounts_on_several_shards(clusters: list[PgShard]) -> set[str]:
     """Accounts with events on more than one shard's primary."""
     seen: dict[str, int] = {}
@@ -412,6 +424,7 @@ async def test_adding_a_shard_under_load_rebalances_with_every_balance_and_chain
         accounts = [a for ids in groups.values() for a in ids]
         await fund(credits, accounts)
         opening = await balances(credits, accounts)
+        refused = {a: await refused_consume(credits, a) for a in accounts}  # recorded refusals move too
         load = Load(credits, accounts)
         workers = [asyncio.create_task(load.worker(seed)) for seed in range(6)]
         workers += [asyncio.create_task(load.reader(seed)) for seed in range(2)]
@@ -451,6 +464,17 @@ async def test_adding_a_shard_under_load_rebalances_with_every_balance_and_chain
         assert chain.ok, chain.first_mismatch
         for account_id in accounts:
             assert (await credits.verify_audit_chain(cpb.VerifyAuditChainRequest(account_id=account_id))).ok
+        # Funded well enough now, a moved account still answers the retry of a refused consume with the
+        # recorded refusal instead of carrying it out.
+        moved = [a for a in accounts if located[a] == "shard-c"]
+        for account_id in moved:
+            await credits.purchase(
+                cpb.PurchaseRequest(account_id=account_id, amount=2 * BEYOND_FUNDS, payment_reference="top-up")
+            )
+        for account_id in moved:
+            with pytest.raises(ShieldxError) as retried:
+                await credits.consume(refused[account_id])
+            assert retried.value.reason == "INSUFFICIENT_CREDITS", account_id
     print(
         f"\nshard-c added under load: rebalance of {status.total_accounts} accounts in {took:.1f} s;"
         f" {len(load.calls)} operations ({during} while moving), {len(applied)} applied ({transfers} transfers),"

@@ -179,7 +179,9 @@ async def test_two_processes_opening_one_sqlite_file_migrate_it_once(tmp_path: P
         first.migrate(MIGRATIONS),
         second.migrate(MIGRATIONS),
     )
-    assert sorted(len(versions) for versions in applied) == [0, 0, 1, 2]
+    mesh, ours = sorted(len(v) for v in applied[:2]), sorted(len(v) for v in applied[2:])
+    assert mesh[0] == 0 and mesh[1] >= 2, "one store applied the mesh's migrations, the other found them done"
+    assert ours == [0, 2]
     await first.close()
     await second.close()
 
