@@ -4,6 +4,9 @@ calling through the typed client on a routed channel.
 
 Traffic shares are measured where the calls land: from the `grpc_server_handled_total` of
 each Echo server's `/metrics`, read whenever the deployment changes step.
+
+The analysis reads the canary's metrics by scraping it, or, in the `mesh_on_prometheus`
+variant, from a real Prometheus server that scrapes both versions.
 """
 
 from __future__ import annotations
@@ -32,12 +35,16 @@ from servers.deployment.scrape import parse_scrape
 from shieldx.deployment.v1 import deployment_pb2, faults_pb2, routing_pb2
 from tests.support.echo import echo_pb2
 from tests.support.processes import ServerProcess, wait_serving
+from tests.support.prometheus import PrometheusServer, prometheus_binary
 
 ECHO = "meshtest.v1.EchoService"
 INTERVAL = 1.0
 PAUSE = 2.5
 STEPS = (10, 25, 50, 100)
 TOLERANCE = 3.0
+PROMETHEUS_SCRAPE = "250ms"
+PROMETHEUS_INTERVAL = 2.0
+"""Prometheus needs two scrapes in the window for `increase`, so its analyses look further back."""
 
 
 class EchoClient(ServiceClient):
@@ -72,6 +79,10 @@ class Mesh:
     control: grpc.aio.Channel
     client: DeploymentClient
     routed: RoutedChannel
+    interval: float = INTERVAL
+    """The analysis interval of the deployments it creates."""
+    prometheus: PrometheusServer | None = None
+    """The Prometheus server the deployment server reads, if any (otherwise it scrapes)."""
     outcomes: Counter[str] = field(default_factory=Counter)
 
     async def counters(self) -> tuple[float, float]:
@@ -83,7 +94,7 @@ class Mesh:
         return stable, canary
 
     async def create(self, **analysis: Any) -> deployment_pb2.Deployment:
-        thresholds = deployment_pb2.AnalysisThresholds(interval=seconds(INTERVAL), min_requests=20, **analysis)
+        thresholds = deployment_pb2.AnalysisThresholds(interval=seconds(self.interval), min_requests=20, **analysis)
         answer = await self.client.create_deployment(
             deployment_pb2.CreateDeploymentRequest(
                 request_id=f"canary-{time.monotonic_ns()}",
@@ -114,12 +125,28 @@ def echo_process(tmp_path: Path, version: str, deployment: ServerProcess) -> Ser
 
 @pytest.fixture
 async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
-    deployment = ServerProcess(
-        "servers.deployment",
-        tmp_path,
-        env={"SHIELDX_DEPLOYMENT__CONTROLLER_TICK_SECONDS": "0.2", "SHIELDX_LOG_LEVEL": "INFO"},
-    )
+    async with start_mesh(tmp_path, prometheus=False) as started:
+        yield started
+
+
+@pytest.fixture
+async def mesh_on_prometheus(tmp_path: Path) -> AsyncIterator[Mesh]:
+    if prometheus_binary() is None:
+        pytest.skip("prometheus is not installed (Debian package `prometheus`)")
+    async with start_mesh(tmp_path, prometheus=True) as started:
+        yield started
+
+
+@contextlib.asynccontextmanager
+async def start_mesh(tmp_path: Path, *, prometheus: bool) -> AsyncIterator[Mesh]:
+    env = {"SHIELDX_DEPLOYMENT__CONTROLLER_TICK_SECONDS": "0.2", "SHIELDX_LOG_LEVEL": "INFO"}
+    deployment = ServerProcess("servers.deployment", tmp_path, env=env)
     stable, canary = echo_process(tmp_path, "v1", deployment), echo_process(tmp_path, "v2", deployment)
+    scraper: PrometheusServer | None = None
+    if prometheus:
+        targets = [f"127.0.0.1:{p.metrics_port}" for p in (stable, canary)]
+        scraper = PrometheusServer(tmp_path, targets, scrape_interval=PROMETHEUS_SCRAPE).start()
+        deployment.env["SHIELDX_DEPLOYMENT__PROMETHEUS_URL"] = scraper.url
     processes = [deployment, stable, canary]
     for process in processes:
         process.start(wait=False)
@@ -128,19 +155,24 @@ async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
     try:
         for process in processes:
             await asyncio.to_thread(wait_serving, process.address, 60.0, process.process)
+        if scraper is not None:
+            await asyncio.to_thread(scraper.wait_scraped)
         client = DeploymentClient(control)
         await _registered(client, 2)
         # Plain target without a route: the stable instance. No transparent retries, so every
         # failed call is seen by the load generator.
         routed = open_routed_channel("echo", stable.address, control, ChannelOptions(retry=None), seed=0.5)
         assert await routed.wait_for_route(10.0), "no route for echo arrived"
-        yield Mesh(deployment, stable, canary, control, client, routed)
+        interval = PROMETHEUS_INTERVAL if prometheus else INTERVAL
+        yield Mesh(deployment, stable, canary, control, client, routed, interval, scraper)
     finally:
         if routed is not None:
             await routed.close()
         await control.close()
         for process in reversed(processes):
             process.stop()
+        if scraper is not None:
+            scraper.stop()
 
 
 async def _registered(client: DeploymentClient, count: int) -> None:
@@ -210,6 +242,20 @@ async def test_healthy_canary_walks_the_steps_with_matching_traffic_and_is_promo
 
 
 async def test_failing_canary_is_rolled_back_and_traffic_returns_to_stable(mesh: Mesh) -> None:
+    await roll_back_a_failing_canary(mesh)
+
+
+async def test_failing_canary_is_rolled_back_on_the_numbers_prometheus_scraped(mesh_on_prometheus: Mesh) -> None:
+    prometheus = mesh_on_prometheus.prometheus
+    assert prometheus is not None
+    queries_before = prometheus.queries_answered()
+    await roll_back_a_failing_canary(mesh_on_prometheus)
+    # Two failed analyses, each four instant queries (calls, errors, latency buckets, instances up).
+    assert prometheus.queries_answered() - queries_before >= 8, "the analyses asked Prometheus"
+
+
+async def roll_back_a_failing_canary(mesh: Mesh) -> None:
+    """A canary failing 30 % of its calls: rolled back after two failed analyses, traffic back on stable."""
     await mesh.client.create_fault_injection(
         faults_pb2.CreateFaultInjectionRequest(
             service="echo",
@@ -232,7 +278,7 @@ async def test_failing_canary_is_rolled_back_and_traffic_returns_to_stable(mesh:
                 if final.state == deployment_pb2.DEPLOYMENT_STATE_ROLLED_BACK:
                     break
         rolled_back_at = time.monotonic()
-        await asyncio.sleep(INTERVAL)
+        await asyncio.sleep(INTERVAL)  # calls in flight at the switch finish
         _, canary_before = await mesh.counters()
         await asyncio.sleep(1.0)
         stable_after, canary_after = await mesh.counters()
