@@ -13,6 +13,10 @@ that answers as a writable primary (a deposed primary restarted, say) to `on_wri
 which fences it if it was failed over from. The loop
 survives any error: it logs it and tries again next round. `kick()` starts a round early (a
 shard was registered, say).
+
+Only one sharding server per registry monitors (`leadership.py`): before each round the
+monitor asks for the lead, and a server without it only asks again (every
+`STANDBY_POLL_SECONDS` at most) and shows the health the topology records.
 """
 
 from __future__ import annotations
@@ -30,11 +34,15 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 from servers.mesh.errors import DomainError
 from servers.sharding.domain import HealthState, Node, NodeRole, Shard
 from servers.sharding.failover import CheckResult, HealthPolicy, NodeHealth, needs_failover
+from servers.sharding.leadership import Leadership, SoleLeadership
 from servers.sharding.nodes import NodeError, NodeOperations, Observation
 from servers.sharding.registry import Clock, TopologyRegistry, utc_now
 from servers.sharding.topology import Topology
 
 log = logging.getLogger(__name__)
+
+STANDBY_POLL_SECONDS = 2.0
+"""How often a server without the lead asks for it (at most)."""
 
 PrimaryDown = Callable[[Shard], Awaitable[object]]
 WritableReplica = Callable[[Shard, Node], Awaitable[object]]
@@ -77,6 +85,11 @@ class MonitorMetrics:
             "Duration of one node health check",
             ("role", "outcome"),
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=registry,
+        )
+        self.leader = Gauge(
+            "shieldx_sharding_monitor_leader",
+            "1 while this server runs the registry's health monitor (one server per registry does)",
             registry=registry,
         )
         self._node_labels: set[tuple[str, str, str]] = set()
@@ -122,12 +135,14 @@ class HealthMonitor:
         policy: HealthPolicy,
         metrics: MonitorMetrics,
         *,
+        leadership: Leadership | None = None,
         clock: Clock = utc_now,
     ) -> None:
         self.registry = registry
         self.nodes = nodes
         self.policy = policy
         self.metrics = metrics
+        self.leadership: Leadership = leadership or SoleLeadership()
         self.clock = clock
         self.on_primary_down: PrimaryDown | None = None
         self.on_writable_replica: WritableReplica | None = None
@@ -154,17 +169,36 @@ class HealthMonitor:
         self._kicked.set()
 
     async def run(self) -> None:
-        """Check every `check_interval` until cancelled; errors are logged and the loop goes on."""
+        """Check every `check_interval` while leading, until cancelled; errors are logged and the loop goes on."""
         interval = self.policy.check_interval.total_seconds()
-        while True:
-            started = time.monotonic()
-            try:
-                await self.check_round()
-            except Exception:
-                log.exception("health round failed; next round as planned")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kicked.wait(), max(0.0, interval - (time.monotonic() - started)))
-            self._kicked.clear()
+        leading = False
+        try:
+            while True:
+                started = time.monotonic()
+                leading = await self._lead(leading)
+                if leading:
+                    try:
+                        await self.check_round()
+                    except Exception:
+                        log.exception("health round failed; next round as planned")
+                pause = interval if leading else min(interval, STANDBY_POLL_SECONDS)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._kicked.wait(), max(0.0, pause - (time.monotonic() - started)))
+                self._kicked.clear()
+        finally:
+            self.metrics.leader.set(0)
+            await asyncio.shield(self.leadership.release())
+
+    async def _lead(self, leading: bool) -> bool:
+        now_leading = await self.leadership.lead(self.policy.check_timeout.total_seconds())
+        if now_leading and not leading:
+            log.info("this server now runs the registry's health monitor")
+        elif leading and not now_leading:
+            log.warning("this server no longer runs the registry's health monitor")
+            self._health.clear()  # another server's checks are the news now; show the topology's
+            self.metrics.record(self.registry.current, self._health)
+        self.metrics.leader.set(1 if now_leading else 0)
+        return now_leading
 
     async def check_round(self) -> None:
         """Check every node once, write health changes, fail over primaries that are down."""

@@ -25,6 +25,7 @@ from servers.mesh.storage import Transaction
 from servers.sharding import wire
 from servers.sharding.domain import Reason
 from servers.sharding.failover import MAX_ERROR_LENGTH
+from servers.sharding.leadership import leadership_for
 from servers.sharding.monitor import HealthMonitor, MonitorMetrics
 from servers.sharding.nodes import DatabaseNodes
 from servers.sharding.promotion import FailoverMetrics, Failovers, FailoverTimeouts
@@ -91,7 +92,9 @@ async def build_service(runtime: Runtime, *, mover: AccountMover | None = None, 
     registry.on_publish(lambda topology: version.set(topology.version))
     await registry.load()
     nodes = DatabaseNodes()
-    monitor = HealthMonitor(registry, nodes, policy, MonitorMetrics(runtime.registry), clock=clock)
+    monitor = HealthMonitor(
+        registry, nodes, policy, MonitorMetrics(runtime.registry), leadership=leadership_for(database), clock=clock
+    )
     failovers = Failovers(
         registry,
         store,

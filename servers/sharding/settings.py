@@ -16,8 +16,9 @@ class ShardingSettings:
     """Settings of the sharding server: YAML section `sharding:`, env `SHIELDX_SHARDING__<FIELD>`."""
 
     health_monitor: bool = True
-    """Run the health monitor (and so automatic failover) in this process. Run it in exactly one
-    sharding server per registry; further servers of the same registry serve reads and streams."""
+    """Take part in running the health monitor (and so automatic failover). Of the sharding servers
+    sharing a registry, one at a time runs it (a lock in the registry's store decides); the others
+    take over when it stops."""
     health_check_interval_seconds: float = bounded(30.0, above=0, at_most=86_400)
     """Time between two health checks of a node."""
     health_check_timeout_seconds: float = bounded(5.0, above=0)

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -317,6 +318,15 @@ async def test_servers_sharing_a_registry_stream_each_others_changes_and_drain_c
 # --------------------------------------------------------------------------- health, against real servers
 
 
+def wait_until(condition: Callable[[], object], timeout: float = 20.0) -> None:
+    """Poll a blocking condition until it holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        time.sleep(0.05)
+
+
 async def wait_for(condition: Any, timeout: float = 30.0, interval: float = 0.05) -> Any:
     """Poll an async condition until it returns something truthy."""
     deadline = asyncio.get_running_loop().time() + timeout
@@ -462,13 +472,22 @@ async def test_failovers_page_newest_first_per_shard(
     await wait_for(all_healthy)
     first = (await client.failover(pb.FailoverRequest(shard_id="shard-b", target_node_id="sb-r2"))).failover
     assert first.new_primary_node_id == "sb-r2"
-    new_primary = cluster.replicas[1]
-    # sb-r1 still follows the old primary; it is a healthy replica, but of a dead timeline: the
-    # switchover must refuse it (it never replays the new primary's WAL).
+    new_primary, other = cluster.replicas[1], cluster.replicas[0]
+    # The failover pointed sb-r1 at the new primary. While it does not replay (paused here), a
+    # switchover to it must be refused, as it cannot catch up with the fenced primary's last WAL.
+    await asyncio.to_thread(wait_until, lambda: new_primary.replication().get("sb-r1", ("", ""))[0] == "streaming")
+    await asyncio.to_thread(other.query, "SELECT pg_wal_replay_pause()")
+    await asyncio.to_thread(new_primary.query, "CREATE TABLE written_after_the_pause (i int)")
     async with expect(grpc.StatusCode.FAILED_PRECONDITION, "REPLICA_BEHIND"):
         await client.failover(pb.FailoverRequest(shard_id="shard-b", target_node_id="sb-r1"))
     await asyncio.to_thread(new_primary.query, "CREATE TABLE still_writable (i int)")  # unfenced again
+    await asyncio.to_thread(other.query, "SELECT pg_wal_replay_resume()")
+    second = (await client.failover(pb.FailoverRequest(shard_id="shard-b", target_node_id="sb-r1"))).failover
+    assert (second.old_primary_node_id, second.new_primary_node_id) == ("sb-r2", "sb-r1")
+    assert await asyncio.to_thread(other.value, "SELECT count(*) FROM pg_class WHERE relname = 'still_writable'")
     page = await client.list_failovers(pb.ListFailoversRequest(page_size=1))
+    assert [f.failover_id for f in page.failovers] == [second.failover_id] and page.next_page_token
+    page = await client.list_failovers(pb.ListFailoversRequest(page_size=1, page_token=page.next_page_token))
     assert [f.failover_id for f in page.failovers] == [first.failover_id] and not page.next_page_token
     assert not (await client.list_failovers(pb.ListFailoversRequest(shard_id="shard-z"))).failovers
     async with expect(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", "page_token"):
