@@ -1,17 +1,18 @@
-"""Which sharding server runs the health monitor: exactly one per registry, and another takes
-over when it stops.
+"""Which sharding server runs the health monitor, and which drives rebalances: exactly one per
+registry for each role, and another takes over when it stops.
 
 Several sharding servers may share one registry (for reads and topology streams); if each ran
-its own monitor, two could fail the same shard over at once and promote two replicas. Before
-each round the monitor asks `Leadership.lead()`, and only the holder checks, writes health and
-fails over:
+its own monitor, two could fail the same shard over at once and promote two replicas, and two
+rebalance engines could copy and clean up the same account at once. Before each round the
+monitor asks `Leadership.lead()`, as does the rebalance engine before it drives, and only the
+holder acts:
 
 - PostgreSQL registry: a session-level advisory lock (`pg_try_advisory_lock`) on a dedicated
-  connection, keyed by the registry's schema. PostgreSQL releases it the moment that session
+  connection, keyed by the registry's schema and the role. PostgreSQL releases it the moment that session
   ends: the process exits or dies, or the server gives up on a silent client (the session asks
   for TCP keepalives every few seconds). The holder confirms its session each round (a failed
   `SELECT 1` means the lock may be gone: it stops leading until it takes the lock again).
-- SQLite registry: an exclusive `flock` on `<database>.monitor.lock`, which the kernel releases
+- SQLite registry: an exclusive `flock` on `<database>.<role>.lock`, which the kernel releases
   when the process dies. (`:memory:` stores are private to their process, which always leads.)
 """
 
@@ -38,7 +39,7 @@ _KEEPALIVES = "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keep
 
 
 class Leadership(Protocol):
-    """The right to run the health monitor of one registry."""
+    """The right to play one role (`monitor`, `rebalancer`) for one registry."""
 
     async def lead(self, timeout: float) -> bool:
         """True if this process holds the lead now (taking it if it is free)."""
@@ -49,27 +50,28 @@ class Leadership(Protocol):
         ...
 
 
-def leadership_for(database: Database) -> Leadership:
-    """The leadership that fits the registry's store."""
+def leadership_for(database: Database, role: str) -> Leadership:
+    """The leadership of `role` that fits the registry's store."""
     if isinstance(database, PostgresDatabase):
-        return AdvisoryLockLeadership(database.url, database.schema)
+        return AdvisoryLockLeadership(database.url, database.schema, role)
     if isinstance(database, SQLiteDatabase) and database.path != ":memory:":
-        return FileLockLeadership(Path(f"{database.path}.monitor.lock"))
+        return FileLockLeadership(Path(f"{database.path}.{role}.lock"))
     return SoleLeadership()
 
 
-def lock_key(schema: str) -> int:
-    """The advisory lock key (a signed 64-bit integer) of the monitor of the registry in `schema`."""
-    digest = hashlib.sha256(f"shieldx-sharding-monitor:{schema}".encode()).digest()
+def lock_key(schema: str, role: str) -> int:
+    """The advisory lock key (a signed 64-bit integer) of `role` for the registry in `schema`."""
+    digest = hashlib.sha256(f"shieldx-sharding-{role}:{schema}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
 class AdvisoryLockLeadership:
     """A PostgreSQL session-level advisory lock held on a connection of its own."""
 
-    def __init__(self, url: str, schema: str) -> None:
+    def __init__(self, url: str, schema: str, role: str) -> None:
         self.url = url
-        self.key = lock_key(schema)
+        self.role = role
+        self.key = lock_key(schema, role)
         self._connection: psycopg.AsyncConnection[Any] | None = None
         self._held = False
 
@@ -83,7 +85,7 @@ class AdvisoryLockLeadership:
                         self.url,
                         autocommit=True,
                         connect_timeout=max(2, int(timeout)),
-                        application_name="shieldx:sharding-monitor",
+                        application_name=f"shieldx:sharding-{self.role}",
                         options=_KEEPALIVES,
                     )
                 if self._held:
@@ -94,7 +96,7 @@ class AdvisoryLockLeadership:
                     self._held = bool(row and row[0])
         except (TimeoutError, psycopg.Error, OSError) as error:
             if self._held:
-                log.warning("lost the monitor's lock session (%s); not leading until it is taken again", error)
+                log.warning("lost the %s lock session (%s); not leading until it is taken again", self.role, error)
             await self._drop()
             return False
         return self._held

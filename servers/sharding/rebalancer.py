@@ -43,6 +43,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from servers.mesh.errors import Conflict, FailedPrecondition
 from servers.mesh.storage import Transaction
 from servers.sharding.domain import Reason, Shard, ShardState
+from servers.sharding.leadership import Leadership, SoleLeadership
 from servers.sharding.nodes import one_line
 from servers.sharding.rebalance import (
     AccountMove,
@@ -61,6 +62,8 @@ log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 5.0
 """How soon the engine retries after an error or failed cleanups, unless kicked earlier."""
+LEAD_TIMEOUT_SECONDS = 5.0
+"""Longest wait for the registry's store when asking for the lead."""
 
 
 class AccountMover(Protocol):
@@ -148,6 +151,7 @@ class Rebalancer:
         *,
         config: RebalanceConfig | None = None,
         concurrency: int = 8,
+        leadership: Leadership | None = None,
         clock: Clock = utc_now,
     ) -> None:
         self.registry = registry
@@ -155,6 +159,7 @@ class Rebalancer:
         self.mover = mover
         self.metrics = metrics
         self.config = config or RebalanceConfig()
+        self.leadership: Leadership = leadership or SoleLeadership()
         self.clock = clock
         self._concurrency = asyncio.Semaphore(max(1, concurrency))
         self._driving = asyncio.Lock()
@@ -211,23 +216,34 @@ class Rebalancer:
         self._kicked.set()
 
     async def run(self) -> None:
-        """Drive the running rebalance whenever there is one, until cancelled; errors are logged and retried."""
-        while True:
-            retry = False
-            try:
-                retry = await self.drive_running()
-            except Exception:
-                log.exception("rebalance step failed; retrying in %ss", RETRY_SECONDS)
-                retry = True
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kicked.wait(), RETRY_SECONDS if retry else None)
-            self._kicked.clear()
+        """Drive the running rebalance whenever there is one, until cancelled; errors are logged and retried.
+
+        A rebalance another sharding server started arrives with its topology (then the engine
+        looks); of the servers sharing the registry, only the one holding the lead drives.
+        """
+        self.registry.on_publish(lambda topology: self.kick() if topology.migration is not None else None)
+        try:
+            while True:
+                retry = False
+                try:
+                    retry = await self.drive_running()
+                except Exception:
+                    log.exception("rebalance step failed; retrying in %ss", RETRY_SECONDS)
+                    retry = True
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._kicked.wait(), RETRY_SECONDS if retry else None)
+                self._kicked.clear()
+        finally:
+            await asyncio.shield(self.leadership.release())
 
     async def drive_running(self) -> bool:
-        """Move the running rebalance as far as it goes; True if it should be retried later."""
+        """Move the running rebalance as far as it goes; True if it should be retried later (also when
+        another sharding server drives it: this one then asks again, to take over if that one stops)."""
         routing = self.registry.current.migration
         if routing is None or self.mover is None:
             return False
+        if not await self.leadership.lead(LEAD_TIMEOUT_SECONDS):
+            return True
         async with self._driving:
             async with self.store.database.transaction() as tx:
                 workflow = await self.store.load_workflow(tx, routing.rebalance_id, self.config)

@@ -93,7 +93,12 @@ async def build_service(runtime: Runtime, *, mover: AccountMover | None = None, 
     await registry.load()
     nodes = DatabaseNodes()
     monitor = HealthMonitor(
-        registry, nodes, policy, MonitorMetrics(runtime.registry), leadership=leadership_for(database), clock=clock
+        registry,
+        nodes,
+        policy,
+        MonitorMetrics(runtime.registry),
+        leadership=leadership_for(database, "monitor"),
+        clock=clock,
     )
     failovers = Failovers(
         registry,
@@ -116,6 +121,7 @@ async def build_service(runtime: Runtime, *, mover: AccountMover | None = None, 
         RebalanceMetrics(runtime.registry),
         config=settings.rebalance_config(),
         concurrency=settings.rebalance_concurrency,
+        leadership=leadership_for(database, "rebalancer"),
         clock=clock,
     )
     servicer = ShardingServicer(registry, store, monitor, failovers, rebalancer, RequestLedger(database, DOMAIN))

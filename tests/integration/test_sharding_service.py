@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import psycopg
@@ -728,6 +728,39 @@ async def test_a_rebalance_moves_every_account_with_its_events_and_completes_the
         assert new.shard_id in (old.shard_id, "shard-c")
     assert mover.where(late) == ["shard-c"], "the finalizing sweep moved the account opened meanwhile"
     assert not any(mover.fences.get("shard-c", ())), "nothing fenced on the shard that received accounts"
+
+
+class CountingMover:
+    """One sharding server's view of shared shards (an `InMemoryMover`), counting the copies it makes."""
+
+    def __init__(self, shards: InMemoryMover) -> None:
+        self.shards = shards
+        self.copies = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.shards, name)
+
+    async def copy(self, move: AccountMove, source: Shard, target: Shard) -> None:
+        self.copies += 1
+        await asyncio.sleep(0.02)  # a copy takes a while: the other server would have time to join in
+        await self.shards.copy(move, source, target)
+
+
+async def test_of_two_servers_sharing_a_registry_one_drives_a_rebalance(
+    store_config: dict[str, str], start_service: StartService, tmp_path: Path
+) -> None:
+    shards = InMemoryMover()
+    movers = [CountingMover(shards), CountingMover(shards)]
+    config = sharding_config(tmp_path, store_config, topology_refresh_seconds=0.1)
+    first = await start_service(with_mover(cast(InMemoryMover, movers[0])), config)
+    second = await start_service(with_mover(cast(InMemoryMover, movers[1])), config)
+    client = ShardingClient(second.channel)
+    await third_shard_joining(client, shards)
+    assert sum(m.copies for m in movers) == 0
+    started = await client.start_rebalance(pb.StartRebalanceRequest(request_id="rb-shared"))
+    await wait_for(lambda: rebalance_done(ShardingClient(first.channel)))
+    copies = sorted(m.copies for m in movers)
+    assert copies[0] == 0 and copies[1] >= started.rebalance.total_accounts > 0, copies
 
 
 async def test_failed_moves_wait_for_an_operator_and_resume(
