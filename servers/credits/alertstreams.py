@@ -20,7 +20,7 @@ from typing import Protocol
 
 from servers.credits.alerts import AlertCursor, AlertFeed
 from servers.credits.events import LowBalanceAlerted
-from servers.credits.store import AccountPlacement, Shard, unreachable_as_unavailable
+from servers.credits.placement import AccountPlacement, Shard, unreachable_as_unavailable
 from servers.mesh.errors import InvalidArgument
 
 _TOKEN_PREFIX = "s1:"

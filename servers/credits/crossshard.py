@@ -37,7 +37,8 @@ from servers.credits.domain import TransferDecision
 from servers.credits.events import Event, TransferredOut
 from servers.credits.eventstore import LoadedAccount
 from servers.credits.groupcommit import RECORDED_REJECTIONS, record_answers
-from servers.credits.store import LEDGER_DOMAIN, CreditsStore, DecideTransfer, Shard
+from servers.credits.placement import LEDGER_DOMAIN, Shard
+from servers.credits.store import CreditsStore, DecideTransfer
 from servers.credits.twophase import PreparedName, TransferCoordinator, TransferRecord, prepare
 from servers.mesh import errors, storage
 from servers.mesh.idempotency import RecordedAnswer, fingerprint

@@ -28,10 +28,10 @@ from servers.credits.domain import account_not_found
 from servers.credits.events import StoredEvent
 from servers.credits.eventstore import TransactionQuery
 from servers.credits.fences import FenceState, WriteFences
+from servers.credits.placement import UNREACHABLE, AccountPlacement, Shard, unreachable_as_unavailable
 from servers.credits.projection import BalanceRow, ReservationRow, ReservationState
 from servers.credits.reports import UsageReport
 from servers.credits.signing import HeadSigner, SignedHead, SignedHeads
-from servers.credits.store import UNREACHABLE, AccountPlacement, Shard, unreachable_as_unavailable
 from servers.mesh import errors
 
 T = TypeVar("T")

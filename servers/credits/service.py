@@ -18,7 +18,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -49,19 +49,18 @@ from servers.credits.crossshard import CrossShardTransfers
 from servers.credits.domain import Decision, TransferDecision, account_not_found, decide, decide_transfer
 from servers.credits.events import ReservationCancelled, ReservationCommitted, Reserved
 from servers.credits.eventstore import TransactionQuery
-from servers.credits.keys import read_or_create_secret
 from servers.credits.metrics import LedgerMetrics, measured
 from servers.credits.payment_refs import (
     PaymentReferenceCipher,
-    PaymentReferenceConfig,
     PaymentReferenceUnreadable,
-    generate_key,
 )
+from servers.credits.placement import AccountPlacement, Shard
 from servers.credits.queries import LedgerQueries
 from servers.credits.reports import UsagePeriod, UsageReport
+from servers.credits.settings import CreditsSettings
 from servers.credits.shards import TopologyPlacement
 from servers.credits.signing import HeadSigner
-from servers.credits.store import AccountPlacement, CreditsStore, Shard
+from servers.credits.store import CreditsStore
 from servers.credits.twophase import CoordinatorLog, CrashPoint, TransferCoordinator
 from servers.mesh.config import service_settings
 from servers.mesh.errors import InvalidArgument
@@ -80,65 +79,6 @@ _PERIODS = {
     credits_pb2.USAGE_PERIOD_WEEK: UsagePeriod.WEEK,
     credits_pb2.USAGE_PERIOD_MONTH: UsagePeriod.MONTH,
 }
-
-
-@dataclass
-class CreditsSettings:
-    """Settings of the credits server (YAML section `credits:`, env `SHIELDX_CREDITS__<FIELD>`)."""
-
-    snapshot_every: int = 100
-    """Store a snapshot of an account every this many events (loading replays at most this many)."""
-    account_cache_size: int = 10_000
-    """Accounts whose latest state is kept in memory, so a write replays nothing."""
-    group_commit: bool = True
-    """Record concurrent operations together, a group per transaction (far fewer round trips)."""
-    payment_reference_key: str = ""
-    """Master key for payment references at rest (32 bytes, base64). Empty: the key file is used."""
-    payment_reference_previous_keys: list[str] = field(default_factory=list)
-    """Retired payment reference keys (base64), still used to read and search older purchases."""
-    payment_reference_key_file: str = ""
-    """Where the generated payment reference key lives (default `<data_dir>/credits-payment-reference.key`)."""
-    head_signing_key_file: str = ""
-    """Ed25519 seed signing the ledger head (default `<data_dir>/credits-head-signing.key`)."""
-    head_sign_interval_seconds: float = 60.0
-    """How often the ledger head is signed (when it changed)."""
-    sweep_interval_seconds: float = 1.0
-    """How often reservations past their expiry are looked for and released."""
-    alert_poll_seconds: float = 0.25
-    """How often WatchAlerts looks for alerts written by other processes."""
-    lag_interval_seconds: float = 15.0
-    """How often the projection lag gauge is measured."""
-    default_reservation_ttl_seconds: float = 900.0
-    """Lifetime of a reservation made without an expiry."""
-    max_reservation_ttl_seconds: float = 30 * 86400.0
-    """Longest lifetime a reservation may ask for."""
-    max_open_reservations: int = 10_000
-    """Open reservations one account may hold at once."""
-    topology: bool = False
-    """Follow the sharding server's topology (endpoint `sharding`): accounts live on the PostgreSQL shards
-    it names, transfers between shards use two-phase commit. Off: the ledger is this server's own store."""
-    read_replicas: bool = True
-    """With `topology`: serve listings, usage reports and audit verification from healthy replicas."""
-    shard_pool_size: int = 8
-    """With `topology`: connections per shard node."""
-    two_phase_recovery_interval_seconds: float = 5.0
-    """With `topology`: how often in-doubt prepared transactions are looked for and finished."""
-    in_doubt_after_seconds: float = 10.0
-    """With `topology`: age after which a prepared transaction no process here is driving counts as in
-    doubt and is finished by recovery (other servers sharing the coordinator log may still be driving younger ones)."""
-    decision_retention_seconds: float = 7 * 86400.0
-    """With `topology`: how long transfer decisions stay in the coordinator log."""
-    two_phase_crash_point: str = ""
-    """TESTS ONLY: `after_prepare` or `after_decision` stops every cross-shard transfer there until the
-    process is killed, to test recovery from a coordinator crash. Never set in production."""
-
-    def limits(self) -> LedgerLimits:
-        """The ledger limits these settings describe."""
-        return LedgerLimits(
-            default_reservation_ttl=timedelta(seconds=self.default_reservation_ttl_seconds),
-            max_reservation_ttl=timedelta(seconds=self.max_reservation_ttl_seconds),
-            max_open_reservations=self.max_open_reservations,
-        )
 
 
 class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
@@ -541,49 +481,12 @@ def every(seconds: float, name: str, action: Callable[[], Awaitable[None]]) -> C
     return loop
 
 
-def payment_reference_cipher(settings: CreditsSettings, data_dir: Path) -> PaymentReferenceCipher:
-    """The cipher for payment references: the configured key, or the one in the key file (made on first start)."""
-    key = settings.payment_reference_key
-    if not key:
-        path = Path(settings.payment_reference_key_file or data_dir / "credits-payment-reference.key")
-        key = read_or_create_secret(path, generate_key)
-    return PaymentReferenceCipher(PaymentReferenceConfig(key, tuple(settings.payment_reference_previous_keys)))
-
-
-def check_settings(settings: CreditsSettings) -> None:
-    """Refuse settings the server cannot run with (ValueError naming the setting)."""
-    positive = {
-        "shard_pool_size": settings.shard_pool_size,
-        "two_phase_recovery_interval_seconds": settings.two_phase_recovery_interval_seconds,
-        "decision_retention_seconds": settings.decision_retention_seconds,
-        "snapshot_every": settings.snapshot_every,
-        "head_sign_interval_seconds": settings.head_sign_interval_seconds,
-        "sweep_interval_seconds": settings.sweep_interval_seconds,
-        "alert_poll_seconds": settings.alert_poll_seconds,
-        "lag_interval_seconds": settings.lag_interval_seconds,
-        "default_reservation_ttl_seconds": settings.default_reservation_ttl_seconds,
-        "max_reservation_ttl_seconds": settings.max_reservation_ttl_seconds,
-        "max_open_reservations": settings.max_open_reservations,
-    }
-    for name, value in positive.items():
-        if not value > 0:
-            raise ValueError(f"credits.{name} must be positive")
-    if settings.default_reservation_ttl_seconds > settings.max_reservation_ttl_seconds:
-        raise ValueError("credits.default_reservation_ttl_seconds exceeds max_reservation_ttl_seconds")
-    if not settings.in_doubt_after_seconds >= 0:
-        raise ValueError("credits.in_doubt_after_seconds must not be negative")
-    if settings.two_phase_crash_point not in {point.value for point in CrashPoint}:
-        raise ValueError(
-            "credits.two_phase_crash_point must be empty, " + " or ".join(p.value for p in CrashPoint if p.value)
-        )
-
-
 async def build(runtime: Runtime) -> Service:
     """The credits service: store, servicer and background loops (on the topology if configured)."""
     settings = service_settings(CreditsSettings, runtime.config)
-    check_settings(settings)
+    settings.check()
     data_dir = runtime.config.data_path
-    cipher = payment_reference_cipher(settings, data_dir)
+    cipher = settings.payment_reference_cipher(data_dir)
     signer = HeadSigner.from_file(Path(settings.head_signing_key_file or data_dir / "credits-head-signing.key"))
     if settings.topology:
         ledger = await sharded_ledger(runtime, settings)

@@ -1,6 +1,6 @@
 """Credits on the sharding topology: accounts placed by the ring, one PostgreSQL pool per shard node.
 
-When the credits server follows a sharding server (`CreditsSettings.topology`), a
+When the credits server follows a sharding server (`settings.CreditsSettings.topology`), a
 `TopologyFollower` keeps the newest topology from `WatchTopology`, and `TopologyPlacement`
 answers from it:
 
@@ -26,7 +26,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
-from servers.credits.store import AccountPlacement, Shard
+from servers.credits.placement import AccountPlacement, Shard
 from servers.mesh import errors
 from servers.mesh.postgres import PostgresDatabase
 from servers.mesh.storage import Database

@@ -1,10 +1,10 @@
 """The credits store: where each account lives, and the one path every account change takes.
 
-Every account-level operation goes through `CreditsStore`, which asks `AccountPlacement` for
-the shard (a database with its AIP-155 request ledger) that holds the account: the single
+Every account-level operation goes through `CreditsStore`, which asks `AccountPlacement`
+(`placement.py`) for the shard (a database with its AIP-155 request ledger) that holds the account: the single
 store by default, or the shard the sharding topology names (`shards.TopologyPlacement`). A
-change runs under an in-process lock per account (so a hot account's writers queue instead of
-failing each other's optimistic checks), inside `RequestLedger.execute` (so the answer is
+change runs under an in-process lock per account (`accountcache.py`: a hot account's writers
+queue instead of failing each other's optimistic checks), inside `RequestLedger.execute` (so the answer is
 recorded with the change): load the account (cache, then the events after it), decide, append
 the sealed events, update the read models, and snapshot every `snapshot_every` events — all
 in one transaction. The (account_id, version) key still guards against writers in other
@@ -22,18 +22,18 @@ import asyncio
 import contextlib
 import functools
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeVar
 
-import psycopg
 from google.protobuf.message import Message
 
 from servers.credits.account import AccountState
+from servers.credits.accountcache import AccountCache, AccountLocks
 from servers.credits.domain import Decision, TransferDecision, expire_reservations
 from servers.credits.events import Event, LowBalanceAlerted
-from servers.credits.eventstore import EventStore, LoadedAccount
+from servers.credits.eventstore import LoadedAccount
 from servers.credits.fences import WriteFences
 from servers.credits.groupcommit import (
     GroupAccount,
@@ -46,10 +46,10 @@ from servers.credits.groupcommit import (
     refusal_is_recorded,
     sealed_entries,
 )
-from servers.credits.projection import Projection
+from servers.credits.placement import LEDGER_DOMAIN, AccountPlacement, Shard, unreachable_as_unavailable
 from servers.mesh import errors, storage
-from servers.mesh.idempotency import MAX_REQUEST_ID_LENGTH, RecordedAnswer, RequestLedger, fingerprint
-from servers.mesh.storage import Database, Transaction
+from servers.mesh.idempotency import RecordedAnswer, fingerprint, request_in_progress, validate_request_id
+from servers.mesh.storage import Transaction
 
 if TYPE_CHECKING:
     from servers.credits.crossshard import CrossShardTransfers
@@ -58,159 +58,9 @@ R = TypeVar("R", bound=Message)
 Decide = Callable[[AccountState, datetime], Decision]
 DecideTransfer = Callable[[AccountState, AccountState, datetime], TransferDecision]
 
-LEDGER_DOMAIN = "shieldx.credits.v1"
 _SWEEP_ATTEMPTS = 8
 _ANSWERED_MEMORY = 100_000
 """Request ids answered by groups that this process remembers, to route their retries straight to the ledger."""
-
-
-@dataclass(frozen=True)
-class Shard:
-    """One database holding accounts, with the request ledger and SQL of its dialect."""
-
-    name: str
-    database: Database
-    ledger: RequestLedger
-    events: EventStore
-    projection: Projection
-
-    @classmethod
-    def of(cls, name: str, database: Database) -> Shard:
-        """The shard for a migrated credits database."""
-        return cls(
-            name,
-            database,
-            RequestLedger(database, LEDGER_DOMAIN),
-            EventStore(database.dialect),
-            Projection(database.dialect),
-        )
-
-
-class AccountPlacement:
-    """Chooses the shard that holds an account: here the single store; see `shards.TopologyPlacement`.
-
-    The methods below are what the store and the queries ask of any placement: where to write
-    an account, where to read it, which shard serves each account (for scans over every
-    shard), and the server's own store (`home`) for what belongs to no account.
-    """
-
-    sharded = False
-    """True if accounts live on several shards (write fences are checked, scans are merged)."""
-
-    def __init__(self, shards: Sequence[Shard]) -> None:
-        if not shards:
-            raise ValueError("at least one shard is needed")
-        self._shards = tuple(shards)
-
-    @property
-    def shards(self) -> tuple[Shard, ...]:
-        """Every shard (for scans over all accounts)."""
-        return self._shards
-
-    @property
-    def every_shard_open(self) -> bool:
-        """True if `shards` holds every shard accounts may live on."""
-        return True
-
-    @property
-    def home(self) -> Database:
-        """The server's own store: signed heads, the cross-shard coordinator log."""
-        return self._shards[0].database
-
-    def shard_for(self, account_id: str) -> Shard:
-        """The shard to write `account_id` on."""
-        return self._shards[0]
-
-    def shard_for_reading(self, account_id: str) -> Shard:
-        """The shard (primary) serving `account_id`, writes fenced or not."""
-        return self.shard_for(account_id)
-
-    def primary_of(self, shard_id: str) -> Shard:
-        """The shard named `shard_id`."""
-        for shard in self._shards:
-            if shard.name == shard_id:
-                return shard
-        raise errors.Unavailable(f"shard {shard_id!r} is not known", reason="SHARD_UNAVAILABLE")
-
-    def shard_id_of(self, account_id: str) -> str:
-        """The id of the shard serving `account_id`."""
-        return self.shard_for(account_id).name
-
-    def owners(self, account_ids: Sequence[str]) -> list[str]:
-        """The shard serving each account, in order."""
-        return [self._shards[0].name] * len(account_ids)
-
-    @contextlib.asynccontextmanager
-    async def reading(self, account_id: str, *, replica_ok: bool = False) -> AsyncIterator[Shard]:
-        """The shard (or a replica of it, if `replica_ok`) to read `account_id` from."""
-        yield self.shard_for(account_id)
-
-    def replica_or_primary(self, shard: Shard) -> Shard:
-        """What to scan for the whole of `shard`: a healthy replica of it where there is one."""
-        return shard
-
-
-class _AccountCache:
-    """Recently used accounts as last committed (LRU), so a write needs no replay."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._entries: OrderedDict[str, LoadedAccount] = OrderedDict()
-
-    def get(self, account_id: str) -> LoadedAccount | None:
-        entry = self._entries.get(account_id)
-        if entry is not None:
-            self._entries.move_to_end(account_id)
-        return entry
-
-    def put(self, account_id: str, loaded: LoadedAccount) -> None:
-        if self.capacity <= 0:
-            return
-        self._entries[account_id] = loaded
-        self._entries.move_to_end(account_id)
-        while len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
-
-    def drop(self, account_id: str) -> None:
-        self._entries.pop(account_id, None)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
-@dataclass
-class _LockEntry:
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    users: int = 0
-
-
-class _AccountLocks:
-    """One asyncio lock per account in use; several are always taken in account-id order."""
-
-    def __init__(self) -> None:
-        self._entries: dict[str, _LockEntry] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, *account_ids: str) -> AsyncIterator[None]:
-        ordered = sorted(set(account_ids))
-        entries = []
-        for account_id in ordered:
-            entry = self._entries.setdefault(account_id, _LockEntry())
-            entry.users += 1
-            entries.append(entry)
-        acquired: list[_LockEntry] = []
-        try:
-            for entry in entries:
-                await entry.lock.acquire()
-                acquired.append(entry)
-            yield
-        finally:
-            for entry in reversed(acquired):
-                entry.lock.release()
-            for account_id, entry in zip(ordered, entries, strict=True):
-                entry.users -= 1
-                if entry.users == 0:
-                    del self._entries[account_id]
 
 
 @dataclass(slots=True)
@@ -243,8 +93,8 @@ class CreditsStore:
         self.snapshot_every = snapshot_every
         self.clock = clock
         self._on_alert = on_alert
-        self._cache = _AccountCache(cache_size)
-        self._locks = _AccountLocks()
+        self._cache = AccountCache(cache_size)
+        self._locks = AccountLocks()
         self._in_flight: set[str] = set()
         self._answered: OrderedDict[str, None] = OrderedDict()
         self.group_commit = group_commit
@@ -290,9 +140,9 @@ class CreditsStore:
 
     def claim_request(self, request_id: str) -> None:
         """Mark a request id as in flight in this process (ABORTED REQUEST_IN_PROGRESS if it already is)."""
-        _validate_request_id(request_id)
+        validate_request_id(request_id)
         if request_id in self._in_flight:
-            raise _in_progress(request_id)
+            raise request_in_progress(request_id)
         self._in_flight.add(request_id)
 
     def release_request(self, request_id: str) -> None:
@@ -326,9 +176,9 @@ class CreditsStore:
             # A retry of a request this process answered: the request ledger replays the answer.
             return await self._execute_alone(shard, method, request, response_type, account_id, decide, respond)
         if request_id:
-            _validate_request_id(request_id)
+            validate_request_id(request_id)
             if request_id in self._in_flight:
-                raise _in_progress(request_id)
+                raise request_in_progress(request_id)
             self._in_flight.add(request_id)
         try:
             operation = Operation(
@@ -680,43 +530,3 @@ class CreditsStore:
         if before.version // self.snapshot_every != state.version // self.snapshot_every:
             await shard.events.save_snapshot(tx, state, self.clock())
         return LoadedAccount(state, appended.head_hash)
-
-
-UNREACHABLE = (psycopg.OperationalError, psycopg.InterfaceError, psycopg.errors.ReadOnlySqlTransaction)
-"""What a shard database raises when it is down, restarting, or a standby refusing writes."""
-
-
-@contextlib.contextmanager
-def unreachable_as_unavailable(placement: AccountPlacement, shard: Shard) -> Iterator[None]:
-    """On shards, turn a database that cannot be reached into UNAVAILABLE `SHARD_UNAVAILABLE` with RetryInfo.
-
-    The single store keeps its errors as they are (it has no other node to wait for).
-    """
-    if not placement.sharded:
-        yield
-        return
-    try:
-        yield
-    except UNREACHABLE as error:
-        raise errors.Unavailable(
-            f"shard {shard.name!r} cannot be reached; retry shortly",
-            retry_after=0.5,
-            reason="SHARD_UNAVAILABLE",
-            metadata={"shard_id": shard.name},
-        ) from error
-
-
-def _validate_request_id(request_id: str) -> None:
-    # The same rule RequestLedger applies, checked before an operation joins a group.
-    if len(request_id) > MAX_REQUEST_ID_LENGTH or not request_id.isprintable() or not request_id.isascii():
-        raise errors.InvalidArgument(
-            "request_id", f"must be at most {MAX_REQUEST_ID_LENGTH} printable ASCII characters"
-        )
-
-
-def _in_progress(request_id: str) -> errors.Conflict:
-    return errors.Conflict(
-        "a request with this request_id is still being processed; retry later",
-        reason="REQUEST_IN_PROGRESS",
-        metadata={"request_id": request_id},
-    )

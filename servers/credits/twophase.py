@@ -42,7 +42,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
-from servers.credits.store import UNREACHABLE, AccountPlacement, Shard
+from servers.credits.placement import UNREACHABLE, AccountPlacement, Shard
 from servers.mesh import storage
 from servers.mesh.postgres import PostgresDatabase
 from servers.mesh.storage import Database, Transaction

@@ -107,7 +107,8 @@ def fingerprint(method: str, request: Message) -> str:
     return digest.hexdigest()
 
 
-def _validate(request_id: str) -> None:
+def validate_request_id(request_id: str) -> None:
+    """InvalidArgument(request_id) unless it is at most `MAX_REQUEST_ID_LENGTH` printable ASCII characters."""
     if len(request_id) > MAX_REQUEST_ID_LENGTH or not request_id.isprintable() or not request_id.isascii():
         raise errors.InvalidArgument(
             "request_id", f"must be at most {MAX_REQUEST_ID_LENGTH} printable ASCII characters"
@@ -123,6 +124,15 @@ class _Key(Generic[R]):
     fingerprint: str
     subject: str
     response_type: type[R]
+
+
+def request_in_progress(request_id: str) -> errors.Conflict:
+    """ABORTED `REQUEST_IN_PROGRESS`: a retry arrived while the first attempt still runs."""
+    return errors.Conflict(
+        "a request with this request_id is still being processed; retry later",
+        reason="REQUEST_IN_PROGRESS",
+        metadata={"request_id": request_id},
+    )
 
 
 class RequestLedger:
@@ -150,13 +160,9 @@ class RequestLedger:
         request_id: str = getattr(request, "request_id", "")
         if not request_id:
             return await self._attempt(work, None)
-        _validate(request_id)
+        validate_request_id(request_id)
         if request_id in self._in_flight:
-            raise errors.Conflict(
-                "a request with this request_id is still being processed; retry later",
-                reason="REQUEST_IN_PROGRESS",
-                metadata={"request_id": request_id},
-            )
+            raise request_in_progress(request_id)
         self._in_flight.add(request_id)
         try:
             key = _Key(request_id, method, fingerprint(method, request), subject, response_type)

@@ -21,8 +21,9 @@ from servers.credits.commands import Consume, Purchase
 from servers.credits.domain import Decision, decide
 from servers.credits.events import SealedPaymentReference
 from servers.credits.fences import WriteFences
+from servers.credits.placement import AccountPlacement, Shard
 from servers.credits.shards import open_shard_database
-from servers.credits.store import AccountPlacement, CreditsStore, Shard
+from servers.credits.store import CreditsStore
 from servers.mesh import errors, storage
 from servers.mesh.postgres import PostgresDatabase
 from shieldx.credits.v1 import credits_pb2 as pb

@@ -10,9 +10,10 @@ import pytest
 
 from servers.credits.alertstreams import ShardPlaces
 from servers.credits.fences import Fence, FenceState
-from servers.credits.service import CreditsSettings, check_settings
+from servers.credits.settings import CreditsSettings
 from servers.credits.twophase import CoordinatorLog, Decision, PreparedName, Side, TransferRecord
 from servers.mesh import errors
+from servers.mesh.config import ConfigError, build
 from servers.mesh.storage import Database, open_database
 
 COORDINATOR = "0123456789abcdef"
@@ -101,14 +102,20 @@ async def test_old_decisions_are_forgotten_unless_a_half_is_still_in_doubt(log: 
     ],
 )
 def test_nonsense_sharding_settings_are_refused_by_name(changes: dict[str, object], named: str) -> None:
-    settings = CreditsSettings(**changes)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=named):
-        check_settings(settings)
+    with pytest.raises(ConfigError, match=f"credits.{named}"):
+        build(CreditsSettings, changes, {}, "SHIELDX_CREDITS__").check()
 
 
 def test_the_crash_points_are_accepted_for_tests() -> None:
     for point in ("", "after_prepare", "after_decision"):
-        check_settings(CreditsSettings(topology=True, two_phase_crash_point=point))
+        CreditsSettings(topology=True, two_phase_crash_point=point).check()
+
+
+def test_a_default_reservation_lifetime_beyond_the_longest_is_refused() -> None:
+    settings = build(CreditsSettings, {"default_reservation_ttl_seconds": 7200.0}, {}, "SHIELDX_CREDITS__")
+    settings.check()
+    with pytest.raises(ConfigError, match=r"credits\.default_reservation_ttl_seconds"):
+        build(CreditsSettings, {"max_reservation_ttl_seconds": 60.0}, {}, "SHIELDX_CREDITS__").check()
 
 
 def test_a_refused_write_says_whether_the_account_is_moving_or_gone() -> None:
