@@ -23,7 +23,7 @@ from servers.credits.events import (
     TransferredIn,
     TransferredOut,
 )
-from servers.credits.projection import ReservationRow, ReservationState
+from servers.credits.readmodels import ReservationRow, ReservationState
 from servers.mesh.errors import InvalidArgument
 from shieldx.credits.v1 import credits_pb2
 

@@ -32,7 +32,8 @@ from servers.credits.audit import ChainVerifier
 from servers.credits.events import Event, StoredEvent
 from servers.credits.eventstore import EventStore, Instants
 from servers.credits.fences import FenceState, WriteFences
-from servers.credits.projection import Projection, balance_row
+from servers.credits.projection import Projection
+from servers.credits.readmodels import balance_row
 from servers.credits.shards import open_shard_database
 from servers.mesh.postgres import PostgresDatabase
 from servers.mesh.server import Runtime

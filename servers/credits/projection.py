@@ -2,8 +2,8 @@
 
 The live path writes them in the same transaction as the events they follow (`Projection.record`),
 so a committed event is always reflected; a rebuild (`rebuild.py`) replays every event into
-fresh rows with the same functions (`balance_row`, `reservation_change`), so both paths give
-identical tables. The projection checkpoint (the highest event position applied) is kept in
+fresh rows with the same functions (`readmodels.balance_row`, `readmodels.reservation_change`),
+so both paths give identical tables. The projection checkpoint (the highest event position applied) is kept in
 slots by account, so writers of different accounts do not all queue on one row.
 """
 
@@ -11,21 +11,23 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 from servers.credits.account import AccountState
 from servers.credits.audit import AccountHead
 from servers.credits.events import (
     Event,
-    ReservationCancelled,
-    ReservationCommitted,
-    ReservationExpired,
-    Reserved,
 )
 from servers.credits.eventstore import Instants
+from servers.credits.readmodels import (
+    BalanceRow,
+    ReservationClosed,
+    ReservationRow,
+    ReservationState,
+    balance_row,
+    reservation_changes,
+)
 from servers.mesh.postgres import json_rows, select_json_rows
 from servers.mesh.storage import Dialect, Transaction
 
@@ -85,176 +87,6 @@ def checkpoint_slot(account_id: str) -> int:
     return zlib.crc32(account_id.encode()) % CHECKPOINT_SLOTS
 
 
-class ReservationState(StrEnum):
-    """A reservation's stored state (an open one past its expiry is reported as expired)."""
-
-    OPEN = "open"
-    COMMITTED = "committed"
-    CANCELLED = "cancelled"
-    EXPIRED = "expired"
-
-
-@dataclass(frozen=True, slots=True)
-class BalanceRow:
-    """One account's row of the balances read model."""
-
-    account_id: str
-    available: int
-    held: int
-    version: int
-    threshold: int
-    alert_armed: bool
-    purchased: int
-    consumed: int
-    transferred_in: int
-    transferred_out: int
-    open_reservations: int
-    next_expiry: datetime | None
-    """Earliest expiry among the open reservations (the sweeper's index)."""
-    updated_at: datetime
-    position: int
-    """Position of the account's latest event."""
-
-
-@dataclass(frozen=True, slots=True)
-class ReservationRow:
-    """One reservation as ListReservations reports it."""
-
-    account_id: str
-    reservation_id: str
-    amount: int
-    state: ReservationState
-    description: str
-    created_at: datetime
-    expires_at: datetime
-    closed_at: datetime | None
-    committed: int
-    released: int
-    position: int
-    """Position of the event that made it (the list order)."""
-
-    def as_of(self, now: datetime) -> ReservationRow:
-        """The row as seen at `now`: open past its expiry means expired, releasing everything."""
-        if self.state is ReservationState.OPEN and self.expires_at <= now:
-            return replace(self, state=ReservationState.EXPIRED, closed_at=self.expires_at, released=self.amount)
-        return self
-
-    def closed_by(self, change: ReservationClosed) -> ReservationRow:
-        """The row after the event that closed the reservation."""
-        return ReservationRow(
-            self.account_id,
-            self.reservation_id,
-            self.amount,
-            change.state,
-            self.description,
-            self.created_at,
-            self.expires_at,
-            change.closed_at,
-            change.committed,
-            change.released,
-            self.position,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class ReservationClosed:
-    """An event closing a reservation: its new state and how its amount was split."""
-
-    account_id: str
-    reservation_id: str
-    state: ReservationState
-    closed_at: datetime
-    committed: int
-    released: int
-
-
-def balance_row(state: AccountState, position: int) -> BalanceRow:
-    """The read-model row of an account in `state`, whose latest event is at `position`."""
-    if state.updated_at is None:
-        raise ValueError(f"account {state.account_id!r} has no events to project")
-    open_reservations = state.open_reservations
-    return BalanceRow(
-        state.account_id,
-        state.available,
-        state.held,
-        state.version,
-        state.threshold,
-        state.alert_armed,
-        state.purchased,
-        state.consumed,
-        state.transferred_in,
-        state.transferred_out,
-        len(open_reservations),
-        min(r.expires_at for r in open_reservations.values()) if open_reservations else None,
-        state.updated_at,
-        position,
-    )
-
-
-def reservation_change(event: Event, position: int) -> ReservationRow | ReservationClosed | None:
-    """How an event changes the reservations read model (None: it does not)."""
-    match event:
-        case Reserved():
-            return ReservationRow(
-                event.account_id,
-                event.reservation_id,
-                event.amount,
-                ReservationState.OPEN,
-                event.description,
-                event.occurred_at,
-                event.expires_at,
-                None,
-                0,
-                0,
-                position,
-            )
-        case ReservationCommitted():
-            return ReservationClosed(
-                event.account_id,
-                event.reservation_id,
-                ReservationState.COMMITTED,
-                event.occurred_at,
-                event.committed,
-                event.released,
-            )
-        case ReservationCancelled():
-            return ReservationClosed(
-                event.account_id, event.reservation_id, ReservationState.CANCELLED, event.occurred_at, 0, event.released
-            )
-        case ReservationExpired():
-            return ReservationClosed(
-                event.account_id, event.reservation_id, ReservationState.EXPIRED, event.occurred_at, 0, event.released
-            )
-    return None
-
-
-_RESERVATION_EVENTS = frozenset({Reserved, ReservationCommitted, ReservationCancelled, ReservationExpired})
-"""The event types `reservation_change` answers for."""
-
-
-def _reservation_changes(
-    changes: Sequence[tuple[AccountState, Sequence[Event], Sequence[int]]],
-) -> tuple[list[ReservationRow], list[ReservationClosed]]:
-    """The reservations opened by `changes` (as they stand after them) and the closings of older ones."""
-    opened: dict[tuple[str, str], ReservationRow] = {}
-    closed: list[ReservationClosed] = []
-    for _, events, positions in changes:
-        for event, position in zip(events, positions, strict=True):
-            if type(event) not in _RESERVATION_EVENTS:
-                continue  # most events (consumes, purchases) leave reservations alone
-            change = reservation_change(event, position)
-            if isinstance(change, ReservationRow):
-                opened[(change.account_id, change.reservation_id)] = change
-            elif isinstance(change, ReservationClosed):
-                key = (change.account_id, change.reservation_id)
-                row = opened.get(key)
-                if row is None:
-                    closed.append(change)
-                else:
-                    opened[key] = row.closed_by(change)
-    return list(opened.values()), closed
-
-
 class Projection:
     """SQL for the read models and the checkpoint in one database dialect."""
 
@@ -283,7 +115,7 @@ class Projection:
     ) -> None:
         """`record` for several accounts (each once): one statement on PostgreSQL, a few on SQLite."""
         balances = [balance_row(state, max(positions)) for state, _, positions in changes]
-        opened, closed = _reservation_changes(changes)
+        opened, closed = reservation_changes(changes)
         slots: dict[int, int] = {}
         for row in balances:
             slot = checkpoint_slot(row.account_id)
@@ -319,7 +151,7 @@ class Projection:
     ) -> None:
         # Every table in one statement (one round trip), each fed one JSON parameter. The parts
         # run on one snapshot and cannot see each other's rows, which is why a reservation opened
-        # and closed within these changes arrives already closed (`_reservation_changes`).
+        # and closed within these changes arrives already closed (`readmodels.reservation_changes`).
         parts = [
             f"balances AS (INSERT INTO credit_balances_read_model ({_BALANCE_COLUMNS})"
             f" {select_json_rows(_kinds(_BALANCE_TYPES))}{self._balance_conflict})"

@@ -29,7 +29,7 @@ from servers.credits.events import StoredEvent
 from servers.credits.eventstore import TransactionQuery
 from servers.credits.fences import FenceState, WriteFences
 from servers.credits.placement import UNREACHABLE, AccountPlacement, Shard, unreachable_as_unavailable
-from servers.credits.projection import BalanceRow, ReservationRow, ReservationState
+from servers.credits.readmodels import BalanceRow, ReservationRow, ReservationState
 from servers.credits.reports import UsageReport
 from servers.credits.signing import HeadSigner, SignedHead, SignedHeads
 from servers.mesh import errors

@@ -30,15 +30,8 @@ from servers.credits.events import (
     decode_event,
 )
 from servers.credits.eventstore import EventStore, Instants
-from servers.credits.projection import (
-    BalanceRow,
-    Projection,
-    ReservationClosed,
-    ReservationRow,
-    balance_row,
-    checkpoint_slot,
-    reservation_change,
-)
+from servers.credits.projection import Projection, checkpoint_slot
+from servers.credits.readmodels import BalanceRow, ReservationClosed, ReservationRow, balance_row, reservation_change
 from servers.mesh.config import ConfigError, load_config
 from servers.mesh.storage import Database, open_database
 

@@ -13,14 +13,8 @@ from servers.credits.commands import AccountCommand, CancelReservation, CommitRe
 from servers.credits.domain import decide
 from servers.credits.events import Event, SealedPaymentReference
 from servers.credits.eventstore import EventStore
-from servers.credits.projection import (
-    CHECKPOINT_SLOTS,
-    BalanceRow,
-    Projection,
-    ReservationRow,
-    ReservationState,
-    checkpoint_slot,
-)
+from servers.credits.projection import CHECKPOINT_SLOTS, Projection, checkpoint_slot
+from servers.credits.readmodels import BalanceRow, ReservationRow, ReservationState
 from servers.credits.rebuild import MIGRATIONS, rebuild
 from servers.mesh.storage import Database, open_database
 
