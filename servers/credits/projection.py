@@ -221,6 +221,15 @@ class Projection:
         )
         return [row[0] for row in rows]
 
+    async def expired_holds(self, tx: Transaction, account_id: str, now: datetime) -> tuple[int, int]:
+        """(count, amount) of the account's reservations still open in the table but past their expiry at `now`."""
+        row = await tx.fetchone(
+            "SELECT COUNT(*), COALESCE(SUM(amount), 0) FROM credit_reservations_read_model"
+            " WHERE account_id = ? AND state = 'open' AND expires_at <= ?",
+            (account_id, self.instants.column(now)),
+        )
+        return (0, 0) if row is None else (int(row[0]), int(row[1]))
+
     async def reservations(
         self,
         tx: Transaction,

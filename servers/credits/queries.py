@@ -33,6 +33,7 @@ from servers.credits.readmodels import BalanceRow, ReservationRow, ReservationSt
 from servers.credits.reports import UsageReport
 from servers.credits.signing import HeadSigner, SignedHead, SignedHeads
 from servers.mesh import errors
+from servers.mesh.storage import Transaction
 
 T = TypeVar("T")
 
@@ -66,11 +67,22 @@ class LedgerQueries:
     # -- one account -----------------------------------------------------------------------------
 
     async def balance(self, account_id: str) -> BalanceRow | None:
-        """An account's current balance row (None if it has no events), from its primary."""
+        """An account's current balance row (None if it has no events), from its primary.
+
+        A reservation past its expiry counts as released at once, as the next command on the
+        account would record, rather than once the sweeper has got to it.
+        """
+        now = self.clock()
+
+        async def current(shard: Shard, tx: Transaction) -> BalanceRow | None:
+            row = await shard.projection.balance(tx, account_id)
+            if row is None or row.next_expiry is None or row.next_expiry > now:
+                return row
+            return row.releasing(*await shard.projection.expired_holds(tx, account_id, now))
 
         async def read(shard: Shard) -> BalanceRow | None:
             async with shard.database.transaction() as tx:
-                row = await shard.projection.balance(tx, account_id)
+                row = await current(shard, tx)
                 if row is not None or not self.placement.sharded:
                     return row
                 fence = await self._fences.get(tx, account_id)
@@ -79,7 +91,7 @@ class LedgerQueries:
             # This server's topology is behind a cut-over the shard already knows of.
             moved_to = self.placement.primary_of(fence.peer_shard)
             async with moved_to.database.transaction() as tx:
-                return await moved_to.projection.balance(tx, account_id)
+                return await current(moved_to, tx)
 
         return await self._on_account(account_id, read)
 

@@ -50,6 +50,17 @@ class BalanceRow:
     position: int
     """Position of the account's latest event."""
 
+    def releasing(self, count: int, amount: int) -> BalanceRow:
+        """The row as it will be once `count` expired reservations holding `amount` are released."""
+        if not count:
+            return self
+        return replace(
+            self,
+            available=self.available + amount,
+            held=self.held - amount,
+            open_reservations=self.open_reservations - count,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class ReservationRow:

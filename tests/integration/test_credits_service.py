@@ -236,6 +236,27 @@ async def test_expired_reservation_is_released_by_the_sweeper_and_cannot_be_comm
     assert [r.reservation_id for r in listed.reservations] == [rid]
 
 
+async def test_a_reservation_past_its_expiry_is_no_longer_held_before_the_sweeper_runs(
+    start_service: StartService, tmp_path: Path, store_config: dict[str, str]
+) -> None:
+    running = await start_service(build, credits_config(tmp_path, store_config, sweep_interval_seconds=3600))
+    client = CreditsClient(running.channel)
+    await purchase(client, "acme", 100)
+    await client.reserve(pb.ReserveRequest(account_id="acme", amount=30))
+    await client.reserve(pb.ReserveRequest(account_id="acme", amount=50, ttl=duration_pb2.Duration(nanos=200_000_000)))
+    held = (await client.get_balance(pb.GetBalanceRequest(account_id="acme"))).balance
+    assert (held.available, held.held, held.total) == (20, 80, 100)
+    await asyncio.sleep(0.3)
+    released = (await client.get_balance(pb.GetBalanceRequest(account_id="acme"))).balance
+    assert (released.available, released.held, released.total) == (70, 30, 100), "the expired 50 are free"
+    expired = await client.list_transactions(
+        pb.ListTransactionsRequest(account_id="acme", types=[pb.TRANSACTION_TYPE_RESERVATION_EXPIRED])
+    )
+    assert not expired.transactions, "the sweeper has not recorded the release yet"
+    spent = await client.consume(pb.ConsumeRequest(account_id="acme", amount=70))
+    assert (spent.balance.available, spent.balance.held) == (0, 30), "a consume may use what the expiry freed"
+
+
 # -- transfers, history, balances in the past ------------------------------------------------------------
 
 
