@@ -20,7 +20,7 @@ import signal
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from clients.sharding import ShardingClient
 from shieldx.credits.v1 import credits_pb2 as cpb
 from shieldx.sharding.v1 import sharding_pb2 as spb
 from tests.support.pgcluster import PgShard, PgWorkspace, PostgresUnavailable
+from tests.support.polling import wait_until
 from tests.support.processes import ServerProcess
 from tests.support.shardedmesh import (
     TWO_PHASE,
@@ -206,14 +207,6 @@ def decisions_logged(data_dir: Path) -> int:
         return int(db.execute("SELECT count(*) FROM transfer_decisions WHERE decision = 'commit'").fetchone()[0])
 
 
-async def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await asyncio.to_thread(condition):
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        await asyncio.sleep(0.1)
-
-
 @pytest.mark.parametrize("crash_point", ["after_prepare", "after_decision"])
 async def test_a_coordinator_killed_between_prepare_and_commit_creates_and_destroys_nothing(
     mesh: Mesh, crash_point: str
@@ -233,9 +226,13 @@ async def test_a_coordinator_killed_between_prepare_and_commit_creates_and_destr
                 for i, (a, b) in enumerate(pairs)
             ]
             calls = [asyncio.create_task(credits.transfer(request, timeout=60)) for request in requests]
-            await wait_for(lambda: prepared_transactions(clusters) == 2 * len(pairs), 20, "both halves prepared")
+            await asyncio.to_thread(
+                wait_until, lambda: prepared_transactions(clusters) == 2 * len(pairs), 20, "both halves prepared"
+            )
             if crash_point == "after_decision":
-                await wait_for(lambda: decisions_logged(coordinator.data_dir) == len(pairs), 20, "commits logged")
+                await asyncio.to_thread(
+                    wait_until, lambda: decisions_logged(coordinator.data_dir) == len(pairs), 20, "commits logged"
+                )
             coordinator.signal(signal.SIGKILL)
             assert await asyncio.to_thread(coordinator.wait) == -signal.SIGKILL
             for call in calls:

@@ -17,7 +17,7 @@ import contextlib
 import functools
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from servers.sharding.follower import TopologyFollower
 from servers.sharding.topology import Topology
 from shieldx.sharding.v1 import sharding_pb2 as pb
 from tests.support.pgcluster import PgShard, PgWorkspace, PostgresUnavailable
+from tests.support.polling import wait_until
 from tests.support.processes import ServerProcess
 
 WRITERS = 4
@@ -265,11 +266,11 @@ async def test_after_a_failover_the_other_replica_follows_the_new_primary_and_th
 
     # The replica that was not promoted streams from the new primary (on its new timeline) and replays its writes.
     await asyncio.to_thread(
-        wait_for, lambda: new_primary.replication().get(other.name, ("", ""))[0] == "streaming", 20, "re-pointed"
+        wait_until, lambda: new_primary.replication().get(other.name, ("", ""))[0] == "streaming", 20, "re-pointed"
     )
     await asyncio.to_thread(new_primary.query, "INSERT INTO marks VALUES (1)")
     await asyncio.to_thread(
-        wait_for, lambda: other.value("SELECT count(*) FROM marks") == 1, 10, "the replica replays the new primary"
+        wait_until, lambda: other.value("SELECT count(*) FROM marks") == 1, 10, "the replica replays the new primary"
     )
     assert metric(sharding_server, "shieldx_sharding_replicas_repointed_total", 'shard="shard-c",result="ok"') == 1
 
@@ -277,19 +278,11 @@ async def test_after_a_failover_the_other_replica_follows_the_new_primary_and_th
     await asyncio.to_thread(old_primary.wait_stopped)
     await asyncio.to_thread(old_primary.start)
     await asyncio.to_thread(
-        wait_for, lambda: old_primary.value("SHOW default_transaction_read_only") == "on", 15, "fenced"
+        wait_until, lambda: old_primary.value("SHOW default_transaction_read_only") == "on", 15, "fenced"
     )
     with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
         await asyncio.to_thread(old_primary.query, "INSERT INTO marks VALUES (2)")
     fenced = functools.partial(metric, sharding_server, "shieldx_sharding_deposed_primaries_fenced_total")
-    await asyncio.to_thread(wait_for, lambda: fenced('shard="shard-c"') == 1, 10, "counted")  # after its sessions end
+    await asyncio.to_thread(wait_until, lambda: fenced('shard="shard-c"') == 1, 10, "counted")  # after its sessions end
     assert not await asyncio.to_thread(other.value, "SELECT count(*) FROM marks WHERE id = 2")
     assert await asyncio.to_thread(stray.value, "SHOW default_transaction_read_only") == "off"
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not {what} within {timeout}s")
-        time.sleep(0.1)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import signal
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -21,6 +21,7 @@ import pytest
 from shieldx.sharding.v1 import sharding_pb2 as pb
 from shieldx.sharding.v1 import sharding_pb2_grpc
 from tests.conftest import POSTGRES_URL
+from tests.support.polling import wait_until
 from tests.support.processes import ServerProcess
 
 CHECK_INTERVAL = 0.25
@@ -36,14 +37,6 @@ def scrape(server: ServerProcess, name: str) -> float:
         for line in page.splitlines()
         if line.startswith(name) and line[len(name) : len(name) + 1] in (" ", "{")
     )
-
-
-def eventually(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not {what} within {timeout}s")
-        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -80,10 +73,10 @@ def test_one_server_of_a_registry_monitors_and_another_takes_over_when_it_dies(
     def leaders() -> list[float]:
         return [scrape(s, "shieldx_sharding_monitor_leader") for s in servers]
 
-    eventually(lambda: sorted(leaders()) == [0, 1], 10, "one leader")
+    wait_until(lambda: sorted(leaders()) == [0, 1], 10, "one leader")
     leader, standby = servers if leaders()[0] == 1 else servers[::-1]
     checks = "shieldx_sharding_health_check_seconds_count"
-    eventually(lambda: scrape(leader, checks) > 0, 10, "checking on the leader")
+    wait_until(lambda: scrape(leader, checks) > 0, 10, "checking on the leader")
     before = scrape(leader, checks), scrape(standby, checks)
     time.sleep(6 * CHECK_INTERVAL)
     assert scrape(leader, checks) > before[0], "the leader keeps checking"
@@ -92,7 +85,7 @@ def test_one_server_of_a_registry_monitors_and_another_takes_over_when_it_dies(
     leader.signal(signal.SIGKILL)
     leader.wait()
     killed_at = time.monotonic()
-    eventually(lambda: scrape(standby, "shieldx_sharding_monitor_leader") == 1, 20, "taken over")
+    wait_until(lambda: scrape(standby, "shieldx_sharding_monitor_leader") == 1, 20, "taken over")
     taken_over_after = time.monotonic() - killed_at
-    eventually(lambda: scrape(standby, checks) > 0, 10, "checking on the new leader")
+    wait_until(lambda: scrape(standby, checks) > 0, 10, "checking on the new leader")
     print(f"\nmonitor taken over {taken_over_after:.2f} s after SIGKILL of the leader")

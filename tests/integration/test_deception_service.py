@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import http.client
-import inspect
 import re
 import socket
 import time
@@ -33,6 +32,7 @@ from shieldx.compliance.v1 import compliance_pb2, compliance_pb2_grpc
 from shieldx.deception.v1 import deception_pb2 as pb
 from tests.conftest import Running, StartServer, StartService, stop_service, test_config
 from tests.support.fuzz import fuzz_service
+from tests.support.polling import eventually
 
 HOST = "127.0.0.1"
 TOKENS = "shieldx.tokens.v1.TokenService"
@@ -83,20 +83,6 @@ async def running(
 @pytest.fixture
 def client(running: Running) -> DeceptionClient:
     return DeceptionClient(running.channel)
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    """Poll a check (plain or async) until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s (last: {result!r})")
-        await asyncio.sleep(0.05)
 
 
 async def interactions(client: DeceptionClient, **filters: Any) -> list[pb.Interaction]:

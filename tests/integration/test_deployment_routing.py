@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from servers.mesh.server import Mount, Runtime
 from shieldx.deployment.v1 import routing_pb2
 from tests.conftest import Running, StartServer, StartService, stop_service, test_config
 from tests.support.echo import EchoServicer, echo_pb2, echo_pb2_grpc
+from tests.support.polling import eventually
 
 STICKY = "x-user-id"
 
@@ -103,17 +104,11 @@ async def routed(mesh: Mesh) -> AsyncIterator[RoutedChannel]:
     await channel.close()
 
 
-async def eventually(holds: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait until `holds()` (routes arrive on the watch stream a moment after the change)."""
-    for _ in range(int(timeout / 0.01)):
-        if holds():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the routed channel did not follow the change")
-
-
 async def wait_revision(channel: RoutedChannel, revision: int) -> None:
-    await eventually(lambda: channel.route is not None and channel.route.revision >= revision)
+    # Routes arrive on the watch stream a moment after the change.
+    await eventually(
+        lambda: channel.route is not None and channel.route.revision >= revision, 5, "route followed", 0.01
+    )
 
 
 async def versions_of(client: EchoClient, calls: int, metadata: tuple[tuple[str, str], ...] = ()) -> Counter[str]:
@@ -188,6 +183,6 @@ async def test_the_route_goes_away_with_the_last_instance(mesh: Mesh, routed: Ro
         await mesh.client.deregister_instance(
             routing_pb2.DeregisterInstanceRequest(service="echo", address=running.address)
         )
-    await eventually(lambda: routed.route is None)
+    await eventually(lambda: routed.route is None, 5, "route withdrawn", 0.01)
     assert await versions_of(EchoClient(routed), 3) == Counter({"v1": 3})  # the plain target
     assert isinstance(routed, grpc.aio.Channel)

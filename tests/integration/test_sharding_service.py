@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -34,6 +33,7 @@ from shieldx.sharding.v1 import sharding_pb2 as pb
 from tests.conftest import POSTGRES_URL, Running, StartService, stop_service, test_config
 from tests.support.fuzz import fuzz_service
 from tests.support.pgcluster import PgShard, PgWorkspace, PostgresUnavailable
+from tests.support.polling import eventually, wait_until
 from tests.support.tokens import TestAuthority
 
 DEAD_PORT_DSN = "postgresql://credits:s3cret@127.0.0.1:1/credits"
@@ -318,27 +318,6 @@ async def test_servers_sharing_a_registry_stream_each_others_changes_and_drain_c
 # --------------------------------------------------------------------------- health, against real servers
 
 
-def wait_until(condition: Callable[[], object], timeout: float = 20.0) -> None:
-    """Poll a blocking condition until it holds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        time.sleep(0.05)
-
-
-async def wait_for(condition: Any, timeout: float = 30.0, interval: float = 0.05) -> Any:
-    """Poll an async condition until it returns something truthy."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = await condition()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(interval)
-
-
 async def test_health_checks_measure_real_servers_and_mark_failures(
     store_config: dict[str, str], start_service: StartService, tmp_path: Path
 ) -> None:
@@ -358,7 +337,7 @@ async def test_health_checks_measure_real_servers_and_mark_failures(
         states = [n.state for n in health.nodes]
         return health if states == [pb.HEALTH_STATE_HEALTHY, pb.HEALTH_STATE_DOWN, pb.HEALTH_STATE_DOWN] else None
 
-    health = await wait_for(settled)
+    health = await eventually(settled)
     primary, wrong_role, dead = health.nodes
     assert primary.node_id == "shard-a-p" and primary.role == pb.NODE_ROLE_PRIMARY
     assert primary.HasField("lsn") and primary.lsn > 0 and "/" in primary.lsn_text
@@ -375,7 +354,7 @@ async def test_health_checks_measure_real_servers_and_mark_failures(
         healths = [n.health for n in shard.nodes]
         return shard if healths == [pb.HEALTH_STATE_HEALTHY, pb.HEALTH_STATE_DOWN, pb.HEALTH_STATE_DOWN] else None
 
-    await wait_for(published)
+    await eventually(published)
     gauge = running.runtime.registry.get_sample_value
     assert gauge("shieldx_sharding_node_healthy", {"shard": "shard-a", "node": "shard-a-p", "role": "primary"}) == 1
     assert gauge("shieldx_sharding_node_up", {"shard": "shard-a", "node": "shard-a-r2", "role": "replica"}) == 0
@@ -418,7 +397,7 @@ async def test_manual_failover_of_a_live_primary_fences_it_and_loses_nothing(
         health = await client.get_shard_health(pb.GetShardHealthRequest(shard_id="shard-a"))
         return all(n.state == pb.HEALTH_STATE_HEALTHY for n in health.nodes)
 
-    await wait_for(replica_healthy)
+    await eventually(replica_healthy)
     health = await client.get_shard_health(pb.GetShardHealthRequest(shard_id="shard-a"))
     assert health.nodes[1].HasField("lag_bytes")
     async with expect(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", "reason"):
@@ -469,7 +448,7 @@ async def test_failovers_page_newest_first_per_shard(
         health = await client.get_shard_health(pb.GetShardHealthRequest(shard_id="shard-b"))
         return all(n.state == pb.HEALTH_STATE_HEALTHY for n in health.nodes)
 
-    await wait_for(all_healthy)
+    await eventually(all_healthy)
     first = (await client.failover(pb.FailoverRequest(shard_id="shard-b", target_node_id="sb-r2"))).failover
     assert first.new_primary_node_id == "sb-r2"
     new_primary, other = cluster.replicas[1], cluster.replicas[0]
@@ -649,7 +628,7 @@ async def third_shard_joining(client: ShardingClient, mover: InMemoryMover) -> l
     await client.register_shard(register("shard-a"))
     await client.register_shard(register("shard-b"))
     await client.start_rebalance(pb.StartRebalanceRequest())  # empty: makes shard-b active
-    await wait_for(lambda: rebalance_done(client))
+    await eventually(lambda: rebalance_done(client))
     keys = [f"acct-{i}" for i in range(600)]
     before = list((await client.locate_keys(pb.LocateKeysRequest(keys=keys))).locations)
     for location in before:
@@ -705,7 +684,7 @@ async def test_a_rebalance_moves_every_account_with_its_events_and_completes_the
     assert started.rebalance.phase == pb.REBALANCE_PHASE_RUNNING
     async with expect(grpc.StatusCode.FAILED_PRECONDITION, "REBALANCE_IN_PROGRESS"):
         await client.register_shard(register("shard-d"))
-    status = (await wait_for(lambda: rebalance_done(client))).rebalance
+    status = (await eventually(lambda: rebalance_done(client))).rebalance
     assert status.done_accounts == status.total_accounts == planned + 1
     assert status.fraction_done == 1.0 and status.HasField("finish_time")
 
@@ -758,7 +737,7 @@ async def test_of_two_servers_sharing_a_registry_one_drives_a_rebalance(
     await third_shard_joining(client, shards)
     assert sum(m.copies for m in movers) == 0
     started = await client.start_rebalance(pb.StartRebalanceRequest(request_id="rb-shared"))
-    await wait_for(lambda: rebalance_done(ShardingClient(first.channel)))
+    await eventually(lambda: rebalance_done(ShardingClient(first.channel)))
     copies = sorted(m.copies for m in movers)
     assert copies[0] == 0 and copies[1] >= started.rebalance.total_accounts > 0, copies
 
@@ -783,7 +762,7 @@ async def test_failed_moves_wait_for_an_operator_and_resume(
         status = await client.get_rebalance_status(pb.GetRebalanceStatusRequest())
         return status if status.rebalance.failed_accounts else None
 
-    status = (await wait_for(stuck)).rebalance
+    status = (await eventually(stuck)).rebalance
     assert status.phase == pb.REBALANCE_PHASE_RUNNING and status.failed_accounts == 1
     assert status.done_accounts == plan.moving_accounts - 1
     assert status.failures[0].move.account_id == broken and status.failures[0].attempts == 2
@@ -802,7 +781,7 @@ async def test_failed_moves_wait_for_an_operator_and_resume(
     mover.fail_copy.clear()
     resumed = await client.start_rebalance(pb.StartRebalanceRequest())
     assert resumed.rebalance.rebalance_id == status.rebalance_id
-    done = await wait_for(lambda: rebalance_done(client))
+    done = await eventually(lambda: rebalance_done(client))
     assert done.rebalance.failed_accounts == 0
     assert mover.where(broken) == [
         (await client.locate_keys(pb.LocateKeysRequest(keys=[broken]))).locations[0].shard_id
@@ -852,7 +831,7 @@ async def test_a_cut_over_interrupted_by_a_restart_is_unfenced_and_retried(
     mover.stall = False
     running = await start_service(with_mover(mover), config)
     client = ShardingClient(running.channel)
-    status = (await wait_for(lambda: rebalance_done(client))).rebalance
+    status = (await eventually(lambda: rebalance_done(client))).rebalance
     assert status.failed_accounts == 0 and status.done_accounts == status.total_accounts
     assert {loc.key for loc in fenced} <= set(mover.unfenced), "the interrupted fences were lifted first"
     for location in (await client.locate_keys(pb.LocateKeysRequest(keys=keys))).locations:

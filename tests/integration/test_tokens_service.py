@@ -32,6 +32,7 @@ from servers.tokens.service import build
 from shieldx.tokens.v1 import tokens_pb2 as pb
 from tests.conftest import Running, StartService, stop_service, test_config
 from tests.support.fuzz import fuzz_service
+from tests.support.polling import eventually
 
 FAST_ARGON2 = {"argon2_opslimit": 1, "argon2_memlimit": 64 * 1024}
 Metadata = tuple[tuple[str, str], ...]
@@ -115,13 +116,6 @@ def verifier_from(keys: pb.ListPublicKeysResponse, clock: Callable[[], float]) -
         for k in keys.keys
     ]
     return TokenVerifier(audience="shieldx", keys=trusted, issuer="shieldx-tokens", leeway=timedelta(0), clock=clock)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
 
 
 # --- clients -----------------------------------------------------------------------------------
