@@ -237,20 +237,22 @@ class Failovers:
             *(self.nodes.follow(n, shard.primary, timeout) for n in replicas), return_exceptions=True
         )
         for replica, result in zip(replicas, results, strict=True):
-            if isinstance(result, BaseException) and not isinstance(result, NodeError):
-                raise result
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result  # cancelled
             fields = {"shard_id": shard.shard_id, "node_id": replica.node_id}
-            if isinstance(result, NodeError):
+            if result is None:
+                log.info("replica %s now follows %s", replica.node_id, shard.primary.node_id, extra=fields)
+            else:
+                # The failover itself is done; a replica left behind shows as lagging until fixed.
                 log.error(
                     "replica %s could not be pointed at %s: %s",
                     replica.node_id,
                     shard.primary.node_id,
                     result,
+                    exc_info=None if isinstance(result, NodeError) else result,
                     extra=fields,
                 )
-            else:
-                log.info("replica %s now follows %s", replica.node_id, shard.primary.node_id, extra=fields)
-            self.metrics.repointed.labels(shard.shard_id, "error" if result is not None else "ok").inc()
+            self.metrics.repointed.labels(shard.shard_id, "ok" if result is None else "error").inc()
 
     async def _promote(self, shard: Shard, *, target_node_id: str, fence_live_primary: bool) -> Promotion | None:
         """Promote the target (fencing a live primary first if asked); None if the primary is live and not to be
