@@ -9,8 +9,11 @@ skip an alert for good. Each alert therefore also gets an `alert_seq` from the o
 alert numbers become visible strictly in order. Alerts are rare (once per threshold crossing),
 so only the few transactions recording one queue on that row.
 
-Writers in this process wake the watchers at once (`notify`); writes by other processes are
-picked up by polling.
+Writers in this process wake the watchers at once (`notify`). On PostgreSQL, `notify` also
+sends a `NOTIFY` on the store once the alert has committed, and a feed with watchers keeps one
+connection `LISTEN`ing (`CrossProcessWakeups`), so watchers of other processes sharing the store
+wake at once as well. Polling every `poll_seconds` stays as the safety net (a lost connection,
+SQLite, a notification sent while no one listened).
 """
 
 from __future__ import annotations
@@ -19,13 +22,21 @@ import asyncio
 import base64
 import binascii
 import contextlib
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
 
 from servers.credits.events import LowBalanceAlerted, decode_event
 from servers.credits.eventstore import Instants
 from servers.mesh.errors import InvalidArgument
+from servers.mesh.postgres import PostgresDatabase
 from servers.mesh.storage import Database
+
+log = logging.getLogger(__name__)
 
 _TOKEN_PREFIX = "a1:"
 _BATCH = 200
@@ -64,18 +75,96 @@ class AlertRecord:
     alert: LowBalanceAlerted
 
 
-class AlertFeed:
-    """Reads alerts in feed order from one database and wakes watchers on new ones."""
+class CrossProcessWakeups:
+    """`NOTIFY` after an alert commits; `LISTEN` on one connection while anyone here watches.
 
-    def __init__(self, database: Database, *, poll_seconds: float = 1.0) -> None:
+    The channel is named after the store's schema, so stores sharing a PostgreSQL database do
+    not wake each other. A notification carries nothing: it only says "read the feed again".
+    """
+
+    def __init__(self, database: PostgresDatabase, wake: Callable[[], None], *, retry_seconds: float = 1.0) -> None:
+        self.database = database
+        self.wake = wake
+        self.retry_seconds = retry_seconds
+        self.channel = f"shieldx_alerts_{database.schema}"
+        self._watchers = 0
+        self._listener: asyncio.Task[None] | None = None
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def publish(self) -> None:
+        """Send the notification in the background (a lost one only costs a poll interval)."""
+        task = asyncio.get_running_loop().create_task(self._send())
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    @contextlib.asynccontextmanager
+    async def watching(self) -> AsyncIterator[None]:
+        """Listen while the block runs (one connection for all the watchers of this process)."""
+        self._watchers += 1
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
+        try:
+            yield
+        finally:
+            self._watchers -= 1
+            if self._watchers == 0 and self._listener is not None:
+                self._listener.cancel()
+                self._listener = None
+
+    async def _send(self) -> None:
+        try:
+            async with self.database.transaction() as tx:
+                await tx.execute("SELECT pg_notify(?, '')", (self.channel,))
+        except Exception as error:  # the watchers' poll still finds the alert
+            log.warning("could not announce an alert to other processes: %s", error)
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                connection: psycopg.AsyncConnection[Any] = await psycopg.AsyncConnection.connect(
+                    self.database.url, autocommit=True, application_name=f"shieldx:{self.database.schema}:alerts"
+                )
+                async with connection:
+                    await connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+                    self.wake()  # anything committed before LISTEN took effect
+                    async for _ in connection.notifies():
+                        self.wake()
+            except (psycopg.Error, OSError) as error:
+                log.warning("alert listener connection lost (%s); polling until it is back", error)
+                await asyncio.sleep(self.retry_seconds)
+
+
+class AlertFeed:
+    """Reads alerts in feed order from one database and wakes watchers on new ones.
+
+    `wake` (default: this feed's own watchers) is what a notification from another process
+    wakes; a merged stream over several feeds passes its own.
+    """
+
+    def __init__(
+        self, database: Database, *, poll_seconds: float = 1.0, wake: Callable[[], None] | None = None
+    ) -> None:
         self.database = database
         self.poll_seconds = poll_seconds
         self._changed = asyncio.Event()
+        self.wakeups = (
+            CrossProcessWakeups(database, wake or self.wake) if isinstance(database, PostgresDatabase) else None
+        )
 
     def notify(self) -> None:
-        """Wake every watcher: an alert was just committed in this process."""
+        """An alert was just committed in this process: wake the watchers here and in other processes."""
+        self.wake()
+        if self.wakeups is not None:
+            self.wakeups.publish()
+
+    def wake(self) -> None:
+        """Wake every watcher of this process."""
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
+
+    def watching(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """While the block runs, notifications from other processes wake the watchers."""
+        return self.wakeups.watching() if self.wakeups is not None else contextlib.nullcontext()
 
     async def head(self) -> AlertCursor:
         """The place after every alert committed now (where a watch without a token starts)."""
@@ -101,16 +190,17 @@ class AlertFeed:
 
     async def watch(self, account_id: str = "", cursor: AlertCursor | None = None) -> AsyncIterator[AlertRecord]:
         """Alerts after `cursor` (None: from now on), as they are recorded, until the caller stops."""
-        if cursor is None:
-            cursor = await self.head()
-        while True:
-            # Taken before reading, so an alert committed while the query runs still wakes us.
-            changed = self._changed
-            batch = await self.after(cursor, account_id)
-            for record in batch:
-                yield record
-                cursor = record.cursor
-            if len(batch) == _BATCH:
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), self.poll_seconds)
+        async with self.watching():
+            if cursor is None:
+                cursor = await self.head()
+            while True:
+                # Taken before reading, so an alert committed while the query runs still wakes us.
+                changed = self._changed
+                batch = await self.after(cursor, account_id)
+                for record in batch:
+                    yield record
+                    cursor = record.cursor
+                if len(batch) == _BATCH:
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), self.poll_seconds)

@@ -95,33 +95,48 @@ class ShardAlerts:
         self._feeds: dict[Shard, AlertFeed] = {}
 
     def notify(self) -> None:
-        """Wake every watcher."""
+        """An alert was just committed in this process: wake the watchers here and in other processes
+        (on every shard's channel; which shard it was is not said, and alerts are rare)."""
+        self.wake()
+        for shard in self.placement.shards:
+            wakeups = self._feed(shard).wakeups
+            if wakeups is not None:
+                wakeups.publish()
+
+    def wake(self) -> None:
+        """Wake every watcher of this process."""
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
     async def watch(self, account_id: str, resume_token: str) -> AsyncIterator[tuple[LowBalanceAlerted, str]]:
         """Alerts of every shard after `resume_token` (empty: from now on), as they are recorded."""
-        if resume_token:
-            places = dict(ShardPlaces.parse(resume_token).places)
-        else:
-            places = {}
-            for shard in self.placement.shards:
-                with unreachable_as_unavailable(self.placement, shard):
-                    places[shard.name] = (await self._feed(shard).head()).alert_seq
-        while True:
-            changed = self._changed
-            full = False
-            for shard in self.placement.shards:
-                with unreachable_as_unavailable(self.placement, shard):
-                    batch = await self._feed(shard).after(AlertCursor(places.get(shard.name, 0)), account_id, _BATCH)
-                for record in batch:
-                    places[shard.name] = record.cursor.alert_seq
-                    yield record.alert, ShardPlaces(dict(places)).token()
-                full = full or len(batch) == _BATCH
-            if full:
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), self.poll_seconds)
+        async with contextlib.AsyncExitStack() as listening:
+            heard: set[Shard] = set()
+            if resume_token:
+                places = dict(ShardPlaces.parse(resume_token).places)
+            else:
+                places = {}
+                for shard in self.placement.shards:
+                    with unreachable_as_unavailable(self.placement, shard):
+                        places[shard.name] = (await self._feed(shard).head()).alert_seq
+            while True:
+                changed = self._changed
+                full = False
+                for shard in self.placement.shards:
+                    feed = self._feed(shard)
+                    if shard not in heard:  # other processes' alerts on it wake us from now on
+                        heard.add(shard)
+                        await listening.enter_async_context(feed.watching())
+                    with unreachable_as_unavailable(self.placement, shard):
+                        batch = await feed.after(AlertCursor(places.get(shard.name, 0)), account_id, _BATCH)
+                    for record in batch:
+                        places[shard.name] = record.cursor.alert_seq
+                        yield record.alert, ShardPlaces(dict(places)).token()
+                    full = full or len(batch) == _BATCH
+                if full:
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), self.poll_seconds)
 
     def _feed(self, shard: Shard) -> AlertFeed:
         feed = self._feeds.get(shard)
@@ -129,5 +144,5 @@ class ShardAlerts:
             current = set(self.placement.shards)
             for retired in [s for s in self._feeds if s not in current]:
                 del self._feeds[retired]
-            feed = self._feeds[shard] = AlertFeed(shard.database, poll_seconds=self.poll_seconds)
+            feed = self._feeds[shard] = AlertFeed(shard.database, poll_seconds=self.poll_seconds, wake=self.wake)
         return feed
