@@ -21,9 +21,10 @@ from typing import TypeVar
 from servers.deception.alert_forwarding import notification_for
 from servers.deception.alert_store import Notification
 from servers.deception.alerts import Alert, AlertBook, AlertUpdate, DeduplicationPolicy
-from servers.deception.bandit import BanditConfig, DecoySelector, DecoyStats, Selection, SelectionPolicy
+from servers.deception.bandit import DecoySelector, DecoyStats, Selection
 from servers.deception.domain import AlertKind, Interaction, ReconReport, Severity
 from servers.deception.honeytokens import HoneytokenHit, HoneytokenRecord, HoneytokenRegistry
+from servers.deception.policies import BanditConfig, SelectionPolicy
 from servers.deception.selection_store import SelectionContext
 from servers.deception.sessions import Session, SessionBook, SessionEvent, SessionPolicy
 from servers.deception.store import DeceptionStore

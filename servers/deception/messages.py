@@ -12,7 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from servers.deception.alerts import Alert
 from servers.deception.attribution import ActorGroup
-from servers.deception.bandit import ArmScore, DecoyStats
+from servers.deception.bandit import DecoyStats
 from servers.deception.decoys import DecoyListener
 from servers.deception.domain import Interaction, Protocol
 from servers.deception.fingerprints import (
@@ -24,6 +24,7 @@ from servers.deception.fingerprints import (
     SshFingerprint,
 )
 from servers.deception.honeytokens import Honeytoken
+from servers.deception.policies import ArmScore
 from servers.deception.policy_evaluation import ReplayReport
 from servers.deception.protocols.http import http_error_body, http_index_sample
 from servers.deception.quality import QualityReport

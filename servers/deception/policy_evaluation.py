@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from servers.deception.bandit import BanditConfig, BanditCore, SelectionPolicy
+from servers.deception.policies import BanditConfig, BanditCore, SelectionPolicy
 from servers.mesh.errors import InvalidArgument
 
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from servers.deception.bandit import ArmScore, Selection, SelectionCounts, SelectionPolicy
+from servers.deception.bandit import Selection, SelectionCounts
+from servers.deception.policies import ArmScore, SelectionPolicy
 from servers.deception.policy_evaluation import LoggedRound
 from servers.deception.records import to_json, to_micros
 from servers.mesh.storage import Database, Row, Transaction

@@ -30,7 +30,7 @@ from google.protobuf.message import Message
 from clients.compliance import ComplianceClient
 from servers.deception.alert_forwarding import AlertForwarder
 from servers.deception.attribution import AttributionConfig, attribute, session_features
-from servers.deception.bandit import BanditConfig, ContextBuckets, SelectionPolicy
+from servers.deception.bandit import ContextBuckets
 from servers.deception.batches import SyntheticBatches
 from servers.deception.books import DeceptionBooks
 from servers.deception.decoys import DecoyFleet
@@ -63,6 +63,7 @@ from servers.deception.messages import (
     template_message,
     timestamp,
 )
+from servers.deception.policies import BanditConfig, SelectionPolicy
 from servers.deception.policy_evaluation import replay
 from servers.deception.retention import Retention
 from servers.deception.selection_store import SelectionContext

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from servers.deception.alert_forwarding import ForwardingPolicy
 from servers.deception.alerts import DeduplicationPolicy
-from servers.deception.bandit import BanditConfig, SelectionPolicy
 from servers.deception.decoys import DecoyConfig, DecoyLimits, default_decoy_configs
 from servers.deception.domain import Protocol
+from servers.deception.policies import BanditConfig, SelectionPolicy
 from servers.deception.retention import RetentionPolicy
 from servers.deception.sessions import SessionPolicy
 from servers.mesh.config import ConfigError, MeshConfig, bounded, service_settings

@@ -7,15 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from servers.deception.bandit import (
-    OVERFLOW_BUCKET,
-    BanditConfig,
-    BanditCore,
-    ContextBuckets,
-    DecoySelector,
-    SelectionCounts,
-    SelectionPolicy,
-)
+from servers.deception.bandit import ContextBuckets, DecoySelector, SelectionCounts
+from servers.deception.policies import OVERFLOW_BUCKET, BanditConfig, BanditCore, SelectionPolicy
 from servers.deception.policy_evaluation import (
     AttackerPopulation,
     LoggedRound,
