@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import pytest
 
 from servers.mesh.config import MeshConfig, load_config
 from servers.mesh.server import MeshServer, Mount, Runtime, Service, ServiceBuilder, create_server
+from tests.support.pgcluster import PgWorkspace, workspace_or_skip
 
 POSTGRES_URL = os.environ.get("SHIELDX_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,3 +163,10 @@ async def stop_service(running: Running) -> None:
         await close()
     await running.runtime.close()
     running.service = None
+
+
+@pytest.fixture
+def pg() -> Iterator[PgWorkspace]:
+    """Throwaway PostgreSQL clusters (primaries, streaming replicas) for one test; skipped without the binaries."""
+    with workspace_or_skip() as workspace:
+        yield workspace

@@ -42,7 +42,6 @@ from servers.credits.store import CreditsStore, DecideTransfer
 from servers.credits.twophase import PreparedName, TransferCoordinator, TransferRecord, prepare
 from servers.mesh import errors, storage
 from servers.mesh.idempotency import RecordedAnswer, fingerprint
-from servers.mesh.status import ReplayedRejection
 from servers.mesh.storage import Transaction
 
 R = TypeVar("R", bound=Message)
@@ -89,7 +88,7 @@ class CrossShardTransfers:
                             self.store.unreachable_as_unavailable(target[0]),
                         ):
                             if request_id:
-                                replayed = await self._replay(source[0], request_id, method, digest, response_type)
+                                replayed = await source[0].ledger.replay(request_id, digest, response_type)
                                 if replayed is not None:
                                     self.store.forget(*accounts)
                                     return replayed
@@ -104,7 +103,7 @@ class CrossShardTransfers:
                                 answer = RecordedAnswer.rejected(
                                     request_id, method, digest, rejection, LEDGER_DOMAIN, source[1]
                                 )
-                                await self._record_rejection(source[0], answer)
+                                await source[0].ledger.record_rejection(answer)
                         raise
                     except BaseException:
                         self.store.forget(*accounts)
@@ -202,31 +201,6 @@ class CrossShardTransfers:
 
     def _remember(self, sent: LoadedAccount, received: LoadedAccount, decision: TransferDecision) -> None:
         self.store.remember([sent, received], [*decision.outgoing.events, *decision.incoming.events])
-
-    @staticmethod
-    async def _replay(shard: Shard, request_id: str, method: str, digest: str, response_type: type[R]) -> R | None:
-        """The recorded answer to `request_id` on the source shard (as `RequestLedger` replays it)."""
-        row = await shard.database.fetchone(
-            "SELECT method, fingerprint, outcome, response FROM request_ids WHERE request_id = ?", (request_id,)
-        )
-        if row is None:
-            return None
-        if row["fingerprint"] != digest:
-            raise errors.FailedPrecondition(
-                f"request_id {request_id!r} was already used for a different request",
-                reason="REQUEST_ID_REUSED",
-                metadata={"request_id": request_id, "first_method": row["method"]},
-                violations=(errors.PreconditionViolation("REQUEST_ID", request_id, "used for another request"),),
-            )
-        if row["outcome"] == "rejected":
-            raise ReplayedRejection(bytes(row["response"]))
-        return response_type.FromString(bytes(row["response"]))
-
-    @staticmethod
-    async def _record_rejection(shard: Shard, answer: RecordedAnswer) -> None:
-        with contextlib.suppress(storage.UniqueViolation):
-            async with shard.database.transaction() as tx:
-                await record_answers(tx, [answer])
 
 
 @contextlib.asynccontextmanager

@@ -181,7 +181,7 @@ class RequestLedger:
     async def _attempt(self, work: Work[R], key: _Key[R] | None) -> R:
         for attempt in range(self.attempts):
             if key is not None:
-                stored = await self._replay(key.request_id, key.method, key.fingerprint, key.response_type)
+                stored = await self.replay(key.request_id, key.fingerprint, key.response_type)
                 if stored is not None:
                     return stored
             try:
@@ -197,13 +197,21 @@ class RequestLedger:
                 await asyncio.sleep(random.uniform(0, 0.002 * 2 ** min(attempt, 6)))
             except RECORDED_REJECTIONS as rejection:
                 if key is not None:
-                    await self._record_rejection(key, rejection)
+                    await self.record_rejection(
+                        RecordedAnswer.rejected(
+                            key.request_id, key.method, key.fingerprint, rejection, self.domain, key.subject
+                        )
+                    )
                 raise
         raise errors.Conflict(
             f"gave up after {self.attempts} concurrent modifications; retry", reason="CONCURRENT_MODIFICATION"
         )
 
-    async def _replay(self, request_id: str, method: str, digest: str, response_type: type[R]) -> R | None:
+    async def replay(self, request_id: str, digest: str, response_type: type[R]) -> R | None:
+        """The recorded answer to `request_id` (a rejection is raised again), or None if there is none.
+
+        FAILED_PRECONDITION `REQUEST_ID_REUSED` if it was recorded for a request with another fingerprint.
+        """
         row = await self.database.fetchone(
             "SELECT method, fingerprint, outcome, response FROM request_ids WHERE request_id = ?", (request_id,)
         )
@@ -220,10 +228,9 @@ class RequestLedger:
             raise ReplayedRejection(bytes(row["response"]))
         return response_type.FromString(bytes(row["response"]))
 
-    async def _record_rejection(self, key: _Key[R], rejection: errors.DomainError) -> None:
-        answer = RecordedAnswer.rejected(
-            key.request_id, key.method, key.fingerprint, rejection, self.domain, key.subject
-        )
+    async def record_rejection(self, answer: RecordedAnswer) -> None:
+        """Store a business rejection in its own transaction (the refused work wrote nothing); a retry
+        that recorded its answer first wins."""
         try:
             async with self.database.transaction() as tx:
                 await self.record(tx, [answer])

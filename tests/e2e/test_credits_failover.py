@@ -31,7 +31,7 @@ from clients.sharding import ShardingClient
 from servers.sharding.follower import TopologyFollower
 from shieldx.credits.v1 import credits_pb2 as cpb
 from shieldx.sharding.v1 import sharding_pb2 as spb
-from tests.support.pgcluster import PgShard, PgWorkspace, PostgresUnavailable
+from tests.support.pgcluster import PgShard, PgWorkspace, workspace_or_skip
 from tests.support.shardedmesh import (
     TWO_PHASE,
     accounts_by_shard,
@@ -55,11 +55,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 @pytest.fixture(scope="module")
 def pg() -> Iterator[PgWorkspace]:
-    try:
-        workspace = PgWorkspace()
-    except PostgresUnavailable as missing:
-        pytest.skip(str(missing))
-    with workspace:
+    with workspace_or_skip() as workspace:  # one set of clusters for the module
         yield workspace
 
 

@@ -30,24 +30,15 @@ from clients.sharding import ShardingClient
 from servers.sharding.follower import TopologyFollower
 from servers.sharding.topology import Topology
 from shieldx.sharding.v1 import sharding_pb2 as pb
-from tests.support.pgcluster import PgShard, PgWorkspace, PostgresUnavailable
+from tests.support.pgcluster import PgShard, PgWorkspace
 from tests.support.polling import wait_until
 from tests.support.processes import ServerProcess
+from tests.support.shardedmesh import register
 
 WRITERS = 4
 LOAD_BEFORE_KILL = 1.0
 WRITES_AFTER_FAILOVER = 40
 REPLACED_SYSTEM_RECOVERY = 4 * 60 + 23
-
-
-@pytest.fixture
-def pg() -> Iterator[PgWorkspace]:
-    try:
-        workspace = PgWorkspace()
-    except PostgresUnavailable as missing:
-        pytest.skip(str(missing))
-    with workspace:
-        yield workspace
 
 
 @pytest.fixture
@@ -120,16 +111,6 @@ def metric(server: ServerProcess, name: str, labels: str) -> float:
         if line.startswith(f"{name}{{") and all(part in line for part in labels.split(",")):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
-
-
-async def register(client: ShardingClient, shard_id: str, cluster: PgShard) -> None:
-    await client.register_shard(
-        pb.RegisterShardRequest(
-            shard_id=shard_id,
-            primary=pb.NodeSpec(node_id=cluster.primary.name, dsn=cluster.primary.dsn, region="local"),
-            replicas=[pb.NodeSpec(node_id=r.name, dsn=r.dsn, region="local") for r in cluster.replicas],
-        )
-    )
 
 
 @dataclass

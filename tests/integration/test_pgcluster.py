@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -17,16 +16,6 @@ import pytest
 from tests.support.pgcluster import PgWorkspace, PostgresUnavailable, processes_in
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def pg() -> Iterator[PgWorkspace]:
-    try:
-        workspace = PgWorkspace()
-    except PostgresUnavailable as missing:
-        pytest.skip(str(missing))
-    with workspace:
-        yield workspace
 
 
 def test_a_synchronous_shard_commits_only_with_its_replica(pg: PgWorkspace) -> None:

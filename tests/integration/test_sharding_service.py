@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -32,8 +32,9 @@ from servers.sharding.store import FailoverCursor, ShardingStore, to_us
 from shieldx.sharding.v1 import sharding_pb2 as pb
 from tests.conftest import POSTGRES_URL, Running, StartService, stop_service, test_config
 from tests.support.fuzz import fuzz_service
-from tests.support.pgcluster import PgShard, PgWorkspace, PostgresUnavailable
+from tests.support.pgcluster import PgWorkspace
 from tests.support.polling import eventually, wait_until
+from tests.support.shardedmesh import register as register_cluster
 from tests.support.tokens import TestAuthority
 
 DEAD_PORT_DSN = "postgresql://credits:s3cret@127.0.0.1:1/credits"
@@ -364,26 +365,6 @@ async def test_health_checks_measure_real_servers_and_mark_failures(
         await client.get_shard_health(pb.GetShardHealthRequest(shard_id="shard-z"))
 
 
-@pytest.fixture
-def pg() -> Iterator[PgWorkspace]:
-    try:
-        workspace = PgWorkspace()
-    except PostgresUnavailable as missing:
-        pytest.skip(str(missing))
-    with workspace:
-        yield workspace
-
-
-async def register_pg_shard(client: ShardingClient, shard_id: str, cluster: PgShard) -> None:
-    await client.register_shard(
-        pb.RegisterShardRequest(
-            shard_id=shard_id,
-            primary=spec(cluster.primary.name, cluster.primary.dsn),
-            replicas=[spec(r.name, r.dsn) for r in cluster.replicas],
-        )
-    )
-
-
 async def test_manual_failover_of_a_live_primary_fences_it_and_loses_nothing(
     store_config: dict[str, str], pg: PgWorkspace, start_service: StartService, tmp_path: Path
 ) -> None:
@@ -391,7 +372,7 @@ async def test_manual_failover_of_a_live_primary_fences_it_and_loses_nothing(
     await asyncio.to_thread(cluster.primary.query, "CREATE TABLE ledger (id BIGINT PRIMARY KEY)")
     settings = monitored(failure_threshold=3)
     _, client = await start(start_service, sharding_config(tmp_path, store_config, **settings))
-    await register_pg_shard(client, "shard-a", cluster)
+    await register_cluster(client, "shard-a", cluster)
 
     async def replica_healthy() -> bool:
         health = await client.get_shard_health(pb.GetShardHealthRequest(shard_id="shard-a"))
@@ -442,7 +423,7 @@ async def test_failovers_page_newest_first_per_shard(
     cluster = await asyncio.to_thread(pg.shard, "sb", replicas=2)
     settings = monitored(switchover_timeout_seconds=1.0)
     _, client = await start(start_service, sharding_config(tmp_path, store_config, **settings))
-    await register_pg_shard(client, "shard-b", cluster)
+    await register_cluster(client, "shard-b", cluster)
 
     async def all_healthy() -> bool:
         health = await client.get_shard_health(pb.GetShardHealthRequest(shard_id="shard-b"))

@@ -68,6 +68,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 from psycopg import sql
 
 from clients.launcher import free_port
@@ -419,6 +420,17 @@ class PgWorkspace:
             with contextlib.suppress(Exception):
                 node.stop("immediate")
         _remove(self.root)
+
+
+@contextlib.contextmanager
+def workspace_or_skip() -> Iterator[PgWorkspace]:
+    """A `PgWorkspace` for the block, or the test skipped if the PostgreSQL server binaries are missing."""
+    try:
+        workspace = PgWorkspace()
+    except PostgresUnavailable as missing:
+        pytest.skip(str(missing))
+    with workspace:
+        yield workspace
 
 
 def processes_in(directory: Path) -> list[int]:
