@@ -12,7 +12,7 @@ import pytest
 from servers.mesh import paseto
 from servers.mesh.errors import Unauthenticated
 
-VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors" / "paseto"
+VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "paseto"
 
 
 def _load(name: str) -> list[dict[str, Any]]:
