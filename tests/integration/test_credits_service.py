@@ -543,11 +543,10 @@ async def test_each_mutation_retried_with_its_request_id_returns_the_first_answe
 async def test_a_retry_while_the_first_attempt_runs_is_aborted(client: CreditsClient) -> None:
     await purchase(client, "acme", 100)
     aborted: list[ShieldxError] = []
-    applied = 0
     # A round whose first attempt finishes before any duplicate arrives proves nothing; a few
     # rounds make sure duplicates meet a running first attempt without guessing at timing.
-    for round_number in range(1, 6):
-        request = pb.ConsumeRequest(account_id="acme", amount=1, request_id=f"slow-{round_number}")
+    for applied in range(1, 6):
+        request = pb.ConsumeRequest(account_id="acme", amount=1, request_id=f"slow-{applied}")
         results = await asyncio.gather(*(client.consume(request) for _ in range(20)), return_exceptions=True)
         refusals = [r for r in results if isinstance(r, BaseException)]
         answers = [r for r in results if not isinstance(r, BaseException)]
@@ -557,7 +556,6 @@ async def test_a_retry_while_the_first_attempt_runs_is_aborted(client: CreditsCl
             refusals
         )
         aborted += refusals  # type: ignore[arg-type]
-        applied += 1
         balance = await client.get_balance(pb.GetBalanceRequest(account_id="acme"))
         assert balance.balance.available == 100 - applied  # exactly one of the twenty applied
         if aborted:
