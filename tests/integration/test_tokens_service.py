@@ -259,6 +259,28 @@ async def test_issue_token_grants_only_what_the_client_may_have(running: Running
         assert (error.code.name, error.reason) == (code, reason), fields
 
 
+async def test_every_refused_credential_costs_one_argon2_verification(running: Running) -> None:
+    """Client-id enumeration by timing: a known id must not answer before the work an unknown one costs."""
+    client = TokenClient(running.channel)
+    secret = (await create(client, "payroll")).client_secret
+    await create(client, "retired", enabled=False)
+    await issue(client, "payroll", secret)  # now remembered: a wrong guess must still pay in full
+    hasher = running.service.mounts[0].servicer.hasher if running.service else None
+    assert hasher is not None
+    for client_id, presented in [
+        ("payroll", secret + "x"),
+        ("payroll", "x" * 300),
+        ("retired", secret),
+        ("nobody", secret),
+        ("nobody", "x" * 300),
+        ("Not An Id!", secret),
+    ]:
+        before = hasher.verifications
+        error = await refusal(issue(client, client_id, presented))
+        assert (error.code, error.reason) == (grpc.StatusCode.UNAUTHENTICATED, "INVALID_CLIENT"), client_id
+        assert hasher.verifications == before + 1, (client_id, len(presented))
+
+
 async def test_people_with_mfa_present_a_fresh_totp_code(running: Running) -> None:
     client = TokenClient(running.channel)
     secret = (await create(client, "alice", kind=pb.CLIENT_KIND_PERSON, allowed_scopes=["tokens.admin"])).client_secret
