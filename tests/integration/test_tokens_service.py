@@ -4,6 +4,7 @@ introspection, revocation and its stream, key rotation, restarts, bootstrap, aut
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import stat
 import time
@@ -14,9 +15,11 @@ from typing import Any
 
 import grpc
 import nacl.signing
+import psycopg
 import pytest
 from google.protobuf import duration_pb2, field_mask_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from psycopg import sql
 
 from clients.credentials import CredentialsFile
 from clients.errors import ShieldxError
@@ -506,9 +509,34 @@ async def test_the_active_key_rotates_automatically_at_its_maximum_age(
     assert first in [k.kid for k in keys], "the replaced key stays published for the overlap"
 
 
-def sqlite_bytes(data_dir: Path) -> bytes:
-    """Everything the SQLite store wrote (database, WAL, shared memory)."""
-    return b"".join(path.read_bytes() for path in data_dir.glob("tokens.db*"))
+def stored_bytes(config: Any) -> bytes:
+    """Everything the token store holds: the SQLite files (database, WAL, shared memory), or
+    every row of every table in the service's PostgreSQL schema, each value in its raw form."""
+    if not config.database_url:
+        return b"".join(path.read_bytes() for path in Path(config.data_dir).glob("tokens.db*"))
+    chunks: list[bytes] = []
+    with psycopg.connect(config.database_url) as connection:
+        tables = connection.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (config.database_schema,)
+        ).fetchall()
+        assert tables, "the schema holds the token store's tables"
+        for (table,) in tables:
+            query = sql.SQL("SELECT * FROM {}.{}").format(sql.Identifier(config.database_schema), sql.Identifier(table))
+            for row in connection.execute(query):
+                chunks += [value if isinstance(value, bytes) else str(value).encode() for value in row]
+    return b"\n".join(chunks)
+
+
+def secret_forms(secret: bytes) -> list[bytes]:
+    """The ways a signing key's secret half could be written down: raw, hex, base64, PASERK."""
+    seed = secret[:32]
+    return [
+        seed,
+        seed.hex().encode(),
+        base64.b64encode(seed).rstrip(b"="),
+        base64.urlsafe_b64encode(seed).rstrip(b"="),
+        paseto.paserk_secret(secret).encode(),
+    ]
 
 
 async def test_secret_files_are_private_and_the_database_holds_no_secret_half(running: Running, config: Any) -> None:
@@ -521,9 +549,10 @@ async def test_secret_files_are_private_and_the_database_holds_no_secret_half(ru
     assert stat.S_IMODE((Path(config.data_dir) / "credentials").stat().st_mode) == 0o600
     secret = SigningKeyFiles(keys_dir).read(kid)
     assert secret is not None
-    if not config.database_url:
-        stored = sqlite_bytes(Path(config.data_dir))
-        assert secret[:32] not in stored and paseto.paserk_secret(secret).encode() not in stored
+    stored = stored_bytes(config)
+    assert paseto.paserk_public(secret[32:]).encode() in stored, "the dump sees the key rows (public halves)"
+    for form in secret_forms(secret):
+        assert form not in stored, form
 
 
 async def test_restart_keeps_clients_keys_revocations_and_the_bootstrap(
