@@ -398,7 +398,9 @@ async def test_watch_resumes_after_a_sequence_then_streams_new_revocations_at_on
 
     everything, stream = await watch_until_caught_up(client, 0)
     assert [(r.sequence, r.jti) for m in everything for r in m.revocations] == [(1, "j1"), (2, "j2"), (3, "j3")]
-    assert everything[-1] == pb.WatchRevocationsResponse(caught_up=True), "the marker carries nothing else"
+    marker = everything[-1]
+    assert marker.caught_up and not marker.revocations and not marker.reset
+    assert [k.kid for k in marker.keys.keys] == [await active_kid(client)], "the marker carries the keys"
     assert not any(m.reset for m in everything)
 
     resumed, _ = await watch_until_caught_up(client, 2)
@@ -413,6 +415,31 @@ async def test_watch_resumes_after_a_sequence_then_streams_new_revocations_at_on
     elapsed = time.perf_counter() - started
     assert [(r.sequence, r.jti) for r in live.revocations] == [(4, "live")] and not live.reset
     assert elapsed < 1.0, f"a revocation reached the watcher after {elapsed:.3f}s"
+
+
+async def test_watchers_get_the_new_key_set_at_once_after_a_rotation(running: Running) -> None:
+    client = TokenClient(running.channel)
+    first = await active_kid(client)
+    _, stream = await watch_until_caught_up(client, 0)
+
+    await client.rotate_signing_key(pb.RotateSigningKeyRequest(overlap=duration_pb2.Duration(seconds=3600)))
+    overlapping = await asyncio.wait_for(anext(stream), 5)
+    second = await active_kid(client)
+    assert overlapping.HasField("keys") and not overlapping.revocations
+    assert {(k.kid, k.state) for k in overlapping.keys.keys} == {
+        (first, pb.KEY_STATE_PREVIOUS),
+        (second, pb.KEY_STATE_ACTIVE),
+    }
+
+    await client.rotate_signing_key(pb.RotateSigningKeyRequest(overlap=duration_pb2.Duration(seconds=0)))
+    cut_off = await asyncio.wait_for(anext(stream), 5)
+    third = await active_kid(client)
+    assert [k.kid for k in cut_off.keys.keys if k.state == pb.KEY_STATE_ACTIVE] == [third]
+    assert second not in {k.kid for k in cut_off.keys.keys}, "a key cut off with no overlap is published no more"
+
+    await client.revoke_token(pb.RevokeTokenRequest(jti="after"))
+    revoked = await asyncio.wait_for(anext(stream), 5)
+    assert [r.jti for r in revoked.revocations] == ["after"] and not revoked.HasField("keys")
 
 
 async def test_purged_revocations_keep_sequences_and_reset_watchers_behind_them(
