@@ -5,9 +5,14 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -81,6 +86,57 @@ def test_same_seed_gives_byte_identical_output(generator: SyntheticDataGenerator
 @pytest.mark.parametrize("kind", list(DatasetKind))
 def test_different_seed_gives_different_output(generator: SyntheticDataGenerator, kind: DatasetKind) -> None:
     assert chunk(generator, kind, 1, 500).content_digest() != chunk(generator, kind, 2, 500).content_digest()
+
+
+ROOT = Path(__file__).resolve().parents[2]
+PYTHONPATH = (ROOT, ROOT / "generated")  # this checkout first, as pytest's own path
+
+# SHA-256 of the JSON Lines of 300 rows in chunks of 128, per generator version, kind and seed.
+# A change of these is a change of what a seed means: give it a new GENERATOR_VERSION and pin its digests.
+PINNED_DIGESTS = {
+    "shieldx-synthetic/1 numpy/2.4.6": {
+        ("USERS", 1): "b0f6f61ae420a138486a6fcf4c171992f9450b569605850828f47b2ab67c0710",
+        ("USERS", 2**63 + 7): "a908bcefc5eb73c01411284d8da11d12bb5f0163a3029b669f5503b00ef0d77b",
+        ("TRANSACTIONS", 1): "e94013f879b9ad210f1e6e048d720bca3ff8e9afbf89333b65e0102bdcc32309",
+        ("TRANSACTIONS", 2**63 + 7): "6d37038c9336b6ee8545fe9faf1ae1d58d2d806b4a16860596d809ac57c86ebd",
+        ("NETWORK_FLOWS", 1): "c9b63989bd7d8aaf375957a55f889f6e08783286808c272b82bacc1a9bc39d68",
+        ("NETWORK_FLOWS", 2**63 + 7): "0123c96a6759939838dd7cd5f64b8816de6eaa7af357dfd2165a40f43227b05b",
+    },
+}
+
+DIGEST_BATCHES = """
+import hashlib, json, sys
+from servers.deception.synthetic import GENERATOR_VERSION, DatasetKind, SyntheticDataGenerator
+generator = SyntheticDataGenerator()
+digests = {}
+for kind, seed in json.loads(sys.argv[1]):
+    lines = b"".join(c.to_json_lines() for c in generator.generate(DatasetKind[kind], seed, 300, chunk_size=128))
+    digests[f"{kind} {seed}"] = hashlib.sha256(lines).hexdigest()
+print(json.dumps({"version": GENERATOR_VERSION, "digests": digests}))
+"""
+
+
+def digests_in_a_new_process(hash_seed: str) -> dict[str, Any]:
+    """The pinned batches' digests as a separate interpreter makes them (its own string-hash salt)."""
+    batches = json.dumps([[kind, seed] for kind, seed in PINNED_DIGESTS[GENERATOR_VERSION]])
+    run = subprocess.run(
+        [sys.executable, "-c", DIGEST_BATCHES, batches],
+        env={**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": os.pathsep.join(map(str, PYTHONPATH))},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return dict(json.loads(run.stdout))
+
+
+def test_seeded_batches_match_their_pinned_digests_in_separate_processes() -> None:
+    assert GENERATOR_VERSION in PINNED_DIGESTS, f"pin the digests of {GENERATOR_VERSION!r} (see PINNED_DIGESTS)"
+    pinned = {f"{kind} {seed}": digest for (kind, seed), digest in PINNED_DIGESTS[GENERATOR_VERSION].items()}
+    first, second = digests_in_a_new_process("1"), digests_in_a_new_process("2")
+    assert first["version"] == second["version"] == GENERATOR_VERSION
+    assert first["digests"] == second["digests"], "two processes made different data from one seed"
+    assert first["digests"] == pinned
 
 
 def test_a_chunk_regenerates_alone_identical_to_its_place_in_the_batch(generator: SyntheticDataGenerator) -> None:
