@@ -102,6 +102,15 @@ PINNED_DIGESTS = {
         ("NETWORK_FLOWS", 1): "c9b63989bd7d8aaf375957a55f889f6e08783286808c272b82bacc1a9bc39d68",
         ("NETWORK_FLOWS", 2**63 + 7): "0123c96a6759939838dd7cd5f64b8816de6eaa7af357dfd2165a40f43227b05b",
     },
+    # Version 2: usernames and e-mails unique across a batch; transactions and flows unchanged.
+    "shieldx-synthetic/2 numpy/2.4.6": {
+        ("USERS", 1): "9adbfd3f3c20c687ffc56c620200bddd86a4ba446d028737f1b0b131afbe9fd3",
+        ("USERS", 2**63 + 7): "705199236107925792d25d2e156b1b64e6322401d3b9ce9289309fef2bd23838",
+        ("TRANSACTIONS", 1): "e94013f879b9ad210f1e6e048d720bca3ff8e9afbf89333b65e0102bdcc32309",
+        ("TRANSACTIONS", 2**63 + 7): "6d37038c9336b6ee8545fe9faf1ae1d58d2d806b4a16860596d809ac57c86ebd",
+        ("NETWORK_FLOWS", 1): "c9b63989bd7d8aaf375957a55f889f6e08783286808c272b82bacc1a9bc39d68",
+        ("NETWORK_FLOWS", 2**63 + 7): "0123c96a6759939838dd7cd5f64b8816de6eaa7af357dfd2165a40f43227b05b",
+    },
 }
 
 DIGEST_BATCHES = """
