@@ -102,6 +102,15 @@ PINNED_DIGESTS = {
         ("NETWORK_FLOWS", 1): "c9b63989bd7d8aaf375957a55f889f6e08783286808c272b82bacc1a9bc39d68",
         ("NETWORK_FLOWS", 2**63 + 7): "0123c96a6759939838dd7cd5f64b8816de6eaa7af357dfd2165a40f43227b05b",
     },
+    # Version 2: usernames and e-mails unique across a batch; transactions and flows unchanged.
+    "shieldx-synthetic/2 numpy/2.4.6": {
+        ("USERS", 1): "9adbfd3f3c20c687ffc56c620200bddd86a4ba446d028737f1b0b131afbe9fd3",
+        ("USERS", 2**63 + 7): "705199236107925792d25d2e156b1b64e6322401d3b9ce9289309fef2bd23838",
+        ("TRANSACTIONS", 1): "e94013f879b9ad210f1e6e048d720bca3ff8e9afbf89333b65e0102bdcc32309",
+        ("TRANSACTIONS", 2**63 + 7): "6d37038c9336b6ee8545fe9faf1ae1d58d2d806b4a16860596d809ac57c86ebd",
+        ("NETWORK_FLOWS", 1): "c9b63989bd7d8aaf375957a55f889f6e08783286808c272b82bacc1a9bc39d68",
+        ("NETWORK_FLOWS", 2**63 + 7): "0123c96a6759939838dd7cd5f64b8816de6eaa7af357dfd2165a40f43227b05b",
+    },
 }
 
 DIGEST_BATCHES = """
@@ -176,6 +185,38 @@ def test_usernames_are_novel_distinct_and_within_bounds(generator: SyntheticData
     assert not corpus & set(names)
     assert len(set(names)) == len(names)
     assert all(USERNAME_BOUNDS.min_length <= len(n) <= USERNAME_BOUNDS.max_length for n in names)
+
+
+@pytest.mark.parametrize("kind", list(DatasetKind))
+def test_every_small_count_and_chunk_size_generates_its_rows(
+    generator: SyntheticDataGenerator, kind: DatasetKind
+) -> None:
+    # Every count 1..12 with every chunk size 1..5 (and the default): small chunks once
+    # crashed on numpy reductions over an empty selection.
+    for count in range(1, 13):
+        for chunk_size in range(6):
+            chunks = list(generator.generate(kind, 1000 + count, count, chunk_size))
+            assert sum(c.row_count for c in chunks) == count
+            assert all(len(column) == c.row_count for c in chunks for column in c.columns.values())
+
+
+def test_usernames_and_emails_are_unique_across_a_batch_of_many_chunks(generator: SyntheticDataGenerator) -> None:
+    # 60,000 users in 12 chunks: names were distinct within a chunk but repeated across chunks
+    # (4,855 rows shared 1,931 usernames in 50,000 users), and the e-mail variants collided.
+    usernames: list[str] = []
+    emails: list[str] = []
+    for part in generator.generate(DatasetKind.USERS, 77, 60_000, 5_000):
+        usernames += part.columns["username"].tolist()
+        emails += part.columns["email"].tolist()
+    assert len(set(usernames)) == len(usernames) == 60_000
+    assert len(set(emails)) == len(emails)
+    assert all(EMAIL.fullmatch(email) for email in emails)
+
+
+def test_no_username_can_be_a_honeytoken_client_id(generator: SyntheticDataGenerator) -> None:
+    assert not USERNAME_BOUNDS.pattern or not re.fullmatch(USERNAME_BOUNDS.pattern, "svc-billing-1a2b3c")
+    names = chunk(generator, DatasetKind.USERS, 12, 5000).columns["username"].tolist()
+    assert not [n for n in names if n.startswith("svc-")]
 
 
 def test_ages_are_adult_whole_years_around_35(generator: SyntheticDataGenerator) -> None:
