@@ -791,5 +791,9 @@ async def test_the_event_loop_keeps_answering_while_a_large_batch_streams(client
 
 
 async def test_fuzzing_every_rpc_never_yields_internal_or_unknown(running: Running) -> None:
-    report = await fuzz_service(running.channel, pb.DESCRIPTOR.services_by_name["DeceptionService"], rounds=15)
+    values = {"source_address": "127.0.0.2", "presented_credential_fingerprint": ""}
+    report = await fuzz_service(
+        running.channel, pb.DESCRIPTOR.services_by_name["DeceptionService"], rounds=15, values=values
+    )
     report.assert_clean()
+    report.assert_reaches_logic()
