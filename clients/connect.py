@@ -16,7 +16,7 @@ import grpc
 
 from clients.channel import ChannelOptions, open_channel
 from clients.credentials import CREDENTIALS_FILE, CredentialsFileTokenSource
-from clients.launcher import read_endpoints
+from clients.endpoints import read_endpoints
 
 
 def connect(

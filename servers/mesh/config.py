@@ -19,19 +19,12 @@ from typing import Any, TypeVar
 
 import yaml
 
+from clients.endpoints import DEFAULT_PORTS, SERVICES
+
 T = TypeVar("T")
 N = TypeVar("N", int, float)
 
 # Default gRPC and metrics ports (DESIGN.md).
-DEFAULT_PORTS: dict[str, tuple[int, int]] = {
-    "tokens": (8080, 9080),
-    "credits": (5004, 9004),
-    "deployment": (5005, 9005),
-    "sharding": (5006, 9006),
-    "compliance": (5007, 9007),
-    "deception": (8089, 9089),
-}
-SERVICES = tuple(DEFAULT_PORTS)
 # YAML sections that belong to a part of the runtime with its own typed settings (read with
 # `section_settings`), rather than to MeshConfig itself.
 EXTENSIONS = ("agent",)

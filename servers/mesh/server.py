@@ -32,12 +32,14 @@ from servers.mesh.faults import FaultInjectionInterceptor, FaultTable
 from servers.mesh.interception import CallInterceptor, InterceptorChain
 from servers.mesh.logs import configure_logging
 from servers.mesh.metrics import MetricsInterceptor, serve_metrics
+from servers.mesh.posture import PostureFacts, PostureServicer
 from servers.mesh.ratelimit import RateLimitInterceptor, TokenBuckets
 from servers.mesh.reflection import enable_reflection
 from servers.mesh.status import ErrorMappingInterceptor
 from servers.mesh.storage import Database, open_database
 from servers.mesh.tracing import TracingInterceptor, configure_tracing, shutdown_tracing
 from servers.mesh.trust import MeshTrust
+from shieldx.mesh.v1 import posture_pb2, posture_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,8 @@ class Runtime:
         self.token_source = token_source
         self.faults = FaultTable(config.version)
         self.trust: MeshTrust | None = None
+        self.posture = PostureFacts()
+        """What the service reports in GetPosture beyond the runtime's settings (protections, retention)."""
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._databases: list[Database] = []
 
@@ -236,7 +240,10 @@ def _server_credentials(config: MeshConfig) -> grpc.ServerCredentials | None:
 
 
 def create_server(mounts: Sequence[Mount], runtime: Runtime, address: str | None = None) -> MeshServer:
-    """Build (not start) a server for `mounts`; binds `address` (default host:port from config)."""
+    """Build (not start) a server for `mounts` and the standard PostureService; binds `address`
+    (default host:port from config)."""
+    posture = PostureServicer(runtime.config, runtime.posture)
+    mounts = [*mounts, Mount.of(posture_pb2, posture_pb2_grpc, "PostureService", posture)]
     descriptors = [m.descriptor for m in mounts]
     server = grpc.aio.server(
         interceptors=[InterceptorChain(interceptor_chain(runtime, descriptors))],

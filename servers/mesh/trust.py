@@ -5,6 +5,8 @@ fills its `TokenVerifier` with the token service's published keys (`ListPublicKe
 an interval and at once when a token names a key it does not know) and with every revocation
 (`WatchRevocations`, one stream per process, resumed from the last sequence seen), so a
 revocation reaches every server within milliseconds and no call costs a network round trip.
+The same stream carries the published keys whenever they change, so a key cut off by an
+emergency rotation is refused everywhere as soon as the token service has rotated.
 
 A server reports SERVING only once it has the keys and has caught up with the revocations:
 a restarted server never accepts a token that was revoked while it was down.
@@ -17,7 +19,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -35,6 +37,20 @@ ISSUER = "shieldx-tokens"
 def _moment(timestamp: object) -> datetime | None:
     seconds = timestamp.ToSeconds() if timestamp.ByteSize() else None  # type: ignore[attr-defined]
     return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
+
+
+def _trusted(published: Iterable[tokens_pb2.PublicKey]) -> list[TrustedKey]:
+    keys: list[TrustedKey] = []
+    for key in published:
+        try:
+            keys.append(
+                TrustedKey.from_paserk(
+                    key.paserk, kid=key.kid, not_before=_moment(key.not_before), not_after=_moment(key.not_after)
+                )
+            )
+        except paseto.InvalidPaserk:
+            log.error("token service published a malformed key", extra={"kid": key.kid})
+    return keys
 
 
 class MeshTrust:
@@ -84,21 +100,13 @@ class MeshTrust:
             reply = await self._stub.ListPublicKeys(
                 tokens_pb2.ListPublicKeysRequest(page_size=100, page_token=page_token), timeout=10
             )
-            for key in reply.keys:
-                try:
-                    keys.append(
-                        TrustedKey.from_paserk(
-                            key.paserk,
-                            kid=key.kid,
-                            not_before=_moment(key.not_before),
-                            not_after=_moment(key.not_after),
-                        )
-                    )
-                except paseto.InvalidPaserk:
-                    log.error("token service published a malformed key", extra={"kid": key.kid})
+            keys += _trusted(reply.keys)
             page_token = reply.next_page_token
             if not page_token:
                 break
+        self._trust(keys)
+
+    def _trust(self, keys: list[TrustedKey]) -> None:
         self.verifier.replace_keys(keys)
         self._last_refresh = time.monotonic()
         self._keys_loaded.set()
@@ -152,6 +160,8 @@ class MeshTrust:
             await asyncio.sleep(min(10.0, 0.1 * 2**failures) * random.uniform(0.5, 1.0))
 
     def _apply(self, update: tokens_pb2.WatchRevocationsResponse) -> None:
+        if update.HasField("keys"):
+            self._trust(_trusted(update.keys.keys))
         entries = [(r.jti, datetime.fromtimestamp(r.expire_time.ToSeconds(), UTC)) for r in update.revocations]
         if update.reset:
             # The stream starts over (our resume point was too old or ahead of the service):

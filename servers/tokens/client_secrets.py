@@ -3,8 +3,12 @@
 Checking a secret against its Argon2id hash costs tens of milliseconds on purpose. A client
 that asks for tokens repeatedly would pay it every time, so a secret that verified once is
 remembered, in memory only, as a BLAKE2b MAC under a key drawn at process start: the fast
-path proves the caller holds the same secret without keeping the secret itself. An unknown
-client id is checked against a dummy hash so that timing does not reveal which ids exist.
+path proves the caller holds the same secret without keeping the secret itself.
+
+Every refusal costs one Argon2id verification, whatever made it fail: an unknown client id
+is checked against a dummy hash (made when the hasher is, at the configured cost), and so is
+a known client's secret that is empty or too long to be its own, so timing tells nothing
+about which ids exist.
 """
 
 from __future__ import annotations
@@ -54,7 +58,11 @@ class ClientSecretHasher:
         self._mac_key = secrets.token_bytes(32)
         self._verified: OrderedDict[str, bytes] = OrderedDict()
         self._lock = threading.Lock()
-        self._dummy_hash: bytes | None = None
+        self._dummy_hash: bytes = nacl.pwhash.argon2id.str(
+            secrets.token_bytes(16), opslimit=self._cost.opslimit, memlimit=self._cost.memlimit
+        )
+        self.verifications = 0
+        """Argon2id verifications run so far (each refusal runs exactly one; a remembered secret none)."""
 
     @staticmethod
     def new_secret() -> str:
@@ -71,11 +79,9 @@ class ClientSecretHasher:
         return hashed.decode("ascii")
 
     def check_secret(self, secret_hash: str | None, secret: str) -> bool:
-        """True if `secret` matches `secret_hash`; None (an unknown client) always fails, slowly."""
-        if secret_hash is None:
+        """True if `secret` matches `secret_hash`; None (an unknown client) fails as slowly as a wrong secret."""
+        if secret_hash is None or not secret or len(secret) > MAX_SECRET_LENGTH:
             self._burn(secret)
-            return False
-        if not secret or len(secret) > MAX_SECRET_LENGTH:
             return False
         mac = self._mac(secret)
         with self._lock:
@@ -115,14 +121,11 @@ class ClientSecretHasher:
         return hashlib.blake2b(secret.encode("utf-8", "surrogatepass"), key=self._mac_key, digest_size=32).digest()
 
     def _burn(self, secret: str) -> None:
-        if self._dummy_hash is None:
-            self._dummy_hash = nacl.pwhash.argon2id.str(
-                secrets.token_bytes(16), opslimit=self._cost.opslimit, memlimit=self._cost.memlimit
-            )
         self._argon2_matches(self._dummy_hash, secret[:MAX_SECRET_LENGTH] or "-")
 
-    @staticmethod
-    def _argon2_matches(secret_hash: bytes, secret: str) -> bool:
+    def _argon2_matches(self, secret_hash: bytes, secret: str) -> bool:
+        with self._lock:
+            self.verifications += 1
         try:
             return bool(nacl.pwhash.argon2id.verify(secret_hash, secret.encode("utf-8", "surrogatepass")))
         except (nacl.exceptions.CryptoError, ValueError, TypeError):

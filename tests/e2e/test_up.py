@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from clients.launcher import SERVICES
+from clients.endpoints import SERVICES
 from tests.support.processes import ROOT, wait_serving
 
 BUF = shutil.which("buf", path=str(Path(sys.executable).parent)) or shutil.which("buf")
@@ -63,7 +63,7 @@ def mesh(tmp_path: Path) -> tuple[subprocess.Popen[str], dict[str, dict[str, obj
         [
             sys.executable,
             "-m",
-            "clients.cli",
+            "servers.cli",
             "--data-dir",
             str(tmp_path / "state"),
             "up",
@@ -129,7 +129,7 @@ def test_up_runs_a_second_version_that_registers_for_routing(
             [
                 sys.executable,
                 "-m",
-                "clients.cli",
+                "servers.cli",
                 "--data-dir",
                 str(tmp_path / "state"),
                 "call",

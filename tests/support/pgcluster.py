@@ -71,7 +71,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from clients.launcher import free_port
+from clients.endpoints import free_port
 
 SUPERUSER = "postgres"
 OWNER_FILE = "owner.pid"

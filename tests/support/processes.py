@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from clients.launcher import free_port
+from clients.endpoints import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

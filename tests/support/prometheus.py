@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from clients.launcher import free_port
+from clients.endpoints import free_port
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 

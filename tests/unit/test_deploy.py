@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from servers.mesh.config import DEFAULT_PORTS
+from clients.endpoints import DEFAULT_PORTS
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 

@@ -1,0 +1,27 @@
+"""`shieldx rebuild-credits`: replay every credits event into fresh read models."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register(commands: Any) -> None:
+    """Add `rebuild-credits`."""
+    rebuild = commands.add_parser(
+        "rebuild-credits", help="replay every credits event into fresh read models (progress bar on stderr)"
+    )
+    rebuild.add_argument("--config", help="YAML config file of the credits server")
+    rebuild.add_argument("--batch", type=int, help="events read per query")
+    rebuild.set_defaults(run=_rebuild, parser=rebuild)
+
+
+def _rebuild(args: argparse.Namespace) -> int:
+    from servers.credits.rebuild import main as rebuild_main
+
+    forwarded = ["--data-dir", str(args.data_dir)]
+    if args.config:
+        forwarded += ["--config", args.config]
+    if args.batch:
+        forwarded += ["--batch", str(args.batch)]
+    return rebuild_main(forwarded)
