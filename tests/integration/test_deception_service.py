@@ -449,7 +449,7 @@ async def test_a_real_token_service_refusing_a_planted_honeytoken_reports_it_to_
         assert (refused.value.code, refused.value.reason) == (grpc.StatusCode.UNAUTHENTICATED, "INVALID_CLIENT")
 
     def reports(outcome: str) -> float:
-        value = tokens.runtime.registry.get_sample_value("tokens_recon_reports_total", {"outcome": outcome})
+        value = tokens.runtime.registry.get_sample_value("shieldx_tokens_recon_reports_total", {"outcome": outcome})
         return value or 0.0
 
     async def honeytoken_alerts() -> list[pb.Alert]:
