@@ -15,9 +15,6 @@ down after 3 failures.
   operation acknowledged after it.
 - A planned switchover of east under asynchronous replication: fenced, caught up, switched,
   nothing acknowledged lost.
-- Asynchronous replication whose west replica stopped receiving before the region died: the
-  acknowledged operations lost are exactly those acknowledged after it stopped, and the loss is
-  reported (WAL bytes between the old primary's last position and the promoted one).
 """
 
 from __future__ import annotations
@@ -92,7 +89,7 @@ class CreditsLoad:
     acks_after_mark: dict[str, int] = field(default_factory=dict)
 
     def start(self) -> list[asyncio.Task[None]]:
-        """`WORKERS` workers per shard, so a shard that stalls does not hold back the other's calls."""
+        """`WORKERS` workers split over the shards, so a shard that stalls does not hold back the other."""
         shards = sorted(self.accounts)
         return [asyncio.create_task(self.worker(n, s)) for s in shards for n in range(WORKERS // len(shards))]
 
