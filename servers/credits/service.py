@@ -67,6 +67,7 @@ from servers.mesh.errors import InvalidArgument
 from servers.mesh.logs import current_trace_ids
 from servers.mesh.pagination import PageRequest, page_request
 from servers.mesh.server import Mount, Runtime, Service
+from servers.mesh.timestamps import timestamp
 from servers.sharding.follower import TopologyFollower
 from shieldx.credits.v1 import credits_pb2, credits_pb2_grpc
 
@@ -372,8 +373,8 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
             rows=[
                 credits_pb2.UsageRow(
                     account_id=row.account_id,
-                    period_start_time=messages.timestamp(row.period_start),
-                    period_end_time=messages.timestamp(row.period_end),
+                    period_start_time=timestamp(row.period_start),
+                    period_end_time=timestamp(row.period_end),
                     consumed=row.consumed,
                     operations=row.operations,
                 )
@@ -418,7 +419,7 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
             digest=head.digest,
             signature=signed.signature,
             public_key=signed.public_key,
-            sign_time=messages.timestamp(head.taken_at),
+            sign_time=timestamp(head.taken_at),
             account_count=head.account_count,
             event_count=head.event_count,
         )

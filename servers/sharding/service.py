@@ -22,6 +22,7 @@ from servers.mesh.idempotency import RequestLedger
 from servers.mesh.pagination import page_request
 from servers.mesh.server import Mount, Runtime, Service
 from servers.mesh.storage import Transaction
+from servers.mesh.timestamps import duration
 from servers.sharding import wire
 from servers.sharding.domain import Reason
 from servers.sharding.failover import MAX_ERROR_LENGTH
@@ -287,7 +288,7 @@ class ShardingServicer(sharding_pb2_grpc.ShardingServiceServicer):
         return pb.GetShardHealthResponse(
             shard_id=shard.shard_id,
             nodes=[wire.node_health_message(node, self.monitor.health(node)) for node in shard.nodes],
-            check_interval=wire.duration(policy.check_interval),
+            check_interval=duration(policy.check_interval),
             failure_threshold=policy.failure_threshold,
         )
 
