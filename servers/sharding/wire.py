@@ -8,7 +8,7 @@ DSNs are redacted everywhere except in the topology stream, which the followers 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC
+from datetime import UTC, timedelta
 
 from servers.mesh.timestamps import duration, timestamp
 from servers.sharding.domain import (
