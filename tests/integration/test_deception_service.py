@@ -545,9 +545,9 @@ async def test_alerts_wait_while_compliance_is_unimplemented_and_are_delivered_a
     registry = first.runtime.registry
 
     await eventually(
-        lambda: (registry.get_sample_value("deception_alert_forwards_total", {"outcome": "retry"}) or 0) >= 2
+        lambda: (registry.get_sample_value("shieldx_deception_alert_forwards_total", {"outcome": "retry"}) or 0) >= 2
     )
-    assert registry.get_sample_value("deception_alert_forwards_pending") == 1
+    assert registry.get_sample_value("shieldx_deception_alert_forwards_pending") == 1
     assert (await client.list_alerts(pb.ListAlertsRequest())).alerts[0].alert_id == recon.alert.alert_id
     await stop_service(first)
 
@@ -562,7 +562,7 @@ async def test_alerts_wait_while_compliance_is_unimplemented_and_are_delivered_a
     assert raised.request_id == f"deception-{recon.alert.alert_id}-high"
     assert raised.dedup_key == f"deception-alert/{recon.alert.alert_id}"
     assert raised.attributes["session_id"] == recon.session_id and raised.subject == recon.session_id
-    await eventually(lambda: second.runtime.registry.get_sample_value("deception_alert_forwards_pending") == 0)
+    await eventually(lambda: second.runtime.registry.get_sample_value("shieldx_deception_alert_forwards_pending") == 0)
 
 
 async def test_a_restart_keeps_sessions_alerts_selection_state_honeytokens_and_the_fingerprint(
