@@ -3,7 +3,6 @@ with the controller that drives deployments and the loop that keeps the flags cu
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -66,18 +65,6 @@ def _checked(settings: DeploymentSettings) -> DeploymentSettings:
     return settings
 
 
-async def forget_request_ids_forever(ledger: RequestLedger, retention_seconds: float) -> None:
-    """Purge request ids older than the retention, hourly (or more often for short retentions)."""
-    while True:
-        try:
-            forgotten = await ledger.purge(retention_seconds)
-            if forgotten:
-                log.info("forgot %d request ids", forgotten)
-        except Exception:  # the store may be down; the next round retries
-            log.exception("could not purge request ids; retrying")
-        await asyncio.sleep(min(3600.0, retention_seconds / 4))
-
-
 class DeploymentServicer(DeliveryRpcs, RoutingRpcs, deployment_pb2_grpc.DeploymentServiceServicer):
     """DeploymentService: deployments (`DeliveryRpcs`), registry, routes and faults (`RoutingRpcs`)."""
 
@@ -126,7 +113,7 @@ async def build(runtime: Runtime) -> Service:
         await feed.follow_forever(settings.watch_poll_seconds)
 
     async def forget_request_ids() -> None:
-        await forget_request_ids_forever(ledger, settings.request_id_retention_seconds)
+        await ledger.purge_forever(settings.request_id_retention_seconds)
 
     mounts = [
         Mount.of(deployment_pb2, deployment_pb2_grpc, "DeploymentService", servicer=DeploymentServicer(parts)),
