@@ -5,6 +5,12 @@ from __future__ import annotations
 
 import logging
 
+from flagd.evaluation.v1 import evaluation_pb2 as evaluation_v1
+from flagd.evaluation.v1 import evaluation_pb2_grpc as evaluation_v1_grpc
+from flagd.evaluation.v2 import evaluation_pb2 as evaluation_v2
+from flagd.evaluation.v2 import evaluation_pb2_grpc as evaluation_v2_grpc
+from flagd.sync.v1 import sync_pb2, sync_pb2_grpc
+
 from servers.deployment.controller import ControllerSettings, DeliveryController
 from servers.deployment.delivery import Delivery
 from servers.deployment.delivery_service import DeliveryParts, DeliveryRpcs
@@ -13,6 +19,7 @@ from servers.deployment.experiment_store import ExperimentStore
 from servers.deployment.flag_feed import FlagFeed
 from servers.deployment.flag_service import FlagServicer
 from servers.deployment.flag_store import FlagStore
+from servers.deployment.flagd_service import FlagdEvaluationServicer, FlagdSyncServicer
 from servers.deployment.notifications import Signals
 from servers.deployment.observer import PrometheusObserver, ScrapeObserver, VersionObserver
 from servers.deployment.routing_service import RoutingRpcs
@@ -90,5 +97,18 @@ async def build(runtime: Runtime) -> Service:
         Mount.of(deployment_pb2, deployment_pb2_grpc, "DeploymentService", servicer=DeploymentServicer(parts)),
         Mount.of(flags_pb2, flags_pb2_grpc, "FlagService", servicer=flag_servicer),
         Mount.of(experiments_pb2, experiments_pb2_grpc, "ExperimentService", servicer=ExperimentServicer(experiments)),
+        # flagd's own contracts over the same flags, for OpenFeature's flagd providers; the
+        # scope is that of FlagService's Resolve RPCs.
+        *(
+            Mount.of(
+                messages,
+                stubs,
+                "Service",
+                FlagdEvaluationServicer(feed, settings.flag_keepalive_seconds, messages),
+                foreign_scope="flags.evaluate",
+            )
+            for messages, stubs in ((evaluation_v1, evaluation_v1_grpc), (evaluation_v2, evaluation_v2_grpc))
+        ),
+        Mount.of(sync_pb2, sync_pb2_grpc, "FlagSyncService", FlagdSyncServicer(feed), foreign_scope="flags.evaluate"),
     ]
     return Service(mounts=mounts, tasks=[controller.run_forever, follow_flags, forget_request_ids])
