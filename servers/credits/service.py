@@ -13,7 +13,6 @@ recovery loop finishes in-doubt prepared transactions at start and every few sec
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -62,6 +61,7 @@ from servers.credits.shards import TopologyPlacement
 from servers.credits.signing import HeadSigner
 from servers.credits.store import CreditsStore
 from servers.credits.twophase import CoordinatorLog, CrashPoint, TransferCoordinator
+from servers.mesh.background import every
 from servers.mesh.config import service_settings
 from servers.mesh.errors import InvalidArgument
 from servers.mesh.logs import current_trace_ids
@@ -446,47 +446,14 @@ def _cursor(page: PageRequest, *fields: tuple[str, type]) -> tuple[Any, ...] | N
     return values
 
 
-# -- background loops ------------------------------------------------------------------------------
-
-
-def every(seconds: float, name: str, action: Callable[[], Awaitable[None]]) -> Callable[[], Coroutine[Any, Any, None]]:
-    """A loop running `action` every `seconds`, surviving failures with backoff, until cancelled.
-
-    Cancellation waits for the round in progress: a database transaction cut off between its
-    last statement and its commit can leave the connection idle in transaction, holding locks.
-    """
-
-    async def round_() -> bool:
-        try:
-            with tracer.start_as_current_span(f"credits.{name}"):
-                await action()
-        except Exception:
-            log.exception("background task failed; retrying", extra={"task": name})
-            return False
-        return True
-
-    async def loop() -> None:
-        failures = 0
-        while True:
-            current = asyncio.ensure_future(round_())
-            try:
-                succeeded = await asyncio.shield(current)
-            except asyncio.CancelledError:
-                await asyncio.wait([current])
-                raise
-            failures = 0 if succeeded else failures + 1
-            await asyncio.sleep(min(seconds * 2 ** min(failures, 6), max(seconds, 300.0)))
-
-    loop.__qualname__ = f"credits.{name}"
-    return loop
-
-
 async def build(runtime: Runtime) -> Service:
     """The credits service: store, servicer and background loops (on the topology if configured)."""
     settings = service_settings(CreditsSettings, runtime.config)
     settings.check()
     data_dir = runtime.config.data_path
     cipher = settings.payment_reference_cipher(data_dir)
+    runtime.posture.protections.update({"payment_references_encrypted": True, "audit_chain_signed": True})
+    runtime.posture.retention_seconds["events"] = 0  # the ledger's events are never deleted
     signer = HeadSigner.from_file(Path(settings.head_signing_key_file or data_dir / "credits-head-signing.key"))
     if settings.topology:
         ledger = await sharded_ledger(runtime, settings)
@@ -524,9 +491,9 @@ async def build(runtime: Runtime) -> Service:
         mounts=[Mount.of(credits_pb2, credits_pb2_grpc, "CreditsService", servicer=servicer)],
         tasks=[
             *ledger.tasks,
-            every(settings.sweep_interval_seconds, "release_expired", release_expired),
-            every(settings.head_sign_interval_seconds, "sign_head", sign_head),
-            every(settings.lag_interval_seconds, "measure_lag", measure_lag),
+            every(settings.sweep_interval_seconds, "credits.release_expired", release_expired),
+            every(settings.head_sign_interval_seconds, "credits.sign_head", sign_head),
+            every(settings.lag_interval_seconds, "credits.measure_lag", measure_lag),
         ],
         closers=[store.close, *ledger.closers],
     )
@@ -566,7 +533,7 @@ async def sharded_ledger(runtime: Runtime, settings: CreditsSettings) -> Ledger:
     async def recover() -> None:
         await coordinator.recover()
 
-    recover_every = every(settings.two_phase_recovery_interval_seconds, "recover_transfers", recover)
+    recover_every = every(settings.two_phase_recovery_interval_seconds, "credits.recover_transfers", recover)
 
     async def recover_transfers() -> None:
         # The first pass runs as soon as every shard of the first topology is reachable.

@@ -19,13 +19,13 @@ from prometheus_client import Gauge
 from servers.mesh.config import ConfigError, service_settings
 from servers.mesh.errors import InvalidArgument, NotFound
 from servers.mesh.idempotency import RequestLedger
+from servers.mesh.leadership import leadership_for
 from servers.mesh.pagination import page_request
 from servers.mesh.server import Mount, Runtime, Service
 from servers.mesh.storage import Transaction
 from servers.sharding import wire
 from servers.sharding.domain import Reason
 from servers.sharding.failover import MAX_ERROR_LENGTH
-from servers.sharding.leadership import leadership_for
 from servers.sharding.monitor import HealthMonitor, MonitorMetrics
 from servers.sharding.nodes import DatabaseNodes
 from servers.sharding.promotion import FailoverMetrics, Failovers, FailoverTimeouts
