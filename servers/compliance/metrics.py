@@ -1,4 +1,5 @@
-"""Prometheus metrics of the compliance service (`shieldx_compliance_*`)."""
+"""Prometheus metrics of the compliance service (`shieldx_compliance_*`); label values are lower case
+(`framework="soc2"`, `severity="critical"`), as the alert rules and the scorecard dashboard expect."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ class ComplianceMetrics:
     def record_assessment(self, assessment: StoredAssessment, severities: Mapping[str, Severity] | None = None) -> None:
         """Gauges from a finished assessment; findings counted per failing result."""
         for score, _ in assessment.scores:
-            name = score.framework.name
+            name = score.framework.name.lower()
             self.score.labels(name).set(score.overall.score)
             counts = {
                 ControlStatus.PASSING: score.overall.passing,
@@ -63,16 +64,16 @@ class ComplianceMetrics:
                 ControlStatus.NOT_ASSESSED: score.overall.not_assessed,
             }
             for status, count in counts.items():
-                self.controls.labels(name, status.name).set(count)
+                self.controls.labels(name, status.name.lower()).set(count)
         for result in assessment.results:
             if result.status is ControlStatus.FAILING:
                 severity = (severities or {}).get(result.control_id)
-                self.findings.labels(severity.name if severity else "UNKNOWN").inc()
+                self.findings.labels(severity.name.lower() if severity else "unknown").inc()
 
     def record_alerts(self, open_counts: Mapping[Severity, int]) -> None:
         """The open-alert gauges."""
         for severity in Severity:
-            self.alerts_open.labels(severity.name).set(open_counts.get(severity, 0))
+            self.alerts_open.labels(severity.name.lower()).set(open_counts.get(severity, 0))
 
     def record_overdue(self, overdue: int) -> None:
         """The overdue gauge."""
