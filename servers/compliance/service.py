@@ -42,7 +42,7 @@ from servers.compliance.reports.document import ReportInput, build_document
 from servers.compliance.reports.render import RENDERERS
 from servers.compliance.settings import ComplianceSettings
 from servers.mesh.auth import current_caller
-from servers.mesh.background import every
+from servers.mesh.background import repeat
 from servers.mesh.config import service_settings
 from servers.mesh.errors import InvalidArgument, NotFound
 from servers.mesh.idempotency import RequestLedger, fingerprint, validate_request_id
@@ -633,7 +633,10 @@ async def build(runtime: Runtime, *, clock: Any = _now) -> Service:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(notifier.wake.wait(), settings.escalation_interval_seconds)
 
-    tasks = [alert_desk_forever, every(3600.0, "compliance.housekeeping", housekeeping)]
+    async def housekeeping_forever() -> None:
+        await repeat("compliance.housekeeping", housekeeping, 3600.0, finish_round_on_cancel=True)
+
+    tasks = [alert_desk_forever, housekeeping_forever]
     if settings.monitoring:
         tasks.append(schedule.run_forever)
     return Service(

@@ -60,13 +60,14 @@ from servers.credits.shards import TopologyPlacement
 from servers.credits.signing import HeadSigner
 from servers.credits.store import CreditsStore
 from servers.credits.twophase import CoordinatorLog, CrashPoint, TransferCoordinator
-from servers.mesh.background import every
+from servers.mesh.background import repeat
 from servers.mesh.config import service_settings
 from servers.mesh.errors import InvalidArgument
 from servers.mesh.logs import current_trace_ids
 from servers.mesh.pagination import PageRequest, page_request
 from servers.mesh.server import Mount, Runtime, Service
 from servers.mesh.text import check_free_text
+from servers.mesh.timestamps import timestamp
 from servers.sharding.follower import TopologyFollower
 from shieldx.credits.v1 import credits_pb2, credits_pb2_grpc
 
@@ -372,8 +373,8 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
             rows=[
                 credits_pb2.UsageRow(
                     account_id=row.account_id,
-                    period_start_time=messages.timestamp(row.period_start),
-                    period_end_time=messages.timestamp(row.period_end),
+                    period_start_time=timestamp(row.period_start),
+                    period_end_time=timestamp(row.period_end),
                     consumed=row.consumed,
                     operations=row.operations,
                 )
@@ -418,7 +419,7 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
             digest=head.digest,
             signature=signed.signature,
             public_key=signed.public_key,
-            sign_time=messages.timestamp(head.taken_at),
+            sign_time=timestamp(head.taken_at),
             account_count=head.account_count,
             event_count=head.event_count,
         )
@@ -444,6 +445,27 @@ def _cursor(page: PageRequest, *fields: tuple[str, type]) -> tuple[Any, ...] | N
     if any(type(value) is not kind for value, (_, kind) in zip(values, fields, strict=True)):
         raise InvalidArgument("page_token", "is not a token this service issued")
     return values
+
+
+# -- background loops ------------------------------------------------------------------------------
+
+
+def every(seconds: float, name: str, action: Callable[[], Awaitable[None]]) -> Callable[[], Coroutine[Any, Any, None]]:
+    """A loop running `action` every `seconds`, surviving failures with backoff, until cancelled.
+
+    Cancellation waits for the round in progress: a database transaction cut off between its
+    last statement and its commit can leave the connection idle in transaction, holding locks.
+    """
+
+    async def traced() -> None:
+        with tracer.start_as_current_span(f"credits.{name}"):
+            await action()
+
+    async def loop() -> None:
+        await repeat(name, traced, seconds, max_backoff=300.0, finish_round_on_cancel=True)
+
+    loop.__qualname__ = f"credits.{name}"
+    return loop
 
 
 async def build(runtime: Runtime) -> Service:
@@ -491,9 +513,9 @@ async def build(runtime: Runtime) -> Service:
         mounts=[Mount.of(credits_pb2, credits_pb2_grpc, "CreditsService", servicer=servicer)],
         tasks=[
             *ledger.tasks,
-            every(settings.sweep_interval_seconds, "credits.release_expired", release_expired),
-            every(settings.head_sign_interval_seconds, "credits.sign_head", sign_head),
-            every(settings.lag_interval_seconds, "credits.measure_lag", measure_lag),
+            every(settings.sweep_interval_seconds, "release_expired", release_expired),
+            every(settings.head_sign_interval_seconds, "sign_head", sign_head),
+            every(settings.lag_interval_seconds, "measure_lag", measure_lag),
         ],
         closers=[store.close, *ledger.closers],
     )
@@ -533,7 +555,7 @@ async def sharded_ledger(runtime: Runtime, settings: CreditsSettings) -> Ledger:
     async def recover() -> None:
         await coordinator.recover()
 
-    recover_every = every(settings.two_phase_recovery_interval_seconds, "credits.recover_transfers", recover)
+    recover_every = every(settings.two_phase_recovery_interval_seconds, "recover_transfers", recover)
 
     async def recover_transfers() -> None:
         # The first pass runs as soon as every shard of the first topology is reachable.

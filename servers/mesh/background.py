@@ -1,46 +1,76 @@
-"""Background loops of a server: an action repeated on an interval, surviving failures, cancelled cleanly."""
+"""Background loops of a server: steps repeated on an interval, and exponential backoff with jitter after failures."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
-
-from opentelemetry import trace
+import random
+from collections.abc import Awaitable, Callable
 
 log = logging.getLogger(__name__)
-tracer = trace.get_tracer(__name__)
+
+JITTER = 0.2
+"""Pauses after failures vary by ± this fraction, so replicas that failed together retry apart."""
 
 
-def every(seconds: float, name: str, action: Callable[[], Awaitable[None]]) -> Callable[[], Coroutine[Any, Any, None]]:
-    """A loop running `action` every `seconds` (each round a span named `name`, e.g. `credits.sign_head`),
-    surviving failures with backoff, until cancelled.
+class Backoff:
+    """Exponential pauses with jitter: `initial`, doubling up to `ceiling`, back to `initial` after a success."""
 
-    Cancellation waits for the round in progress: a database transaction cut off between its
-    last statement and its commit can leave the connection idle in transaction, holding locks.
+    def __init__(self, initial: float, ceiling: float, *, jitter: float = JITTER) -> None:
+        self.initial, self.ceiling, self.jitter = initial, max(initial, ceiling), jitter
+        self.current = initial
+        self.failures = 0
+
+    def reset(self) -> None:
+        """A success: the next failure pauses `initial` again."""
+        self.current = self.initial
+        self.failures = 0
+
+    def next(self) -> float:
+        """The pause after one more failure."""
+        pause = self.current * random.uniform(1 - self.jitter, 1 + self.jitter)
+        self.current = min(self.current * 2, self.ceiling)
+        self.failures += 1
+        return pause
+
+
+async def repeat(
+    name: str,
+    step: Callable[[], Awaitable[object]],
+    interval: float,
+    *,
+    max_backoff: float = 60.0,
+    finish_round_on_cancel: bool = False,
+) -> None:
+    """Run `step` every `interval` seconds until cancelled; a failure is logged and retried with backoff.
+
+    After failures the pause doubles from twice the interval up to `max_backoff` (or the interval,
+    if longer). With `finish_round_on_cancel` a round under way when the loop is cancelled runs to
+    its end first (a step that writes should not stop halfway at shutdown).
     """
+    backoff = Backoff(2 * interval, max(interval, max_backoff))
+    while True:
+        if await _round(name, step, backoff.failures, finish_round_on_cancel):
+            backoff.reset()
+            await asyncio.sleep(interval)
+        else:
+            await asyncio.sleep(backoff.next())
 
-    async def round_() -> bool:
+
+async def _round(name: str, step: Callable[[], Awaitable[object]], failures: int, finish_on_cancel: bool) -> bool:
+    async def attempt() -> bool:
         try:
-            with tracer.start_as_current_span(name):
-                await action()
-        except Exception:
-            log.exception("background task failed; retrying", extra={"task": name})
+            await step()
+        except Exception:  # the loop must outlive any failure; the next round retries
+            log.exception("background step failed; retrying", extra={"task": name, "failures": failures + 1})
             return False
         return True
 
-    async def loop() -> None:
-        failures = 0
-        while True:
-            current = asyncio.ensure_future(round_())
-            try:
-                succeeded = await asyncio.shield(current)
-            except asyncio.CancelledError:
-                await asyncio.wait([current])
-                raise
-            failures = 0 if succeeded else failures + 1
-            await asyncio.sleep(min(seconds * 2 ** min(failures, 6), max(seconds, 300.0)))
-
-    loop.__qualname__ = name
-    return loop
+    if not finish_on_cancel:
+        return await attempt()
+    current = asyncio.ensure_future(attempt())
+    try:
+        return await asyncio.shield(current)
+    except asyncio.CancelledError:
+        await asyncio.wait([current])
+        raise
