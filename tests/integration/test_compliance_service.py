@@ -211,6 +211,11 @@ async def test_fuzzed_requests_never_end_internal_and_the_server_keeps_serving(
     await client.run_assessment(pb.RunAssessmentRequest())  # something to list, report on and verify
     # RunAssessment is left out: each call collects evidence from the whole mesh (its bad input is in the table above).
     report = await fuzz_service(
-        running.channel, pb.DESCRIPTOR.services_by_name["ComplianceService"], rounds=10, skip=("RunAssessment",)
+        running.channel,
+        pb.DESCRIPTOR.services_by_name["ComplianceService"],
+        rounds=10,
+        skip=("RunAssessment",),
+        values={"category": "fuzz.category", "source_address": "127.0.0.2"},
     )
     report.assert_clean()
+    report.assert_reaches_logic()
