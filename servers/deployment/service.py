@@ -5,8 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import grpc
+
+from clients.channel import ChannelOptions, ChannelTls, open_channel
+from servers.deployment.chaos.controller import ChaosController
+from servers.deployment.chaos.metrics import ChaosMetrics
+from servers.deployment.chaos.probes import GrpcHealth, TargetProbes
+from servers.deployment.chaos.service import ChaosParts, ChaosServicer
+from servers.deployment.chaos.settings import ChaosSettings
+from servers.deployment.chaos.settings import checked as checked_chaos
+from servers.deployment.chaos.store import MIGRATIONS as CHAOS_MIGRATIONS
+from servers.deployment.chaos.store import ChaosStore
 from servers.deployment.controller import ControllerSettings, DeliveryController
 from servers.deployment.delivery import Delivery
 from servers.deployment.delivery_service import DeliveryParts, DeliveryRpcs
@@ -24,6 +35,8 @@ from servers.mesh.config import ConfigError, bounded, service_settings
 from servers.mesh.idempotency import RequestLedger
 from servers.mesh.server import Mount, Runtime, Service
 from shieldx.deployment.v1 import (
+    chaos_pb2,
+    chaos_pb2_grpc,
     deployment_pb2,
     deployment_pb2_grpc,
     experiments_pb2,
@@ -58,11 +71,14 @@ class DeploymentSettings:
     """Monte Carlo draws per arm behind the experiment probabilities."""
     request_id_retention_seconds: float = bounded(86400.0, above=0)
     """How long AIP-155 request ids (and the answers replayed to retries) are kept."""
+    chaos: ChaosSettings = field(default_factory=ChaosSettings)
+    """Chaos experiments: safety limits and timing (YAML `deployment: {chaos: ...}`)."""
 
 
 def _checked(settings: DeploymentSettings) -> DeploymentSettings:
     if settings.prometheus_url and not settings.prometheus_url.startswith(("http://", "https://")):
         raise ConfigError("deployment.prometheus_url: must be an http:// or https:// URL")
+    checked_chaos(settings.chaos)
     return settings
 
 
@@ -88,7 +104,7 @@ class DeploymentServicer(DeliveryRpcs, RoutingRpcs, deployment_pb2_grpc.Deployme
 async def build(runtime: Runtime) -> Service:
     """The three services of the deployment server, its controller and its flag refresher."""
     settings = _checked(service_settings(DeploymentSettings, runtime.config))
-    database = await runtime.database("servers.deployment.migrations")
+    database = await runtime.database("servers.deployment.migrations", CHAOS_MIGRATIONS)
     store = DeploymentStore(database)
     flag_store = FlagStore(database)
     ledger = RequestLedger(database, LEDGER_DOMAIN)
@@ -128,9 +144,44 @@ async def build(runtime: Runtime) -> Service:
     async def forget_request_ids() -> None:
         await forget_request_ids_forever(ledger, settings.request_id_retention_seconds)
 
+    chaos = _chaos_parts(runtime, settings, store, signals, ledger, delivery)
+
     mounts = [
         Mount.of(deployment_pb2, deployment_pb2_grpc, "DeploymentService", servicer=DeploymentServicer(parts)),
         Mount.of(flags_pb2, flags_pb2_grpc, "FlagService", servicer=flag_servicer),
         Mount.of(experiments_pb2, experiments_pb2_grpc, "ExperimentService", servicer=ExperimentServicer(experiments)),
+        Mount.of(chaos_pb2, chaos_pb2_grpc, "ChaosService", servicer=ChaosServicer(chaos)),
     ]
-    return Service(mounts=mounts, tasks=[controller.run_forever, follow_flags, forget_request_ids])
+    return Service(
+        mounts=mounts,
+        tasks=[controller.run_forever, follow_flags, forget_request_ids, chaos.controller.run_schedules_forever],
+        closers=[chaos.controller.close],
+    )
+
+
+def _chaos_parts(
+    runtime: Runtime,
+    settings: DeploymentSettings,
+    store: DeploymentStore,
+    signals: Signals,
+    ledger: RequestLedger,
+    delivery: Delivery,
+) -> ChaosParts:
+    tls = runtime.config.tls
+
+    def health_channel(address: str) -> grpc.aio.Channel:
+        secure = ChannelTls(tls.ca_file, tls.cert_file, tls.key_file) if tls.enabled else None
+        options = ChannelOptions(tls=secure, retry=None, telemetry=False, circuit_breaker=None)
+        return open_channel(address, options)
+
+    chaos_settings = settings.chaos
+    probes = TargetProbes(
+        GrpcHealth(health_channel, chaos_settings.health_timeout_seconds),
+        timeout=settings.scrape_timeout_seconds,
+        prometheus_url=settings.prometheus_url,
+    )
+    chaos_store = ChaosStore(store.database)
+    controller = ChaosController(
+        chaos_store, store, signals, probes, chaos_settings, ChaosMetrics(runtime.registry), delivery.clock
+    )
+    return ChaosParts(chaos_store, store, controller, ledger, delivery.clock, settings.watch_poll_seconds)

@@ -109,7 +109,7 @@ class SQLiteDatabase(Database):
         async with self._lock:
             await self.run(lambda c: c.execute("BEGIN IMMEDIATE"))
             try:
-                yield _SQLiteTransaction(self)
+                yield self.slowed(_SQLiteTransaction(self))
             except BaseException:
                 await asyncio.shield(self.run(lambda c: c.execute("ROLLBACK")))
                 raise
