@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -12,7 +13,12 @@ import grpc
 from prometheus_client import CollectorRegistry
 
 from clients.breaker import BreakerSettings, CircuitBreaker, Gate, breaker_metrics, guard_interceptors
+from clients.errors import ShieldxError
 from clients.telemetry import ClientTelemetry, client_metrics
+
+STALE_TOKEN_REASONS = frozenset({"TOKEN_UNKNOWN_KEY", "TOKEN_KEY_INACTIVE", "TOKEN_REVOKED", "TOKEN_EXPIRED"})
+"""UNAUTHENTICATED reasons that mean the token stopped working (a rotation, a revocation, its age),
+not that the caller may not call: a fresh token from the same credentials can succeed."""
 
 
 class TokenSource(Protocol):
@@ -20,6 +26,10 @@ class TokenSource(Protocol):
 
     async def token(self) -> str:
         """A token to send now (renewing it first if it is about to expire)."""
+        ...
+
+    def refused(self, token: str) -> None:
+        """`token` stopped working (see `STALE_TOKEN_REASONS`): the next `token()` gets a new one."""
         ...
 
 
@@ -32,6 +42,9 @@ class StaticToken:
     async def token(self) -> str:
         """The token."""
         return self.value
+
+    def refused(self, token: str) -> None:
+        """Nothing to renew: a fixed token stays what it is."""
 
 
 @dataclass(frozen=True)
@@ -95,24 +108,60 @@ def _with_token(details: grpc.aio.ClientCallDetails, token: str) -> grpc.aio.Cli
     )
 
 
+async def _stale_token(call: grpc.aio.Call) -> bool:
+    """True if `call` ended UNAUTHENTICATED for a reason a fresh token cures."""
+    if await call.code() != grpc.StatusCode.UNAUTHENTICATED:
+        return False
+    details = next(
+        (v for k, v in await call.trailing_metadata() or () if k == "grpc-status-details-bin" and isinstance(v, bytes)),
+        None,
+    )
+    return ShieldxError(grpc.StatusCode.UNAUTHENTICATED, "", details).reason in STALE_TOKEN_REASONS
+
+
 class _UnaryBearer(grpc.aio.UnaryUnaryClientInterceptor):
+    """Sends the source's token; a call refused for a stale token is sent once more with a new one
+    (UNAUTHENTICATED means the server did nothing, so the retry is safe)."""
+
     def __init__(self, source: TokenSource) -> None:
         self._source = source
 
     async def intercept_unary_unary(
         self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
+        token = await self._source.token()
+        call = await continuation(_with_token(client_call_details, token), request)
+        if not await _stale_token(call):
+            return call
+        self._source.refused(token)
         return await continuation(_with_token(client_call_details, await self._source.token()), request)
 
 
 class _StreamBearer(grpc.aio.UnaryStreamClientInterceptor):
+    """Sends the source's token; a stream refused for a stale token makes the source fetch a new
+    one, so the watcher's reconnect succeeds (a stream is not replayed: its reader may have seen
+    messages already)."""
+
     def __init__(self, source: TokenSource) -> None:
         self._source = source
+        self._checks: set[asyncio.Task[None]] = set()
 
     async def intercept_unary_stream(
         self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
-        return await continuation(_with_token(client_call_details, await self._source.token()), request)
+        token = await self._source.token()
+        call = await continuation(_with_token(client_call_details, token), request)
+        call.add_done_callback(lambda done: self._check_later(done, token))
+        return call
+
+    def _check_later(self, call: grpc.aio.Call, token: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._check(call, token))
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+
+    async def _check(self, call: grpc.aio.Call, token: str) -> None:
+        if await _stale_token(call):
+            self._source.refused(token)
 
 
 def bearer_auth(source: TokenSource) -> list[grpc.aio.ClientInterceptor]:

@@ -25,3 +25,14 @@ class ComplianceClient(ServiceClient):
     acknowledge_alert = Unary("AcknowledgeAlert", pb.AcknowledgeAlertRequest, pb.AcknowledgeAlertResponse)
     list_remediations = Unary("ListRemediations", pb.ListRemediationsRequest, pb.ListRemediationsResponse)
     update_remediation = Unary("UpdateRemediation", pb.UpdateRemediationRequest, pb.UpdateRemediationResponse)
+    verify_evidence_chain = Unary("VerifyEvidenceChain", pb.VerifyEvidenceChainRequest, pb.VerifyEvidenceChainResponse)
+    get_evidence_chain_head = Unary(
+        "GetEvidenceChainHead", pb.GetEvidenceChainHeadRequest, pb.GetEvidenceChainHeadResponse
+    )
+    list_score_history = Unary("ListScoreHistory", pb.ListScoreHistoryRequest, pb.ListScoreHistoryResponse)
+    record_breach_notification = Unary(
+        "RecordBreachNotification", pb.RecordBreachNotificationRequest, pb.RecordBreachNotificationResponse
+    )
+    list_notification_attempts = Unary(
+        "ListNotificationAttempts", pb.ListNotificationAttemptsRequest, pb.ListNotificationAttemptsResponse
+    )

@@ -88,7 +88,8 @@ class CredentialsFile:
 
 
 class ClientCredentialsTokenSource:
-    """Obtains tokens with IssueToken and renews each once most of its lifetime has passed."""
+    """Obtains tokens with IssueToken and renews each once most of its lifetime has passed, or at
+    once when a server refuses it as stale (`refused`)."""
 
     def __init__(
         self,
@@ -116,6 +117,11 @@ class ClientCredentialsTokenSource:
             if not self._token or self._clock() >= self._renew_at:
                 await self._issue()
         return self._token
+
+    def refused(self, token: str) -> None:
+        """A server refused `token` as stale (rotated key, revoked, expired): fetch a new one next time."""
+        if token == self._token:
+            self._renew_at = 0.0
 
     async def _issue(self) -> None:
         request = tokens_pb2.IssueTokenRequest(
@@ -176,3 +182,8 @@ class CredentialsFileTokenSource:
                 raise ShieldxError(grpc.StatusCode.UNAUTHENTICATED, f"{self._path} has no entry {self._principal!r}")
             self._source = ClientCredentialsTokenSource(self._open_channel(credentials.token_endpoint), client)
         return await self._source.token()
+
+    def refused(self, token: str) -> None:
+        """A server refused `token` as stale: the next `token()` fetches a new one."""
+        if self._source is not None:
+            self._source.refused(token)

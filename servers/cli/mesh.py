@@ -5,10 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
+from pathlib import Path
 from typing import Any
 
+from clients.connect import connect
+from clients.deception import DeceptionClient
 from clients.endpoints import SERVICES, health_status, read_endpoints
+from clients.errors import ShieldxError
 from servers.cli.launcher import run_up
+from shieldx.deception.v1 import deception_pb2 as deception_pb
 
 
 def register(commands: Any) -> None:
@@ -35,6 +41,7 @@ def register(commands: Any) -> None:
 
     status = commands.add_parser("status", help="health of each server (exit 1 unless all SERVING)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--decoy", metavar="ID", help="print only the address of decoy ID (e.g. redis-1)")
     status.set_defaults(run=_status, parser=status)
 
 
@@ -73,15 +80,60 @@ def _serve(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     endpoints = read_endpoints(args.data_dir)
 
-    async def check() -> dict[str, str]:
+    async def check() -> tuple[dict[str, str], list[deception_pb.Decoy]]:
         results = await asyncio.gather(*(health_status(e.address) for e in endpoints.values()))
-        return dict(zip(endpoints, results, strict=True))
+        statuses = dict(zip(endpoints, results, strict=True))
+        decoys = await _decoys(args.data_dir) if statuses.get("deception") == "SERVING" else []
+        return statuses, decoys
 
-    statuses = asyncio.run(check())
+    statuses, decoys = asyncio.run(check())
+    if args.decoy:
+        return _print_decoy(decoys, args.decoy)
     if args.json:
-        print(json.dumps({n: {"address": endpoints[n].address, "status": s} for n, s in statuses.items()}))
+        document: dict[str, Any] = {n: {"address": endpoints[n].address, "status": s} for n, s in statuses.items()}
+        document["decoys"] = [
+            {"decoy_id": d.decoy_id, "protocol": deception_pb.Protocol.Name(d.protocol), "address": _decoy_address(d)}
+            for d in decoys
+        ]
+        print(json.dumps(document))
     else:
         width = max(len(n) for n in statuses)
         for name, status in statuses.items():
             print(f"{name.ljust(width)}  {endpoints[name].address.ljust(21)}  {status}")
+        if decoys:
+            print("\ndecoys (deception listens here; every connection is recorded):")
+            for decoy in decoys:
+                protocol = deception_pb.Protocol.Name(decoy.protocol).removeprefix("PROTOCOL_").lower()
+                print(f"  {decoy.decoy_id.ljust(12)}  {protocol.ljust(6)}  {_decoy_address(decoy)}")
     return 0 if all(s == "SERVING" for s in statuses.values()) else 1
+
+
+async def _decoys(data_dir: Path) -> list[deception_pb.Decoy]:
+    """The decoys deception runs, or none when it cannot be asked (no credentials, refused)."""
+    decoys: list[deception_pb.Decoy] = []
+    async with connect("deception", data_dir=data_dir) as channel:
+        client = DeceptionClient(channel, default_timeout=5)
+        request = deception_pb.ListDecoysRequest(page_size=100)
+        try:
+            while True:
+                page = await client.list_decoys(request)
+                decoys.extend(page.decoys)
+                if not page.next_page_token:
+                    return decoys
+                request.page_token = page.next_page_token
+        except ShieldxError:
+            return decoys
+
+
+def _print_decoy(decoys: list[deception_pb.Decoy], decoy_id: str) -> int:
+    for decoy in decoys:
+        if decoy.decoy_id == decoy_id:
+            print(_decoy_address(decoy))
+            return 0
+    print(f"no decoy {decoy_id!r}; running: {', '.join(d.decoy_id for d in decoys) or 'none'}", file=sys.stderr)
+    return 1
+
+
+def _decoy_address(decoy: deception_pb.Decoy) -> str:
+    host = f"[{decoy.bind_address}]" if ":" in decoy.bind_address else decoy.bind_address
+    return f"{host}:{decoy.port}"

@@ -32,13 +32,15 @@ from servers.mesh.config import MeshConfig
 from servers.mesh.faults import FaultInjectionInterceptor, FaultTable, fault_settings
 from servers.mesh.interception import CallInterceptor, InterceptorChain
 from servers.mesh.logs import configure_logging
-from servers.mesh.metrics import MetricsInterceptor, serve_metrics
+from servers.mesh.metrics import MetricsInterceptor, process_registry, serve_metrics
+from servers.mesh.posture import PostureFacts, PostureServicer
 from servers.mesh.ratelimit import RateLimitInterceptor, TokenBuckets
 from servers.mesh.reflection import enable_reflection
 from servers.mesh.status import ErrorMappingInterceptor
 from servers.mesh.storage import Database, open_database
 from servers.mesh.tracing import TracingInterceptor, configure_tracing, shutdown_tracing
 from servers.mesh.trust import MeshTrust
+from shieldx.mesh.v1 import posture_pb2, posture_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +94,13 @@ class Runtime:
         token_source: TokenSource | None = None,
     ) -> None:
         self.config = config
-        self.registry = registry or CollectorRegistry()
+        self.registry = registry or process_registry()
         self.verifier = verifier
         self.token_source = token_source
         self.faults = FaultTable(config.version, settings=fault_settings(config))
         self.trust: MeshTrust | None = None
+        self.posture = PostureFacts()
+        """What the service reports in GetPosture beyond the runtime's settings (protections, retention)."""
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._databases: list[Database] = []
 
@@ -122,6 +126,7 @@ class Runtime:
             audience=auth.audience,
             leeway_seconds=auth.leeway_seconds,
             refresh_seconds=auth.key_refresh_seconds,
+            registry=self.registry,
         )
         self.verifier = self.trust.verifier
         self.trust.verifier.cache_gate = self.cache_gate("token_verification")
@@ -253,7 +258,10 @@ def _server_credentials(config: MeshConfig) -> grpc.ServerCredentials | None:
 
 
 def create_server(mounts: Sequence[Mount], runtime: Runtime, address: str | None = None) -> MeshServer:
-    """Build (not start) a server for `mounts`; binds `address` (default host:port from config)."""
+    """Build (not start) a server for `mounts` and the standard PostureService; binds `address`
+    (default host:port from config)."""
+    posture = PostureServicer(runtime.config, runtime.posture)
+    mounts = [*mounts, Mount.of(posture_pb2, posture_pb2_grpc, "PostureService", posture)]
     descriptors = [m.descriptor for m in mounts]
     server = grpc.aio.server(
         interceptors=[InterceptorChain(interceptor_chain(runtime, descriptors))],

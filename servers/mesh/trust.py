@@ -5,6 +5,8 @@ fills its `TokenVerifier` with the token service's published keys (`ListPublicKe
 an interval and at once when a token names a key it does not know) and with every revocation
 (`WatchRevocations`, one stream per process, resumed from the last sequence seen), so a
 revocation reaches every server within milliseconds and no call costs a network round trip.
+The same stream carries the published keys whenever they change, so a key cut off by an
+emergency rotation is refused everywhere as soon as the token service has rotated.
 
 A server reports SERVING only once it has the keys and has caught up with the revocations:
 a restarted server never accepts a token that was revoked while it was down.
@@ -17,10 +19,11 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
 import grpc
+from prometheus_client import CollectorRegistry, Gauge
 
 from servers.mesh import errors, paseto
 from servers.mesh.claims import TOKEN_UNKNOWN_KEY, TokenClaims
@@ -37,6 +40,20 @@ def _moment(timestamp: object) -> datetime | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
 
 
+def _trusted(published: Iterable[tokens_pb2.PublicKey]) -> list[TrustedKey]:
+    keys: list[TrustedKey] = []
+    for key in published:
+        try:
+            keys.append(
+                TrustedKey.from_paserk(
+                    key.paserk, kid=key.kid, not_before=_moment(key.not_before), not_after=_moment(key.not_after)
+                )
+            )
+        except paseto.InvalidPaserk:
+            log.error("token service published a malformed key", extra={"kid": key.kid})
+    return keys
+
+
 class MeshTrust:
     """The verifier of one server process and the two loops that keep it current."""
 
@@ -48,7 +65,13 @@ class MeshTrust:
         leeway_seconds: float,
         refresh_seconds: float = 60.0,
         clock: Callable[[], float] = time.time,
+        registry: CollectorRegistry | None = None,
     ) -> None:
+        self.stream_up = Gauge(
+            "shieldx_mesh_revocation_stream_up",
+            "1 while this server follows the token service's revocation stream and has caught up, else 0.",
+            registry=registry if registry is not None else CollectorRegistry(),
+        )
         self.verifier = TokenVerifier(
             audience=audience, issuer=ISSUER, leeway=timedelta(seconds=leeway_seconds), clock=clock
         )
@@ -84,21 +107,13 @@ class MeshTrust:
             reply = await self._stub.ListPublicKeys(
                 tokens_pb2.ListPublicKeysRequest(page_size=100, page_token=page_token), timeout=10
             )
-            for key in reply.keys:
-                try:
-                    keys.append(
-                        TrustedKey.from_paserk(
-                            key.paserk,
-                            kid=key.kid,
-                            not_before=_moment(key.not_before),
-                            not_after=_moment(key.not_after),
-                        )
-                    )
-                except paseto.InvalidPaserk:
-                    log.error("token service published a malformed key", extra={"kid": key.kid})
+            keys += _trusted(reply.keys)
             page_token = reply.next_page_token
             if not page_token:
                 break
+        self._trust(keys)
+
+    def _trust(self, keys: list[TrustedKey]) -> None:
         self.verifier.replace_keys(keys)
         self._last_refresh = time.monotonic()
         self._keys_loaded.set()
@@ -149,9 +164,12 @@ class MeshTrust:
             except grpc.aio.AioRpcError as error:
                 failures += 1
                 log.warning("revocation stream interrupted: %s", error.code().name)
+            self.stream_up.set(0)
             await asyncio.sleep(min(10.0, 0.1 * 2**failures) * random.uniform(0.5, 1.0))
 
     def _apply(self, update: tokens_pb2.WatchRevocationsResponse) -> None:
+        if update.HasField("keys"):
+            self._trust(_trusted(update.keys.keys))
         entries = [(r.jti, datetime.fromtimestamp(r.expire_time.ToSeconds(), UTC)) for r in update.revocations]
         if update.reset:
             # The stream starts over (our resume point was too old or ahead of the service):
@@ -165,6 +183,7 @@ class MeshTrust:
             self.sequence = max(self.sequence, revocation.sequence)
         if update.caught_up:
             self._caught_up.set()
+            self.stream_up.set(1)
 
     async def prune_forever(self, interval: float = 300.0) -> None:
         """Background loop: drop revocations of tokens that have expired anyway."""

@@ -7,9 +7,10 @@ inspector behind IntrospectToken and RevokeToken, and, when the runtime has none
 verifier of the mesh auth interceptor. They follow the service's own rotations and
 revocations directly, in process, with no network call.
 
-It also is the revocation feed of WatchRevocations: `revocations_recorded` wakes every
-waiting watcher at once (an asyncio event), and `follow_store` picks up revocations and key
-changes recorded by another replica sharing the database.
+It also is the feed of WatchRevocations: `revocation_recorded` and every change of the key
+ring (`key_generation`) wake every waiting watcher at once (an asyncio event), and
+`follow_store` picks up revocations and key changes recorded by another replica sharing the
+database.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class TokenAuthority:
         self._signer: TokenSigner | None = None
         self._applied_sequence = 0
         self._latest_sequence = 0
+        self._key_generation = 0
         self._recorded = asyncio.Event()
         self._closing = False
         self._started = False
@@ -165,12 +167,16 @@ class TokenAuthority:
                     for key in records
                 )
             )
-            if ring != self._ring:
+            changed = ring != self._ring
+            if changed:
                 if active is not None and secret is None:
                     log.error("the active signing key's secret half is missing", extra={"kid": active.kid})
                 self._ring = ring
                 self._signer = None
             self.refresh_key_windows()
+            if changed:
+                self._key_generation += 1
+                self._wake_watchers()
             await asyncio.to_thread(
                 self.key_files.prune, None if active is None else active.kid, {key.kid for key in records}
             )
@@ -201,8 +207,16 @@ class TokenAuthority:
         if sequence <= self._latest_sequence:
             return
         self._latest_sequence = sequence
+        self._wake_watchers()
+
+    def _wake_watchers(self) -> None:
         recorded, self._recorded = self._recorded, asyncio.Event()
         recorded.set()
+
+    @property
+    def key_generation(self) -> int:
+        """Counts the changes of the key ring this process has seen (its own rotations and others')."""
+        return self._key_generation
 
     @property
     def latest_sequence(self) -> int:
@@ -215,10 +229,12 @@ class TokenAuthority:
         recorded, self._recorded = self._recorded, asyncio.Event()
         recorded.set()
 
-    async def wait_beyond(self, sequence: int, timeout: float | None = None) -> bool:
-        """Wait until a revocation after `sequence` is known to be committed; False on timeout or
-        once the server is draining."""
-        while self._latest_sequence <= sequence:
+    async def wait_beyond(
+        self, sequence: int, timeout: float | None = None, *, key_generation: int | None = None
+    ) -> bool:
+        """Wait until a revocation after `sequence` is known to be committed (or, given a
+        `key_generation`, the key ring changed since it); False on timeout or once the server is draining."""
+        while self._latest_sequence <= sequence and key_generation in (None, self._key_generation):
             if self._closing:
                 return False
             try:

@@ -37,7 +37,15 @@ WORKLOAD_SCOPES: dict[str, frozenset[str]] = {
     "deployment": _EVERY_SERVER,
     "sharding": _EVERY_SERVER,
     "compliance": _EVERY_SERVER
-    | {"credits.admin", "credits.read", "tokens.read", "deployment.read", "sharding.read", "deception.read"},
+    | {
+        "credits.admin",
+        "credits.read",
+        "tokens.read",
+        "deployment.read",
+        "sharding.read",
+        "deception.read",
+        "mesh.posture",
+    },
     "deception": _EVERY_SERVER | {"compliance.alert"},
 }
 """Scopes of each server's workload client: what it calls on its peers."""

@@ -6,9 +6,11 @@ Order of messages on one stream:
    batches of at most `WATCH_BATCH`. The resume point is `after_sequence`, unless it is ahead
    of the store's last sequence or below the highest purged one: then it is 0 and the first
    message carries `reset = true` (the watcher replaces its whole set).
-2. One message with `caught_up = true` and no revocations (it carries `reset` itself when
-   there was no backlog to carry it).
-3. Each revocation committed afterwards, as it happens (until the server drains, which ends
+2. One message with `caught_up = true`, no revocations and the published `keys` (it carries
+   `reset` itself when there was no backlog to carry it).
+3. The published `keys` again whenever the key ring changes (a rotation here, or one another
+   replica made, seen when this process reloads its keys), before any revocation that follows.
+4. Each revocation committed afterwards, as it happens (until the server drains, which ends
    the stream cleanly so the watcher resumes elsewhere): a revocation recorded by this process
    wakes the stream at once (an asyncio event), one recorded by another replica sharing the
    database within `refresh_seconds`. The stream always re-reads the store from its last
@@ -44,15 +46,25 @@ async def revocation_stream(
     # Every sequence up to the mark read at the start was committed before it was read, so
     # one that was not sent has been purged: skip past it.
     cursor = max(cursor, marks.last_sequence)
-    yield tokens_pb2.WatchRevocationsResponse(reset=reset, caught_up=True)
+    generation = authority.key_generation
+    yield tokens_pb2.WatchRevocationsResponse(reset=reset, caught_up=True, keys=published_keys(authority))
     while True:
-        if not await authority.wait_beyond(cursor):
+        if not await authority.wait_beyond(cursor, key_generation=generation):
             return  # the server is draining; the watcher resumes from `cursor` elsewhere
+        if authority.key_generation != generation:
+            generation = authority.key_generation
+            yield tokens_pb2.WatchRevocationsResponse(keys=published_keys(authority))
         target = authority.latest_sequence
         async for batch in _stored_after(store, cursor, target):
             yield tokens_pb2.WatchRevocationsResponse(revocations=batch)
             cursor = batch[-1].sequence
         cursor = max(cursor, target)
+
+
+def published_keys(authority: TokenAuthority) -> tokens_pb2.PublicKeySet:
+    """The keys ListPublicKeys lists now, as one complete set."""
+    now = authority.now()
+    return tokens_pb2.PublicKeySet(keys=[messages.public_key_message(key, now) for key in authority.published()])
 
 
 async def _stored_after(store: TokenStore, cursor: int, through: int) -> AsyncIterator[list[tokens_pb2.Revocation]]:

@@ -29,6 +29,12 @@ def _reason(error: grpc.RpcError) -> str:
     return ""
 
 
+# Past authentication the compliance service answers the call itself: OK, or NOT_IMPLEMENTED while
+# its servicer is still to come. Any other code (UNAVAILABLE, PERMISSION_DENIED, ...) is not acceptance.
+ACCEPTED = {(grpc.StatusCode.OK, ""), (grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED")}
+REVOKED = (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_REVOKED")
+
+
 def _call_compliance(channel: grpc.Channel, token: str) -> tuple[grpc.StatusCode, str]:
     stub = compliance_pb2_grpc.ComplianceServiceStub(channel)
     try:
@@ -79,27 +85,23 @@ def test_revocation_reaches_another_process_within_a_second_and_survives_its_res
 
         victim = issue(["compliance.read"])
         operator = issue(["tokens.write"])
-        code, _ = _call_compliance(channel, victim)
-        assert code != grpc.StatusCode.UNAUTHENTICATED, "the token is accepted before it is revoked"
+        assert _call_compliance(channel, victim) in ACCEPTED, "the token is accepted before it is revoked"
 
         token_service.RevokeToken(
             tokens_pb2.RevokeTokenRequest(token=victim), metadata=[("authorization", f"Bearer {operator}")], timeout=5
         )
         revoked_at = time.monotonic()
-        while True:
-            code, reason = _call_compliance(channel, victim)
-            if code == grpc.StatusCode.UNAUTHENTICATED:
-                break
+        while (answer := _call_compliance(channel, victim)) != REVOKED:
+            assert answer in ACCEPTED, f"before the revocation arrives the token is accepted, not {answer}"
             assert time.monotonic() - revoked_at < 5, "the revocation never arrived"
             time.sleep(0.005)
         took = time.monotonic() - revoked_at
         print(f"revocation refused by another process after {took * 1000:.0f} ms")
-        assert reason == "TOKEN_REVOKED"
         assert took < 1.0
 
         compliance.stop()
         compliance.start()
         with grpc.insecure_channel(compliance.address) as restarted:
-            assert _call_compliance(restarted, victim) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_REVOKED")
+            assert _call_compliance(restarted, victim) == REVOKED
             fresh = issue(["compliance.read"])
-            assert _call_compliance(restarted, fresh)[0] != grpc.StatusCode.UNAUTHENTICATED
+            assert _call_compliance(restarted, fresh) in ACCEPTED

@@ -4,6 +4,7 @@ introspection, revocation and its stream, key rotation, restarts, bootstrap, aut
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import stat
 import time
@@ -14,9 +15,11 @@ from typing import Any
 
 import grpc
 import nacl.signing
+import psycopg
 import pytest
 from google.protobuf import duration_pb2, field_mask_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from psycopg import sql
 
 from clients.credentials import CredentialsFile
 from clients.errors import ShieldxError
@@ -395,7 +398,9 @@ async def test_watch_resumes_after_a_sequence_then_streams_new_revocations_at_on
 
     everything, stream = await watch_until_caught_up(client, 0)
     assert [(r.sequence, r.jti) for m in everything for r in m.revocations] == [(1, "j1"), (2, "j2"), (3, "j3")]
-    assert everything[-1] == pb.WatchRevocationsResponse(caught_up=True), "the marker carries nothing else"
+    marker = everything[-1]
+    assert marker.caught_up and not marker.revocations and not marker.reset
+    assert [k.kid for k in marker.keys.keys] == [await active_kid(client)], "the marker carries the keys"
     assert not any(m.reset for m in everything)
 
     resumed, _ = await watch_until_caught_up(client, 2)
@@ -410,6 +415,31 @@ async def test_watch_resumes_after_a_sequence_then_streams_new_revocations_at_on
     elapsed = time.perf_counter() - started
     assert [(r.sequence, r.jti) for r in live.revocations] == [(4, "live")] and not live.reset
     assert elapsed < 1.0, f"a revocation reached the watcher after {elapsed:.3f}s"
+
+
+async def test_watchers_get_the_new_key_set_at_once_after_a_rotation(running: Running) -> None:
+    client = TokenClient(running.channel)
+    first = await active_kid(client)
+    _, stream = await watch_until_caught_up(client, 0)
+
+    await client.rotate_signing_key(pb.RotateSigningKeyRequest(overlap=duration_pb2.Duration(seconds=3600)))
+    overlapping = await asyncio.wait_for(anext(stream), 5)
+    second = await active_kid(client)
+    assert overlapping.HasField("keys") and not overlapping.revocations
+    assert {(k.kid, k.state) for k in overlapping.keys.keys} == {
+        (first, pb.KEY_STATE_PREVIOUS),
+        (second, pb.KEY_STATE_ACTIVE),
+    }
+
+    await client.rotate_signing_key(pb.RotateSigningKeyRequest(overlap=duration_pb2.Duration(seconds=0)))
+    cut_off = await asyncio.wait_for(anext(stream), 5)
+    third = await active_kid(client)
+    assert [k.kid for k in cut_off.keys.keys if k.state == pb.KEY_STATE_ACTIVE] == [third]
+    assert second not in {k.kid for k in cut_off.keys.keys}, "a key cut off with no overlap is published no more"
+
+    await client.revoke_token(pb.RevokeTokenRequest(jti="after"))
+    revoked = await asyncio.wait_for(anext(stream), 5)
+    assert [r.jti for r in revoked.revocations] == ["after"] and not revoked.HasField("keys")
 
 
 async def test_purged_revocations_keep_sequences_and_reset_watchers_behind_them(
@@ -506,9 +536,34 @@ async def test_the_active_key_rotates_automatically_at_its_maximum_age(
     assert first in [k.kid for k in keys], "the replaced key stays published for the overlap"
 
 
-def sqlite_bytes(data_dir: Path) -> bytes:
-    """Everything the SQLite store wrote (database, WAL, shared memory)."""
-    return b"".join(path.read_bytes() for path in data_dir.glob("tokens.db*"))
+def stored_bytes(config: Any) -> bytes:
+    """Everything the token store holds: the SQLite files (database, WAL, shared memory), or
+    every row of every table in the service's PostgreSQL schema, each value in its raw form."""
+    if not config.database_url:
+        return b"".join(path.read_bytes() for path in Path(config.data_dir).glob("tokens.db*"))
+    chunks: list[bytes] = []
+    with psycopg.connect(config.database_url) as connection:
+        tables = connection.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (config.database_schema,)
+        ).fetchall()
+        assert tables, "the schema holds the token store's tables"
+        for (table,) in tables:
+            query = sql.SQL("SELECT * FROM {}.{}").format(sql.Identifier(config.database_schema), sql.Identifier(table))
+            for row in connection.execute(query):
+                chunks += [value if isinstance(value, bytes) else str(value).encode() for value in row]
+    return b"\n".join(chunks)
+
+
+def secret_forms(secret: bytes) -> list[bytes]:
+    """The ways a signing key's secret half could be written down: raw, hex, base64, PASERK."""
+    seed = secret[:32]
+    return [
+        seed,
+        seed.hex().encode(),
+        base64.b64encode(seed).rstrip(b"="),
+        base64.urlsafe_b64encode(seed).rstrip(b"="),
+        paseto.paserk_secret(secret).encode(),
+    ]
 
 
 async def test_secret_files_are_private_and_the_database_holds_no_secret_half(running: Running, config: Any) -> None:
@@ -521,9 +576,10 @@ async def test_secret_files_are_private_and_the_database_holds_no_secret_half(ru
     assert stat.S_IMODE((Path(config.data_dir) / "credentials").stat().st_mode) == 0o600
     secret = SigningKeyFiles(keys_dir).read(kid)
     assert secret is not None
-    if not config.database_url:
-        stored = sqlite_bytes(Path(config.data_dir))
-        assert secret[:32] not in stored and paseto.paserk_secret(secret).encode() not in stored
+    stored = stored_bytes(config)
+    assert paseto.paserk_public(secret[32:]).encode() in stored, "the dump sees the key rows (public halves)"
+    for form in secret_forms(secret):
+        assert form not in stored, form
 
 
 async def test_restart_keeps_clients_keys_revocations_and_the_bootstrap(

@@ -114,6 +114,18 @@ class _EvidenceKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Evidence
     """Each shard has a healthy replica and recent failovers met the recovery time objective."""
     EVIDENCE_KIND_ALERT_RESPONSE: _EvidenceKind.ValueType  # 8
     """High and critical alerts were acknowledged within the response time objective."""
+    EVIDENCE_KIND_MFA: _EvidenceKind.ValueType  # 9
+    """Human administrators have MFA enrolled; token lifetimes and client-secret ages are in policy."""
+    EVIDENCE_KIND_POSTURE: _EvidenceKind.ValueType  # 10
+    """Each server's security posture (shieldx.mesh.v1.PostureService): auth, rate limit,
+    encryption at rest, structured logs with trace ids.
+    """
+    EVIDENCE_KIND_CHANGE_MANAGEMENT: _EvidenceKind.ValueType  # 11
+    """Recent deployments went through automated analysis; none promoted by skipping it without
+    a recorded reason.
+    """
+    EVIDENCE_KIND_BREACH_NOTIFICATION: _EvidenceKind.ValueType  # 12
+    """No personal-data breach has passed its GDPR Art. 33 notification deadline unnotified."""
 
 class EvidenceKind(_EvidenceKind, metaclass=_EvidenceKindEnumTypeWrapper):
     """What a piece of evidence is about."""
@@ -136,6 +148,18 @@ EVIDENCE_KIND_REPLICATION: EvidenceKind.ValueType  # 7
 """Each shard has a healthy replica and recent failovers met the recovery time objective."""
 EVIDENCE_KIND_ALERT_RESPONSE: EvidenceKind.ValueType  # 8
 """High and critical alerts were acknowledged within the response time objective."""
+EVIDENCE_KIND_MFA: EvidenceKind.ValueType  # 9
+"""Human administrators have MFA enrolled; token lifetimes and client-secret ages are in policy."""
+EVIDENCE_KIND_POSTURE: EvidenceKind.ValueType  # 10
+"""Each server's security posture (shieldx.mesh.v1.PostureService): auth, rate limit,
+encryption at rest, structured logs with trace ids.
+"""
+EVIDENCE_KIND_CHANGE_MANAGEMENT: EvidenceKind.ValueType  # 11
+"""Recent deployments went through automated analysis; none promoted by skipping it without
+a recorded reason.
+"""
+EVIDENCE_KIND_BREACH_NOTIFICATION: EvidenceKind.ValueType  # 12
+"""No personal-data breach has passed its GDPR Art. 33 notification deadline unnotified."""
 Global___EvidenceKind: _TypeAlias = EvidenceKind  # noqa: Y015
 
 class _Severity:
@@ -210,6 +234,10 @@ class _ReportFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReportFo
     """One JSON document (UTF-8), for machines."""
     REPORT_FORMAT_MARKDOWN: _ReportFormat.ValueType  # 2
     """CommonMark with tables (UTF-8), for people."""
+    REPORT_FORMAT_PDF: _ReportFormat.ValueType  # 3
+    """PDF (`application/pdf`), for auditors."""
+    REPORT_FORMAT_OSCAL_JSON: _ReportFormat.ValueType  # 4
+    """NIST OSCAL 1.1 assessment-results, JSON (`application/json`)."""
 
 class ReportFormat(_ReportFormat, metaclass=_ReportFormatEnumTypeWrapper):
     """The file format of a report."""
@@ -220,6 +248,10 @@ REPORT_FORMAT_JSON: ReportFormat.ValueType  # 1
 """One JSON document (UTF-8), for machines."""
 REPORT_FORMAT_MARKDOWN: ReportFormat.ValueType  # 2
 """CommonMark with tables (UTF-8), for people."""
+REPORT_FORMAT_PDF: ReportFormat.ValueType  # 3
+"""PDF (`application/pdf`), for auditors."""
+REPORT_FORMAT_OSCAL_JSON: ReportFormat.ValueType  # 4
+"""NIST OSCAL 1.1 assessment-results, JSON (`application/json`)."""
 Global___ReportFormat: _TypeAlias = ReportFormat  # noqa: Y015
 
 class _AlertState:
@@ -456,6 +488,9 @@ class Evidence(_message.Message):
     COLLECT_TIME_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
     PROBE_DURATION_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    PREVIOUS_CHAIN_SHA256_FIELD_NUMBER: _builtins.int
+    CHAIN_SHA256_FIELD_NUMBER: _builtins.int
     evidence_id: _builtins.str
     """Unique id."""
     kind: Global___EvidenceKind.ValueType
@@ -471,6 +506,14 @@ class Evidence(_message.Message):
     sha256: _builtins.str
     """Hex SHA-256 of the canonical JSON of kind, target, passed, details and collect_time, so a
     report can be checked against the stored evidence.
+    """
+    sequence: _builtins.int
+    """Position in the evidence chain (1 for the first record ever collected)."""
+    previous_chain_sha256: _builtins.str
+    """`chain_sha256` of the record before it in the chain (64 zeros for the first)."""
+    chain_sha256: _builtins.str
+    """Hex SHA-256 of the canonical JSON of `sequence`, `evidence_id`, `sha256` and
+    `previous_chain_sha256`: the link the signed chain head ends in.
     """
     @_builtins.property
     def details(self) -> _struct_pb2.Struct:
@@ -497,14 +540,63 @@ class Evidence(_message.Message):
         collect_time: _timestamp_pb2.Timestamp | None = ...,
         sha256: _builtins.str = ...,
         probe_duration: _duration_pb2.Duration | None = ...,
+        sequence: _builtins.int = ...,
+        previous_chain_sha256: _builtins.str = ...,
+        chain_sha256: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["collect_time", b"collect_time", "details", b"details", "probe_duration", b"probe_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assessment_id", b"assessment_id", "collect_time", b"collect_time", "details", b"details", "evidence_id", b"evidence_id", "kind", b"kind", "passed", b"passed", "probe_duration", b"probe_duration", "sha256", b"sha256", "summary", b"summary", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assessment_id", b"assessment_id", "chain_sha256", b"chain_sha256", "collect_time", b"collect_time", "details", b"details", "evidence_id", b"evidence_id", "kind", b"kind", "passed", b"passed", "previous_chain_sha256", b"previous_chain_sha256", "probe_duration", b"probe_duration", "sequence", b"sequence", "sha256", b"sha256", "summary", b"summary", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Evidence: _TypeAlias = Evidence  # noqa: Y015
+
+@_typing.final
+class EvidenceChainHead(_message.Message):
+    """The signed end of the evidence chain."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    CHAIN_SHA256_FIELD_NUMBER: _builtins.int
+    SIGN_TIME_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """Sequence of the last record."""
+    chain_sha256: _builtins.str
+    """Its `chain_sha256`."""
+    signature: _builtins.str
+    """Ed25519 signature (base64) of the canonical JSON of `sequence`, `chain_sha256` and `sign_time`
+    (RFC 3339, microseconds, `Z`).
+    """
+    key_id: _builtins.str
+    """Id of the signing key (hex SHA-256 of the public key, first 16 characters)."""
+    public_key: _builtins.str
+    """The raw Ed25519 public key (base64)."""
+    @_builtins.property
+    def sign_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was signed."""
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        chain_sha256: _builtins.str = ...,
+        sign_time: _timestamp_pb2.Timestamp | None = ...,
+        signature: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+        public_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sign_time", b"sign_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain_sha256", b"chain_sha256", "key_id", b"key_id", "public_key", b"public_key", "sequence", b"sequence", "sign_time", b"sign_time", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvidenceChainHead: _TypeAlias = EvidenceChainHead  # noqa: Y015
 
 @_typing.final
 class Score(_message.Message):
@@ -585,6 +677,7 @@ class FrameworkScore(_message.Message):
     SCORE_FIELD_NUMBER: _builtins.int
     FAMILIES_FIELD_NUMBER: _builtins.int
     ASSESSMENT_ID_FIELD_NUMBER: _builtins.int
+    ASSESS_TIME_FIELD_NUMBER: _builtins.int
     framework: Global___Framework.ValueType
     """The framework."""
     assessment_id: _builtins.str
@@ -597,6 +690,10 @@ class FrameworkScore(_message.Message):
     def families(self) -> _containers.RepeatedCompositeFieldContainer[Global___FamilyScore]:
         """Per control family, by family name."""
 
+    @_builtins.property
+    def assess_time(self) -> _timestamp_pb2.Timestamp:
+        """When that assessment finished."""
+
     def __init__(
         self,
         *,
@@ -604,10 +701,11 @@ class FrameworkScore(_message.Message):
         score: Global___Score | None = ...,
         families: _abc.Iterable[Global___FamilyScore] | None = ...,
         assessment_id: _builtins.str = ...,
+        assess_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["score", b"score"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assess_time", b"assess_time", "score", b"score"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assessment_id", b"assessment_id", "families", b"families", "framework", b"framework", "score", b"score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assess_time", b"assess_time", "assessment_id", b"assessment_id", "families", b"families", "framework", b"framework", "score", b"score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -724,6 +822,11 @@ class Alert(_message.Message):
     ACKNOWLEDGE_TIME_FIELD_NUMBER: _builtins.int
     ACKNOWLEDGED_BY_FIELD_NUMBER: _builtins.int
     ACKNOWLEDGEMENT_NOTE_FIELD_NUMBER: _builtins.int
+    ESCALATION_LEVEL_FIELD_NUMBER: _builtins.int
+    NOTIFICATION_DEADLINE_FIELD_NUMBER: _builtins.int
+    AUTHORITY_NOTIFY_TIME_FIELD_NUMBER: _builtins.int
+    AUTHORITY_REFERENCE_FIELD_NUMBER: _builtins.int
+    ESCALATE_TIME_FIELD_NUMBER: _builtins.int
     alert_id: _builtins.str
     """Unique id."""
     source: _builtins.str
@@ -750,6 +853,10 @@ class Alert(_message.Message):
     """Subject of the token that acknowledged it."""
     acknowledgement_note: _builtins.str
     """The note given when acknowledging."""
+    escalation_level: _builtins.int
+    """How many times it was escalated (0 until its response time passes unacknowledged)."""
+    authority_reference: _builtins.str
+    """The authority's reference for the notification."""
     @_builtins.property
     def attributes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Further facts from the source (no secrets), e.g. `decoy_id`, `batch_id`, `stage`."""
@@ -765,6 +872,20 @@ class Alert(_message.Message):
     @_builtins.property
     def acknowledge_time(self) -> _timestamp_pb2.Timestamp:
         """When it was acknowledged; unset while open."""
+
+    @_builtins.property
+    def notification_deadline(self) -> _timestamp_pb2.Timestamp:
+        """For a personal-data breach (GDPR Art. 33): when the supervisory authority must be
+        notified by (72 hours after first seen); unset for other alerts.
+        """
+
+    @_builtins.property
+    def authority_notify_time(self) -> _timestamp_pb2.Timestamp:
+        """When the breach was notified to the supervisory authority; unset until then."""
+
+    @_builtins.property
+    def escalate_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was last escalated; unset if never."""
 
     def __init__(
         self,
@@ -786,10 +907,15 @@ class Alert(_message.Message):
         acknowledge_time: _timestamp_pb2.Timestamp | None = ...,
         acknowledged_by: _builtins.str = ...,
         acknowledgement_note: _builtins.str = ...,
+        escalation_level: _builtins.int = ...,
+        notification_deadline: _timestamp_pb2.Timestamp | None = ...,
+        authority_notify_time: _timestamp_pb2.Timestamp | None = ...,
+        authority_reference: _builtins.str = ...,
+        escalate_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["acknowledge_time", b"acknowledge_time", "first_seen_time", b"first_seen_time", "last_seen_time", b"last_seen_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["acknowledge_time", b"acknowledge_time", "authority_notify_time", b"authority_notify_time", "escalate_time", b"escalate_time", "first_seen_time", b"first_seen_time", "last_seen_time", b"last_seen_time", "notification_deadline", b"notification_deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledge_time", b"acknowledge_time", "acknowledged_by", b"acknowledged_by", "acknowledgement_note", b"acknowledgement_note", "alert_id", b"alert_id", "attributes", b"attributes", "category", b"category", "count", b"count", "dedup_key", b"dedup_key", "description", b"description", "first_seen_time", b"first_seen_time", "last_seen_time", b"last_seen_time", "severity", b"severity", "source", b"source", "source_address", b"source_address", "state", b"state", "subject", b"subject", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledge_time", b"acknowledge_time", "acknowledged_by", b"acknowledged_by", "acknowledgement_note", b"acknowledgement_note", "alert_id", b"alert_id", "attributes", b"attributes", "authority_notify_time", b"authority_notify_time", "authority_reference", b"authority_reference", "category", b"category", "count", b"count", "dedup_key", b"dedup_key", "description", b"description", "escalate_time", b"escalate_time", "escalation_level", b"escalation_level", "first_seen_time", b"first_seen_time", "last_seen_time", b"last_seen_time", "notification_deadline", b"notification_deadline", "severity", b"severity", "source", b"source", "source_address", b"source_address", "state", b"state", "subject", b"subject", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1397,12 +1523,15 @@ class GenerateReportResponse(_message.Message):
     CONTENT_FIELD_NUMBER: _builtins.int
     ASSESSMENT_ID_FIELD_NUMBER: _builtins.int
     GENERATE_TIME_FIELD_NUMBER: _builtins.int
+    CHAIN_HEAD_FIELD_NUMBER: _builtins.int
     report_id: _builtins.str
     """Content address of the report: hex SHA-256 of `content`."""
     format: Global___ReportFormat.ValueType
     """The format."""
     content_type: _builtins.str
-    """Media type of `content`: `application/json` or `text/markdown; charset=utf-8`."""
+    """Media type of `content`: `application/json`, `text/markdown; charset=utf-8` or
+    `application/pdf`.
+    """
     content: _builtins.bytes
     """The report."""
     assessment_id: _builtins.str
@@ -1410,6 +1539,10 @@ class GenerateReportResponse(_message.Message):
     @_builtins.property
     def generate_time(self) -> _timestamp_pb2.Timestamp:
         """When it was generated."""
+
+    @_builtins.property
+    def chain_head(self) -> Global___EvidenceChainHead:
+        """The signed evidence-chain head the report was made under (also inside `content`)."""
 
     def __init__(
         self,
@@ -1420,14 +1553,357 @@ class GenerateReportResponse(_message.Message):
         content: _builtins.bytes = ...,
         assessment_id: _builtins.str = ...,
         generate_time: _timestamp_pb2.Timestamp | None = ...,
+        chain_head: Global___EvidenceChainHead | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["generate_time", b"generate_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chain_head", b"chain_head", "generate_time", b"generate_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assessment_id", b"assessment_id", "content", b"content", "content_type", b"content_type", "format", b"format", "generate_time", b"generate_time", "report_id", b"report_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assessment_id", b"assessment_id", "chain_head", b"chain_head", "content", b"content", "content_type", b"content_type", "format", b"format", "generate_time", b"generate_time", "report_id", b"report_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GenerateReportResponse: _TypeAlias = GenerateReportResponse  # noqa: Y015
+
+@_typing.final
+class VerifyEvidenceChainRequest(_message.Message):
+    """Verify the evidence chain."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyEvidenceChainRequest: _TypeAlias = VerifyEvidenceChainRequest  # noqa: Y015
+
+@_typing.final
+class VerifyEvidenceChainResponse(_message.Message):
+    """The outcome of a chain verification."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALID_FIELD_NUMBER: _builtins.int
+    RECORDS_CHECKED_FIELD_NUMBER: _builtins.int
+    FIRST_BAD_EVIDENCE_ID_FIELD_NUMBER: _builtins.int
+    FIRST_BAD_SEQUENCE_FIELD_NUMBER: _builtins.int
+    PROBLEM_FIELD_NUMBER: _builtins.int
+    HEAD_FIELD_NUMBER: _builtins.int
+    PURGED_RECORDS_FIELD_NUMBER: _builtins.int
+    valid: _builtins.bool
+    """True if every record, every link and the head signature match."""
+    records_checked: _builtins.int
+    """Records checked."""
+    first_bad_evidence_id: _builtins.str
+    """The first record that does not match; empty when valid (or when only the head fails)."""
+    first_bad_sequence: _builtins.int
+    """Its sequence (0 when none)."""
+    problem: _builtins.str
+    """What did not match, for a person."""
+    purged_records: _builtins.int
+    """Records purged so far (older than the retention period), each purge recorded."""
+    @_builtins.property
+    def head(self) -> Global___EvidenceChainHead:
+        """The head verified against."""
+
+    def __init__(
+        self,
+        *,
+        valid: _builtins.bool = ...,
+        records_checked: _builtins.int = ...,
+        first_bad_evidence_id: _builtins.str = ...,
+        first_bad_sequence: _builtins.int = ...,
+        problem: _builtins.str = ...,
+        head: Global___EvidenceChainHead | None = ...,
+        purged_records: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["head", b"head"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_bad_evidence_id", b"first_bad_evidence_id", "first_bad_sequence", b"first_bad_sequence", "head", b"head", "problem", b"problem", "purged_records", b"purged_records", "records_checked", b"records_checked", "valid", b"valid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyEvidenceChainResponse: _TypeAlias = VerifyEvidenceChainResponse  # noqa: Y015
+
+@_typing.final
+class GetEvidenceChainHeadRequest(_message.Message):
+    """Ask for the chain head."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetEvidenceChainHeadRequest: _TypeAlias = GetEvidenceChainHeadRequest  # noqa: Y015
+
+@_typing.final
+class GetEvidenceChainHeadResponse(_message.Message):
+    """The signed chain head."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEAD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def head(self) -> Global___EvidenceChainHead:
+        """The latest signed head; unset before the first assessment."""
+
+    def __init__(
+        self,
+        *,
+        head: Global___EvidenceChainHead | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["head", b"head"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["head", b"head"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetEvidenceChainHeadResponse: _TypeAlias = GetEvidenceChainHeadResponse  # noqa: Y015
+
+@_typing.final
+class ListScoreHistoryRequest(_message.Message):
+    """List a framework's score history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FRAMEWORK_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    framework: Global___Framework.ValueType
+    """The framework (required)."""
+    page_size: _builtins.int
+    """Maximum scores to return (default 50, at most 1000; negative is INVALID_ARGUMENT)."""
+    page_token: _builtins.str
+    """`next_page_token` of the previous page, with the same framework."""
+    def __init__(
+        self,
+        *,
+        framework: Global___Framework.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["framework", b"framework", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListScoreHistoryRequest: _TypeAlias = ListScoreHistoryRequest  # noqa: Y015
+
+@_typing.final
+class ListScoreHistoryResponse(_message.Message):
+    """A page of score history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCORES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def scores(self) -> _containers.RepeatedCompositeFieldContainer[Global___FrameworkScore]:
+        """Scores, newest assessment first."""
+
+    def __init__(
+        self,
+        *,
+        scores: _abc.Iterable[Global___FrameworkScore] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "scores", b"scores"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListScoreHistoryResponse: _TypeAlias = ListScoreHistoryResponse  # noqa: Y015
+
+@_typing.final
+class RecordBreachNotificationRequest(_message.Message):
+    """Record a breach notification to the supervisory authority."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALERT_ID_FIELD_NUMBER: _builtins.int
+    AUTHORITY_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    NOTIFY_TIME_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    alert_id: _builtins.str
+    """The personal-data-breach alert."""
+    authority: _builtins.str
+    """The authority notified, e.g. `CNIL` (1-200 characters)."""
+    reference: _builtins.str
+    """The authority's reference for the notification (at most 200 characters)."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    @_builtins.property
+    def notify_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was notified; unset means now."""
+
+    def __init__(
+        self,
+        *,
+        alert_id: _builtins.str = ...,
+        authority: _builtins.str = ...,
+        reference: _builtins.str = ...,
+        notify_time: _timestamp_pb2.Timestamp | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["notify_time", b"notify_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_id", b"alert_id", "authority", b"authority", "notify_time", b"notify_time", "reference", b"reference", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordBreachNotificationRequest: _TypeAlias = RecordBreachNotificationRequest  # noqa: Y015
+
+@_typing.final
+class RecordBreachNotificationResponse(_message.Message):
+    """The alert with its clock stopped."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALERT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def alert(self) -> Global___Alert:
+        """The alert as it is now."""
+
+    def __init__(
+        self,
+        *,
+        alert: Global___Alert | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordBreachNotificationResponse: _TypeAlias = RecordBreachNotificationResponse  # noqa: Y015
+
+@_typing.final
+class ListNotificationAttemptsRequest(_message.Message):
+    """List notification delivery attempts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALERT_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    alert_id: _builtins.str
+    """Only attempts for this alert; empty means any."""
+    page_size: _builtins.int
+    """Maximum attempts to return (default 50, at most 1000; negative is INVALID_ARGUMENT)."""
+    page_token: _builtins.str
+    """`next_page_token` of the previous page, with the same filter."""
+    def __init__(
+        self,
+        *,
+        alert_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_id", b"alert_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNotificationAttemptsRequest: _TypeAlias = ListNotificationAttemptsRequest  # noqa: Y015
+
+@_typing.final
+class NotificationAttempt(_message.Message):
+    """One attempt to deliver an alert notification."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPT_ID_FIELD_NUMBER: _builtins.int
+    ALERT_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    DELIVERED_FIELD_NUMBER: _builtins.int
+    STATUS_CODE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    attempt_id: _builtins.str
+    """Unique id."""
+    alert_id: _builtins.str
+    """The alert notified."""
+    channel: _builtins.str
+    """The channel: `log` or `webhook:<url>`."""
+    reason: _builtins.str
+    """Why: `raised`, `escalated`, `breach_deadline_48h`, `breach_deadline_70h`."""
+    attempt: _builtins.int
+    """Attempt number for this notification (1 for the first try)."""
+    delivered: _builtins.bool
+    """True if delivered (HTTP 2xx for webhooks)."""
+    status_code: _builtins.int
+    """HTTP status code (webhooks; 0 if no answer)."""
+    error: _builtins.str
+    """The error, if any."""
+    @_builtins.property
+    def attempt_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was attempted."""
+
+    def __init__(
+        self,
+        *,
+        attempt_id: _builtins.str = ...,
+        alert_id: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        delivered: _builtins.bool = ...,
+        status_code: _builtins.int = ...,
+        error: _builtins.str = ...,
+        attempt_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attempt_time", b"attempt_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_id", b"alert_id", "attempt", b"attempt", "attempt_id", b"attempt_id", "attempt_time", b"attempt_time", "channel", b"channel", "delivered", b"delivered", "error", b"error", "reason", b"reason", "status_code", b"status_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NotificationAttempt: _TypeAlias = NotificationAttempt  # noqa: Y015
+
+@_typing.final
+class ListNotificationAttemptsResponse(_message.Message):
+    """A page of notification attempts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___NotificationAttempt]:
+        """The attempts, newest first."""
+
+    def __init__(
+        self,
+        *,
+        attempts: _abc.Iterable[Global___NotificationAttempt] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNotificationAttemptsResponse: _TypeAlias = ListNotificationAttemptsResponse  # noqa: Y015
 
 @_typing.final
 class ListAlertsRequest(_message.Message):

@@ -111,6 +111,31 @@ class ComplianceServiceStub:
                 request_serializer=shieldx_dot_compliance_dot_v1_dot_compliance__pb2.UpdateRemediationRequest.SerializeToString,
                 response_deserializer=shieldx_dot_compliance_dot_v1_dot_compliance__pb2.UpdateRemediationResponse.FromString,
                 _registered_method=True)
+        self.VerifyEvidenceChain = channel.unary_unary(
+                '/shieldx.compliance.v1.ComplianceService/VerifyEvidenceChain',
+                request_serializer=shieldx_dot_compliance_dot_v1_dot_compliance__pb2.VerifyEvidenceChainRequest.SerializeToString,
+                response_deserializer=shieldx_dot_compliance_dot_v1_dot_compliance__pb2.VerifyEvidenceChainResponse.FromString,
+                _registered_method=True)
+        self.GetEvidenceChainHead = channel.unary_unary(
+                '/shieldx.compliance.v1.ComplianceService/GetEvidenceChainHead',
+                request_serializer=shieldx_dot_compliance_dot_v1_dot_compliance__pb2.GetEvidenceChainHeadRequest.SerializeToString,
+                response_deserializer=shieldx_dot_compliance_dot_v1_dot_compliance__pb2.GetEvidenceChainHeadResponse.FromString,
+                _registered_method=True)
+        self.ListScoreHistory = channel.unary_unary(
+                '/shieldx.compliance.v1.ComplianceService/ListScoreHistory',
+                request_serializer=shieldx_dot_compliance_dot_v1_dot_compliance__pb2.ListScoreHistoryRequest.SerializeToString,
+                response_deserializer=shieldx_dot_compliance_dot_v1_dot_compliance__pb2.ListScoreHistoryResponse.FromString,
+                _registered_method=True)
+        self.RecordBreachNotification = channel.unary_unary(
+                '/shieldx.compliance.v1.ComplianceService/RecordBreachNotification',
+                request_serializer=shieldx_dot_compliance_dot_v1_dot_compliance__pb2.RecordBreachNotificationRequest.SerializeToString,
+                response_deserializer=shieldx_dot_compliance_dot_v1_dot_compliance__pb2.RecordBreachNotificationResponse.FromString,
+                _registered_method=True)
+        self.ListNotificationAttempts = channel.unary_unary(
+                '/shieldx.compliance.v1.ComplianceService/ListNotificationAttempts',
+                request_serializer=shieldx_dot_compliance_dot_v1_dot_compliance__pb2.ListNotificationAttemptsRequest.SerializeToString,
+                response_deserializer=shieldx_dot_compliance_dot_v1_dot_compliance__pb2.ListNotificationAttemptsResponse.FromString,
+                _registered_method=True)
 
 
 class ComplianceServiceServicer:
@@ -184,7 +209,7 @@ class ComplianceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GenerateReport(self, request, context):
-        """Renders an assessment as a report (JSON or Markdown) for auditors: scores, every control
+        """Renders an assessment as a report (JSON, Markdown, PDF or OSCAL) for auditors: scores, every control
         result with its evidence digests, open remediations.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -223,6 +248,46 @@ class ComplianceServiceServicer:
 
     def UpdateRemediation(self, request, context):
         """Changes a remediation task: state, assignee, due time, and/or adds a note.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyEvidenceChain(self, request, context):
+        """Verifies the evidence chain from its first kept record (or the anchor of the last purge)
+        to the signed head: every record's digest, every link and the head's Ed25519 signature.
+        Names the first record that does not match.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEvidenceChainHead(self, request, context):
+        """Returns the signed head of the evidence chain and the public key that verifies it, so a
+        report can be checked offline.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListScoreHistory(self, request, context):
+        """Lists framework scores over time, one per assessment that covered the framework, newest
+        first, so a score can be trended.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordBreachNotification(self, request, context):
+        """Records that a personal-data breach alert was notified to the supervisory authority
+        (GDPR Art. 33), which stops its 72-hour clock.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListNotificationAttempts(self, request, context):
+        """Lists the delivery attempts of alert notifications (log and webhooks), newest first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -300,6 +365,31 @@ def add_ComplianceServiceServicer_to_server(servicer, server):
                     servicer.UpdateRemediation,
                     request_deserializer=shieldx_dot_compliance_dot_v1_dot_compliance__pb2.UpdateRemediationRequest.FromString,
                     response_serializer=shieldx_dot_compliance_dot_v1_dot_compliance__pb2.UpdateRemediationResponse.SerializeToString,
+            ),
+            'VerifyEvidenceChain': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyEvidenceChain,
+                    request_deserializer=shieldx_dot_compliance_dot_v1_dot_compliance__pb2.VerifyEvidenceChainRequest.FromString,
+                    response_serializer=shieldx_dot_compliance_dot_v1_dot_compliance__pb2.VerifyEvidenceChainResponse.SerializeToString,
+            ),
+            'GetEvidenceChainHead': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEvidenceChainHead,
+                    request_deserializer=shieldx_dot_compliance_dot_v1_dot_compliance__pb2.GetEvidenceChainHeadRequest.FromString,
+                    response_serializer=shieldx_dot_compliance_dot_v1_dot_compliance__pb2.GetEvidenceChainHeadResponse.SerializeToString,
+            ),
+            'ListScoreHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListScoreHistory,
+                    request_deserializer=shieldx_dot_compliance_dot_v1_dot_compliance__pb2.ListScoreHistoryRequest.FromString,
+                    response_serializer=shieldx_dot_compliance_dot_v1_dot_compliance__pb2.ListScoreHistoryResponse.SerializeToString,
+            ),
+            'RecordBreachNotification': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordBreachNotification,
+                    request_deserializer=shieldx_dot_compliance_dot_v1_dot_compliance__pb2.RecordBreachNotificationRequest.FromString,
+                    response_serializer=shieldx_dot_compliance_dot_v1_dot_compliance__pb2.RecordBreachNotificationResponse.SerializeToString,
+            ),
+            'ListNotificationAttempts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNotificationAttempts,
+                    request_deserializer=shieldx_dot_compliance_dot_v1_dot_compliance__pb2.ListNotificationAttemptsRequest.FromString,
+                    response_serializer=shieldx_dot_compliance_dot_v1_dot_compliance__pb2.ListNotificationAttemptsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -687,6 +777,141 @@ class ComplianceService:
             '/shieldx.compliance.v1.ComplianceService/UpdateRemediation',
             shieldx_dot_compliance_dot_v1_dot_compliance__pb2.UpdateRemediationRequest.SerializeToString,
             shieldx_dot_compliance_dot_v1_dot_compliance__pb2.UpdateRemediationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyEvidenceChain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shieldx.compliance.v1.ComplianceService/VerifyEvidenceChain',
+            shieldx_dot_compliance_dot_v1_dot_compliance__pb2.VerifyEvidenceChainRequest.SerializeToString,
+            shieldx_dot_compliance_dot_v1_dot_compliance__pb2.VerifyEvidenceChainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEvidenceChainHead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shieldx.compliance.v1.ComplianceService/GetEvidenceChainHead',
+            shieldx_dot_compliance_dot_v1_dot_compliance__pb2.GetEvidenceChainHeadRequest.SerializeToString,
+            shieldx_dot_compliance_dot_v1_dot_compliance__pb2.GetEvidenceChainHeadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListScoreHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shieldx.compliance.v1.ComplianceService/ListScoreHistory',
+            shieldx_dot_compliance_dot_v1_dot_compliance__pb2.ListScoreHistoryRequest.SerializeToString,
+            shieldx_dot_compliance_dot_v1_dot_compliance__pb2.ListScoreHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordBreachNotification(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shieldx.compliance.v1.ComplianceService/RecordBreachNotification',
+            shieldx_dot_compliance_dot_v1_dot_compliance__pb2.RecordBreachNotificationRequest.SerializeToString,
+            shieldx_dot_compliance_dot_v1_dot_compliance__pb2.RecordBreachNotificationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNotificationAttempts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shieldx.compliance.v1.ComplianceService/ListNotificationAttempts',
+            shieldx_dot_compliance_dot_v1_dot_compliance__pb2.ListNotificationAttemptsRequest.SerializeToString,
+            shieldx_dot_compliance_dot_v1_dot_compliance__pb2.ListNotificationAttemptsResponse.FromString,
             options,
             channel_credentials,
             insecure,

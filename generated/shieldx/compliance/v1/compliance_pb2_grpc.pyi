@@ -63,7 +63,7 @@ class ComplianceServiceStub:
     assessment or a given one.
     """
     GenerateReport: _grpc.UnaryUnaryMultiCallable[_compliance_pb2.GenerateReportRequest, _compliance_pb2.GenerateReportResponse]
-    """Renders an assessment as a report (JSON or Markdown) for auditors: scores, every control
+    """Renders an assessment as a report (JSON, Markdown, PDF or OSCAL) for auditors: scores, every control
     result with its evidence digests, open remediations.
     """
     ListAlerts: _grpc.UnaryUnaryMultiCallable[_compliance_pb2.ListAlertsRequest, _compliance_pb2.ListAlertsResponse]
@@ -79,6 +79,25 @@ class ComplianceServiceStub:
     """Lists remediation tasks for failed controls, filtered by state, framework or control."""
     UpdateRemediation: _grpc.UnaryUnaryMultiCallable[_compliance_pb2.UpdateRemediationRequest, _compliance_pb2.UpdateRemediationResponse]
     """Changes a remediation task: state, assignee, due time, and/or adds a note."""
+    VerifyEvidenceChain: _grpc.UnaryUnaryMultiCallable[_compliance_pb2.VerifyEvidenceChainRequest, _compliance_pb2.VerifyEvidenceChainResponse]
+    """Verifies the evidence chain from its first kept record (or the anchor of the last purge)
+    to the signed head: every record's digest, every link and the head's Ed25519 signature.
+    Names the first record that does not match.
+    """
+    GetEvidenceChainHead: _grpc.UnaryUnaryMultiCallable[_compliance_pb2.GetEvidenceChainHeadRequest, _compliance_pb2.GetEvidenceChainHeadResponse]
+    """Returns the signed head of the evidence chain and the public key that verifies it, so a
+    report can be checked offline.
+    """
+    ListScoreHistory: _grpc.UnaryUnaryMultiCallable[_compliance_pb2.ListScoreHistoryRequest, _compliance_pb2.ListScoreHistoryResponse]
+    """Lists framework scores over time, one per assessment that covered the framework, newest
+    first, so a score can be trended.
+    """
+    RecordBreachNotification: _grpc.UnaryUnaryMultiCallable[_compliance_pb2.RecordBreachNotificationRequest, _compliance_pb2.RecordBreachNotificationResponse]
+    """Records that a personal-data breach alert was notified to the supervisory authority
+    (GDPR Art. 33), which stops its 72-hour clock.
+    """
+    ListNotificationAttempts: _grpc.UnaryUnaryMultiCallable[_compliance_pb2.ListNotificationAttemptsRequest, _compliance_pb2.ListNotificationAttemptsResponse]
+    """Lists the delivery attempts of alert notifications (log and webhooks), newest first."""
 
 @_typing.type_check_only
 class ComplianceServiceAsyncStub(ComplianceServiceStub):
@@ -115,7 +134,7 @@ class ComplianceServiceAsyncStub(ComplianceServiceStub):
     assessment or a given one.
     """
     GenerateReport: _aio.UnaryUnaryMultiCallable[_compliance_pb2.GenerateReportRequest, _compliance_pb2.GenerateReportResponse]  # type: ignore[assignment]
-    """Renders an assessment as a report (JSON or Markdown) for auditors: scores, every control
+    """Renders an assessment as a report (JSON, Markdown, PDF or OSCAL) for auditors: scores, every control
     result with its evidence digests, open remediations.
     """
     ListAlerts: _aio.UnaryUnaryMultiCallable[_compliance_pb2.ListAlertsRequest, _compliance_pb2.ListAlertsResponse]  # type: ignore[assignment]
@@ -131,6 +150,25 @@ class ComplianceServiceAsyncStub(ComplianceServiceStub):
     """Lists remediation tasks for failed controls, filtered by state, framework or control."""
     UpdateRemediation: _aio.UnaryUnaryMultiCallable[_compliance_pb2.UpdateRemediationRequest, _compliance_pb2.UpdateRemediationResponse]  # type: ignore[assignment]
     """Changes a remediation task: state, assignee, due time, and/or adds a note."""
+    VerifyEvidenceChain: _aio.UnaryUnaryMultiCallable[_compliance_pb2.VerifyEvidenceChainRequest, _compliance_pb2.VerifyEvidenceChainResponse]  # type: ignore[assignment]
+    """Verifies the evidence chain from its first kept record (or the anchor of the last purge)
+    to the signed head: every record's digest, every link and the head's Ed25519 signature.
+    Names the first record that does not match.
+    """
+    GetEvidenceChainHead: _aio.UnaryUnaryMultiCallable[_compliance_pb2.GetEvidenceChainHeadRequest, _compliance_pb2.GetEvidenceChainHeadResponse]  # type: ignore[assignment]
+    """Returns the signed head of the evidence chain and the public key that verifies it, so a
+    report can be checked offline.
+    """
+    ListScoreHistory: _aio.UnaryUnaryMultiCallable[_compliance_pb2.ListScoreHistoryRequest, _compliance_pb2.ListScoreHistoryResponse]  # type: ignore[assignment]
+    """Lists framework scores over time, one per assessment that covered the framework, newest
+    first, so a score can be trended.
+    """
+    RecordBreachNotification: _aio.UnaryUnaryMultiCallable[_compliance_pb2.RecordBreachNotificationRequest, _compliance_pb2.RecordBreachNotificationResponse]  # type: ignore[assignment]
+    """Records that a personal-data breach alert was notified to the supervisory authority
+    (GDPR Art. 33), which stops its 72-hour clock.
+    """
+    ListNotificationAttempts: _aio.UnaryUnaryMultiCallable[_compliance_pb2.ListNotificationAttemptsRequest, _compliance_pb2.ListNotificationAttemptsResponse]  # type: ignore[assignment]
+    """Lists the delivery attempts of alert notifications (log and webhooks), newest first."""
 
 class ComplianceServiceServicer(metaclass=_abc_1.ABCMeta):
     """The compliance service: SOC 2, ISO 27001, GDPR and PCI DSS controls checked automatically
@@ -218,7 +256,7 @@ class ComplianceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _compliance_pb2.GenerateReportRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_compliance_pb2.GenerateReportResponse, _abc.Awaitable[_compliance_pb2.GenerateReportResponse]]:
-        """Renders an assessment as a report (JSON or Markdown) for auditors: scores, every control
+        """Renders an assessment as a report (JSON, Markdown, PDF or OSCAL) for auditors: scores, every control
         result with its evidence digests, open remediations.
         """
 
@@ -264,5 +302,54 @@ class ComplianceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_compliance_pb2.UpdateRemediationResponse, _abc.Awaitable[_compliance_pb2.UpdateRemediationResponse]]:
         """Changes a remediation task: state, assignee, due time, and/or adds a note."""
+
+    @_abc_1.abstractmethod
+    def VerifyEvidenceChain(
+        self,
+        request: _compliance_pb2.VerifyEvidenceChainRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compliance_pb2.VerifyEvidenceChainResponse, _abc.Awaitable[_compliance_pb2.VerifyEvidenceChainResponse]]:
+        """Verifies the evidence chain from its first kept record (or the anchor of the last purge)
+        to the signed head: every record's digest, every link and the head's Ed25519 signature.
+        Names the first record that does not match.
+        """
+
+    @_abc_1.abstractmethod
+    def GetEvidenceChainHead(
+        self,
+        request: _compliance_pb2.GetEvidenceChainHeadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compliance_pb2.GetEvidenceChainHeadResponse, _abc.Awaitable[_compliance_pb2.GetEvidenceChainHeadResponse]]:
+        """Returns the signed head of the evidence chain and the public key that verifies it, so a
+        report can be checked offline.
+        """
+
+    @_abc_1.abstractmethod
+    def ListScoreHistory(
+        self,
+        request: _compliance_pb2.ListScoreHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compliance_pb2.ListScoreHistoryResponse, _abc.Awaitable[_compliance_pb2.ListScoreHistoryResponse]]:
+        """Lists framework scores over time, one per assessment that covered the framework, newest
+        first, so a score can be trended.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordBreachNotification(
+        self,
+        request: _compliance_pb2.RecordBreachNotificationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compliance_pb2.RecordBreachNotificationResponse, _abc.Awaitable[_compliance_pb2.RecordBreachNotificationResponse]]:
+        """Records that a personal-data breach alert was notified to the supervisory authority
+        (GDPR Art. 33), which stops its 72-hour clock.
+        """
+
+    @_abc_1.abstractmethod
+    def ListNotificationAttempts(
+        self,
+        request: _compliance_pb2.ListNotificationAttemptsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compliance_pb2.ListNotificationAttemptsResponse, _abc.Awaitable[_compliance_pb2.ListNotificationAttemptsResponse]]:
+        """Lists the delivery attempts of alert notifications (log and webhooks), newest first."""
 
 def add_ComplianceServiceServicer_to_server(servicer: ComplianceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -939,6 +939,7 @@ class WatchRevocationsResponse(_message.Message):
     REVOCATIONS_FIELD_NUMBER: _builtins.int
     RESET_FIELD_NUMBER: _builtins.int
     CAUGHT_UP_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
     reset: _builtins.bool
     """True if the watcher's `after_sequence` is unknown to the service (its history was reset):
     drop every revocation held and keep only those that follow, starting with this message.
@@ -951,17 +952,49 @@ class WatchRevocationsResponse(_message.Message):
     def revocations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Revocation]:
         """Revocations in sequence order."""
 
+    @_builtins.property
+    def keys(self) -> Global___PublicKeySet:
+        """The complete set of keys tokens verify with now (as ListPublicKeys lists them): trust
+        exactly these from this message on. Set on the `caught_up` message and whenever the keys
+        change; unset on messages that carry no key change.
+        """
+
     def __init__(
         self,
         *,
         revocations: _abc.Iterable[Global___Revocation] | None = ...,
         reset: _builtins.bool = ...,
         caught_up: _builtins.bool = ...,
+        keys: Global___PublicKeySet | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "reset", b"reset", "revocations", b"revocations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "keys", b"keys", "reset", b"reset", "revocations", b"revocations"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchRevocationsResponse: _TypeAlias = WatchRevocationsResponse  # noqa: Y015
+
+@_typing.final
+class PublicKeySet(_message.Message):
+    """A complete set of published keys."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___PublicKey]:
+        """The published keys, oldest first; a key missing here is no longer trusted."""
+
+    def __init__(
+        self,
+        *,
+        keys: _abc.Iterable[Global___PublicKey] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublicKeySet: _TypeAlias = PublicKeySet  # noqa: Y015

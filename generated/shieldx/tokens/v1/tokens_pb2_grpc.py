@@ -215,6 +215,9 @@ class TokenServiceServicer:
         more messages), then each new one as it is recorded. A watcher stores the `sequence` of
         the last revocation it applied and passes it when it reconnects; passing 0 replays every
         revocation still in force. Every server's workload token carries `tokens.watch`.
+        The stream also carries the published keys: with the `caught_up` message and again at
+        once whenever they change (a rotation, or an emergency cut-off with zero overlap), so a
+        retired key stops verifying across the mesh within a second.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -96,6 +96,9 @@ class TokenServiceStub:
     more messages), then each new one as it is recorded. A watcher stores the `sequence` of
     the last revocation it applied and passes it when it reconnects; passing 0 replays every
     revocation still in force. Every server's workload token carries `tokens.watch`.
+    The stream also carries the published keys: with the `caught_up` message and again at
+    once whenever they change (a rotation, or an emergency cut-off with zero overlap), so a
+    retired key stops verifying across the mesh within a second.
     """
 
 @_typing.type_check_only
@@ -166,6 +169,9 @@ class TokenServiceAsyncStub(TokenServiceStub):
     more messages), then each new one as it is recorded. A watcher stores the `sequence` of
     the last revocation it applied and passes it when it reconnects; passing 0 replays every
     revocation still in force. Every server's workload token carries `tokens.watch`.
+    The stream also carries the published keys: with the `caught_up` message and again at
+    once whenever they change (a rotation, or an emergency cut-off with zero overlap), so a
+    retired key stops verifying across the mesh within a second.
     """
 
 class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -305,6 +311,9 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
         more messages), then each new one as it is recorded. A watcher stores the `sequence` of
         the last revocation it applied and passes it when it reconnects; passing 0 replays every
         revocation still in force. Every server's workload token carries `tokens.watch`.
+        The stream also carries the published keys: with the `caught_up` message and again at
+        once whenever they change (a rotation, or an emergency cut-off with zero overlap), so a
+        retired key stops verifying across the mesh within a second.
         """
 
 def add_TokenServiceServicer_to_server(servicer: TokenServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
