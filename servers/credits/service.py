@@ -42,7 +42,6 @@ from servers.credits.commands import (
     SetThreshold,
     Transfer,
     validate_identifier,
-    validate_text,
     validate_transfer,
 )
 from servers.credits.crossshard import CrossShardTransfers
@@ -67,6 +66,7 @@ from servers.mesh.errors import InvalidArgument
 from servers.mesh.logs import current_trace_ids
 from servers.mesh.pagination import PageRequest, page_request
 from servers.mesh.server import Mount, Runtime, Service
+from servers.mesh.text import check_free_text
 from servers.sharding.follower import TopologyFollower
 from shieldx.credits.v1 import credits_pb2, credits_pb2_grpc
 
@@ -284,7 +284,7 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
         end = messages.instant(request.end_time, "end_time") if request.HasField("end_time") else None
         if start is not None and end is not None and end <= start:
             raise InvalidArgument("end_time", "must be after start_time")
-        validate_text(request.reference, "reference", MAX_REFERENCE_LENGTH)
+        check_free_text(request.reference, "reference", MAX_REFERENCE_LENGTH)
         query = TransactionQuery(
             account_id=request.account_id,
             types=tuple(messages.TRANSACTION_TYPES[number] for number in types),

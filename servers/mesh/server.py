@@ -44,6 +44,11 @@ from shieldx.mesh.v1 import posture_pb2, posture_pb2_grpc
 
 log = logging.getLogger(__name__)
 
+LIVENESS = "liveness"
+"""Health service name that is SERVING while the process answers, whatever its peers do: what a
+liveness probe asks, so an outage of the token service or the database never restarts every pod
+(readiness asks "" and goes NOT_SERVING until the server can do its work)."""
+
 
 @dataclass
 class Mount:
@@ -211,6 +216,7 @@ class MeshServer:
         """Start the server and `/metrics` (unless told not to); report SERVING now or, with
         `serving=False`, NOT_SERVING until `set_serving()`."""
         await self.server.start()
+        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         if serving:
             await self.set_serving()
         else:
