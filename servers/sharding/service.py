@@ -22,6 +22,7 @@ from servers.mesh.idempotency import RequestLedger, fingerprint, validate_reques
 from servers.mesh.pagination import page_request
 from servers.mesh.server import Mount, Runtime, Service
 from servers.mesh.storage import Transaction
+from servers.mesh.timestamps import duration
 from servers.sharding import wire
 from servers.sharding.domain import NodeSpec, Reason, ReplicationMode, validate_priority, validate_region_id
 from servers.sharding.dsn import check_dsn_hosts, validate_dsn
@@ -323,7 +324,7 @@ class ShardingServicer(sharding_pb2_grpc.ShardingServiceServicer):
         return pb.GetShardHealthResponse(
             shard_id=shard.shard_id,
             nodes=[wire.node_health_message(node, self.monitor.health(node)) for node in shard.nodes],
-            check_interval=wire.duration(policy.check_interval),
+            check_interval=duration(policy.check_interval),
             failure_threshold=policy.failure_threshold,
         )
 

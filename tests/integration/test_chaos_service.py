@@ -50,9 +50,7 @@ class Lab:
     @property
     def servicer(self) -> ChaosServicer:
         assert self.deployment.service is not None
-        servicer = self.deployment.service.mounts[-1].servicer
-        assert isinstance(servicer, ChaosServicer)
-        return servicer
+        return next(m.servicer for m in self.deployment.service.mounts if isinstance(m.servicer, ChaosServicer))
 
     def echo_stub(self) -> echo_pb2_grpc.EchoServiceStub:
         return echo_pb2_grpc.EchoServiceStub(self.echo.channel)

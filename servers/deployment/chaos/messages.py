@@ -22,8 +22,9 @@ from servers.deployment.chaos.domain import (
     Verdict,
 )
 from servers.deployment.chaos.store import Schedule
-from servers.deployment.timestamps import duration_message, seconds_of, timestamp_message
+from servers.deployment.timestamps import duration_message, seconds_of
 from servers.mesh.errors import InvalidArgument
+from servers.mesh.timestamps import optional_timestamp
 from shieldx.deployment.v1 import chaos_pb2
 
 STATES = {
@@ -159,9 +160,9 @@ def experiment_message(e: Experiment) -> chaos_pb2.ChaosExperiment:
         id=e.id,
         spec=spec_message(e.spec),
         state=STATES[e.state],
-        create_time=timestamp_message(e.created_at),
-        start_time=timestamp_message(e.started_at),
-        end_time=timestamp_message(e.ended_at),
+        create_time=optional_timestamp(e.created_at),
+        start_time=optional_timestamp(e.started_at),
+        end_time=optional_timestamp(e.ended_at),
         abort_reason=e.abort_reason,
         report=report_message(e.report),
         schedule_id=e.schedule_id,
@@ -175,7 +176,7 @@ def schedule_message(s: Schedule) -> chaos_pb2.ChaosSchedule:
         id=s.id,
         spec=spec_message(s.spec),
         experiment_interval=duration_message(s.interval),
-        last_run_time=timestamp_message(s.last_run_at),
+        last_run_time=optional_timestamp(s.last_run_at),
         last_experiment_id=s.last_experiment_id,
-        create_time=timestamp_message(s.created_at),
+        create_time=optional_timestamp(s.created_at),
     )
