@@ -298,3 +298,26 @@ async def test_the_fuzz_harness_finds_nothing(lab: Lab) -> None:
     )
     report.assert_clean()
     assert report.calls > 100
+
+
+async def test_the_chaos_migration_reverts_and_applies_again(store_config: dict[str, str], tmp_path: Path) -> None:
+    from servers.deployment.chaos.store import MIGRATIONS
+    from servers.mesh.storage import discover_migrations, open_database
+
+    database = await open_database(
+        "deployment",
+        data_dir=tmp_path,
+        database_url=store_config["database_url"],
+        schema=store_config.get("database_schema") or None,
+        migrations=("servers.mesh.migrations", "servers.deployment.migrations", MIGRATIONS),
+    )
+    try:
+        (migration,) = discover_migrations(MIGRATIONS, database.dialect)
+        await database.revert(migration)
+        await database.execute("INSERT INTO fault_injections (id, service, version, method_pattern, delay_seconds,"
+                               " abort_code, percentage, created_at, expires_at, actor)"
+                               " VALUES ('f', 's', '', '*', 0, 14, 1, 0, 1, 'a')")  # fmt: skip
+        assert await database.migrate(MIGRATIONS) == [1]
+        assert (await database.fetchone("SELECT experiment_id, chaos FROM fault_injections"))[1] == "{}"
+    finally:
+        await database.close()
