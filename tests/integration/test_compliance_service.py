@@ -18,7 +18,9 @@ from clients.errors import ShieldxError
 from servers.compliance.reports.document import verify_report
 from servers.compliance.service import build
 from shieldx.compliance.v1 import compliance_pb2 as pb
-from tests.conftest import Running, StartService, test_config
+from tests.conftest import Running, StartServer, StartService, test_config
+from tests.support.certs import ThrowawayCA
+from tests.support.echo import echo_mount
 from tests.support.fuzz import fuzz_service
 
 
@@ -214,3 +216,34 @@ async def test_fuzzed_requests_never_end_internal_and_the_server_keeps_serving(
         running.channel, pb.DESCRIPTOR.services_by_name["ComplianceService"], rounds=10, skip=("RunAssessment",)
     )
     report.assert_clean()
+
+
+async def test_tls_evidence_passes_on_tls_endpoints_and_fails_on_plaintext(
+    start_server: StartServer, start_service: StartService, tmp_path: Path
+) -> None:
+    ca = ThrowawayCA(tmp_path / "ca")
+    issued = ca.issue("server", server=True)
+    tls = test_config(
+        tmp_path / "tls", tls__cert_file=str(issued.cert), tls__key_file=str(issued.key), tls__ca_file=str(ca.cert)
+    )
+    secure = await start_server(lambda rt: [echo_mount(rt)], tls)
+    plain = await start_server(lambda rt: [echo_mount(rt)], test_config(tmp_path / "plain"))
+    peers = {s: f"127.0.0.1:{secure.server.port}" for s in SERVICES if s not in ("compliance", "deception")}
+    peers["deception"] = f"127.0.0.1:{plain.server.port}"
+    config = test_config(tmp_path, endpoints=peers, tls__ca_file=str(ca.cert))
+    config.settings = {"monitoring": False, "certificate_min_days": 1, "call_timeout_seconds": 2.0}
+    running = await start_service(build, config)
+    client = ComplianceClient(running.channel)
+    done = (await client.run_assessment(pb.RunAssessmentRequest(framework=pb.FRAMEWORK_PCI_DSS))).assessment
+    evidence = await client.list_evidence(
+        pb.ListEvidenceRequest(assessment_id=done.assessment_id, kind=pb.EVIDENCE_KIND_TLS)
+    )
+    by_target = {e.target.split("@")[0]: e for e in evidence.evidence}
+    tokens = by_target["shieldx.tokens.v1.TokenService"]
+    assert tokens.passed and tokens.details["protocol"] in ("TLSv1.2", "TLSv1.3") and tokens.details["chain_verified"]
+    assert tokens.details["days_to_expiry"] >= 1
+    deception = by_target["shieldx.deception.v1.DeceptionService"]
+    assert not deception.passed and "plaintext" in deception.summary
+    result = next(r for r in done.results if r.control_id == "PCI-DSS-4.2.1")
+    assert result.status == pb.CONTROL_STATUS_FAILING and "DeceptionService" in result.summary
+    assert "TokenService" not in result.summary, "only the plaintext endpoint is named"
