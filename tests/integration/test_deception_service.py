@@ -36,6 +36,7 @@ from shieldx.tokens.v1 import tokens_pb2 as tokens_pb
 from tests.conftest import Running, StartServer, StartService, stop_service, test_config
 from tests.support.fuzz import fuzz_service
 from tests.support.polling import eventually
+from tests.support.sockets import read_line
 
 HOST = "127.0.0.1"
 TOKENS = "shieldx.tokens.v1.TokenService"
@@ -106,16 +107,6 @@ async def decoy_ports(client: DeceptionClient) -> dict[str, int]:
 
 
 # --- real clients -----------------------------------------------------------------------------
-
-
-def read_line(sock: socket.socket) -> bytes:
-    data = b""
-    while not data.endswith(b"\r\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def http_get(port: int, path: str) -> tuple[int, dict[str, str]]:
@@ -449,7 +440,7 @@ async def test_a_real_token_service_refusing_a_planted_honeytoken_reports_it_to_
         assert (refused.value.code, refused.value.reason) == (grpc.StatusCode.UNAUTHENTICATED, "INVALID_CLIENT")
 
     def reports(outcome: str) -> float:
-        value = tokens.runtime.registry.get_sample_value("tokens_recon_reports_total", {"outcome": outcome})
+        value = tokens.runtime.registry.get_sample_value("shieldx_tokens_recon_reports_total", {"outcome": outcome})
         return value or 0.0
 
     async def honeytoken_alerts() -> list[pb.Alert]:
@@ -791,5 +782,9 @@ async def test_the_event_loop_keeps_answering_while_a_large_batch_streams(client
 
 
 async def test_fuzzing_every_rpc_never_yields_internal_or_unknown(running: Running) -> None:
-    report = await fuzz_service(running.channel, pb.DESCRIPTOR.services_by_name["DeceptionService"], rounds=15)
+    values = {"source_address": "127.0.0.2", "presented_credential_fingerprint": ""}
+    report = await fuzz_service(
+        running.channel, pb.DESCRIPTOR.services_by_name["DeceptionService"], rounds=15, values=values
+    )
     report.assert_clean()
+    report.assert_reaches_logic()
