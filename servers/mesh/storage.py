@@ -15,6 +15,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -27,6 +28,30 @@ Dialect = Literal["sqlite", "postgres"]
 T = TypeVar("T")
 
 SQL_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_micros(moment: datetime) -> int:
+    """An aware datetime as integer microseconds since the epoch (how stores keep instants portably)."""
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(micros: int) -> datetime:
+    """Integer microseconds since the epoch as an aware UTC datetime."""
+    return _EPOCH + timedelta(microseconds=int(micros))
+
+
+def maybe_micros(moment: datetime | None) -> int | None:
+    """`to_micros`, keeping None."""
+    return None if moment is None else to_micros(moment)
+
+
+def maybe_datetime(micros: int | None) -> datetime | None:
+    """`from_micros`, keeping None."""
+    return None if micros is None else from_micros(micros)
 
 
 class StorageError(Exception):
@@ -129,6 +154,24 @@ class Database(ABC):
             log.info("applied migrations", extra={"package": package, "versions": applied})
         return applied
 
+    async def revert(self, migration: Migration) -> None:
+        """Run `migration`'s down SQL and forget it was applied, in one transaction."""
+        if migration.down is None:
+            raise ValueError(f"{migration.package} {migration.version:04d} {migration.name} has no down migration")
+        await self._revert(migration)
+
+    @abstractmethod
+    async def _revert(self, migration: Migration) -> None:
+        """Run the down SQL and delete the migration's row, atomically."""
+
+    @abstractmethod
+    async def backup(self, path: Path) -> None:
+        """Copy the whole store to `path` (SQLite: the online backup API; PostgreSQL: pg_dump of the schema)."""
+
+    @abstractmethod
+    async def restore(self, path: Path) -> None:
+        """Replace the store's contents with a copy `backup` made (no server may be using the store)."""
+
     async def applied_migrations(self) -> set[tuple[str, int]]:
         """(package, version) of every migration applied to this store."""
         await self.execute(MIGRATIONS_TABLE)
@@ -153,6 +196,8 @@ class Migration:
     version: int
     name: str
     sql: str
+    down: str | None = None
+    """The SQL that reverts it (`NNNN_name[.dialect].down.sql` beside it), if the package has one."""
 
 
 MIGRATIONS_TABLE = (
@@ -163,9 +208,10 @@ MIGRATIONS_TABLE = (
 
 def discover_migrations(package: str, dialect: Dialect) -> list[Migration]:
     """`NNNN_name.sql` files of a package, with `NNNN_name.<dialect>.sql` replacing the generic one."""
+    files = {entry.name: entry for entry in resources.files(package).iterdir()}
     chosen: dict[int, tuple[bool, str, str]] = {}
-    for entry in resources.files(package).iterdir():
-        match = re.fullmatch(r"(\d{4})_(\w+?)(?:\.(sqlite|postgres))?\.sql", entry.name)
+    for filename in files:
+        match = re.fullmatch(r"(\d{4})_(\w+?)(?:\.(sqlite|postgres))?\.sql", filename)
         if match is None:
             continue
         version, name, only_for = int(match[1]), match[2], match[3]
@@ -174,8 +220,14 @@ def discover_migrations(package: str, dialect: Dialect) -> list[Migration]:
         specific = only_for is not None
         if version in chosen and chosen[version][0] and not specific:
             continue
-        chosen[version] = (specific, name, entry.read_text())
-    return [Migration(package, v, name, sql) for v, (_, name, sql) in sorted(chosen.items())]
+        chosen[version] = (specific, name, filename)
+    migrations = []
+    for version, (_, name, filename) in sorted(chosen.items()):
+        down = files.get(filename.removesuffix(".sql") + ".down.sql")
+        migrations.append(
+            Migration(package, version, name, files[filename].read_text(), down.read_text() if down else None)
+        )
+    return migrations
 
 
 async def open_database(
