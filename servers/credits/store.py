@@ -48,7 +48,13 @@ from servers.credits.groupcommit import (
 )
 from servers.credits.placement import LEDGER_DOMAIN, AccountPlacement, Shard, unreachable_as_unavailable
 from servers.mesh import errors, storage
-from servers.mesh.idempotency import RecordedAnswer, fingerprint, request_in_progress, validate_request_id
+from servers.mesh.idempotency import (
+    RecordedAnswer,
+    caller_scope,
+    fingerprint,
+    request_in_progress,
+    validate_request_id,
+)
 from servers.mesh.storage import Transaction
 
 if TYPE_CHECKING:
@@ -95,8 +101,9 @@ class CreditsStore:
         self._on_alert = on_alert
         self._cache = AccountCache(cache_size)
         self._locks = AccountLocks()
-        self._in_flight: set[str] = set()
-        self._answered: OrderedDict[str, None] = OrderedDict()
+        self._in_flight: set[tuple[str, str]] = set()
+        """(scope, request id) of requests running in this process."""
+        self._answered: OrderedDict[tuple[str, str], None] = OrderedDict()
         self.group_commit = group_commit
         self.max_group = max_group
         self.cross_shard = cross_shard
@@ -138,16 +145,16 @@ class CreditsStore:
         for account_id in account_ids:
             self._cache.drop(account_id)
 
-    def claim_request(self, request_id: str) -> None:
-        """Mark a request id as in flight in this process (ABORTED REQUEST_IN_PROGRESS if it already is)."""
+    def claim_request(self, request_id: str, scope: str) -> None:
+        """Mark a request id of `scope` as in flight in this process (ABORTED REQUEST_IN_PROGRESS if it already is)."""
         validate_request_id(request_id)
-        if request_id in self._in_flight:
+        if (scope, request_id) in self._in_flight:
             raise request_in_progress(request_id)
-        self._in_flight.add(request_id)
+        self._in_flight.add((scope, request_id))
 
-    def release_request(self, request_id: str) -> None:
-        """The request id is no longer in flight here."""
-        self._in_flight.discard(request_id)
+    def release_request(self, request_id: str, scope: str) -> None:
+        """The request id of `scope` is no longer in flight here."""
+        self._in_flight.discard((scope, request_id))
 
     def unreachable_as_unavailable(self, shard: Shard) -> contextlib.AbstractContextManager[None]:
         """On shards, a database that cannot be reached (or refuses writes) is UNAVAILABLE."""
@@ -172,14 +179,12 @@ class CreditsStore:
         shard = self.placement.shard_for(account_id)
         request_id: str = getattr(request, "request_id", "")
         committer = self._committer(shard)
-        if committer is None or request_id in self._answered:
+        scope = caller_scope(LEDGER_DOMAIN)
+        if committer is None or (scope, request_id) in self._answered:
             # A retry of a request this process answered: the request ledger replays the answer.
             return await self._execute_alone(shard, method, request, response_type, account_id, decide, respond)
         if request_id:
-            validate_request_id(request_id)
-            if request_id in self._in_flight:
-                raise request_in_progress(request_id)
-            self._in_flight.add(request_id)
+            self.claim_request(request_id, scope)
         try:
             operation = Operation(
                 method,
@@ -190,10 +195,11 @@ class CreditsStore:
                 respond,
                 request_id,
                 fingerprint(method, request) if request_id else "",
+                scope,
             )
             answer = await committer.submit(operation)
         finally:
-            self._in_flight.discard(request_id)
+            self.release_request(request_id, scope)
         assert isinstance(answer, response_type)
         return answer
 
@@ -317,6 +323,7 @@ class CreditsStore:
                                 refusal,
                                 LEDGER_DOMAIN,
                                 operation.account_id,
+                                scope=operation.scope,
                             )
                         )
                     continue
@@ -333,16 +340,19 @@ class CreditsStore:
                             operation.fingerprint,
                             response,
                             operation.account_id,
+                            scope=operation.scope,
                         )
                     )
             written = [account for account in working.values() if account.events]
             committed = await self._write_group(tx, shard, written)
             await record_answers(tx, records)
-        return GroupOutcome(answers, committed, alerted(written), [record.request_id for record in records])
+        return GroupOutcome(
+            answers, committed, alerted(written), [(record.scope, record.request_id) for record in records]
+        )
 
-    def _remember_answered(self, request_ids: Sequence[str]) -> None:
-        for request_id in request_ids:
-            self._answered[request_id] = None
+    def _remember_answered(self, request_ids: Sequence[tuple[str, str]]) -> None:
+        for scoped in request_ids:
+            self._answered[scoped] = None
         while len(self._answered) > _ANSWERED_MEMORY:
             self._answered.popitem(last=False)
 

@@ -11,6 +11,11 @@ Conflicts between concurrent writers are retried here, with backoff, before givi
 transaction) in exactly the form `execute` stores and replays them: `RecordedAnswer` is that form.
 An answer may name its `subject` (what the request acted on, such as an account), so whatever
 moves that subject to another database can take its answers along.
+
+Request ids are scoped (`caller_scope`): by the service (the ledger's domain) and by the calling
+client. Another client sending an id the admin used runs its own request (and never sees the
+admin's answer); an id used on one service is free on every other, also when services share one
+database schema.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Generic, NamedTuple, TypeVar
 from google.protobuf.message import Message
 
 from servers.mesh import errors, postgres, storage
+from servers.mesh.auth import current_caller
 from servers.mesh.status import ReplayedRejection, to_status_proto
 
 R = TypeVar("R", bound=Message)
@@ -35,9 +41,9 @@ MAX_REQUEST_ID_LENGTH = 128
 RECORDED_REJECTIONS = (errors.FailedPrecondition, errors.NotFound, errors.AlreadyExists)
 """Rejections that depend on the state the request met: recorded, so a retry sees the same answer."""
 
-_INSERT = "INSERT INTO request_ids (request_id, method, fingerprint, outcome, response, subject, created_at)"
+_INSERT = "INSERT INTO request_ids (request_id, method, fingerprint, outcome, response, subject, scope, created_at)"
 _POSTGRES_INSERT = f"{_INSERT} " + postgres.select_json_rows(
-    ["text", "text", "text", "text", "bytea", "text", "double precision"]
+    ["text", "text", "text", "text", "bytea", "text", "text", "double precision"]
 )
 _SQLITE_ROWS = 1000
 """Answers per SQLite statement (its parameter count is limited)."""
@@ -56,11 +62,16 @@ class RecordedAnswer(NamedTuple):
     """The serialized response (`ok`) or the serialized `google.rpc.Status` (`rejected`)."""
     subject: str = ""
     """What the request acted on (e.g. an account id), or empty."""
+    scope: str = ""
+    """Whose request id it is (`caller_scope`): only the same service and client see this answer."""
 
     @classmethod
-    def ok(cls, request_id: str, method: str, fingerprint: str, response: Message, subject: str = "") -> RecordedAnswer:
+    def ok(
+        cls, request_id: str, method: str, fingerprint: str, response: Message, subject: str = "", *, scope: str
+    ) -> RecordedAnswer:
         """The answer of a request that succeeded with `response`."""
-        return cls(request_id, method, fingerprint, "ok", response.SerializeToString(deterministic=True), subject)
+        serialized = response.SerializeToString(deterministic=True)
+        return cls(request_id, method, fingerprint, "ok", serialized, subject, scope)
 
     @classmethod
     def rejected(
@@ -71,10 +82,18 @@ class RecordedAnswer(NamedTuple):
         rejection: errors.DomainError,
         domain: str,
         subject: str = "",
+        *,
+        scope: str,
     ) -> RecordedAnswer:
         """The answer of a request refused with `rejection` (ErrorInfo domain `domain`)."""
         status = to_status_proto(rejection, domain).SerializeToString()
-        return cls(request_id, method, fingerprint, "rejected", status, subject)
+        return cls(request_id, method, fingerprint, "rejected", status, subject, scope)
+
+
+def caller_scope(domain: str) -> str:
+    """The scope of request ids the current caller sends to the service of ledger domain `domain`:
+    the domain and the caller's client id (read in the request's own task, where the caller is known)."""
+    return f"{domain} {current_caller().client_id}"
 
 
 def is_recorded(rejection: BaseException) -> bool:
@@ -92,7 +111,7 @@ async def record_answers(tx: storage.Transaction, answers: Sequence[RecordedAnsw
     for start in range(0, len(answers), _SQLITE_ROWS):
         chunk = answers[start : start + _SQLITE_ROWS]
         await tx.execute(
-            f"{_INSERT} VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(chunk)),
+            f"{_INSERT} VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk)),
             [value for answer in chunk for value in (*answer, created_at)],
         )
 
@@ -123,6 +142,7 @@ class _Key(Generic[R]):
     method: str
     fingerprint: str
     subject: str
+    scope: str
     response_type: type[R]
 
 
@@ -150,7 +170,7 @@ class RequestLedger:
         self.domain = domain
         self.attempts = attempts
         self._clock = clock
-        self._in_flight: set[str] = set()
+        self._in_flight: set[tuple[str, str]] = set()
 
     async def execute(
         self, method: str, request: Message, response_type: type[R], work: Work[R], *, subject: str = ""
@@ -161,14 +181,19 @@ class RequestLedger:
         if not request_id:
             return await self._attempt(work, None)
         validate_request_id(request_id)
-        if request_id in self._in_flight:
+        scope = self.scope()
+        if (scope, request_id) in self._in_flight:
             raise request_in_progress(request_id)
-        self._in_flight.add(request_id)
+        self._in_flight.add((scope, request_id))
         try:
-            key = _Key(request_id, method, fingerprint(method, request), subject, response_type)
+            key = _Key(request_id, method, fingerprint(method, request), subject, scope, response_type)
             return await self._attempt(work, key)
         finally:
-            self._in_flight.discard(request_id)
+            self._in_flight.discard((scope, request_id))
+
+    def scope(self) -> str:
+        """The scope of the current caller's request ids here (`caller_scope` of this ledger's domain)."""
+        return caller_scope(self.domain)
 
     async def record(self, tx: storage.Transaction, answers: Sequence[RecordedAnswer]) -> None:
         """Store answers decided outside `execute` in `tx`, in the form `execute` replays.
@@ -181,14 +206,16 @@ class RequestLedger:
     async def _attempt(self, work: Work[R], key: _Key[R] | None) -> R:
         for attempt in range(self.attempts):
             if key is not None:
-                stored = await self.replay(key.request_id, key.fingerprint, key.response_type)
+                stored = await self.replay(key.request_id, key.fingerprint, key.response_type, scope=key.scope)
                 if stored is not None:
                     return stored
             try:
                 async with self.database.transaction() as tx:
                     response = await work(tx)
                     if key is not None:
-                        answer = RecordedAnswer.ok(key.request_id, key.method, key.fingerprint, response, key.subject)
+                        answer = RecordedAnswer.ok(
+                            key.request_id, key.method, key.fingerprint, response, key.subject, scope=key.scope
+                        )
                         await self.record(tx, [answer])
                 return response
             except (storage.UniqueViolation, storage.TransientError):
@@ -199,7 +226,13 @@ class RequestLedger:
                 if key is not None:
                     await self.record_rejection(
                         RecordedAnswer.rejected(
-                            key.request_id, key.method, key.fingerprint, rejection, self.domain, key.subject
+                            key.request_id,
+                            key.method,
+                            key.fingerprint,
+                            rejection,
+                            self.domain,
+                            key.subject,
+                            scope=key.scope,
                         )
                     )
                 raise
@@ -207,13 +240,17 @@ class RequestLedger:
             f"gave up after {self.attempts} concurrent modifications; retry", reason="CONCURRENT_MODIFICATION"
         )
 
-    async def replay(self, request_id: str, digest: str, response_type: type[R]) -> R | None:
-        """The recorded answer to `request_id` (a rejection is raised again), or None if there is none.
+    async def replay(
+        self, request_id: str, digest: str, response_type: type[R], *, scope: str | None = None
+    ) -> R | None:
+        """The recorded answer to `request_id` in `scope` (default: the current caller's here; a
+        rejection is raised again), or None if there is none.
 
         FAILED_PRECONDITION `REQUEST_ID_REUSED` if it was recorded for a request with another fingerprint.
         """
         row = await self.database.fetchone(
-            "SELECT method, fingerprint, outcome, response FROM request_ids WHERE request_id = ?", (request_id,)
+            "SELECT method, fingerprint, outcome, response FROM request_ids WHERE scope = ? AND request_id = ?",
+            (self.scope() if scope is None else scope, request_id),
         )
         if row is None:
             return None

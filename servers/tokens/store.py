@@ -70,6 +70,8 @@ class StoredAnswer:
 
     request_id: str
     """Its request id."""
+    scope: str
+    """Whose request id it is (`idempotency.caller_scope`)."""
     method: str
     """The RPC it answered."""
     response: bytes
@@ -353,12 +355,15 @@ class TokenStore:
         """Successful answers of `methods` recorded before `before` (epoch seconds)."""
         placeholders = ", ".join("?" for _ in methods)
         rows = await self.database.fetchall(
-            "SELECT request_id, method, response FROM request_ids"
+            "SELECT request_id, scope, method, response FROM request_ids"
             f" WHERE outcome = 'ok' AND method IN ({placeholders}) AND created_at < ?",
             (*methods, before),
         )
-        return [StoredAnswer(row["request_id"], row["method"], bytes(row["response"])) for row in rows]
+        return [StoredAnswer(row["request_id"], row["scope"], row["method"], bytes(row["response"])) for row in rows]
 
-    async def replace_answer(self, request_id: str, response: bytes) -> None:
+    async def replace_answer(self, answer: StoredAnswer, response: bytes) -> None:
         """Overwrite a stored answer (to drop a one-time secret from it)."""
-        await self.database.execute("UPDATE request_ids SET response = ? WHERE request_id = ?", (response, request_id))
+        await self.database.execute(
+            "UPDATE request_ids SET response = ? WHERE scope = ? AND request_id = ?",
+            (response, answer.scope, answer.request_id),
+        )

@@ -648,6 +648,39 @@ async def guarded(store_config: dict[str, str], tmp_path: Path, start_service: S
     return await start_service(build, config), config
 
 
+async def test_another_client_reusing_the_admins_request_id_gets_its_own_answer(
+    guarded: tuple[Running, Any],
+) -> None:
+    running, config = guarded
+    client = TokenClient(running.channel)
+    admin = bearer(await admin_token(client, config))
+    operator_secret = (
+        await client.create_client(
+            pb.CreateClientRequest(
+                client_id="operator",
+                client=pb.Client(kind=pb.CLIENT_KIND_WORKLOAD, enabled=True, allowed_scopes=["tokens.admin"]),
+            ),
+            metadata=admin,
+        )
+    ).client_secret
+    operator = bearer((await issue(client, "operator", operator_secret)).access_token)
+
+    wanted = pb.CreateClientRequest(
+        client_id="ops", client=pb.Client(kind=pb.CLIENT_KIND_WORKLOAD, enabled=True), request_id="shared-1"
+    )
+    first = await client.create_client(wanted, metadata=admin)
+    assert (await client.create_client(wanted, metadata=admin)) == first, "the admin's retry is replayed"
+    # The same request under the same id from another client runs as its own request: the
+    # client exists now, and the admin's answer (with the new client's secret) is never shown.
+    error = await refusal(client.create_client(wanted, metadata=operator))
+    assert (error.code, error.reason) == (grpc.StatusCode.ALREADY_EXISTS, "ALREADY_EXISTS")
+    other = pb.CreateClientRequest(
+        client_id="ops-2", client=pb.Client(kind=pb.CLIENT_KIND_WORKLOAD, enabled=True), request_id="shared-1"
+    )
+    reused = await refusal(client.create_client(other, metadata=admin))
+    assert reused.reason == "REQUEST_ID_REUSED", "within one client's scope, reuse is refused as before"
+
+
 def _tamper(token: str, part: int, change: Callable[[bytes], bytes]) -> str:
     pieces = token.split(".")
     pieces[part] = paseto.b64url_encode(change(paseto.b64url_decode(pieces[part])))
