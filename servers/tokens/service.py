@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from servers.mesh.auth import current_caller, peer_address
@@ -40,7 +40,7 @@ from servers.tokens.domain import (
     validate_client_id,
 )
 from servers.tokens.housekeeping import Housekeeping, TokenMetrics
-from servers.tokens.issuance import INVALID_CLIENT, MFA_REPLAYED, TokenRequest, authorize_issue
+from servers.tokens.issuance import INVALID_CLIENT, MFA_INVALID, MFA_REPLAYED, TokenRequest, authorize_issue
 from servers.tokens.keys import check_overlap
 from servers.tokens.recon import PresentedCredential, ReconReporter
 from servers.tokens.revocations import Revocation, introspect, plan_revocation
@@ -190,7 +190,7 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
     async def IssueToken(self, request: tokens_pb2.IssueTokenRequest, context: Any) -> tokens_pb2.IssueTokenResponse:
         """Client credentials grant: check the client (Argon2id in a worker thread), then sign."""
         try:
-            response = await self._issue(request)
+            response = await self._issue(request, peer_address(context.peer() or ""))
         except DomainError as refusal:
             self.metrics.issued.labels(outcome=refusal.reason).inc()
             if refusal.reason == INVALID_CLIENT and request.client_secret and self.recon is not None:
@@ -202,7 +202,7 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
         self.metrics.issued.labels(outcome="ISSUED").inc()
         return response
 
-    async def _issue(self, request: tokens_pb2.IssueTokenRequest) -> tokens_pb2.IssueTokenResponse:
+    async def _issue(self, request: tokens_pb2.IssueTokenRequest, peer: str) -> tokens_pb2.IssueTokenResponse:
         token_request = TokenRequest(
             client_id=request.client_id,
             client_secret=request.client_secret,
@@ -213,17 +213,27 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
         )
         client = await self._known_client(request.client_id)
         now = self.authority.now()
-        if client is not None and self.hasher.remembers(client.secret_hash, request.client_secret):
-            # The secret verified before: the decision takes microseconds, no worker thread needed.
-            grant = authorize_issue(client, token_request, self.token_settings, self.hasher, now)
-        else:
-            grant = await asyncio.to_thread(
-                authorize_issue, client, token_request, self.token_settings, self.hasher, now
-            )
+        failures = (
+            await self.store.mfa_failures(client.client_id) if client is not None and client.mfa_enabled else None
+        )
+        try:
+            if client is not None and self.hasher.remembers(client.secret_hash, request.client_secret):
+                # The secret verified before: the decision takes microseconds, no worker thread needed.
+                grant = authorize_issue(client, token_request, self.token_settings, self.hasher, now, failures)
+            else:
+                grant = await asyncio.to_thread(
+                    authorize_issue, client, token_request, self.token_settings, self.hasher, now, failures
+                )
+        except Unauthenticated as refusal:
+            if client is not None and refusal.reason == MFA_INVALID:
+                await self._wrong_code(client, request, peer, now)
+            raise
         if grant.mfa_step is not None and (
             client is None or not await self.store.advance_mfa_step(client, grant.mfa_step)
         ):
             raise Unauthenticated("this TOTP code was used already", reason=MFA_REPLAYED)
+        if failures is not None and failures.failures:
+            await self.store.clear_mfa_failures(grant.client_id)
         issued = self.authority.signer.mint(
             audience=grant.audience,
             ttl=grant.ttl,
@@ -232,6 +242,31 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
             client_id=grant.client_id,
         )
         return messages.issue_response(issued)
+
+    async def _wrong_code(
+        self, client: Client, request: tokens_pb2.IssueTokenRequest, peer: str, now: datetime
+    ) -> None:
+        """Count a wrong TOTP code; a lock it starts is audited and reported like a refused credential."""
+        before = await self.store.mfa_failures(client.client_id)
+        after = await self.store.record_wrong_code(client.client_id, self.token_settings.mfa_lockout, now)
+        if after.locked_until is None or after.locked_until == before.locked_until:
+            return
+        self.metrics.issued.labels(outcome="MFA_LOCKOUT").inc()
+        log.warning(
+            "client locked out after repeated wrong TOTP codes",
+            extra={
+                "subject": client.client_id,
+                "failures": after.failures,
+                "locked_until": after.locked_until.isoformat(),
+                "source": peer,
+            },
+        )
+        if self.recon is not None:
+            self.recon.report(
+                PresentedCredential(
+                    peer, client.client_id, request.client_secret, detail="TOTP lockout: repeated wrong codes"
+                )
+            )
 
     async def IntrospectToken(
         self, request: tokens_pb2.IntrospectTokenRequest, context: Any

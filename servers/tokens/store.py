@@ -22,6 +22,7 @@ from servers.mesh import paseto, storage
 from servers.mesh.storage import Database, Row, Transaction
 from servers.tokens.domain import Client, ClientKind, MfaEnrolment
 from servers.tokens.keys import KeyRing, SigningKeyRecord
+from servers.tokens.lockout import LockoutPolicy, MfaFailures, after_wrong_code
 from servers.tokens.revocations import Revocation
 from servers.tokens.secret_files import AtRestCipher
 
@@ -189,6 +190,37 @@ class TokenStore:
             ),
         )
         return changed == 1
+
+    async def mfa_failures(self, client_id: str) -> MfaFailures:
+        """The client's run of wrong TOTP codes (none recorded: zero)."""
+        row = await self.database.fetchone(
+            "SELECT failures, locked_until_us FROM mfa_lockouts WHERE client_id = ?", (client_id,)
+        )
+        return _failures(row)
+
+    async def record_wrong_code(self, client_id: str, policy: LockoutPolicy, now: datetime) -> MfaFailures:
+        """Count one more wrong TOTP code (atomically, so concurrent guesses all count); the new run."""
+        async with self.database.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO mfa_lockouts (client_id, failures) VALUES (?, 1)"
+                " ON CONFLICT (client_id) DO UPDATE SET failures = mfa_lockouts.failures + 1",
+                (client_id,),
+            )
+            row = await tx.fetchone(
+                "SELECT failures, locked_until_us FROM mfa_lockouts WHERE client_id = ?", (client_id,)
+            )
+            counted = _failures(row)
+            after = after_wrong_code(MfaFailures(counted.failures - 1, counted.locked_until), policy, now)
+            if after.locked_until != counted.locked_until and after.locked_until is not None:
+                await tx.execute(
+                    "UPDATE mfa_lockouts SET locked_until_us = ? WHERE client_id = ?",
+                    (to_micros(after.locked_until), client_id),
+                )
+        return after
+
+    async def clear_mfa_failures(self, client_id: str) -> None:
+        """A right code: the run of wrong ones is over."""
+        await self.database.execute("DELETE FROM mfa_lockouts WHERE client_id = ?", (client_id,))
 
     def _client(self, row: Row) -> Client:
         return Client(
@@ -367,3 +399,10 @@ class TokenStore:
             "UPDATE request_ids SET response = ? WHERE scope = ? AND request_id = ?",
             (response, answer.scope, answer.request_id),
         )
+
+
+def _failures(row: Row | None) -> MfaFailures:
+    if row is None:
+        return MfaFailures()
+    locked = row["locked_until_us"]
+    return MfaFailures(int(row["failures"]), None if locked is None else from_micros(locked))

@@ -32,6 +32,7 @@ from servers.tokens import totp
 from servers.tokens.bootstrap import WORKLOAD_SCOPES, contract_scopes
 from servers.tokens.secret_files import SigningKeyFiles
 from servers.tokens.service import build
+from shieldx.deception.v1 import deception_pb2, deception_pb2_grpc
 from shieldx.tokens.v1 import tokens_pb2 as pb
 from tests.conftest import Running, StartService, stop_service, test_config
 from tests.support.fuzz import fuzz_service
@@ -316,6 +317,64 @@ async def test_people_with_mfa_present_a_fresh_totp_code(running: Running) -> No
 
     workload = await refusal(client.enroll_mfa(pb.EnrollMfaRequest(client_id="credits")))
     assert (workload.code, workload.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "MFA_NOT_FOR_WORKLOADS")
+
+
+class RecordingDeception(deception_pb2_grpc.DeceptionServiceServicer):
+    """Stands in for the deception service's LogRecon only to see what the token service reports."""
+
+    def __init__(self) -> None:
+        self.reports: list[deception_pb2.LogReconRequest] = []
+
+    async def LogRecon(self, request: deception_pb2.LogReconRequest, context: Any) -> deception_pb2.LogReconResponse:
+        self.reports.append(request)
+        return deception_pb2.LogReconResponse()
+
+
+async def test_wrong_totp_codes_lock_a_person_out_with_an_audit_event_and_a_report_to_deception(
+    store_config: dict[str, str], tmp_path: Path, start_service: StartService, caplog: pytest.LogCaptureFixture
+) -> None:
+    deception = RecordingDeception()
+    fake = grpc.aio.server()
+    deception_pb2_grpc.add_DeceptionServiceServicer_to_server(deception, fake)
+    port = fake.add_insecure_port("127.0.0.1:0")
+    await fake.start()
+    config = tokens_config(tmp_path, store_config)
+    config.endpoints = {"deception": f"127.0.0.1:{port}"}
+    running = await start_service(build, config)
+    client = TokenClient(running.channel)
+    secret = (await create(client, "bob", kind=pb.CLIENT_KIND_PERSON, allowed_scopes=["tokens.read"])).client_secret
+    totp_secret = totp.decode_secret((await client.enroll_mfa(pb.EnrollMfaRequest(client_id="bob"))).totp_secret)
+
+    def right() -> str:
+        return totp.code_at(totp_secret, time.time())
+
+    def wrong() -> str:
+        return f"{(int(right()) + 500_000) % 1_000_000:06d}"
+
+    # Wrong codes below the threshold, then a right one: the run starts over.
+    for _ in range(4):
+        assert (await refusal(issue(client, "bob", secret, totp_code=wrong()))).reason == "MFA_INVALID"
+    assert (await issue(client, "bob", secret, totp_code=right())).access_token
+    caplog.clear()
+    for _ in range(4):
+        assert (await refusal(issue(client, "bob", secret, totp_code=wrong()))).reason == "MFA_INVALID"
+    assert not [r for r in caplog.records if "locked out" in r.getMessage()], "four wrong codes lock nobody"
+
+    assert (await refusal(issue(client, "bob", secret, totp_code=wrong()))).reason == "MFA_INVALID"
+    locked = await refusal(issue(client, "bob", secret, totp_code=wrong()))
+    assert (locked.code, locked.reason) == (grpc.StatusCode.UNAUTHENTICATED, "MFA_LOCKED")
+    assert "locked_until" in locked.metadata
+    # The next step's code (within the drift window, never used) would be accepted without the lock.
+    unused = totp.code_at(totp_secret, time.time() + 30)
+    assert (await refusal(issue(client, "bob", secret, totp_code=unused))).reason == "MFA_LOCKED", "even a right code"
+    assert (await refusal(issue(client, "bob", "not-the-secret", totp_code=right()))).reason == "INVALID_CLIENT"
+
+    audit = [r for r in caplog.records if "locked out" in r.getMessage()]
+    assert len(audit) == 1 and getattr(audit[0], "subject", "") == "bob"
+    await eventually(lambda: any(r.report.claimed_subject == "bob" for r in deception.reports), timeout=10)
+    reported = next(r for r in deception.reports if r.report.claimed_subject == "bob")
+    assert "TOTP lockout" in reported.report.detail
+    await fake.stop(None)
 
 
 # --- introspection and revocation ----------------------------------------------------------------
