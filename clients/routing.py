@@ -39,7 +39,7 @@ from typing import Any
 import grpc
 
 from clients.channel import ChannelOptions, open_channel
-from servers.deployment.routes import Route, RoutePicker, VersionRoute
+from clients.routes import Route, RoutePicker, VersionRoute
 from shieldx.deployment.v1 import deployment_pb2_grpc, routing_pb2
 
 log = logging.getLogger(__name__)

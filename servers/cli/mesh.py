@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ def register(commands: Any) -> None:
 
     status = commands.add_parser("status", help="health of each server (exit 1 unless all SERVING)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--decoy", metavar="ID", help="print only the address of decoy ID (e.g. redis-1)")
     status.set_defaults(run=_status, parser=status)
 
 
@@ -85,6 +87,8 @@ def _status(args: argparse.Namespace) -> int:
         return statuses, decoys
 
     statuses, decoys = asyncio.run(check())
+    if args.decoy:
+        return _print_decoy(decoys, args.decoy)
     if args.json:
         document: dict[str, Any] = {n: {"address": endpoints[n].address, "status": s} for n, s in statuses.items()}
         document["decoys"] = [
@@ -119,6 +123,15 @@ async def _decoys(data_dir: Path) -> list[deception_pb.Decoy]:
                 request.page_token = page.next_page_token
         except ShieldxError:
             return decoys
+
+
+def _print_decoy(decoys: list[deception_pb.Decoy], decoy_id: str) -> int:
+    for decoy in decoys:
+        if decoy.decoy_id == decoy_id:
+            print(_decoy_address(decoy))
+            return 0
+    print(f"no decoy {decoy_id!r}; running: {', '.join(d.decoy_id for d in decoys) or 'none'}", file=sys.stderr)
+    return 1
 
 
 def _decoy_address(decoy: deception_pb.Decoy) -> str:

@@ -23,20 +23,20 @@ class LedgerMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.operations = Counter(
-            "credits_operations_total",
+            "shieldx_credits_operations_total",
             "Credits operations by operation and result (ok, or the ErrorInfo reason of the refusal).",
             ["op", "result"],
             registry=registry,
         )
         self.duration = Histogram(
-            "credits_operation_duration_seconds",
+            "shieldx_credits_operation_duration_seconds",
             "Time to serve a credits operation, refusals included.",
             ["op"],
             buckets=_BUCKETS,
             registry=registry,
         )
         self.projection_lag = Gauge(
-            "credits_projection_lag_events",
+            "shieldx_credits_projection_lag_events",
             "Events stored beyond the read models' projection checkpoint (0 while they are in step).",
             registry=registry,
         )

@@ -17,7 +17,7 @@ Recovery (`TransferCoordinator.recover`, at start and every few seconds) scans
 replicate to synchronous standbys and survive a failover). Each of ours that is not running in
 this process and is older than `in_doubt_after` seconds is finished as the log says; with no
 decision logged it is presumed aborted (ABORT is logged first, so a coordinator still alive
-somewhere can no longer commit it). The gauge `credits_prepared_transactions_unresolved`
+somewhere can no longer commit it). The gauge `shieldx_credits_prepared_transactions_unresolved`
 counts our prepared transactions left in doubt after the latest pass.
 
 Crash points: for tests of exactly this, `CrashPoint.AFTER_PREPARE` or `AFTER_DECISION` makes
@@ -330,7 +330,7 @@ class TransferCoordinator:
         self._running: set[str] = set()
         self._next_purge = 0.0
         self.unresolved = Gauge(
-            "credits_prepared_transactions_unresolved",
+            "shieldx_credits_prepared_transactions_unresolved",
             "Prepared cross-shard transfer halves of this coordinator left in doubt after the latest recovery pass",
             registry=registry,
         )

@@ -139,13 +139,13 @@ class AlertForwarder:
         self._wake = asyncio.Event()
         registry = registry if registry is not None else CollectorRegistry()
         self._outcomes = Counter(
-            "deception_alert_forwards",
+            "shieldx_deception_alert_forwards",
             "Deliveries of deception alerts to the compliance service, by outcome.",
             ["outcome"],
             registry=registry,
         )
         self._pending = Gauge(
-            "deception_alert_forwards_pending",
+            "shieldx_deception_alert_forwards_pending",
             "Deception alerts queued for the compliance service and not delivered yet.",
             registry=registry,
         )

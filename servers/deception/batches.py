@@ -48,7 +48,7 @@ class SyntheticBatches:
         self._generator = generator
         self._clock = clock
         self._rows = Counter(
-            "deception_synthetic_rows",
+            "shieldx_deception_synthetic_rows",
             "Synthetic rows streamed, by data set kind.",
             ["kind"],
             registry=registry if registry is not None else CollectorRegistry(),

@@ -107,7 +107,7 @@ class RedisFingerprint:
     process_id: int
     """`process_id` of INFO."""
     tcp_port: int
-    """`tcp_port` of INFO (what the config file says, not the decoy's bound port)."""
+    """The port the configuration names; INFO reports the port the decoy really listens on."""
     started_at: int
     """Unix time the imitated server started (uptime counts from here)."""
     requires_auth: bool

@@ -41,18 +41,18 @@ class InteractionIntake:
         """Interactions dropped so far because the queue was full."""
         registry = registry if registry is not None else CollectorRegistry()
         self._recorded = Counter(
-            "deception_interactions",
+            "shieldx_deception_interactions",
             "Decoy interactions recorded, by decoy and reconnaissance stage.",
             ["decoy_id", "stage"],
             registry=registry,
         )
         self._dropped = Counter(
-            "deception_interactions_dropped",
+            "shieldx_deception_interactions_dropped",
             "Decoy interactions dropped because the intake queue was full.",
             registry=registry,
         )
         self._waiting = Gauge(
-            "deception_interactions_queued", "Decoy interactions waiting to be recorded.", registry=registry
+            "shieldx_deception_interactions_queued", "Decoy interactions waiting to be recorded.", registry=registry
         )
         self._waiting.set_function(self._queue.qsize)
 

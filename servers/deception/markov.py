@@ -178,9 +178,11 @@ class MarkovNameChain:
 USERNAME_BOUNDS = NameBounds(
     min_length=4,
     max_length=20,
-    # Lower-case handle: starts with a letter, single separators between alphanumeric runs,
-    # so every username is also a valid e-mail local part.
-    pattern=r"[a-z][a-z0-9]*(?:[._-][a-z0-9]+)*",
+    # Lower-case handle: starts and ends with a letter, single `_` or `-` between alphanumeric
+    # runs, so every username is also a valid e-mail local part. No dots and a letter at the
+    # end leave `.<chunk>` and two-digit suffixes unambiguous (synthetic.py makes names unique
+    # across chunks with them); never `svc-`, the prefix of honeytoken client ids.
+    pattern=r"(?!svc-)[a-z][a-z0-9]*(?:[_-][a-z0-9]+)*(?<=[a-z])",
 )
 """Bounds of generated usernames."""
 

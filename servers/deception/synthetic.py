@@ -37,7 +37,7 @@ from servers.deception.profiles import (
 )
 from servers.mesh.errors import InvalidArgument
 
-GENERATOR_VERSION = f"shieldx-synthetic/1 numpy/{np.__version__}"
+GENERATOR_VERSION = f"shieldx-synthetic/2 numpy/{np.__version__}"
 """Version of the generator. numpy's is part of it because its samplers define the streams:
 the same seed and version give byte-identical output."""
 
@@ -266,7 +266,7 @@ class SyntheticDataGenerator:
     def _user_columns(self, seed: int, rng: np.random.Generator, plan: ChunkPlan) -> dict[str, NDArray[Any]]:
         profile = self.users
         n = plan.row_count
-        usernames = self._usernames.generate(n, rng)
+        names = self._usernames.generate(n, rng)
         age = np.floor(profile.age.sample(rng, n)).astype(np.int32)
         login_frequency = profile.login_frequency.sample(rng, n)
         session_duration = profile.session_duration_seconds.sample(rng, n)
@@ -275,11 +275,9 @@ class SyntheticDataGenerator:
         domains = profile.email_domain.sample(rng, n)
         variant = rng.random(n)
         digits = _TWO_DIGITS[rng.integers(0, 100, n)]
-        local = usernames.astype(f"U{usernames.dtype.itemsize // 4 + 2}")
         with_digits = variant < profile.email_digits_share
-        local[with_digits] = np.strings.add(local[with_digits], digits[with_digits])
         dotted = ~with_digits & (variant < profile.email_digits_share + profile.email_dots_share)
-        local[dotted] = np.strings.replace(np.strings.replace(local[dotted], "_", "."), "-", ".")
+        usernames, local = _unique_handles(names, plan.chunk_index, digits, with_digits, dotted)
         email = np.strings.add(np.strings.add(local, "@"), domains)
         api_key = urlsafe_secrets(rng, n)
         create_time = np.floor(profile.signup_window().sample(rng, n)).astype(np.int64)
@@ -416,6 +414,39 @@ class SyntheticDataGenerator:
         internal = InternalNetwork.draw(rng)
         hosts = popular_hosts(rng, profile.popular_pool_size)
         return _FlowConstants(internal, hosts, _zipf_cumulative(hosts.size, 1.0))
+
+
+def _unique_handles(
+    names: NDArray[np.str_],
+    chunk_index: int,
+    digits: NDArray[np.str_],
+    with_digits: NDArray[np.bool_],
+    dotted: NDArray[np.bool_],
+) -> tuple[NDArray[np.str_], NDArray[np.str_]]:
+    """Usernames and e-mail local parts, each unique across the whole batch.
+
+    A chunk's names are distinct, end with a letter and hold no dot (USERNAME_BOUNDS). Chunk 0
+    uses them as they are; chunk k > 0 appends `.k`, so equal usernames would need the same
+    chunk and the same name. Local parts are the username, the name plus two digits before the
+    tag, or the name with `_`/`-` turned into dots before the tag; the digit count after the
+    last letter tells the first two apart, and a dot form that another name of the chunk also
+    reaches (`a_b`, `a-b`) falls back to the username, which holds a `_` or `-`.
+    """
+    tag = "" if chunk_index == 0 else f".{chunk_index}"
+    width = names.dtype.itemsize // 4 + 2 + len(tag)
+    local = names.astype(f"<U{width}")
+    if with_digits.any():
+        local[with_digits] = np.strings.add(local[with_digits], digits[with_digits])
+    if dotted.any():
+        dots = np.strings.replace(np.strings.replace(names[dotted], "_", "."), "-", ".")
+        _, first = np.unique(dots, return_index=True)
+        taken = np.zeros(dots.size, dtype=bool)
+        taken[first] = True
+        rows = np.flatnonzero(dotted)[taken]
+        local[rows] = dots[taken]
+    if not tag:
+        return names, local
+    return np.strings.add(names, tag), np.strings.add(local, tag)
 
 
 def _zipf_cumulative(size: int, exponent: float) -> NDArray[np.float64]:

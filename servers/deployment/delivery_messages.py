@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TypeVar
 
+from clients.routes import Route
 from servers.deployment.analysis import AnalysisOutcome, AnalysisThresholds, Verdict, thresholds
 from servers.deployment.faults import FaultInjection
 from servers.deployment.plans import PauseMode, Strategy
 from servers.deployment.progress import Deployment, HistoryEntry, PauseReason, State
 from servers.deployment.registry import RegisteredInstance
-from servers.deployment.routes import Route
 from servers.deployment.store import StoredDeployment
 from servers.deployment.timestamps import duration_message, seconds_of, timestamp_message
 from servers.mesh.errors import InvalidArgument

@@ -19,7 +19,7 @@ from enum import StrEnum
 
 import numpy as np
 
-from servers.deployment.bucketing import murmur3_x86_32
+from clients.bucketing import murmur3_x86_32
 from servers.deployment.flags import FlagDefinition, FlagState, check_name
 from servers.mesh.errors import FailedPrecondition, InvalidArgument
 

@@ -21,7 +21,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
-from servers.deployment.bucketing import DEFAULT_BUCKETING, BucketingAlgorithm
+from clients.bucketing import DEFAULT_BUCKETING, BucketingAlgorithm
 from servers.deployment.jsonlogic import Evaluator, RuleError
 from servers.deployment.jsvalues import is_number
 from servers.deployment.targeting import compile_targeting, referenced_groups, resolve_refs

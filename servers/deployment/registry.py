@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from servers.deployment.routes import Instance, Route, VersionRoute, build_route, weights_after_registration
+from clients.routes import Route, VersionRoute
+from servers.deployment.routes import Instance, build_route, weights_after_registration
 from servers.deployment.timestamps import epoch, moment
 from servers.mesh import storage
 from servers.mesh.errors import NotFound

@@ -1,26 +1,21 @@
-"""Traffic routes: registered instances, weights per version, and the picker clients use.
+"""Traffic routes on the deployment server: registered instances, checked weights, built routes.
 
 A route gives each version of a service a weight in basis points (the weights sum to
-10000) and lists the addresses of its instances. Clients pick a version per call with
-`RoutePicker`: at random by weight, or, with a sticky value (say a user id from the call's
-metadata), by hashing it, so the same value stays on the same version while the weights
-stand. Versions are ordered by name and a sticky bucket is compared with cumulative
-weights, so when two versions share traffic, raising one's weight only moves callers onto
-it, never back and forth.
+10000) and lists the addresses of its instances. The route types and the picker callers
+use live with the client (`clients.routes`); this module validates what is registered and
+builds the routes the server publishes.
 """
 
 from __future__ import annotations
 
-import bisect
-import random
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlsplit
 
-from servers.deployment.bucketing import murmur3_x86_32, scaled_bucket
-from servers.mesh.errors import InvalidArgument, Unavailable
+from clients.routes import Route, VersionRoute
+from servers.mesh.errors import InvalidArgument
 
 TOTAL_BASIS_POINTS = 10_000
 """What the weights of a route sum to."""
@@ -142,34 +137,6 @@ def weights_after_registration(weights: Mapping[str, int], version: str) -> dict
     return {**weights, version: 0}
 
 
-@dataclass(frozen=True)
-class VersionRoute:
-    """One version's share of a service's calls and where its instances are."""
-
-    version: str
-    """The version."""
-    weight_bp: int
-    """Its weight in basis points."""
-    addresses: tuple[str, ...]
-    """Its instances' addresses, sorted."""
-
-
-@dataclass(frozen=True)
-class Route:
-    """How the calls to one service split across its versions."""
-
-    service: str
-    """The service."""
-    revision: int
-    """Increases with every change."""
-    versions: tuple[VersionRoute, ...]
-    """Sorted by version."""
-    sticky_metadata_key: str = ""
-    """Metadata key whose value pins a caller to a version; empty for none."""
-    updated_at: datetime | None = None
-    """When it last changed."""
-
-
 def build_route(
     service: str,
     weights: Mapping[str, int],
@@ -189,42 +156,3 @@ def build_route(
         for version in sorted(addresses)
     )
     return Route(service, revision, versions, sticky_metadata_key, updated_at)
-
-
-class RoutePicker:
-    """Picks the version for each call of one service; build one per route revision.
-
-    Versions with weight but no instance give their share to the others in proportion; if
-    no weighted version has an instance, calls spread evenly over the versions that have
-    one, since serving the wrong version beats failing every call.
-    """
-
-    __slots__ = ("_cumulative", "_salt", "_total", "_versions")
-
-    def __init__(self, route: Route) -> None:
-        served = [(v.version, v.weight_bp) for v in route.versions if v.addresses and v.weight_bp > 0]
-        if not served:
-            served = [(v.version, 1) for v in route.versions if v.addresses]
-        self._versions = [version for version, _ in served]
-        self._cumulative: list[int] = []
-        total = 0
-        for _, weight in served:
-            total += weight
-            self._cumulative.append(total)
-        self._total = total
-        self._salt = route.service + "\x00"
-
-    @property
-    def versions(self) -> list[str]:
-        """The versions that can be picked, in order."""
-        return list(self._versions)
-
-    def pick(self, sticky_value: str | None = None, rng: random.Random | None = None) -> str:
-        """The version for one call: by the hash of `sticky_value`, else by a random draw."""
-        if not self._total:
-            raise Unavailable("no instance of any version is registered", reason="NO_ROUTE")
-        if sticky_value is not None:
-            bucket = scaled_bucket(murmur3_x86_32(self._salt + sticky_value), self._total)
-        else:
-            bucket = int((rng or random).random() * self._total)
-        return self._versions[bisect.bisect_right(self._cumulative, bucket)]

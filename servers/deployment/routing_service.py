@@ -11,13 +11,13 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from clients.routes import Route
 from servers.deployment.delivery_messages import fault_message, instance_message, route_message
 from servers.deployment.delivery_service import DeliveryParts
 from servers.deployment.faults import FaultInjection, new_fault_injection
 from servers.deployment.registry import RouteState
 from servers.deployment.requests import actor, check_filter, check_id
 from servers.deployment.routes import (
-    Route,
     check_address,
     check_service,
     check_sticky_key,

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any
 
-from servers.deployment.bucketing import DEFAULT_BUCKETING, BucketingAlgorithm, choose, scaled_bucket
-from servers.deployment.bucketing import murmur3_x86_32 as murmur3
+from clients.bucketing import DEFAULT_BUCKETING, BucketingAlgorithm, choose, scaled_bucket
+from clients.bucketing import murmur3_x86_32 as murmur3
 from servers.deployment.jsonlogic import Constant, Environment, Evaluator, OperationFailed, RuleCompiler, RuleError
 from servers.deployment.jsvalues import is_number, js_string
 

@@ -1,4 +1,9 @@
-"""Prometheus metrics: the `grpc_server_*` interceptor and the per-process `/metrics` HTTP port."""
+"""Prometheus metrics: the process registry, the `grpc_server_*` interceptor and the `/metrics` HTTP port.
+
+Every service metric is named `shieldx_<service>_*`; the de-facto `grpc_*` names and the
+standard `process_*`, `python_info` and `python_gc_*` collectors keep their usual names, so
+dashboards and alert rules written for other gRPC services work unchanged.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,26 @@ from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 
 from clients.telemetry import CODE_LABELS, GrpcMetrics
 from servers.mesh.interception import CallInterceptor, Context, Method
+
+
+def process_registry() -> CollectorRegistry:
+    """A registry for one server: its own metrics plus the process, platform and GC collectors.
+
+    Each server has its own registry (tests run several in one process), so the collectors the
+    default registry carries are registered here explicitly: without them memory, CPU and open
+    file descriptors are not observable.
+    """
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
 
 
 class _MethodMetrics:

@@ -31,7 +31,7 @@ from servers.mesh.config import MeshConfig
 from servers.mesh.faults import FaultInjectionInterceptor, FaultTable
 from servers.mesh.interception import CallInterceptor, InterceptorChain
 from servers.mesh.logs import configure_logging
-from servers.mesh.metrics import MetricsInterceptor, serve_metrics
+from servers.mesh.metrics import MetricsInterceptor, process_registry, serve_metrics
 from servers.mesh.posture import PostureFacts, PostureServicer
 from servers.mesh.ratelimit import RateLimitInterceptor, TokenBuckets
 from servers.mesh.reflection import enable_reflection
@@ -93,7 +93,7 @@ class Runtime:
         token_source: TokenSource | None = None,
     ) -> None:
         self.config = config
-        self.registry = registry or CollectorRegistry()
+        self.registry = registry or process_registry()
         self.verifier = verifier
         self.token_source = token_source
         self.faults = FaultTable(config.version)
@@ -125,6 +125,7 @@ class Runtime:
             audience=auth.audience,
             leeway_seconds=auth.leeway_seconds,
             refresh_seconds=auth.key_refresh_seconds,
+            registry=self.registry,
         )
         self.verifier = self.trust.verifier
         return self.trust

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
 import grpc
+from prometheus_client import CollectorRegistry, Gauge
 
 from servers.mesh import errors, paseto
 from servers.mesh.claims import TOKEN_UNKNOWN_KEY, TokenClaims
@@ -64,7 +65,13 @@ class MeshTrust:
         leeway_seconds: float,
         refresh_seconds: float = 60.0,
         clock: Callable[[], float] = time.time,
+        registry: CollectorRegistry | None = None,
     ) -> None:
+        self.stream_up = Gauge(
+            "shieldx_mesh_revocation_stream_up",
+            "1 while this server follows the token service's revocation stream and has caught up, else 0.",
+            registry=registry if registry is not None else CollectorRegistry(),
+        )
         self.verifier = TokenVerifier(
             audience=audience, issuer=ISSUER, leeway=timedelta(seconds=leeway_seconds), clock=clock
         )
@@ -157,6 +164,7 @@ class MeshTrust:
             except grpc.aio.AioRpcError as error:
                 failures += 1
                 log.warning("revocation stream interrupted: %s", error.code().name)
+            self.stream_up.set(0)
             await asyncio.sleep(min(10.0, 0.1 * 2**failures) * random.uniform(0.5, 1.0))
 
     def _apply(self, update: tokens_pb2.WatchRevocationsResponse) -> None:
@@ -175,6 +183,7 @@ class MeshTrust:
             self.sequence = max(self.sequence, revocation.sequence)
         if update.caught_up:
             self._caught_up.set()
+            self.stream_up.set(1)
 
     async def prune_forever(self, interval: float = 300.0) -> None:
         """Background loop: drop revocations of tokens that have expired anyway."""

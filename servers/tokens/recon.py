@@ -42,7 +42,7 @@ class ReconReporter:
         self._channel = channel
         self._queue: asyncio.Queue[PresentedCredential] = asyncio.Queue(capacity)
         self._outcomes = Counter(
-            "tokens_recon_reports_total",
+            "shieldx_tokens_recon_reports_total",
             "Refused credentials reported to the deception service, by outcome.",
             ["outcome"],
             registry=registry,

@@ -34,9 +34,10 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parents[2] / "generated")]
 
-from servers.deployment.bucketing import murmur3_x86_32  # noqa: E402
+from clients.bucketing import murmur3_x86_32  # noqa: E402
+from clients.routes import RoutePicker  # noqa: E402
 from servers.deployment.flagset import FlagSet, ValueType  # noqa: E402
-from servers.deployment.routes import RoutePicker, build_route, new_instance, split_weights  # noqa: E402
+from servers.deployment.routes import build_route, new_instance, split_weights  # noqa: E402
 
 POOL = 4096
 NOW = 1_900_000_000.0

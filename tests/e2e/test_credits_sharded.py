@@ -5,7 +5,7 @@
   documented test-only crash point `credits.two_phase_crash_point`) loses or creates nothing:
   once restarted, recovery finishes every in-doubt transaction the same way on both shards
   (abort with no decision logged, commit with one), no prepared transaction is left, and the
-  gauge `credits_prepared_transactions_unresolved` returns to 0.
+  gauge `shieldx_credits_prepared_transactions_unresolved` returns to 0.
 - Adding a third shard under a load of consumes and purchases rebalances through the credits
   mover: every acknowledged operation is present exactly once, every balance is what the
   acknowledged operations make it, and every audit chain verifies.
@@ -246,7 +246,7 @@ async def test_a_coordinator_killed_between_prepare_and_commit_creates_and_destr
         await asyncio.to_thread(coordinator.start)
         seen_in_doubt = 0.0
         while True:
-            gauge = metric(coordinator, "credits_prepared_transactions_unresolved")
+            gauge = metric(coordinator, "shieldx_credits_prepared_transactions_unresolved")
             left = await asyncio.to_thread(prepared_transactions, clusters)
             if gauge == 0.0 and left == 0:
                 break

@@ -779,16 +779,16 @@ async def test_operations_are_counted_and_the_projection_lag_measured(client: Cr
     await refused(client.consume(pb.ConsumeRequest(account_id="acme", amount=40)))
     registry = running.runtime.registry
     count = registry.get_sample_value
-    assert count("credits_operations_total", {"op": "consume", "result": "ok"}) == 1
-    assert count("credits_operations_total", {"op": "consume", "result": "INSUFFICIENT_CREDITS"}) == 1
-    assert count("credits_operation_duration_seconds_count", {"op": "purchase"}) == 1
+    assert count("shieldx_credits_operations_total", {"op": "consume", "result": "ok"}) == 1
+    assert count("shieldx_credits_operations_total", {"op": "consume", "result": "INSUFFICIENT_CREDITS"}) == 1
+    assert count("shieldx_credits_operation_duration_seconds_count", {"op": "purchase"}) == 1
     for _ in range(100):
-        if count("credits_projection_lag_events") == 0 and count(
-            "credits_operations_total", {"op": "purchase", "result": "ok"}
+        if count("shieldx_credits_projection_lag_events") == 0 and count(
+            "shieldx_credits_operations_total", {"op": "purchase", "result": "ok"}
         ):
             break
         await asyncio.sleep(0.05)
-    assert count("credits_projection_lag_events") == 0
+    assert count("shieldx_credits_projection_lag_events") == 0
 
 
 async def test_two_servers_on_one_store_never_overspend_an_account(

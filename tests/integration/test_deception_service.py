@@ -21,6 +21,7 @@ import pytest
 
 from clients.deception import DeceptionClient, credential_fingerprint, report_presented_credential
 from clients.errors import ShieldxError
+from clients.tokens import TokenClient
 from servers.deception.attribution import adjusted_rand_index
 from servers.deception.protocols.mysql import parse_mysql_handshake, parse_mysql_packet
 from servers.deception.service import build
@@ -28,8 +29,10 @@ from servers.mesh.config import ConfigError, MeshConfig
 from servers.mesh.server import Mount, Runtime
 from servers.tokens.client_secrets import ClientSecretHasher
 from servers.tokens.domain import validate_client_id
+from servers.tokens.service import build as build_tokens
 from shieldx.compliance.v1 import compliance_pb2, compliance_pb2_grpc
 from shieldx.deception.v1 import deception_pb2 as pb
+from shieldx.tokens.v1 import tokens_pb2 as tokens_pb
 from tests.conftest import Running, StartServer, StartService, stop_service, test_config
 from tests.support.fuzz import fuzz_service
 from tests.support.polling import eventually
@@ -386,7 +389,7 @@ async def test_a_retried_request_id_streams_the_same_batch_and_plants_no_new_tok
     assert reuse_id.value.reason == "REQUEST_ID_REUSED"
 
 
-async def test_a_planted_honeytoken_presented_to_the_token_service_raises_a_critical_alert_naming_its_batch(
+async def test_a_planted_honeytoken_reported_as_the_token_service_reports_it_raises_a_critical_alert_naming_its_batch(
     client: DeceptionClient,
 ) -> None:
     chunks = await stream(client, kind=pb.DATASET_KIND_USERS, count=2000, honeytoken_count=2)
@@ -421,6 +424,43 @@ async def test_a_planted_honeytoken_presented_to_the_token_service_raises_a_crit
     )
     assert not wrong.honeytoken_matched and wrong.alert.kind == pb.ALERT_KIND_RECON
     assert wrong.alert.severity == pb.SEVERITY_HIGH
+
+
+async def test_a_real_token_service_refusing_a_planted_honeytoken_reports_it_to_a_real_deception_service(
+    client: DeceptionClient, running: Running, start_service: StartService, tmp_path: Path
+) -> None:
+    chunks = await stream(client, kind=pb.DATASET_KIND_USERS, count=2000, honeytoken_count=2)
+    planted = [t for c in chunks for t in c.honeytokens]
+    token = planted[0]
+    tokens_config = test_config(
+        tmp_path / "tokens",
+        "tokens",
+        settings={"argon2_opslimit": 1, "argon2_memlimit": 64 * 1024, "bootstrap": False},
+    )
+    tokens_config.endpoints = {"deception": running.address}
+    tokens = await start_service(build_tokens, tokens_config)
+    token_service = TokenClient(tokens.channel)
+
+    for presented in (token.secret, "not-a-planted-secret-" + "x" * 22):
+        with pytest.raises(ShieldxError) as refused:
+            await token_service.issue_token(
+                tokens_pb.IssueTokenRequest(client_id=token.username, client_secret=presented, scopes=["credits.read"])
+            )
+        assert (refused.value.code, refused.value.reason) == (grpc.StatusCode.UNAUTHENTICATED, "INVALID_CLIENT")
+
+    def reports(outcome: str) -> float:
+        value = tokens.runtime.registry.get_sample_value("tokens_recon_reports_total", {"outcome": outcome})
+        return value or 0.0
+
+    async def honeytoken_alerts() -> list[pb.Alert]:
+        alerts = (await client.list_alerts(pb.ListAlertsRequest(min_severity=pb.SEVERITY_CRITICAL))).alerts
+        return [a for a in alerts if a.kind == pb.ALERT_KIND_HONEYTOKEN_USED]
+
+    [alert] = await eventually(honeytoken_alerts, what="the token service's report raising a honeytoken alert")
+    assert (alert.batch_id, alert.honeytoken_id) == (token.batch_id, token.honeytoken_id)
+    assert alert.source_address == HOST, "the address that presented the credential to the token service"
+    await eventually(lambda: reports("honeytoken") == 1 and reports("reported") == 1, what="both reports delivered")
+    assert len(await honeytoken_alerts()) == 1, "the wrong secret matches no honeytoken"
 
 
 async def test_minted_client_credentials_look_like_the_token_services_and_match_by_secret_or_fingerprint(
@@ -545,9 +585,9 @@ async def test_alerts_wait_while_compliance_is_unimplemented_and_are_delivered_a
     registry = first.runtime.registry
 
     await eventually(
-        lambda: (registry.get_sample_value("deception_alert_forwards_total", {"outcome": "retry"}) or 0) >= 2
+        lambda: (registry.get_sample_value("shieldx_deception_alert_forwards_total", {"outcome": "retry"}) or 0) >= 2
     )
-    assert registry.get_sample_value("deception_alert_forwards_pending") == 1
+    assert registry.get_sample_value("shieldx_deception_alert_forwards_pending") == 1
     assert (await client.list_alerts(pb.ListAlertsRequest())).alerts[0].alert_id == recon.alert.alert_id
     await stop_service(first)
 
@@ -562,7 +602,7 @@ async def test_alerts_wait_while_compliance_is_unimplemented_and_are_delivered_a
     assert raised.request_id == f"deception-{recon.alert.alert_id}-high"
     assert raised.dedup_key == f"deception-alert/{recon.alert.alert_id}"
     assert raised.attributes["session_id"] == recon.session_id and raised.subject == recon.session_id
-    await eventually(lambda: second.runtime.registry.get_sample_value("deception_alert_forwards_pending") == 0)
+    await eventually(lambda: second.runtime.registry.get_sample_value("shieldx_deception_alert_forwards_pending") == 0)
 
 
 async def test_a_restart_keeps_sessions_alerts_selection_state_honeytokens_and_the_fingerprint(

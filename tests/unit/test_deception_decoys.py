@@ -328,6 +328,43 @@ async def test_open_redis_answers_info_with_its_consistent_version_and_os() -> N
         await deployment.fleet.stop()
 
 
+def redis_bulk_replies(port: int, request: bytes, replies: int) -> list[bytes]:
+    """The bulk strings answering `replies` commands, each read to its declared length."""
+    with blocking_socket(port) as sock:
+        sock.sendall(request)
+        data, bulks = b"", []
+        while len(bulks) < replies:
+            header_end = data.find(b"\r\n")
+            if header_end >= 0 and data.startswith(b"$"):
+                end = header_end + 2 + int(data[1:header_end])
+                if len(data) >= end + 2:
+                    bulks.append(data[header_end + 2 : end])
+                    data = data[end + 2 :]
+                    continue
+            chunk = sock.recv(65536)
+            assert chunk, (bulks, data)
+            data += chunk
+        return bulks
+
+
+async def test_redis_info_with_a_section_shows_only_that_section_and_the_port_it_listens_on() -> None:
+    deployment = await deploy(seed_where(lambda c: not redis_fp(c).requires_auth))
+    try:
+        port = deployment.port(Protocol.REDIS)
+        request = b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\nINFO KEYSPACE\r\nINFO nosuch\r\nINFO\r\nINFO all\r\n"
+        server, keyspace, unknown, everything, all_ = await asyncio.to_thread(redis_bulk_replies, port, request, 5)
+
+        sections = [line for line in server.decode().split("\r\n") if line.startswith("#")]
+        assert sections == ["# Server"] and server.endswith(b"\r\n")
+        assert f"tcp_port:{port}\r\n".encode() in server
+        assert keyspace.startswith(b"# Keyspace\r\ndb0:keys=") and b"# Server" not in keyspace
+        assert unknown == b""
+        assert everything == all_ and everything.startswith(server + b"\r\n# Clients\r\n")
+        assert everything.count(b"\r\n# ") == 6
+    finally:
+        await deployment.fleet.stop()
+
+
 async def test_redis_config_set_dir_in_resp_framing_is_an_exploit_attempt(decoys: Deployment) -> None:
     request = b"*4\r\n$6\r\nCONFIG\r\n$3\r\nSET\r\n$3\r\ndir\r\n$15\r\n/var/spool/cron\r\n"
     await asyncio.to_thread(redis_exchange, decoys.port(Protocol.REDIS), request, 1)

@@ -5,9 +5,14 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -83,6 +88,66 @@ def test_different_seed_gives_different_output(generator: SyntheticDataGenerator
     assert chunk(generator, kind, 1, 500).content_digest() != chunk(generator, kind, 2, 500).content_digest()
 
 
+ROOT = Path(__file__).resolve().parents[2]
+PYTHONPATH = (ROOT, ROOT / "generated")  # this checkout first, as pytest's own path
+
+# SHA-256 of the JSON Lines of 300 rows in chunks of 128, per generator version, kind and seed.
+# A change of these is a change of what a seed means: give it a new GENERATOR_VERSION and pin its digests.
+PINNED_DIGESTS = {
+    "shieldx-synthetic/1 numpy/2.4.6": {
+        ("USERS", 1): "b0f6f61ae420a138486a6fcf4c171992f9450b569605850828f47b2ab67c0710",
+        ("USERS", 2**63 + 7): "a908bcefc5eb73c01411284d8da11d12bb5f0163a3029b669f5503b00ef0d77b",
+        ("TRANSACTIONS", 1): "e94013f879b9ad210f1e6e048d720bca3ff8e9afbf89333b65e0102bdcc32309",
+        ("TRANSACTIONS", 2**63 + 7): "6d37038c9336b6ee8545fe9faf1ae1d58d2d806b4a16860596d809ac57c86ebd",
+        ("NETWORK_FLOWS", 1): "c9b63989bd7d8aaf375957a55f889f6e08783286808c272b82bacc1a9bc39d68",
+        ("NETWORK_FLOWS", 2**63 + 7): "0123c96a6759939838dd7cd5f64b8816de6eaa7af357dfd2165a40f43227b05b",
+    },
+    # Version 2: usernames and e-mails unique across a batch; transactions and flows unchanged.
+    "shieldx-synthetic/2 numpy/2.4.6": {
+        ("USERS", 1): "9adbfd3f3c20c687ffc56c620200bddd86a4ba446d028737f1b0b131afbe9fd3",
+        ("USERS", 2**63 + 7): "705199236107925792d25d2e156b1b64e6322401d3b9ce9289309fef2bd23838",
+        ("TRANSACTIONS", 1): "e94013f879b9ad210f1e6e048d720bca3ff8e9afbf89333b65e0102bdcc32309",
+        ("TRANSACTIONS", 2**63 + 7): "6d37038c9336b6ee8545fe9faf1ae1d58d2d806b4a16860596d809ac57c86ebd",
+        ("NETWORK_FLOWS", 1): "c9b63989bd7d8aaf375957a55f889f6e08783286808c272b82bacc1a9bc39d68",
+        ("NETWORK_FLOWS", 2**63 + 7): "0123c96a6759939838dd7cd5f64b8816de6eaa7af357dfd2165a40f43227b05b",
+    },
+}
+
+DIGEST_BATCHES = """
+import hashlib, json, sys
+from servers.deception.synthetic import GENERATOR_VERSION, DatasetKind, SyntheticDataGenerator
+generator = SyntheticDataGenerator()
+digests = {}
+for kind, seed in json.loads(sys.argv[1]):
+    lines = b"".join(c.to_json_lines() for c in generator.generate(DatasetKind[kind], seed, 300, chunk_size=128))
+    digests[f"{kind} {seed}"] = hashlib.sha256(lines).hexdigest()
+print(json.dumps({"version": GENERATOR_VERSION, "digests": digests}))
+"""
+
+
+def digests_in_a_new_process(hash_seed: str) -> dict[str, Any]:
+    """The pinned batches' digests as a separate interpreter makes them (its own string-hash salt)."""
+    batches = json.dumps([[kind, seed] for kind, seed in PINNED_DIGESTS[GENERATOR_VERSION]])
+    run = subprocess.run(
+        [sys.executable, "-c", DIGEST_BATCHES, batches],
+        env={**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": os.pathsep.join(map(str, PYTHONPATH))},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return dict(json.loads(run.stdout))
+
+
+def test_seeded_batches_match_their_pinned_digests_in_separate_processes() -> None:
+    assert GENERATOR_VERSION in PINNED_DIGESTS, f"pin the digests of {GENERATOR_VERSION!r} (see PINNED_DIGESTS)"
+    pinned = {f"{kind} {seed}": digest for (kind, seed), digest in PINNED_DIGESTS[GENERATOR_VERSION].items()}
+    first, second = digests_in_a_new_process("1"), digests_in_a_new_process("2")
+    assert first["version"] == second["version"] == GENERATOR_VERSION
+    assert first["digests"] == second["digests"], "two processes made different data from one seed"
+    assert first["digests"] == pinned
+
+
 def test_a_chunk_regenerates_alone_identical_to_its_place_in_the_batch(generator: SyntheticDataGenerator) -> None:
     batch = list(generator.generate(DatasetKind.TRANSACTIONS, 99, 2500, chunk_size=1000))
     assert [c.row_count for c in batch] == [1000, 1000, 500]
@@ -120,6 +185,38 @@ def test_usernames_are_novel_distinct_and_within_bounds(generator: SyntheticData
     assert not corpus & set(names)
     assert len(set(names)) == len(names)
     assert all(USERNAME_BOUNDS.min_length <= len(n) <= USERNAME_BOUNDS.max_length for n in names)
+
+
+@pytest.mark.parametrize("kind", list(DatasetKind))
+def test_every_small_count_and_chunk_size_generates_its_rows(
+    generator: SyntheticDataGenerator, kind: DatasetKind
+) -> None:
+    # Every count 1..12 with every chunk size 1..5 (and the default): small chunks once
+    # crashed on numpy reductions over an empty selection.
+    for count in range(1, 13):
+        for chunk_size in range(6):
+            chunks = list(generator.generate(kind, 1000 + count, count, chunk_size))
+            assert sum(c.row_count for c in chunks) == count
+            assert all(len(column) == c.row_count for c in chunks for column in c.columns.values())
+
+
+def test_usernames_and_emails_are_unique_across_a_batch_of_many_chunks(generator: SyntheticDataGenerator) -> None:
+    # 60,000 users in 12 chunks: names were distinct within a chunk but repeated across chunks
+    # (4,855 rows shared 1,931 usernames in 50,000 users), and the e-mail variants collided.
+    usernames: list[str] = []
+    emails: list[str] = []
+    for part in generator.generate(DatasetKind.USERS, 77, 60_000, 5_000):
+        usernames += part.columns["username"].tolist()
+        emails += part.columns["email"].tolist()
+    assert len(set(usernames)) == len(usernames) == 60_000
+    assert len(set(emails)) == len(emails)
+    assert all(EMAIL.fullmatch(email) for email in emails)
+
+
+def test_no_username_can_be_a_honeytoken_client_id(generator: SyntheticDataGenerator) -> None:
+    assert not USERNAME_BOUNDS.pattern or not re.fullmatch(USERNAME_BOUNDS.pattern, "svc-billing-1a2b3c")
+    names = chunk(generator, DatasetKind.USERS, 12, 5000).columns["username"].tolist()
+    assert not [n for n in names if n.startswith("svc-")]
 
 
 def test_ages_are_adult_whole_years_around_35(generator: SyntheticDataGenerator) -> None:

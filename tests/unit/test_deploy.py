@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from clients.endpoints import DEFAULT_PORTS
+from tests.support.metricnames import SCRAPE_SERIES, deploy_expressions, metric_names
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
@@ -42,3 +44,36 @@ def test_prometheus_rules_are_valid_and_their_alerts_fire() -> None:
     assert promtool, "promtool comes from Debian's prometheus package (tests/run installs it)"
     subprocess.run([promtool, "check", "config", str(DEPLOY / "prometheus" / "prometheus.yml")], check=True)
     subprocess.run([promtool, "test", "rules", str(DEPLOY / "prometheus" / "shieldx.rules.test.yml")], check=True)
+
+
+def test_every_alert_has_a_promtool_case_that_fires_it_on_series_the_rules_read() -> None:
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "shieldx.rules.yml").read_text())
+    alerts = {rule["alert"] for group in rules["groups"] for rule in group["rules"] if "alert" in rule}
+    cases = yaml.safe_load((DEPLOY / "prometheus" / "shieldx.rules.test.yml").read_text())["tests"]
+    fired = {check["alertname"] for case in cases for check in case["alert_rule_test"] if check["exp_alerts"]}
+    assert alerts == fired, f"alerts without a firing case: {sorted(alerts - fired)}"
+    read = {name for _where, expr in deploy_expressions() for name in metric_names(expr)} | SCRAPE_SERIES
+    fed = {series["series"].split("{", 1)[0] for case in cases for series in case["input_series"]}
+    assert fed <= read, f"test series no rule reads (a renamed metric?): {sorted(fed - read)}"
+
+
+def test_metric_names_are_read_from_promql_with_recording_rules_resolved() -> None:
+    expr = (
+        'sum by (le, grpc_service) (rate(grpc_server_handling_seconds_bucket{grpc_code="OK"}[$__rate_interval]))'
+        " / on (job) group_left shieldx:grpc_server_error_ratio:rate5m > 0.5 and up == 1"
+    )
+    assert metric_names(expr) == {"grpc_server_handling_seconds_bucket", "grpc_server_handled_total"}
+
+
+def test_dashboards_are_provisioned_from_the_prometheus_datasource() -> None:
+    datasource = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    uid = datasource["datasources"][0]["uid"]
+    boards = [json.loads(path.read_text()) for path in sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))]
+    assert len(boards) == 7
+    assert len({board["uid"] for board in boards}) == len(boards)
+    for board in boards:
+        panels = board["panels"]
+        assert panels and len({p["id"] for p in panels}) == len(panels), board["title"]
+        for panel in panels:
+            assert panel["datasource"]["uid"] == uid, (board["title"], panel["title"])
+            assert panel["targets"] and all(t["expr"] for t in panel["targets"]), (board["title"], panel["title"])

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from servers.deployment.bucketing import BucketingAlgorithm, choose, murmur3_x86_32
+from clients.bucketing import BucketingAlgorithm, choose, murmur3_x86_32
 from servers.deployment.flags import (
     FlagDefinition,
     GradualRollout,

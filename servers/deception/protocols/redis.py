@@ -145,7 +145,6 @@ def _redis_reply(conn: Connection, fp: RedisFingerprint, name: str, args: list[b
         return resp_error("NOAUTH Authentication required."), False
     simple: dict[str, bytes] = {
         "PING": resp_bulk(args[0]) if args else resp_simple("PONG"),
-        "INFO": resp_bulk(redis_info(fp, time.time()).encode()),
         "DBSIZE": resp_integer(fp.keys),
         "SELECT": resp_simple("OK"),
         "SET": resp_simple("OK"),
@@ -161,6 +160,10 @@ def _redis_reply(conn: Connection, fp: RedisFingerprint, name: str, args: list[b
     }
     if name in simple:
         return simple[name], False
+    if name == "INFO":
+        if major < 7 and len(args) > 1:
+            return resp_error("ERR syntax error"), False
+        return resp_bulk(redis_info(fp, time.time(), port=conn.local_port, sections=args).encode()), False
     if name == "HELLO" and major >= 6:
         return _redis_hello(fp, conn.number), False
     if name == "MODULE":
@@ -196,59 +199,61 @@ def _redis_auth(conn: Connection, fp: RedisFingerprint, args: list[bytes]) -> by
     return resp_error("ERR invalid password")
 
 
-def redis_info(fp: RedisFingerprint, now: float) -> str:
-    """The INFO text of the imitated server at Unix time `now`."""
+def redis_info(
+    fp: RedisFingerprint, now: float, *, port: int | None = None, sections: list[bytes] | None = None
+) -> str:
+    """The INFO text of the imitated server at Unix time `now`, listening on `port`.
+
+    Like Redis, `sections` (case-insensitive) selects what is shown: none, `default`, `all` or
+    `everything` give every section; a named section only that one; an unknown name nothing.
+    """
+    chosen = _info_sections(fp, now, fp.tcp_port if port is None else port)
+    wanted = {s.decode("latin-1").lower() for s in sections or []}
+    if wanted and not wanted & {"default", "all", "everything"}:
+        chosen = {name: lines for name, lines in chosen.items() if name.lower() in wanted}
+    return "\r\n".join("\r\n".join([f"# {name}", *lines, ""]) for name, lines in chosen.items())
+
+
+def _info_sections(fp: RedisFingerprint, now: float, port: int) -> dict[str, list[str]]:
     uptime = max(0, int(now) - fp.started_at)
     connections = fp.keys // 7 + uptime // 40
-    lines = [
-        "# Server",
-        f"redis_version:{fp.redis_version}",
-        "redis_git_sha1:00000000",
-        "redis_git_dirty:0",
-        f"redis_build_id:{fp.build_id}",
-        "redis_mode:standalone",
-        f"os:{fp.os}",
-        "arch_bits:64",
-        "multiplexing_api:epoll",
-        "atomicvar_api:atomic-builtin" if fp.redis_version < "7" else "atomicvar_api:c11-builtin",
-        f"gcc_version:{fp.gcc_version}",
-        f"process_id:{fp.process_id}",
-        f"run_id:{fp.run_id}",
-        f"tcp_port:{fp.tcp_port}",
-        f"uptime_in_seconds:{uptime}",
-        f"uptime_in_days:{uptime // 86400}",
-        "hz:10",
-        "configured_hz:10",
-        f"lru_clock:{int(now) & 0xFFFFFF}",
-        f"executable:{fp.executable}",
-        f"config_file:{fp.config_file}",
-        "",
-        "# Clients",
-        "connected_clients:1",
-        "blocked_clients:0",
-        "",
-        "# Memory",
-        f"used_memory:{900_000 + fp.keys * 96}",
-        f"used_memory_human:{(900_000 + fp.keys * 96) / 1048576:.2f}M",
-        "maxmemory:0",
-        "maxmemory_policy:noeviction",
-        "",
-        "# Persistence",
-        "loading:0",
-        f"rdb_last_save_time:{int(now) - uptime % 3600}",
-        "rdb_last_bgsave_status:ok",
-        "aof_enabled:0",
-        "",
-        "# Stats",
-        f"total_connections_received:{connections}",
-        f"total_commands_processed:{connections * 23}",
-        "",
-        "# Replication",
-        "role:master",
-        "connected_slaves:0",
-        "",
-        "# Keyspace",
-        f"db0:keys={fp.keys},expires={fp.keys // 11},avg_ttl=0",
-        "",
-    ]
-    return "\r\n".join(lines)
+    return {
+        "Server": [
+            f"redis_version:{fp.redis_version}",
+            "redis_git_sha1:00000000",
+            "redis_git_dirty:0",
+            f"redis_build_id:{fp.build_id}",
+            "redis_mode:standalone",
+            f"os:{fp.os}",
+            "arch_bits:64",
+            "multiplexing_api:epoll",
+            "atomicvar_api:atomic-builtin" if fp.redis_version < "7" else "atomicvar_api:c11-builtin",
+            f"gcc_version:{fp.gcc_version}",
+            f"process_id:{fp.process_id}",
+            f"run_id:{fp.run_id}",
+            f"tcp_port:{port}",
+            f"uptime_in_seconds:{uptime}",
+            f"uptime_in_days:{uptime // 86400}",
+            "hz:10",
+            "configured_hz:10",
+            f"lru_clock:{int(now) & 0xFFFFFF}",
+            f"executable:{fp.executable}",
+            f"config_file:{fp.config_file}",
+        ],
+        "Clients": ["connected_clients:1", "blocked_clients:0"],
+        "Memory": [
+            f"used_memory:{900_000 + fp.keys * 96}",
+            f"used_memory_human:{(900_000 + fp.keys * 96) / 1048576:.2f}M",
+            "maxmemory:0",
+            "maxmemory_policy:noeviction",
+        ],
+        "Persistence": [
+            "loading:0",
+            f"rdb_last_save_time:{int(now) - uptime % 3600}",
+            "rdb_last_bgsave_status:ok",
+            "aof_enabled:0",
+        ],
+        "Stats": [f"total_connections_received:{connections}", f"total_commands_processed:{connections * 23}"],
+        "Replication": ["role:master", "connected_slaves:0"],
+        "Keyspace": [f"db0:keys={fp.keys},expires={fp.keys // 11},avg_ttl=0"],
+    }

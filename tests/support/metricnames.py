@@ -1,0 +1,132 @@
+"""The metric names that `deploy/` uses (alert rules, Grafana panels) and those a `/metrics` page exports.
+
+`deploy_expressions()` lists every PromQL expression in the Prometheus rules and the Grafana
+dashboards; `metric_names(expr)` the metric names one reads (recording rules resolved to the
+series they are built from); `exported_names(page)` every series name a scrape offers,
+including the `_bucket`/`_count`/`_sum` and `_total` forms of families that have no sample yet.
+
+`EXPORTED_WHEN_CONFIGURED` names the series only a differently configured server exports
+(credits on shards). `NOT_YET_EXPORTED` is the allowlist of names that rules and dashboards already use but that
+other engineers' work in progress will export; each entry says which issue adds it. It is meant
+to shrink to nothing: an entry that the mesh does export makes the test fail, so it is removed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+RULES = DEPLOY / "prometheus" / "shieldx.rules.yml"
+DASHBOARDS = DEPLOY / "grafana" / "dashboards"
+
+# Named by issues whose work is landing in parallel; remove an entry when the metric exists.
+NOT_YET_EXPORTED: dict[str, str] = {
+    # issue 11 (compliance scorecard)
+    "shieldx_compliance_score": "issue 11",
+    "shieldx_compliance_controls": "issue 11",
+    "shieldx_compliance_findings_total": "issue 11",
+    "shieldx_compliance_alerts_open": "issue 11",
+    "shieldx_compliance_remediations_overdue": "issue 11",
+    "shieldx_compliance_assessment_duration_seconds_bucket": "issue 11",
+    # issue 12 (chaos engineering, client circuit breakers)
+    "shieldx_chaos_experiments_total": "issue 12",
+    "shieldx_chaos_safety_violations_total": "issue 12",
+    "shieldx_chaos_recovery_time_seconds_bucket": "issue 12",
+    "shieldx_chaos_active_faults": "issue 12",
+    "shieldx_client_circuit_breaker_trips_total": "issue 12",
+    # issue 18 (multi-region DR); the issue fixes only the prefix, these are the names we chose
+    "shieldx_dr_region_state": "issue 18",
+    "shieldx_dr_health_score": "issue 18",
+    "shieldx_dr_replication_lag_seconds": "issue 18",
+    "shieldx_dr_region_failovers_total": "issue 18",
+    "shieldx_dr_rpo_seconds": "issue 18",
+    "shieldx_dr_rto_seconds": "issue 18",
+}
+
+# Series Prometheus itself adds to every target; no server exports them.
+SCRAPE_SERIES = {"up", "scrape_duration_seconds", "scrape_samples_scraped", "scrape_series_added"}
+
+# Exported only by servers configured in a way `shieldx up` does not use; another test scrapes each.
+EXPORTED_WHEN_CONFIGURED: dict[str, str] = {
+    "shieldx_credits_prepared_transactions_unresolved": "credits on shards (tests/e2e/test_credits_sharded.py)",
+}
+
+_FUNCTIONS = {
+    "abs", "absent", "absent_over_time", "avg", "avg_over_time", "bottomk", "ceil", "changes", "clamp",
+    "clamp_max", "clamp_min", "count", "count_over_time", "count_values", "delta", "deriv", "exp", "floor",
+    "group", "histogram_quantile", "idelta", "increase", "irate", "label_replace", "last_over_time", "ln",
+    "max", "max_over_time", "min", "min_over_time", "predict_linear", "quantile", "quantile_over_time",
+    "rate", "resets", "round", "scalar", "sort", "sort_desc", "sqrt", "stddev", "stdvar", "sum",
+    "sum_over_time", "time", "timestamp", "topk", "vector",
+}  # fmt: skip
+_KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset"}
+_GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
+_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+
+
+def recording_rules() -> dict[str, str]:
+    """Recorded series name → the expression that records it."""
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    return {rule["record"]: rule["expr"] for group in groups for rule in group["rules"] if "record" in rule}
+
+
+def deploy_expressions() -> Iterator[tuple[str, str]]:
+    """(where, PromQL) for every alert rule and every dashboard panel target."""
+    for group in yaml.safe_load(RULES.read_text())["groups"]:
+        for rule in group["rules"]:
+            yield f"rule {rule.get('alert') or rule.get('record')}", rule["expr"]
+    for path in sorted(DASHBOARDS.glob("*.json")):
+        for title, expr in dashboard_expressions(json.loads(path.read_text())):
+            yield f"{path.name}: {title}", expr
+
+
+def dashboard_expressions(dashboard: dict[str, object]) -> Iterator[tuple[str, str]]:
+    """(panel title, expression) for every target of every panel, rows included."""
+    panels = list(dashboard.get("panels", []))  # type: ignore[call-overload]
+    while panels:
+        panel = panels.pop(0)
+        panels.extend(panel.get("panels", []))
+        for target in panel.get("targets", []):
+            if target.get("expr"):
+                yield panel.get("title", "?"), target["expr"]
+
+
+def metric_names(expr: str, recorded: dict[str, str] | None = None) -> set[str]:
+    """The metric names `expr` reads, with recording rules replaced by what they read."""
+    recorded = recording_rules() if recorded is None else recorded
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    text = re.sub(r"\{[^}]*\}", "", text)
+    text = re.sub(r"\[[^\]]*\]", "", text)
+    text = _GROUPING.sub("", text)
+    names: set[str] = set()
+    for match in _NAME.finditer(text):
+        word = match.group()
+        rest = text[match.end() :].lstrip()
+        if word in _FUNCTIONS or word in _KEYWORDS or rest.startswith("("):
+            continue
+        if re.fullmatch(r"\d+(e\d+)?", word) or (match.start() > 0 and text[match.start() - 1].isdigit()):
+            continue
+        if word in SCRAPE_SERIES:
+            continue
+        if word in recorded:
+            names |= metric_names(recorded[word], recorded)
+        else:
+            names.add(word)
+    return names
+
+
+def exported_names(page: str) -> set[str]:
+    """Every series name a `/metrics` page offers (families without samples yet included)."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "summary": ("_count", "_sum")}
+    names: set[str] = set()
+    for family in text_string_to_metric_families(page):
+        names.add(family.name)
+        names.update(family.name + suffix for suffix in suffixes.get(family.type, ()))
+        names.update(sample.name for sample in family.samples)
+    return names
