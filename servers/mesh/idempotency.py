@@ -26,7 +26,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, NamedTuple, TypeVar
+from typing import Generic, NamedTuple, Protocol, TypeVar
 
 from google.protobuf.message import Message
 
@@ -94,6 +94,18 @@ def caller_scope(domain: str) -> str:
     """The scope of request ids the current caller sends to the service of ledger domain `domain`:
     the domain and the caller's client id (read in the request's own task, where the caller is known)."""
     return f"{domain} {current_caller().client_id}"
+
+
+class AnswerSeal(Protocol):
+    """Encrypts stored answers of a service whose answers carry secrets (shown once, replayed to retries)."""
+
+    def seal(self, answer: bytes) -> bytes:
+        """The stored form of a serialized answer."""
+        ...
+
+    def open(self, stored: bytes) -> bytes:
+        """The serialized answer of its stored form."""
+        ...
 
 
 def is_recorded(rejection: BaseException) -> bool:
@@ -165,8 +177,12 @@ class RequestLedger:
         *,
         attempts: int = 12,
         clock: Callable[[], float] = time.time,
+        seal: AnswerSeal | None = None,
     ) -> None:
+        """A ledger over `database` for the service of ErrorInfo domain `domain`; with `seal`, answers
+        are stored encrypted (a service whose answers carry secrets keeps none in the clear)."""
         self.database = database
+        self._seal = seal
         self.domain = domain
         self.attempts = attempts
         self._clock = clock
@@ -201,6 +217,8 @@ class RequestLedger:
         For a store that decides many requests in one transaction. `storage.UniqueViolation` if
         one of the request ids has an answer already (a retry: run it through `execute`).
         """
+        if self._seal is not None:
+            answers = [answer._replace(response=self._seal.seal(answer.response)) for answer in answers]
         await record_answers(tx, answers, self._clock())
 
     async def _attempt(self, work: Work[R], key: _Key[R] | None) -> R:
@@ -261,9 +279,11 @@ class RequestLedger:
                 metadata={"request_id": request_id, "first_method": row["method"]},
                 violations=(errors.PreconditionViolation("REQUEST_ID", request_id, "used for another request"),),
             )
+        stored = bytes(row["response"])
+        answer = stored if self._seal is None else self._seal.open(stored)
         if row["outcome"] == "rejected":
-            raise ReplayedRejection(bytes(row["response"]))
-        return response_type.FromString(bytes(row["response"]))
+            raise ReplayedRejection(answer)
+        return response_type.FromString(answer)
 
     async def record_rejection(self, answer: RecordedAnswer) -> None:
         """Store a business rejection in its own transaction (the refused work wrote nothing); a retry

@@ -44,8 +44,9 @@ from servers.tokens.issuance import INVALID_CLIENT, MFA_INVALID, MFA_REPLAYED, T
 from servers.tokens.keys import check_overlap
 from servers.tokens.recon import PresentedCredential, ReconReporter
 from servers.tokens.revocations import Revocation, introspect, plan_revocation
-from servers.tokens.secret_files import TOTP_KEY_FILE, AtRestCipher, SigningKeyFiles, secrets_directory
+from servers.tokens.secret_files import KEYS_DIRECTORY, TOTP_KEY_FILE, AtRestCipher, SigningKeyFiles
 from servers.tokens.settings import TokenServiceSettings
+from servers.tokens.signing_secrets import SigningKeySecrets
 from servers.tokens.store import TokenStore, to_micros
 from servers.tokens.watch import revocation_stream
 from shieldx.tokens.v1 import tokens_pb2, tokens_pb2_grpc
@@ -392,11 +393,12 @@ async def build(runtime: Runtime) -> Service:
     config = runtime.config
     settings = service_settings(TokenServiceSettings, config)
     token_settings = settings.token_settings()
-    directory = await asyncio.to_thread(secrets_directory, config.data_path)
-    cipher = await asyncio.to_thread(AtRestCipher.open, directory / TOTP_KEY_FILE)
     database = await runtime.database("servers.tokens.migrations")
+    vault = await runtime.vault(database)
+    legacy = config.data_path / KEYS_DIRECTORY  # secret files an older version wrote, imported once
+    cipher = await AtRestCipher.shared(vault, legacy / TOTP_KEY_FILE)
     store = TokenStore(database, cipher)
-    authority = TokenAuthority(store, SigningKeyFiles(directory), token_settings)
+    authority = TokenAuthority(store, SigningKeySecrets(vault, SigningKeyFiles(legacy)), token_settings)
     if runtime.verifier is None:
         # The mesh auth interceptor of this very server trusts our own keys, in process.
         runtime.verifier = authority.follow(
@@ -410,7 +412,7 @@ async def build(runtime: Runtime) -> Service:
     hasher = ClientSecretHasher(settings.argon2_cost())
     if settings.bootstrap:
         await bootstrap(store, hasher, credentials_path(config), token_endpoint(config), settings.audience)
-    ledger = RequestLedger(database, LEDGER_DOMAIN)
+    ledger = RequestLedger(database, LEDGER_DOMAIN, seal=store.answers)
     metrics = TokenMetrics(runtime.registry)
     recon = ReconReporter(lambda: runtime.channel("deception"), runtime.registry)
     servicer = TokenServicer(

@@ -7,7 +7,8 @@ that finds the row changed since it was read raises `storage.TransientError`, wh
 ledger answers by running the work again.
 
 Times are stored as microseconds since the epoch. TOTP secrets are stored encrypted with
-`AtRestCipher`; signing keys' secret halves are never stored here (see `secret_files`).
+`AtRestCipher`, and so are the request ledger's stored answers (`SealedAnswers`); signing keys'
+secret halves are sealed in the vault (`signing_secrets`).
 """
 
 from __future__ import annotations
@@ -79,10 +80,30 @@ class StoredAnswer:
     """The serialized response message."""
 
 
+class SealedAnswers:
+    """The request ledger's stored answers, encrypted with the at-rest cipher: CreateClient and
+    EnrollMfa answers carry one-time secrets, which must never reach the database (or its WAL) in
+    the clear. An answer stored before answers were sealed is read as it is."""
+
+    def __init__(self, cipher: AtRestCipher) -> None:
+        self._cipher = cipher
+
+    def seal(self, answer: bytes) -> bytes:
+        """The encrypted form (base64 text, as bytes)."""
+        return self._cipher.encrypt(answer).encode("ascii")
+
+    def open(self, stored: bytes) -> bytes:
+        """The serialized answer."""
+        opened = self._cipher.decrypt(stored.decode("ascii", "replace"))
+        return stored if opened is None else opened
+
+
 class TokenStore:
     """The token service's tables behind a small async interface."""
 
     def __init__(self, database: Database, cipher: AtRestCipher) -> None:
+        self.answers = SealedAnswers(cipher)
+        """How the request ledger stores this service's answers."""
         self.database = database
         self._cipher = cipher
 
@@ -391,13 +412,16 @@ class TokenStore:
             f" WHERE outcome = 'ok' AND method IN ({placeholders}) AND created_at < ?",
             (*methods, before),
         )
-        return [StoredAnswer(row["request_id"], row["scope"], row["method"], bytes(row["response"])) for row in rows]
+        return [
+            StoredAnswer(row["request_id"], row["scope"], row["method"], self.answers.open(bytes(row["response"])))
+            for row in rows
+        ]
 
     async def replace_answer(self, answer: StoredAnswer, response: bytes) -> None:
         """Overwrite a stored answer (to drop a one-time secret from it)."""
         await self.database.execute(
             "UPDATE request_ids SET response = ? WHERE scope = ? AND request_id = ?",
-            (response, answer.scope, answer.request_id),
+            (self.answers.seal(response), answer.scope, answer.request_id),
         )
 
 

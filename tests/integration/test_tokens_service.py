@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import stat
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,8 +30,8 @@ from servers.mesh.claims import TokenSigner, footer_for
 from servers.mesh.errors import Unauthenticated
 from servers.mesh.verifier import TokenVerifier, TrustedKey
 from servers.tokens import totp
+from servers.tokens.authority import TokenAuthority
 from servers.tokens.bootstrap import WORKLOAD_SCOPES, contract_scopes
-from servers.tokens.secret_files import SigningKeyFiles
 from servers.tokens.service import build
 from shieldx.deception.v1 import deception_pb2, deception_pb2_grpc
 from shieldx.tokens.v1 import tokens_pb2 as pb
@@ -97,11 +98,22 @@ async def create(client: TokenClient, client_id: str, **fields: Any) -> pb.Creat
     )
 
 
-def service_signer(config: Any, kid: str, *, clock: Callable[[], float] = time.time) -> TokenSigner:
-    """A signer holding the service's own active secret key (read from its 0600 file)."""
-    secret = SigningKeyFiles(Path(config.data_dir) / "keys").read(kid)
-    assert secret is not None
-    return TokenSigner(nacl.signing.SigningKey(secret[:32]), issuer="shieldx-tokens", clock=clock)
+def authority_of(running: Running) -> TokenAuthority:
+    assert running.service is not None
+    return running.service.mounts[0].servicer.authority  # type: ignore[no-any-return]
+
+
+def service_signer(running: Running, kid: str, *, clock: Callable[[], float] = time.time) -> TokenSigner:
+    """A signer holding the service's own active secret key."""
+    active = authority_of(running).ring.active
+    assert active.kid == kid and active.secret_key is not None
+    return TokenSigner(nacl.signing.SigningKey(active.secret_key[:32]), issuer="shieldx-tokens", clock=clock)
+
+
+async def sealed_names(running: Running) -> list[str]:
+    """Names of the secrets the service keeps sealed in its database."""
+    rows = await authority_of(running).store.database.fetchall("SELECT name FROM sealed_secrets ORDER BY name")
+    return [row["name"] for row in rows]
 
 
 async def active_kid(client: TokenClient) -> str:
@@ -390,7 +402,7 @@ async def test_introspection_shows_claims_only_for_active_tokens(running: Runnin
     assert shown.exp.ToSeconds() - shown.iat.ToSeconds() == 900 and shown.nbf == shown.iat
 
     kid = await active_kid(client)
-    expired = service_signer(config, kid, clock=lambda: time.time() - 7200).mint(
+    expired = service_signer(running, kid, clock=lambda: time.time() - 7200).mint(
         audience="shieldx", ttl=timedelta(hours=1)
     )
     forged = TokenSigner(nacl.signing.SigningKey.generate(), issuer="shieldx-tokens").mint(
@@ -567,8 +579,8 @@ async def test_rotation_keeps_old_tokens_valid_until_the_overlap_ends(running: R
     with pytest.raises(Unauthenticated) as caught:
         after.verify(old.access_token)
     assert caught.value.reason == "TOKEN_KEY_INACTIVE"
-    keys_dir = Path(config.data_dir) / "keys"
-    assert SigningKeyFiles(keys_dir).kids() == [new_kid], "the replaced key's secret half is destroyed"
+    signing = [name for name in await sealed_names(running) if name.startswith("tokens/signing/")]
+    assert signing == [f"tokens/signing/{new_kid}"], "the replaced key's secret half is destroyed"
 
     cut = await client.rotate_signing_key(pb.RotateSigningKeyRequest(overlap=duration_pb2.Duration()))
     assert not cut.previous_keys, "overlap zero retires every older key at once"
@@ -625,20 +637,36 @@ def secret_forms(secret: bytes) -> list[bytes]:
     ]
 
 
-async def test_secret_files_are_private_and_the_database_holds_no_secret_half(running: Running, config: Any) -> None:
+async def test_no_secret_is_stored_in_the_clear_and_every_file_is_private(running: Running, config: Any) -> None:
     client = TokenClient(running.channel)
-    kid = await active_kid(client)
-    keys_dir = Path(config.data_dir) / "keys"
-    assert stat.S_IMODE(keys_dir.stat().st_mode) == 0o700
-    for path in keys_dir.iterdir():
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
-    assert stat.S_IMODE((Path(config.data_dir) / "credentials").stat().st_mode) == 0o600
-    secret = SigningKeyFiles(keys_dir).read(kid)
-    assert secret is not None
+    created = await create(client, "carol", kind=pb.CLIENT_KIND_PERSON, request_id="create-carol")
+    enrolled = await client.enroll_mfa(pb.EnrollMfaRequest(client_id="carol", request_id="enroll-carol"))
+    again = await client.enroll_mfa(pb.EnrollMfaRequest(client_id="carol", request_id="enroll-carol"))
+    assert again.totp_secret == enrolled.totp_secret, "a retry within the window still gets the secret"
+    signing = authority_of(running).ring.active.secret_key
+    assert signing is not None
+    totp_secret = totp.decode_secret(enrolled.totp_secret)
+    forbidden = [
+        created.client_secret.encode(),
+        enrolled.totp_secret.encode(),
+        totp_secret,
+        totp_secret.hex().encode(),
+        base64.b64encode(totp_secret),
+        *secret_forms(signing),
+    ]
     stored = stored_bytes(config)
-    assert paseto.paserk_public(secret[32:]).encode() in stored, "the dump sees the key rows (public halves)"
-    for form in secret_forms(secret):
+    assert paseto.paserk_public(signing[32:]).encode() in stored, "the dump sees the key rows (public halves)"
+    for form in forbidden:
         assert form not in stored, form
+    assert f"tokens/signing/{authority_of(running).ring.active.kid}" in await sealed_names(running)
+
+    data_dir = Path(config.data_dir)
+    assert stat.S_IMODE(os.stat(data_dir).st_mode) == 0o700
+    private = [data_dir / "credentials", data_dir / "kek"]
+    if not config.database_url:
+        private += [data_dir / "tokens.db", data_dir / "tokens.db-wal", data_dir / "tokens.db-shm"]
+    for path in private:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path.name
 
 
 async def test_restart_keeps_clients_keys_revocations_and_the_bootstrap(
@@ -758,7 +786,7 @@ async def test_bad_bearer_tokens_are_unauthenticated_and_the_service_survives(
     token = await admin_token(client, config)
     kid = await active_kid(client)
     stranger = nacl.signing.SigningKey.generate()
-    ours = service_signer(config, kid)
+    ours = service_signer(running, kid)
     bad = {
         "tampered payload": (_tamper(token, 2, _flip_first), "TOKEN_SIGNATURE_INVALID"),
         "tampered footer": (
@@ -776,7 +804,7 @@ async def test_bad_bearer_tokens_are_unauthenticated_and_the_service_survives(
             "TOKEN_UNKNOWN_KEY",
         ),
         "expired": (
-            service_signer(config, kid, clock=lambda: time.time() - 7200)
+            service_signer(running, kid, clock=lambda: time.time() - 7200)
             .mint(audience="shieldx", ttl=timedelta(hours=1))
             .token,
             "TOKEN_EXPIRED",
