@@ -1,4 +1,5 @@
-"""Secrets the credits server keeps in files of its own: created once with mode 0600, never rewritten."""
+"""Secrets the credits server keeps in files: an operator's mounted key file, or the key files an
+older version made in its data directory (moved into the vault, `servers.mesh.vault`, on first start)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,14 @@ def read_or_create_secret(path: Path, make: Callable[[], str]) -> str:
         candidate.unlink(missing_ok=True)
     log.info("created secret file", extra={"path": str(path)})
     return _read(path)
+
+
+def existing_or_new(path: Path, make: Callable[[], str]) -> str:
+    """The secret an older version stored in `path`, or a new one from `make()` if there is no such file."""
+    try:
+        return _read(path)
+    except FileNotFoundError:
+        return make()
 
 
 def _read(path: Path) -> str:

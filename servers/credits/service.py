@@ -486,13 +486,18 @@ async def build(runtime: Runtime) -> Service:
     settings = service_settings(CreditsSettings, runtime.config)
     settings.check()
     data_dir = runtime.config.data_path
-    cipher = settings.payment_reference_cipher(data_dir)
-    signer = HeadSigner.from_file(Path(settings.head_signing_key_file or data_dir / "credits-head-signing.key"))
     if settings.topology:
         ledger = await sharded_ledger(runtime, settings)
     else:
         database = await runtime.database("servers.credits.migrations")
         ledger = Ledger(AccountPlacement([Shard.of("default", database)]))
+    # Keys every replica must share live in the home database, sealed under the KEK.
+    vault = await runtime.vault(ledger.placement.home)
+    cipher = await settings.payment_reference_cipher(vault, data_dir)
+    if settings.head_signing_key_file:
+        signer = await asyncio.to_thread(HeadSigner.from_file, Path(settings.head_signing_key_file))
+    else:
+        signer = await HeadSigner.shared(vault, data_dir / "credits-head-signing.key")
     feed: AlertStream
     if ledger.placement.sharded:
         feed = ShardAlerts(ledger.placement, poll_seconds=settings.alert_poll_seconds)
