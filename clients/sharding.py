@@ -7,7 +7,7 @@ from shieldx.sharding.v1 import sharding_pb2 as pb
 
 
 class ShardingClient(ServiceClient):
-    """The sharding control plane: key location, shard registry, topology stream, failover, rebalance."""
+    """The sharding control plane: key location, shard registry, topology stream, failover, rebalance, regions, DR."""
 
     service = "shieldx.sharding.v1.ShardingService"
 
@@ -26,3 +26,8 @@ class ShardingClient(ServiceClient):
     start_rebalance = Unary("StartRebalance", pb.StartRebalanceRequest, pb.StartRebalanceResponse)
     get_rebalance_status = Unary("GetRebalanceStatus", pb.GetRebalanceStatusRequest, pb.GetRebalanceStatusResponse)
     get_shard_health = Unary("GetShardHealth", pb.GetShardHealthRequest, pb.GetShardHealthResponse)
+    put_region = Unary("PutRegion", pb.PutRegionRequest, pb.PutRegionResponse)
+    set_shard_placement = Unary("SetShardPlacement", pb.SetShardPlacementRequest, pb.SetShardPlacementResponse)
+    set_replication_mode = Unary("SetReplicationMode", pb.SetReplicationModeRequest, pb.SetReplicationModeResponse)
+    failover_region = Unary("FailoverRegion", pb.FailoverRegionRequest, pb.FailoverRegionResponse)
+    get_dr_status = Unary("GetDrStatus", pb.GetDrStatusRequest, pb.GetDrStatusResponse)

@@ -54,6 +54,13 @@ class Reason(enum.StrEnum):
     REBALANCE_MOVER_UNAVAILABLE = "REBALANCE_MOVER_UNAVAILABLE"
     PROMOTION_FAILED = "PROMOTION_FAILED"
     PRIMARY_NOT_FENCED = "PRIMARY_NOT_FENCED"
+    UNKNOWN_REGION = "UNKNOWN_REGION"
+    REGION_STANDBY = "REGION_STANDBY"
+    NO_REPLICAS = "NO_REPLICAS"
+    NO_SAME_REGION_REPLICA = "NO_SAME_REGION_REPLICA"
+    NO_PRIMARY_IN_REGION = "NO_PRIMARY_IN_REGION"
+    SAME_REGION = "SAME_REGION"
+    MODE_NOT_APPLIED = "MODE_NOT_APPLIED"
 
 
 class NodeRole(enum.Enum):
@@ -87,6 +94,58 @@ class ShardState(enum.Enum):
     """On the ring, serving its accounts."""
     LEAVING = "leaving"
     """Being removed: still serving until a rebalance has moved its accounts off."""
+
+
+class RegionState(enum.Enum):
+    """What the sharding server concludes about a region."""
+
+    ACTIVE = "active"
+    """Serving: primaries may live here and failovers may promote here."""
+    DEGRADED = "degraded"
+    """Some of its nodes fail their checks; still serving."""
+    STANDBY = "standby"
+    """Failed over: no primary lives here and nothing is promoted here until it is declared again."""
+
+
+class ReplicationMode(enum.Enum):
+    """How a shard's primary waits for replicas before a COMMIT returns (see `regions.standby_names`)."""
+
+    UNMANAGED = "unmanaged"
+    """The primary's own `synchronous_standby_names` stands."""
+    SYNCHRONOUS = "synchronous"
+    """A quorum that always includes a replica in another region."""
+    SEMI_SYNCHRONOUS = "semi_synchronous"
+    """Any one replica in the primary's region; other regions asynchronous."""
+    ASYNCHRONOUS = "asynchronous"
+    """No waiting."""
+
+
+MIN_PRIORITY = 1
+MAX_PRIORITY = 1000
+
+
+@dataclass(frozen=True)
+class Region:
+    """A failure domain: nodes carry its label; failovers go to regions in priority order."""
+
+    region_id: str
+    """Region label, as on nodes."""
+    priority: int
+    """Failover order: smaller first."""
+    state: RegionState = RegionState.ACTIVE
+    """Active, degraded or standby."""
+
+
+def validate_region_id(region_id: str, field: str) -> None:
+    """Raise InvalidArgument unless `region_id` is a region label (non-empty)."""
+    if not _REGION_PATTERN.fullmatch(region_id):
+        raise InvalidArgument(field, "must be 1-63 lowercase letters, digits or '-', starting alphanumeric")
+
+
+def validate_priority(priority: int, field: str = "priority") -> None:
+    """Raise InvalidArgument unless `priority` is within the allowed range."""
+    if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise InvalidArgument(field, f"must be between {MIN_PRIORITY} and {MAX_PRIORITY}")
 
 
 @dataclass(frozen=True)
@@ -150,6 +209,10 @@ class Shard:
     """Joining, active or leaving."""
     nodes: tuple[Node, ...]
     """The primary first, then replicas sorted by node id."""
+    preferred_region: str = ""
+    """The region its primary should live in ("" when not placed)."""
+    replication_mode: ReplicationMode = ReplicationMode.UNMANAGED
+    """How its primary waits for replicas."""
 
     @property
     def primary(self) -> Node:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -150,17 +150,26 @@ def needs_failover(shard: Shard, primary_health: NodeHealth, policy: HealthPolic
     return policy.automatic_failover and primary_health.consecutive_failures >= policy.failure_threshold
 
 
-def choose_promotion_target(shard: Shard, health: Mapping[str, NodeHealth], *, target_node_id: str = "") -> str:
+def choose_promotion_target(
+    shard: Shard,
+    health: Mapping[str, NodeHealth],
+    *,
+    target_node_id: str = "",
+    within: Collection[str] | None = None,
+) -> str:
     """The replica to promote: the healthy one that has replayed the most WAL.
 
     Ties go to the smaller byte lag, then the smaller node id. With `target_node_id` (a manual
     failover) that replica is used, provided it is healthy and no healthy replica is ahead of
-    it, since promoting a replica that is behind would drop acknowledged writes.
+    it, since promoting a replica that is behind would drop acknowledged writes. With `within`
+    (a region failover), only replicas in those regions are considered.
     """
     candidates = [
         health[n.node_id]
         for n in shard.replicas
-        if n.node_id in health and health[n.node_id].state is HealthState.HEALTHY
+        if n.node_id in health
+        and health[n.node_id].state is HealthState.HEALTHY
+        and (within is None or n.region in within)
     ]
     best = min(candidates, key=_promotion_order, default=None)
     if target_node_id:

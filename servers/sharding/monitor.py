@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import timedelta
@@ -36,6 +37,7 @@ from servers.sharding.domain import HealthState, Node, NodeRole, Shard
 from servers.sharding.failover import CheckResult, HealthPolicy, NodeHealth, needs_failover
 from servers.sharding.leadership import Leadership, SoleLeadership
 from servers.sharding.nodes import NodeError, NodeOperations, Observation
+from servers.sharding.regions import SCORE_WINDOW
 from servers.sharding.registry import Clock, TopologyRegistry, utc_now
 from servers.sharding.topology import Topology
 
@@ -45,6 +47,8 @@ STANDBY_POLL_SECONDS = 2.0
 """How often a server without the lead asks for it (at most)."""
 
 PrimaryDown = Callable[[Shard], Awaitable[object]]
+RoundChecked = Callable[[Mapping[str, NodeHealth]], Awaitable[set[str]]]
+"""After each round's health is written: region rules; returns shards it takes over (no shard failover)."""
 WritableReplica = Callable[[Shard, Node], Awaitable[object]]
 
 
@@ -146,7 +150,9 @@ class HealthMonitor:
         self.clock = clock
         self.on_primary_down: PrimaryDown | None = None
         self.on_writable_replica: WritableReplica | None = None
+        self.on_round: RoundChecked | None = None
         self._health: dict[str, NodeHealth] = {}
+        self._recent: dict[str, deque[bool]] = {}
         self._writable_replicas: dict[str, list[Node]] = {}
         self._kicked = asyncio.Event()
 
@@ -154,6 +160,10 @@ class HealthMonitor:
         """What the checks know about a node (its topology health until first checked)."""
         known = self._health.get(node.node_id)
         return known if known is not None else NodeHealth(node.node_id, state=node.health)
+
+    def recent(self, node_id: str) -> tuple[bool, ...]:
+        """Outcomes of the node's last checks, oldest first (True: passed)."""
+        return tuple(self._recent.get(node_id, ()))
 
     def mark_down(self, node_id: str) -> None:
         """Keep a failed-over primary DOWN: it must be rebuilt before any check may clear it."""
@@ -206,10 +216,16 @@ class HealthMonitor:
         await asyncio.gather(*(self.check_shard(shard) for shard in topology.shards))
         await self._write_health_changes()
         self.metrics.record(self.registry.current, self._health)
+        taken_over: set[str] = set()
+        if self.on_round is not None:
+            try:
+                taken_over = await self.on_round(self._health)
+            except Exception:
+                log.exception("region checks failed; shards fail over one by one this round")
         down = [
             shard
             for shard in self.registry.current.shards
-            if needs_failover(shard, self.health(shard.primary), self.policy)
+            if shard.shard_id not in taken_over and needs_failover(shard, self.health(shard.primary), self.policy)
         ]
         if down and self.on_primary_down is not None:
             await asyncio.gather(*(self._fail_over(shard) for shard in down))
@@ -232,6 +248,7 @@ class HealthMonitor:
         for node, look in zip(shard.nodes, looks, strict=True):
             result = self._judge(node, look, primary_lsn)
             self._health[node.node_id] = self.health(node).record(result, self.policy)
+            self._recent.setdefault(node.node_id, deque(maxlen=SCORE_WINDOW)).append(result.ok)
         self._writable_replicas[shard.shard_id] = [
             node
             for node, look in zip(shard.nodes, looks, strict=True)

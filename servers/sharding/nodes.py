@@ -15,6 +15,8 @@ On PostgreSQL (14 or newer):
   other client sessions (waiting for them to exit) and read the final `pg_current_wal_lsn()`:
   no write can commit after that LSN. `ALTER SYSTEM` persists, so a restart keeps the fence.
   `unfence` resets the setting;
+- set_standby_names (a replication mode): `ALTER SYSTEM SET synchronous_standby_names` and a
+  reload, then wait until new sessions see it;
 - follow (after a failover): point a replica at the new primary. Its own `primary_conninfo` is
   kept (user, application_name, TLS and password file settings) with host, hostaddr and port
   taken from the new primary's DSN; its `primary_slot_name`, if it has one, is created on the
@@ -101,6 +103,10 @@ class NodeOperations(Protocol):
 
     async def follow(self, replica: Node, primary: Node, timeout: float) -> None:
         """Make a replica stream from `primary` (after a failover)."""
+        ...
+
+    async def set_standby_names(self, primary: Node, names: str, timeout: float) -> None:
+        """Set a primary's `synchronous_standby_names` (persisted) and reload its configuration."""
         ...
 
 
@@ -236,6 +242,22 @@ class DatabaseNodes:
         async with self._connection(replica, timeout) as connection:
             await connection.execute(sql.SQL("ALTER SYSTEM SET primary_conninfo = {}").format(sql.Literal(conninfo)))
             await connection.execute("SELECT pg_reload_conf()")
+
+    async def set_standby_names(self, primary: Node, names: str, timeout: float) -> None:
+        """See `NodeOperations.set_standby_names`; returns once new sessions see the setting."""
+        self._refuse_sqlite(primary, "given synchronous standbys")
+        deadline = time.monotonic() + timeout
+        async with self._connection(primary, timeout) as connection:
+            statement = sql.SQL("ALTER SYSTEM SET synchronous_standby_names = {}").format(sql.Literal(names))
+            await connection.execute(statement)
+            await connection.execute("SELECT pg_reload_conf()")
+        while True:  # the postmaster applies a reload asynchronously
+            async with self._connection(primary, max(0.1, deadline - time.monotonic())) as connection:
+                if await self._value(connection, "SHOW synchronous_standby_names") == names:
+                    return
+            if time.monotonic() > deadline:
+                raise NodeError("the primary did not apply synchronous_standby_names in time")
+            await asyncio.sleep(0.02)
 
     @asynccontextmanager
     async def _connection(self, node: Node, timeout: float) -> AsyncIterator[psycopg.AsyncConnection[Any]]:

@@ -33,6 +33,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -126,6 +127,8 @@ class Failovers:
         self._pending: dict[str, Promotion] = {}
         self._reported: set[str] = set()
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.on_new_primary: Callable[[Shard], Awaitable[object]] | None = None
+        """Called after a failover's replicas were re-pointed (the replication mode is re-applied)."""
 
     @property
     def policy(self) -> HealthPolicy:
@@ -182,7 +185,35 @@ class Failovers:
         self.monitor.mark_down(record.old_primary)
         self.metrics.failovers.labels(record.shard_id, record.trigger.value).inc()
         self.metrics.recovery.labels(record.trigger.value).observe(record.recovery_time.total_seconds())
-        await self._repoint_replicas(topology.shard(record.shard_id), record.old_primary)
+        shard = topology.shard(record.shard_id)
+        await self._repoint_replicas(shard, record.old_primary)
+        if self.on_new_primary is not None:
+            try:
+                await self.on_new_primary(shard)
+            except Exception:
+                log.exception("after the failover of %s, its replication mode could not be applied", shard.shard_id)
+
+    async def promote_within(
+        self, shard: Shard, regions: Collection[str], *, fence_live_primary: bool
+    ) -> Promotion | None:
+        """Promote the best healthy replica in `regions` (a region failover); see `_promote`."""
+        return await self._promote(shard, target_node_id="", fence_live_primary=fence_live_primary, within=regions)
+
+    def switch(self, topology: Topology, promotion: Promotion) -> Topology:
+        """The topology with the promotion made (Conflict if the shard changed meanwhile)."""
+        return self._switch(topology, promotion)
+
+    async def record(
+        self,
+        tx: Transaction,
+        promotion: Promotion,
+        topology: Topology,
+        trigger: FailoverTrigger,
+        outage_started: datetime,
+        reason: str,
+    ) -> FailoverRecord:
+        """Write the failover history record of a committed promotion (in `tx`)."""
+        return await self._record(tx, promotion, topology, trigger, outage_started, reason)
 
     async def fence_deposed(self, shard: Shard, node: Node) -> None:
         """Fence a node listed as a replica that answered as a writable primary, if it was failed over
@@ -254,7 +285,14 @@ class Failovers:
                 )
             self.metrics.repointed.labels(shard.shard_id, "ok" if result is None else "error").inc()
 
-    async def _promote(self, shard: Shard, *, target_node_id: str, fence_live_primary: bool) -> Promotion | None:
+    async def _promote(
+        self,
+        shard: Shard,
+        *,
+        target_node_id: str,
+        fence_live_primary: bool,
+        within: Collection[str] | None = None,
+    ) -> Promotion | None:
         """Promote the target (fencing a live primary first if asked); None if the primary is live and not to be
         fenced (it answered again since the monitor gave up on it)."""
         async with self._locks[shard.shard_id]:
@@ -265,7 +303,7 @@ class Failovers:
             primary_live = health[shard.primary.node_id].consecutive_failures == 0
             if primary_live and not fence_live_primary:
                 return None
-            target = shard.node(choose_promotion_target(shard, health, target_node_id=target_node_id))
+            target = shard.node(choose_promotion_target(shard, health, target_node_id=target_node_id, within=within))
             promoted_lsn = health[target.node_id].lsn
             fenced = primary_live
             if fenced:

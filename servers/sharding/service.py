@@ -18,18 +18,19 @@ from prometheus_client import Gauge
 
 from servers.mesh.config import ConfigError, service_settings
 from servers.mesh.errors import InvalidArgument, NotFound
-from servers.mesh.idempotency import RequestLedger
+from servers.mesh.idempotency import RequestLedger, fingerprint, validate_request_id
 from servers.mesh.pagination import page_request
 from servers.mesh.server import Mount, Runtime, Service
 from servers.mesh.storage import Transaction
 from servers.sharding import wire
-from servers.sharding.domain import Reason
+from servers.sharding.domain import Reason, ReplicationMode, validate_priority, validate_region_id
 from servers.sharding.failover import MAX_ERROR_LENGTH
 from servers.sharding.leadership import leadership_for
 from servers.sharding.monitor import HealthMonitor, MonitorMetrics
 from servers.sharding.nodes import DatabaseNodes
 from servers.sharding.promotion import FailoverMetrics, Failovers, FailoverTimeouts
 from servers.sharding.rebalancer import AccountMover, RebalanceMetrics, Rebalancer
+from servers.sharding.recovery import DisasterRecovery, DrMetrics
 from servers.sharding.registry import Change, Clock, TopologyRegistry, utc_now
 from servers.sharding.ring import validate_shard_id
 from servers.sharding.settings import ShardingSettings
@@ -114,6 +115,18 @@ async def build_service(runtime: Runtime, *, mover: AccountMover | None = None, 
     )
     monitor.on_primary_down = failovers.automatic
     monitor.on_writable_replica = failovers.fence_deposed
+    recovery = DisasterRecovery(
+        registry,
+        store,
+        monitor,
+        failovers,
+        nodes,
+        DrMetrics(runtime.registry),
+        rpo_objective=timedelta(seconds=settings.rpo_objective_seconds),
+        clock=clock,
+    )
+    monitor.on_round = recovery.after_round
+    failovers.on_new_primary = recovery.reapply_mode
     rebalancer = Rebalancer(
         registry,
         store,
@@ -124,7 +137,9 @@ async def build_service(runtime: Runtime, *, mover: AccountMover | None = None, 
         leadership=leadership_for(database, "rebalancer"),
         clock=clock,
     )
-    servicer = ShardingServicer(registry, store, monitor, failovers, rebalancer, RequestLedger(database, DOMAIN))
+    servicer = ShardingServicer(
+        registry, store, monitor, failovers, rebalancer, RequestLedger(database, DOMAIN), recovery
+    )
     tasks: list[Callable[[], Coroutine[Any, Any, None]]] = [rebalancer.run]
     if settings.health_monitor:
         tasks.append(monitor.run)
@@ -148,6 +163,7 @@ class ShardingServicer(sharding_pb2_grpc.ShardingServiceServicer):
         failovers: Failovers,
         rebalancer: Rebalancer,
         ledger: RequestLedger,
+        recovery: DisasterRecovery,
     ) -> None:
         self.registry = registry
         self.store = store
@@ -155,6 +171,7 @@ class ShardingServicer(sharding_pb2_grpc.ShardingServiceServicer):
         self.failovers = failovers
         self.rebalancer = rebalancer
         self.ledger = ledger
+        self.recovery = recovery
 
     # Location and the ring
 
@@ -332,6 +349,93 @@ class ShardingServicer(sharding_pb2_grpc.ShardingServiceServicer):
             failovers=[wire.failover_message(r) for r in shown], next_page_token=page.next_token(cursor)
         )
 
+    # Regions and disaster recovery
+
+    async def PutRegion(self, request: pb.PutRegionRequest, context: Any) -> pb.PutRegionResponse:
+        region_id, priority = request.region_id, request.priority
+        validate_region_id(region_id, "region_id")
+        validate_priority(priority)
+
+        def respond(topology: Topology) -> pb.PutRegionResponse:
+            region = topology.region(region_id)
+            return pb.PutRegionResponse(region=wire.region_message(region), topology_version=topology.version)
+
+        return await self._change(
+            "PutRegion", request, pb.PutRegionResponse,
+            lambda t: t.put_region(region_id, priority, now=self.registry.clock()), respond,
+        )  # fmt: skip
+
+    async def SetShardPlacement(
+        self, request: pb.SetShardPlacementRequest, context: Any
+    ) -> pb.SetShardPlacementResponse:
+        shard_id, region_id = request.shard_id, request.preferred_region
+        validate_shard_id(shard_id)
+        if region_id:
+            validate_region_id(region_id, "preferred_region")
+
+        def respond(topology: Topology) -> pb.SetShardPlacementResponse:
+            return pb.SetShardPlacementResponse(
+                shard=wire.shard_message(topology.shard(shard_id)), topology_version=topology.version
+            )
+
+        return await self._change(
+            "SetShardPlacement", request, pb.SetShardPlacementResponse,
+            lambda t: t.place_shard(shard_id, region_id, now=self.registry.clock()), respond,
+        )  # fmt: skip
+
+    async def SetReplicationMode(
+        self, request: pb.SetReplicationModeRequest, context: Any
+    ) -> pb.SetReplicationModeResponse:
+        shard_id = request.shard_id
+        validate_shard_id(shard_id)
+        modes = {v: k for k, v in wire.REPLICATION_MODES.items() if k is not ReplicationMode.UNMANAGED}
+        if request.mode not in modes:
+            raise InvalidArgument("mode", "must be SYNCHRONOUS, SEMI_SYNCHRONOUS or ASYNCHRONOUS")
+        mode = modes[request.mode]
+        replay = await self._replayed("SetReplicationMode", request, pb.SetReplicationModeResponse)
+        if replay is not None:
+            return replay
+        names = await self.recovery.set_mode(shard_id, mode)
+
+        def respond(topology: Topology) -> pb.SetReplicationModeResponse:
+            return pb.SetReplicationModeResponse(
+                shard=wire.shard_message(topology.shard(shard_id)),
+                topology_version=topology.version,
+                synchronous_standby_names=names,
+            )
+
+        return await self._change(
+            "SetReplicationMode", request, pb.SetReplicationModeResponse,
+            lambda t: t.with_replication_mode(shard_id, mode, now=self.registry.clock()), respond,
+        )  # fmt: skip
+
+    async def FailoverRegion(self, request: pb.FailoverRegionRequest, context: Any) -> pb.FailoverRegionResponse:
+        region_id, target = request.region_id, request.target_region_id
+        validate_region_id(region_id, "region_id")
+        if target:
+            validate_region_id(target, "target_region_id")
+        if len(request.reason) > MAX_ERROR_LENGTH:
+            raise InvalidArgument("reason", f"must be at most {MAX_ERROR_LENGTH} characters")
+        replay = await self._replayed("FailoverRegion", request, pb.FailoverRegionResponse)
+        if replay is not None:
+            return replay
+        record = await self.recovery.fail_over_region(
+            region_id, target_region_id=target, planned=request.planned, reason=request.reason
+        )
+        response = pb.FailoverRegionResponse(region_failover=wire.region_failover_message(record))
+
+        async def work(tx: Transaction) -> pb.FailoverRegionResponse:
+            return response
+
+        return await self.ledger.execute("FailoverRegion", request, pb.FailoverRegionResponse, work)
+
+    async def GetDrStatus(self, request: pb.GetDrStatusRequest, context: Any) -> pb.GetDrStatusResponse:
+        topology = self.registry.current
+        readings = self.recovery.shard_readings()
+        scores = self.recovery.region_scores(readings)
+        recent = await self.store.recent_region_failovers()
+        return wire.dr_status_message(topology, readings, scores, recent, self.recovery.rpo_objective)
+
     # Rebalancing
 
     async def PlanRebalance(self, request: pb.PlanRebalanceRequest, context: Any) -> pb.PlanRebalanceResponse:
@@ -397,6 +501,14 @@ class ShardingServicer(sharding_pb2_grpc.ShardingServiceServicer):
         return pb.GetRebalanceStatusResponse(rebalance=wire.rebalance_message(summary))
 
     # Plumbing
+
+    async def _replayed(self, method: str, request: Message, response_type: type[R]) -> R | None:
+        """The recorded answer of a retried request whose work acts on databases before it is recorded."""
+        request_id: str = getattr(request, "request_id", "")
+        if not request_id:
+            return None
+        validate_request_id(request_id)
+        return await self.ledger.replay(request_id, fingerprint(method, request), response_type)
 
     async def _change(
         self,

@@ -31,6 +31,9 @@ class ShardingSettings:
     """How long `pg_promote` may take."""
     switchover_timeout_seconds: float = bounded(10.0, above=0, at_most=3600)
     """Manual failover of a live primary: fencing it and the replica catching up."""
+    rpo_objective_seconds: float = bounded(60.0, above=0, at_most=86_400)
+    """Recovery point objective: a shard whose promised RPO (a region loss now) is above it is reported
+    (`shieldx_dr_rpo_objective_breached`, a warning in the log, `GetDrStatus`)."""
     rebalance_batch_size: int = 100
     """Accounts moved together (one fence and one cut-over topology version per batch)."""
     rebalance_max_attempts: int = 3

@@ -14,12 +14,23 @@ Times are stored as integer microseconds since the Unix epoch; LSNs as PostgreSQ
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from servers.mesh.storage import Database, Row, Transaction, TransientError
-from servers.sharding.domain import HealthState, Node, NodeRole, Shard, ShardState, ordered_nodes
+from servers.sharding.domain import (
+    HealthState,
+    Node,
+    NodeRole,
+    Region,
+    RegionState,
+    ReplicationMode,
+    Shard,
+    ShardState,
+    ordered_nodes,
+)
 from servers.sharding.failover import FailoverRecord, FailoverTrigger, format_lsn, parse_lsn
 from servers.sharding.rebalance import (
     AccountMove,
@@ -30,6 +41,7 @@ from servers.sharding.rebalance import (
     RebalanceProgress,
     RebalanceWorkflow,
 )
+from servers.sharding.regions import RegionFailoverRecord, RegionFailoverStep, StepTiming
 from servers.sharding.topology import MigrationRouting, Topology
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -116,8 +128,17 @@ class ShardingStore:
                 int(row["placement_seed"]),
                 ShardState(row["state"]),
                 ordered_nodes(nodes.get(row["shard_id"], ())),
+                row["preferred_region"],
+                ReplicationMode(row["replication_mode"]),
             )
-            for row in await tx.fetchall("SELECT shard_id, weight, placement_seed, state FROM shards ORDER BY shard_id")
+            for row in await tx.fetchall(
+                "SELECT shard_id, weight, placement_seed, state, preferred_region, replication_mode FROM shards"
+                " ORDER BY shard_id"
+            )
+        )
+        regions = tuple(
+            Region(row["region_id"], int(row["priority"]), RegionState(row["state"]))
+            for row in await tx.fetchall("SELECT region_id, priority, state FROM regions ORDER BY region_id")
         )
         migration = None
         if registry["rebalance_id"] is not None:
@@ -128,6 +149,7 @@ class ShardingStore:
             vnodes_per_shard=int(registry["vnodes_per_shard"]),
             migration=migration,
             updated_at=_maybe_time(registry["updated_us"]),
+            regions=regions,
         )
 
     async def _routing(self, tx: Transaction, rebalance_id: str, fence_unplanned: bool) -> MigrationRouting:
@@ -158,9 +180,18 @@ class ShardingStore:
             raise TransientError(f"the topology moved on from version {expected_version} concurrently")
         await tx.execute("DELETE FROM nodes")
         await tx.execute("DELETE FROM shards")
+        await tx.execute("DELETE FROM regions")
         await tx.executemany(
-            "INSERT INTO shards (shard_id, weight, placement_seed, state) VALUES (?, ?, ?, ?)",
-            [(s.shard_id, s.weight, s.placement_seed, s.state.value) for s in topology.shards],
+            "INSERT INTO shards (shard_id, weight, placement_seed, state, preferred_region, replication_mode)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (s.shard_id, s.weight, s.placement_seed, s.state.value, s.preferred_region, s.replication_mode.value)
+                for s in topology.shards
+            ],
+        )
+        await tx.executemany(
+            "INSERT INTO regions (region_id, priority, state) VALUES (?, ?, ?)",
+            [(r.region_id, r.priority, r.state.value) for r in topology.regions],
         )
         await tx.executemany(
             "INSERT INTO nodes (node_id, shard_id, role, dsn, region, health) VALUES (?, ?, ?, ?, ?, ?)",
@@ -221,6 +252,58 @@ class ShardingStore:
             (*params, limit),
         )
         return [_failover(row) for row in rows]
+
+    # Region failovers
+
+    async def add_region_failover(self, record: RegionFailoverRecord) -> None:
+        """Append a region failover to its history and link its shard failovers to it."""
+        steps = [
+            {
+                "step": t.step.value,
+                "started_us": to_us(t.started_at),
+                "duration_us": t.duration // timedelta(microseconds=1),
+                "detail": t.detail,
+            }
+            for t in record.steps
+        ]
+        async with self.database.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO region_failovers (region_failover_id, region_id, failover_trigger, planned, started_us,"
+                " completed_us, reason, steps) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.region_failover_id,
+                    record.region_id,
+                    record.trigger.value,
+                    int(record.planned),
+                    to_us(record.started_at),
+                    to_us(record.completed_at),
+                    record.reason,
+                    json.dumps(steps),
+                ),
+            )
+            await tx.executemany(
+                "UPDATE failover_history SET region_failover_id = ? WHERE failover_id = ?",
+                [(record.region_failover_id, f.failover_id) for f in record.failovers],
+            )
+
+    async def recent_region_failovers(self, limit: int = 10) -> list[RegionFailoverRecord]:
+        """The latest region failovers with their shard failovers, newest first."""
+        async with self.database.transaction() as tx:
+            heads = await tx.fetchall(
+                "SELECT region_failover_id, region_id, failover_trigger, planned, started_us, completed_us, reason,"
+                " steps FROM region_failovers ORDER BY completed_us DESC, region_failover_id DESC LIMIT ?",
+                (limit,),
+            )
+            found = []
+            for head in heads:
+                rows = await tx.fetchall(
+                    "SELECT failover_id, shard_id, failover_trigger, old_primary, new_primary, promoted_lsn,"
+                    " outage_started_us, completed_us, topology_version, reason FROM failover_history"
+                    " WHERE region_failover_id = ? ORDER BY shard_id",
+                    (head["region_failover_id"],),
+                )
+                found.append(_region_failover(head, [_failover(r) for r in rows]))
+        return found
 
     # Rebalances
 
@@ -346,6 +429,29 @@ def _failover(row: Row) -> FailoverRecord:
         completed_at=from_us(row["completed_us"]),
         topology_version=int(row["topology_version"]),
         reason=row["reason"],
+    )
+
+
+def _region_failover(head: Row, failovers: list[FailoverRecord]) -> RegionFailoverRecord:
+    steps = tuple(
+        StepTiming(
+            RegionFailoverStep(step["step"]),
+            from_us(step["started_us"]),
+            timedelta(microseconds=step["duration_us"]),
+            step["detail"],
+        )
+        for step in json.loads(head["steps"])
+    )
+    return RegionFailoverRecord(
+        region_failover_id=head["region_failover_id"],
+        region_id=head["region_id"],
+        trigger=FailoverTrigger(head["failover_trigger"]),
+        planned=bool(head["planned"]),
+        started_at=from_us(head["started_us"]),
+        completed_at=from_us(head["completed_us"]),
+        steps=steps,
+        failovers=tuple(failovers),
+        reason=head["reason"],
     )
 
 

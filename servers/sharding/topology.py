@@ -25,10 +25,15 @@ from servers.sharding.domain import (
     NodeRole,
     NodeSpec,
     Reason,
+    Region,
+    RegionState,
+    ReplicationMode,
     Shard,
     ShardState,
     ordered_nodes,
     validate_key,
+    validate_priority,
+    validate_region_id,
 )
 from servers.sharding.ring import (
     DEFAULT_VNODES_PER_SHARD,
@@ -85,6 +90,8 @@ class Topology:
     """Routing overrides while a rebalance runs, else None."""
     updated_at: datetime | None = None
     """When this version was made."""
+    regions: tuple[Region, ...] = ()
+    """Declared regions, by id."""
 
     @cached_property
     def ring(self) -> HashRing:
@@ -113,6 +120,18 @@ class Topology:
             if shard.shard_id == shard_id:
                 return shard
         raise NotFound("shard", shard_id, reason=Reason.SHARD_NOT_FOUND)
+
+    def region(self, region_id: str, field: str = "region_id") -> Region:
+        """The declared region (InvalidArgument for a malformed id, FailedPrecondition UNKNOWN_REGION)."""
+        validate_region_id(region_id, field)
+        for region in self.regions:
+            if region.region_id == region_id:
+                return region
+        raise FailedPrecondition(
+            f"region {region_id!r} is not declared (PutRegion first)",
+            reason=Reason.UNKNOWN_REGION,
+            metadata={"region_id": region_id},
+        )
 
     def find_node(self, node_id: str) -> tuple[Shard, Node]:
         """The shard and node with this node id (NotFound NODE_NOT_FOUND)."""
@@ -257,6 +276,39 @@ class Topology:
             *(n for n in shard.replicas if n.node_id != node_id),
         )
         return self._with_shard(replace(shard, nodes=ordered_nodes(nodes)), now)
+
+    def put_region(self, region_id: str, priority: int, *, now: datetime) -> Topology:
+        """Declare a region or change its priority; a STANDBY region declared again is ACTIVE."""
+        validate_region_id(region_id, "region_id")
+        validate_priority(priority)
+        region = Region(region_id, priority, RegionState.ACTIVE)
+        if region in self.regions:
+            return self
+        others = [r for r in self.regions if r.region_id != region_id]
+        return replace(self._next(now), regions=tuple(sorted([*others, region], key=lambda r: r.region_id)))
+
+    def with_region_states(self, states: dict[str, RegionState], *, now: datetime) -> Topology:
+        """Set region states (unknown ids ignored); the same topology if nothing changes."""
+        regions = tuple(replace(r, state=states.get(r.region_id, r.state)) for r in self.regions)
+        if regions == self.regions:
+            return self
+        return replace(self._next(now), regions=regions)
+
+    def place_shard(self, shard_id: str, preferred_region: str, *, now: datetime) -> Topology:
+        """Set the region a shard's primary should live in ("" clears it); the region must be declared."""
+        shard = self.shard(shard_id)
+        if preferred_region:
+            self.region(preferred_region, "preferred_region")
+        if shard.preferred_region == preferred_region:
+            return self
+        return self._with_shard(replace(shard, preferred_region=preferred_region), now)
+
+    def with_replication_mode(self, shard_id: str, mode: ReplicationMode, *, now: datetime) -> Topology:
+        """Record a shard's replication mode (the caller applies it to the primary)."""
+        shard = self.shard(shard_id)
+        if shard.replication_mode is mode:
+            return self
+        return self._with_shard(replace(shard, replication_mode=mode), now)
 
     def with_migration(self, routing: MigrationRouting | None, *, now: datetime) -> Topology:
         """Set (or clear) the rebalance routing overrides; unchanged routing keeps the version."""

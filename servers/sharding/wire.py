@@ -12,9 +12,20 @@ from datetime import UTC, datetime, timedelta
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from servers.sharding.domain import HealthState, Node, NodeRole, NodeSpec, Shard, ShardState
+from servers.sharding.domain import (
+    HealthState,
+    Node,
+    NodeRole,
+    NodeSpec,
+    Region,
+    RegionState,
+    ReplicationMode,
+    Shard,
+    ShardState,
+)
 from servers.sharding.failover import FailoverRecord, FailoverTrigger, NodeHealth, format_lsn
 from servers.sharding.rebalance import AccountMove, AccountProgress, AccountState, RebalancePhase
+from servers.sharding.regions import RegionFailoverRecord, RegionFailoverStep, ShardReading
 from servers.sharding.ring import RingStats
 from servers.sharding.store import RebalanceSummary
 from servers.sharding.topology import KeyLocation, MigrationRouting, Topology
@@ -52,6 +63,29 @@ ACCOUNT_STATES: Mapping[AccountState, pb.AccountMoveState.ValueType] = {
     AccountState.CUT_OVER: pb.ACCOUNT_MOVE_STATE_CUT_OVER,
     AccountState.DONE: pb.ACCOUNT_MOVE_STATE_DONE,
     AccountState.FAILED: pb.ACCOUNT_MOVE_STATE_FAILED,
+}
+
+
+REGION_STATES: Mapping[RegionState, pb.RegionState.ValueType] = {
+    RegionState.ACTIVE: pb.REGION_STATE_ACTIVE,
+    RegionState.DEGRADED: pb.REGION_STATE_DEGRADED,
+    RegionState.STANDBY: pb.REGION_STATE_STANDBY,
+}
+REPLICATION_MODES: Mapping[ReplicationMode, pb.ReplicationMode.ValueType] = {
+    ReplicationMode.UNMANAGED: pb.REPLICATION_MODE_UNSPECIFIED,
+    ReplicationMode.SYNCHRONOUS: pb.REPLICATION_MODE_SYNCHRONOUS,
+    ReplicationMode.SEMI_SYNCHRONOUS: pb.REPLICATION_MODE_SEMI_SYNCHRONOUS,
+    ReplicationMode.ASYNCHRONOUS: pb.REPLICATION_MODE_ASYNCHRONOUS,
+}
+
+
+REGION_FAILOVER_STEPS: Mapping[RegionFailoverStep, pb.RegionFailoverStep.ValueType] = {
+    RegionFailoverStep.DETECT: pb.REGION_FAILOVER_STEP_DETECT,
+    RegionFailoverStep.MARK_STANDBY: pb.REGION_FAILOVER_STEP_MARK_STANDBY,
+    RegionFailoverStep.PROMOTE: pb.REGION_FAILOVER_STEP_PROMOTE,
+    RegionFailoverStep.PUBLISH: pb.REGION_FAILOVER_STEP_PUBLISH,
+    RegionFailoverStep.VERIFY_LAG: pb.REGION_FAILOVER_STEP_VERIFY_LAG,
+    RegionFailoverStep.CONFIRM: pb.REGION_FAILOVER_STEP_CONFIRM,
 }
 
 
@@ -98,7 +132,14 @@ def shard_message(shard: Shard, *, redact: bool = True) -> pb.Shard:
         placement_seed=shard.placement_seed,
         state=SHARD_STATES[shard.state],
         nodes=[node_message(n, redact=redact) for n in shard.nodes],
+        preferred_region=shard.preferred_region,
+        replication_mode=REPLICATION_MODES[shard.replication_mode],
     )
+
+
+def region_message(region: Region) -> pb.Region:
+    """A declared region."""
+    return pb.Region(region_id=region.region_id, priority=region.priority, state=REGION_STATES[region.state])
 
 
 def topology_message(topology: Topology, *, redact: bool = False) -> pb.Topology:
@@ -108,6 +149,7 @@ def topology_message(topology: Topology, *, redact: bool = False) -> pb.Topology
         shards=[shard_message(s, redact=redact) for s in topology.shards],
         vnodes_per_shard=topology.vnodes_per_shard,
         hash_scheme=pb.HASH_SCHEME_CRC32_FMIX32,
+        regions=[region_message(r) for r in topology.regions],
     )
     if topology.migration is not None:
         routing = topology.migration
@@ -143,7 +185,15 @@ def topology_from_message(message: pb.Topology) -> Topology:
         vnodes_per_shard=message.vnodes_per_shard,
         migration=migration,
         updated_at=message.update_time.ToDatetime(UTC) if message.HasField("update_time") else None,
+        regions=tuple(_region_from_message(r) for r in message.regions),
     )
+
+
+def _region_from_message(message: pb.Region) -> Region:
+    states = {v: k for k, v in REGION_STATES.items()}
+    if message.state not in states:
+        raise UnsupportedTopology(f"region {message.region_id!r} has unknown state {message.state}")
+    return Region(message.region_id, message.priority, states[message.state])
 
 
 def _shard_from_message(message: pb.Shard) -> Shard:
@@ -151,7 +201,16 @@ def _shard_from_message(message: pb.Shard) -> Shard:
     if message.state not in states:
         raise UnsupportedTopology(f"shard {message.shard_id!r} has unknown state {message.state}")
     nodes = tuple(_node_from_message(n) for n in message.nodes)
-    return Shard(message.shard_id, message.weight, message.placement_seed, states[message.state], nodes)
+    modes = {v: k for k, v in REPLICATION_MODES.items()}
+    return Shard(
+        message.shard_id,
+        message.weight,
+        message.placement_seed,
+        states[message.state],
+        nodes,
+        message.preferred_region,
+        modes.get(message.replication_mode, ReplicationMode.UNMANAGED),
+    )
 
 
 def _node_from_message(message: pb.Node) -> Node:
@@ -252,6 +311,72 @@ def node_health_message(node: Node, health: NodeHealth) -> pb.NodeHealth:
             message.lag_bytes = health.lag_bytes
         if health.lag is not None:
             message.lag.CopyFrom(duration(health.lag))
+    return message
+
+
+def region_failover_message(record: RegionFailoverRecord) -> pb.RegionFailover:
+    """A region failover with its steps and shard failovers."""
+    return pb.RegionFailover(
+        region_failover_id=record.region_failover_id,
+        region_id=record.region_id,
+        trigger=TRIGGERS[record.trigger],
+        planned=record.planned,
+        failovers=[failover_message(f) for f in record.failovers],
+        steps=[
+            pb.RegionFailoverStepTiming(
+                step=REGION_FAILOVER_STEPS[t.step],
+                start_time=timestamp(t.started_at),
+                duration=duration(t.duration),
+                detail=t.detail,
+            )
+            for t in record.steps
+        ],
+        start_time=timestamp(record.started_at),
+        complete_time=timestamp(record.completed_at),
+        recovery_time=duration(record.recovery_time),
+        reason=record.reason,
+    )
+
+
+def dr_status_message(
+    topology: Topology,
+    readings: Sequence[ShardReading],
+    region_scores: Mapping[str, float],
+    recent: Sequence[RegionFailoverRecord],
+    rpo_objective: timedelta,
+) -> pb.GetDrStatusResponse:
+    """The disaster-recovery status."""
+    regions = sorted(topology.regions, key=lambda r: (r.priority, r.region_id))
+    message = pb.GetDrStatusResponse(
+        regions=[
+            pb.RegionStatus(
+                region=region_message(r),
+                health_score=region_scores.get(r.region_id, 1.0),
+                primaries=sum(1 for s in topology.shards if s.primary.region == r.region_id),
+                nodes=sum(1 for s in topology.shards for n in s.nodes if n.region == r.region_id),
+            )
+            for r in regions
+        ],
+        recent_region_failovers=[region_failover_message(r) for r in recent],
+        rpo_objective=duration(rpo_objective),
+        topology_version=topology.version,
+    )
+    for reading in readings:
+        shard = reading.shard
+        status = message.shards.add(
+            shard_id=shard.shard_id,
+            primary_region=shard.primary.region,
+            preferred_region=shard.preferred_region,
+            replication_mode=REPLICATION_MODES[shard.replication_mode],
+            health_score=reading.score,
+            rpo_objective_breached=reading.breached,
+        )
+        for node in shard.nodes:
+            status.nodes.add(node_id=node.node_id, region=node.region, score=reading.scores[node.node_id])
+        if reading.lag_bytes is not None:
+            status.cross_region_lag_bytes = reading.lag_bytes
+        if reading.rpo != timedelta.max:
+            status.promised_rpo.CopyFrom(duration(reading.rpo))
     return message
 
 

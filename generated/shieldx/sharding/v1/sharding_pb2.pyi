@@ -237,6 +237,116 @@ ACCOUNT_MOVE_STATE_FAILED: AccountMoveState.ValueType  # 7
 """Gave up after the maximum attempts; still served by its source shard."""
 Global___AccountMoveState: _TypeAlias = AccountMoveState  # noqa: Y015
 
+class _RegionState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RegionStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RegionState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REGION_STATE_UNSPECIFIED: _RegionState.ValueType  # 0
+    """Not set."""
+    REGION_STATE_ACTIVE: _RegionState.ValueType  # 1
+    """Serving: primaries may live here and failovers may promote here."""
+    REGION_STATE_DEGRADED: _RegionState.ValueType  # 2
+    """Some of its nodes fail their checks (health score below 1); still serving."""
+    REGION_STATE_STANDBY: _RegionState.ValueType  # 3
+    """Failed over: no primary lives here and nothing is promoted here until it is declared
+    again with PutRegion.
+    """
+
+class RegionState(_RegionState, metaclass=_RegionStateEnumTypeWrapper):
+    """What the sharding server concludes about a region."""
+
+REGION_STATE_UNSPECIFIED: RegionState.ValueType  # 0
+"""Not set."""
+REGION_STATE_ACTIVE: RegionState.ValueType  # 1
+"""Serving: primaries may live here and failovers may promote here."""
+REGION_STATE_DEGRADED: RegionState.ValueType  # 2
+"""Some of its nodes fail their checks (health score below 1); still serving."""
+REGION_STATE_STANDBY: RegionState.ValueType  # 3
+"""Failed over: no primary lives here and nothing is promoted here until it is declared
+again with PutRegion.
+"""
+Global___RegionState: _TypeAlias = RegionState  # noqa: Y015
+
+class _ReplicationMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReplicationModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReplicationMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REPLICATION_MODE_UNSPECIFIED: _ReplicationMode.ValueType  # 0
+    """Not managed by the sharding server: the primary's own `synchronous_standby_names` stands."""
+    REPLICATION_MODE_SYNCHRONOUS: _ReplicationMode.ValueType  # 1
+    """A quorum `ANY k (all replicas)` with k one more than the replicas in the primary's region, so
+    every acknowledged commit is on a replica in another region (k = all replicas if none is
+    elsewhere): neither a node nor a region loss loses an acknowledged commit.
+    """
+    REPLICATION_MODE_SEMI_SYNCHRONOUS: _ReplicationMode.ValueType  # 2
+    """`ANY 1 (replicas in the primary's region)`: a commit waits for a same-region replica,
+    other regions stream asynchronously. Loses nothing while that replica survives.
+    """
+    REPLICATION_MODE_ASYNCHRONOUS: _ReplicationMode.ValueType  # 3
+    """No waiting: a failover may lose what the replicas had not received (the measured lag)."""
+
+class ReplicationMode(_ReplicationMode, metaclass=_ReplicationModeEnumTypeWrapper):
+    """How a shard's primary waits for its replicas before a COMMIT returns."""
+
+REPLICATION_MODE_UNSPECIFIED: ReplicationMode.ValueType  # 0
+"""Not managed by the sharding server: the primary's own `synchronous_standby_names` stands."""
+REPLICATION_MODE_SYNCHRONOUS: ReplicationMode.ValueType  # 1
+"""A quorum `ANY k (all replicas)` with k one more than the replicas in the primary's region, so
+every acknowledged commit is on a replica in another region (k = all replicas if none is
+elsewhere): neither a node nor a region loss loses an acknowledged commit.
+"""
+REPLICATION_MODE_SEMI_SYNCHRONOUS: ReplicationMode.ValueType  # 2
+"""`ANY 1 (replicas in the primary's region)`: a commit waits for a same-region replica,
+other regions stream asynchronously. Loses nothing while that replica survives.
+"""
+REPLICATION_MODE_ASYNCHRONOUS: ReplicationMode.ValueType  # 3
+"""No waiting: a failover may lose what the replicas had not received (the measured lag)."""
+Global___ReplicationMode: _TypeAlias = ReplicationMode  # noqa: Y015
+
+class _RegionFailoverStep:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RegionFailoverStepEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RegionFailoverStep.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REGION_FAILOVER_STEP_UNSPECIFIED: _RegionFailoverStep.ValueType  # 0
+    """Not set."""
+    REGION_FAILOVER_STEP_DETECT: _RegionFailoverStep.ValueType  # 1
+    """The failed region's nodes found down (automatic) or the request checked (manual)."""
+    REGION_FAILOVER_STEP_MARK_STANDBY: _RegionFailoverStep.ValueType  # 2
+    """The region marked STANDBY in the topology."""
+    REGION_FAILOVER_STEP_PROMOTE: _RegionFailoverStep.ValueType  # 3
+    """Every affected shard's replica in the target region promoted."""
+    REGION_FAILOVER_STEP_PUBLISH: _RegionFailoverStep.ValueType  # 4
+    """The new topology published to followers."""
+    REGION_FAILOVER_STEP_VERIFY_LAG: _RegionFailoverStep.ValueType  # 5
+    """The new primaries' replication mode re-applied and their lag measured."""
+    REGION_FAILOVER_STEP_CONFIRM: _RegionFailoverStep.ValueType  # 6
+    """Every new primary answered as a writable primary."""
+
+class RegionFailoverStep(_RegionFailoverStep, metaclass=_RegionFailoverStepEnumTypeWrapper):
+    """One step of a region failover."""
+
+REGION_FAILOVER_STEP_UNSPECIFIED: RegionFailoverStep.ValueType  # 0
+"""Not set."""
+REGION_FAILOVER_STEP_DETECT: RegionFailoverStep.ValueType  # 1
+"""The failed region's nodes found down (automatic) or the request checked (manual)."""
+REGION_FAILOVER_STEP_MARK_STANDBY: RegionFailoverStep.ValueType  # 2
+"""The region marked STANDBY in the topology."""
+REGION_FAILOVER_STEP_PROMOTE: RegionFailoverStep.ValueType  # 3
+"""Every affected shard's replica in the target region promoted."""
+REGION_FAILOVER_STEP_PUBLISH: RegionFailoverStep.ValueType  # 4
+"""The new topology published to followers."""
+REGION_FAILOVER_STEP_VERIFY_LAG: RegionFailoverStep.ValueType  # 5
+"""The new primaries' replication mode re-applied and their lag measured."""
+REGION_FAILOVER_STEP_CONFIRM: RegionFailoverStep.ValueType  # 6
+"""Every new primary answered as a writable primary."""
+Global___RegionFailoverStep: _TypeAlias = RegionFailoverStep  # noqa: Y015
+
 @_typing.final
 class NodeSpec(_message.Message):
     """A database server as an operator describes it."""
@@ -325,6 +435,8 @@ class Shard(_message.Message):
     PLACEMENT_SEED_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     NODES_FIELD_NUMBER: _builtins.int
+    PREFERRED_REGION_FIELD_NUMBER: _builtins.int
+    REPLICATION_MODE_FIELD_NUMBER: _builtins.int
     shard_id: _builtins.str
     """Lowercase DNS label, e.g. `shard-3`."""
     weight: _builtins.float
@@ -333,6 +445,10 @@ class Shard(_message.Message):
     """Chosen at registration to keep the ring even; part of the shard's ring labels."""
     state: Global___ShardState.ValueType
     """Joining, active or leaving."""
+    preferred_region: _builtins.str
+    """The region its primary should live in; empty when not placed."""
+    replication_mode: Global___ReplicationMode.ValueType
+    """How its primary waits for replicas (UNSPECIFIED: not managed by the sharding server)."""
     @_builtins.property
     def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Node]:
         """The primary first, then replicas by node id."""
@@ -345,14 +461,46 @@ class Shard(_message.Message):
         placement_seed: _builtins.int = ...,
         state: Global___ShardState.ValueType = ...,
         nodes: _abc.Iterable[Global___Node] | None = ...,
+        preferred_region: _builtins.str = ...,
+        replication_mode: Global___ReplicationMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["nodes", b"nodes", "placement_seed", b"placement_seed", "shard_id", b"shard_id", "state", b"state", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["nodes", b"nodes", "placement_seed", b"placement_seed", "preferred_region", b"preferred_region", "replication_mode", b"replication_mode", "shard_id", b"shard_id", "state", b"state", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Shard: _TypeAlias = Shard  # noqa: Y015
+
+@_typing.final
+class Region(_message.Message):
+    """A failure domain."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGION_ID_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    region_id: _builtins.str
+    """Region label, as on nodes (e.g. `eu-west-1`)."""
+    priority: _builtins.int
+    """Failover order: the region with the smallest priority that is not STANDBY takes over first."""
+    state: Global___RegionState.ValueType
+    """Active, degraded or standby."""
+    def __init__(
+        self,
+        *,
+        region_id: _builtins.str = ...,
+        priority: _builtins.int = ...,
+        state: Global___RegionState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["priority", b"priority", "region_id", b"region_id", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Region: _TypeAlias = Region  # noqa: Y015
 
 @_typing.final
 class Migration(_message.Message):
@@ -408,6 +556,7 @@ class Topology(_message.Message):
     HASH_SCHEME_FIELD_NUMBER: _builtins.int
     MIGRATION_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    REGIONS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     """Bumped by every change; 0 is the empty registry."""
     vnodes_per_shard: _builtins.int
@@ -428,6 +577,10 @@ class Topology(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When this version was made."""
 
+    @_builtins.property
+    def regions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Region]:
+        """Declared regions, by id."""
+
     def __init__(
         self,
         *,
@@ -437,10 +590,11 @@ class Topology(_message.Message):
         hash_scheme: Global___HashScheme.ValueType = ...,
         migration: Global___Migration | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        regions: _abc.Iterable[Global___Region] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["migration", b"migration", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hash_scheme", b"hash_scheme", "migration", b"migration", "shards", b"shards", "update_time", b"update_time", "version", b"version", "vnodes_per_shard", b"vnodes_per_shard"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hash_scheme", b"hash_scheme", "migration", b"migration", "regions", b"regions", "shards", b"shards", "update_time", b"update_time", "version", b"version", "vnodes_per_shard", b"vnodes_per_shard"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1744,3 +1898,560 @@ class GetShardHealthResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetShardHealthResponse: _TypeAlias = GetShardHealthResponse  # noqa: Y015
+
+@_typing.final
+class PutRegionRequest(_message.Message):
+    """Declare a region or change its priority."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGION_ID_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    region_id: _builtins.str
+    """Region label (lowercase letters, digits and '-', 1-63 characters)."""
+    priority: _builtins.int
+    """Failover order, 1 to 1000 (smaller first)."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155): a retry with the same id returns the first answer; the same id
+    with a different request is FAILED_PRECONDITION with reason REQUEST_ID_REUSED.
+    """
+    def __init__(
+        self,
+        *,
+        region_id: _builtins.str = ...,
+        priority: _builtins.int = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["priority", b"priority", "region_id", b"region_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutRegionRequest: _TypeAlias = PutRegionRequest  # noqa: Y015
+
+@_typing.final
+class PutRegionResponse(_message.Message):
+    """The region as declared. A STANDBY region declared again becomes ACTIVE."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGION_FIELD_NUMBER: _builtins.int
+    TOPOLOGY_VERSION_FIELD_NUMBER: _builtins.int
+    topology_version: _builtins.int
+    """The topology version that holds it."""
+    @_builtins.property
+    def region(self) -> Global___Region:
+        """The region."""
+
+    def __init__(
+        self,
+        *,
+        region: Global___Region | None = ...,
+        topology_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["region", b"region"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["region", b"region", "topology_version", b"topology_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutRegionResponse: _TypeAlias = PutRegionResponse  # noqa: Y015
+
+@_typing.final
+class SetShardPlacementRequest(_message.Message):
+    """Place a shard's primary in a region."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHARD_ID_FIELD_NUMBER: _builtins.int
+    PREFERRED_REGION_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    shard_id: _builtins.str
+    """The shard."""
+    preferred_region: _builtins.str
+    """A declared region; empty removes the preference."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155): a retry with the same id returns the first answer; the same id
+    with a different request is FAILED_PRECONDITION with reason REQUEST_ID_REUSED.
+    """
+    def __init__(
+        self,
+        *,
+        shard_id: _builtins.str = ...,
+        preferred_region: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["preferred_region", b"preferred_region", "request_id", b"request_id", "shard_id", b"shard_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetShardPlacementRequest: _TypeAlias = SetShardPlacementRequest  # noqa: Y015
+
+@_typing.final
+class SetShardPlacementResponse(_message.Message):
+    """The placed shard."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHARD_FIELD_NUMBER: _builtins.int
+    TOPOLOGY_VERSION_FIELD_NUMBER: _builtins.int
+    topology_version: _builtins.int
+    """The topology version that placed it."""
+    @_builtins.property
+    def shard(self) -> Global___Shard:
+        """The shard (DSN passwords redacted)."""
+
+    def __init__(
+        self,
+        *,
+        shard: Global___Shard | None = ...,
+        topology_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["shard", b"shard"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["shard", b"shard", "topology_version", b"topology_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetShardPlacementResponse: _TypeAlias = SetShardPlacementResponse  # noqa: Y015
+
+@_typing.final
+class SetReplicationModeRequest(_message.Message):
+    """Set a shard's replication mode."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHARD_ID_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    shard_id: _builtins.str
+    """The shard; it must have replicas (semi-synchronous: one in its primary's region)."""
+    mode: Global___ReplicationMode.ValueType
+    """The mode (UNSPECIFIED is INVALID_ARGUMENT)."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155): a retry with the same id returns the first answer; the same id
+    with a different request is FAILED_PRECONDITION with reason REQUEST_ID_REUSED.
+    """
+    def __init__(
+        self,
+        *,
+        shard_id: _builtins.str = ...,
+        mode: Global___ReplicationMode.ValueType = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode", "request_id", b"request_id", "shard_id", b"shard_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetReplicationModeRequest: _TypeAlias = SetReplicationModeRequest  # noqa: Y015
+
+@_typing.final
+class SetReplicationModeResponse(_message.Message):
+    """The mode set and applied."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHARD_FIELD_NUMBER: _builtins.int
+    TOPOLOGY_VERSION_FIELD_NUMBER: _builtins.int
+    SYNCHRONOUS_STANDBY_NAMES_FIELD_NUMBER: _builtins.int
+    topology_version: _builtins.int
+    """The topology version that recorded the mode."""
+    synchronous_standby_names: _builtins.str
+    """The `synchronous_standby_names` written on the primary (empty: asynchronous)."""
+    @_builtins.property
+    def shard(self) -> Global___Shard:
+        """The shard (DSN passwords redacted)."""
+
+    def __init__(
+        self,
+        *,
+        shard: Global___Shard | None = ...,
+        topology_version: _builtins.int = ...,
+        synchronous_standby_names: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["shard", b"shard"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["shard", b"shard", "synchronous_standby_names", b"synchronous_standby_names", "topology_version", b"topology_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetReplicationModeResponse: _TypeAlias = SetReplicationModeResponse  # noqa: Y015
+
+@_typing.final
+class FailoverRegionRequest(_message.Message):
+    """Fail a region over."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGION_ID_FIELD_NUMBER: _builtins.int
+    TARGET_REGION_ID_FIELD_NUMBER: _builtins.int
+    PLANNED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    region_id: _builtins.str
+    """The region to move primaries out of (a declared region)."""
+    target_region_id: _builtins.str
+    """Where to promote; empty picks, per shard, the region of smallest priority that is not
+    STANDBY and has a healthy replica of it.
+    """
+    planned: _builtins.bool
+    """A planned switchover: each live primary is fenced and the replica waits to replay its last
+    WAL before it is promoted, so nothing is lost even under asynchronous replication.
+    """
+    reason: _builtins.str
+    """Why, for the history (at most 500 characters)."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155): a retry with the same id returns the first answer; the same id
+    with a different request is FAILED_PRECONDITION with reason REQUEST_ID_REUSED.
+    """
+    def __init__(
+        self,
+        *,
+        region_id: _builtins.str = ...,
+        target_region_id: _builtins.str = ...,
+        planned: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["planned", b"planned", "reason", b"reason", "region_id", b"region_id", "request_id", b"request_id", "target_region_id", b"target_region_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FailoverRegionRequest: _TypeAlias = FailoverRegionRequest  # noqa: Y015
+
+@_typing.final
+class RegionFailoverStepTiming(_message.Message):
+    """How long one step of a region failover took."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEP_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    step: Global___RegionFailoverStep.ValueType
+    """The step."""
+    detail: _builtins.str
+    """What it did, e.g. the shards it promoted."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When it started."""
+
+    @_builtins.property
+    def duration(self) -> _duration_pb2.Duration:
+        """How long it took."""
+
+    def __init__(
+        self,
+        *,
+        step: Global___RegionFailoverStep.ValueType = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        duration: _duration_pb2.Duration | None = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "duration", b"duration", "start_time", b"start_time", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegionFailoverStepTiming: _TypeAlias = RegionFailoverStepTiming  # noqa: Y015
+
+@_typing.final
+class RegionFailover(_message.Message):
+    """A region failover, as kept in its history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGION_FAILOVER_ID_FIELD_NUMBER: _builtins.int
+    REGION_ID_FIELD_NUMBER: _builtins.int
+    TRIGGER_FIELD_NUMBER: _builtins.int
+    PLANNED_FIELD_NUMBER: _builtins.int
+    FAILOVERS_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    COMPLETE_TIME_FIELD_NUMBER: _builtins.int
+    RECOVERY_TIME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    region_failover_id: _builtins.str
+    """Unique id."""
+    region_id: _builtins.str
+    """The region failed over."""
+    trigger: Global___FailoverTrigger.ValueType
+    """Automatic or manual."""
+    planned: _builtins.bool
+    """A planned switchover (fenced, caught up) rather than a failover of a lost region."""
+    reason: _builtins.str
+    """Operator's reason (manual) or what the checks saw (automatic)."""
+    @_builtins.property
+    def failovers(self) -> _containers.RepeatedCompositeFieldContainer[Global___FailoverRecord]:
+        """The shard failovers it made, one per shard whose primary was in the region."""
+
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___RegionFailoverStepTiming]:
+        """Its steps in order, with timings."""
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """First failed check of the region's nodes (automatic) or the request time (manual)."""
+
+    @_builtins.property
+    def complete_time(self) -> _timestamp_pb2.Timestamp:
+        """When every new primary was confirmed."""
+
+    @_builtins.property
+    def recovery_time(self) -> _duration_pb2.Duration:
+        """complete_time - start_time."""
+
+    def __init__(
+        self,
+        *,
+        region_failover_id: _builtins.str = ...,
+        region_id: _builtins.str = ...,
+        trigger: Global___FailoverTrigger.ValueType = ...,
+        planned: _builtins.bool = ...,
+        failovers: _abc.Iterable[Global___FailoverRecord] | None = ...,
+        steps: _abc.Iterable[Global___RegionFailoverStepTiming] | None = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        complete_time: _timestamp_pb2.Timestamp | None = ...,
+        recovery_time: _duration_pb2.Duration | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "recovery_time", b"recovery_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "failovers", b"failovers", "planned", b"planned", "reason", b"reason", "recovery_time", b"recovery_time", "region_failover_id", b"region_failover_id", "region_id", b"region_id", "start_time", b"start_time", "steps", b"steps", "trigger", b"trigger"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegionFailover: _TypeAlias = RegionFailover  # noqa: Y015
+
+@_typing.final
+class FailoverRegionResponse(_message.Message):
+    """The region failover done."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGION_FAILOVER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def region_failover(self) -> Global___RegionFailover:
+        """What happened."""
+
+    def __init__(
+        self,
+        *,
+        region_failover: Global___RegionFailover | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["region_failover", b"region_failover"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["region_failover", b"region_failover"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FailoverRegionResponse: _TypeAlias = FailoverRegionResponse  # noqa: Y015
+
+@_typing.final
+class GetDrStatusRequest(_message.Message):
+    """Ask for the disaster-recovery status."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDrStatusRequest: _TypeAlias = GetDrStatusRequest  # noqa: Y015
+
+@_typing.final
+class RegionStatus(_message.Message):
+    """One region's health."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGION_FIELD_NUMBER: _builtins.int
+    HEALTH_SCORE_FIELD_NUMBER: _builtins.int
+    PRIMARIES_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    health_score: _builtins.float
+    """Mean health score of its nodes, 0 to 1 (1 when it has no nodes)."""
+    primaries: _builtins.int
+    """Shards whose primary is in it."""
+    nodes: _builtins.int
+    """Nodes in it."""
+    @_builtins.property
+    def region(self) -> Global___Region:
+        """The region."""
+
+    def __init__(
+        self,
+        *,
+        region: Global___Region | None = ...,
+        health_score: _builtins.float = ...,
+        primaries: _builtins.int = ...,
+        nodes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["region", b"region"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["health_score", b"health_score", "nodes", b"nodes", "primaries", b"primaries", "region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegionStatus: _TypeAlias = RegionStatus  # noqa: Y015
+
+@_typing.final
+class ShardDrStatus(_message.Message):
+    """One shard's replication and recovery point."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHARD_ID_FIELD_NUMBER: _builtins.int
+    PRIMARY_REGION_FIELD_NUMBER: _builtins.int
+    PREFERRED_REGION_FIELD_NUMBER: _builtins.int
+    REPLICATION_MODE_FIELD_NUMBER: _builtins.int
+    HEALTH_SCORE_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    CROSS_REGION_LAG_BYTES_FIELD_NUMBER: _builtins.int
+    PROMISED_RPO_FIELD_NUMBER: _builtins.int
+    RPO_OBJECTIVE_BREACHED_FIELD_NUMBER: _builtins.int
+    shard_id: _builtins.str
+    """The shard."""
+    primary_region: _builtins.str
+    """Its primary's region."""
+    preferred_region: _builtins.str
+    """The region it should be primary in; empty when not placed."""
+    replication_mode: Global___ReplicationMode.ValueType
+    """Its replication mode."""
+    health_score: _builtins.float
+    """Mean health score of its nodes, 0 to 1."""
+    cross_region_lag_bytes: _builtins.int
+    """Largest replay lag in bytes of its healthy replicas in other regions (what a region loss
+    would lose under asynchronous replication); unset if none measured.
+    """
+    rpo_objective_breached: _builtins.bool
+    """True while promised_rpo is above the configured objective (an alert fires)."""
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeScore]:
+        """Per node: health score from connectivity, lag and error rate."""
+
+    @_builtins.property
+    def promised_rpo(self) -> _duration_pb2.Duration:
+        """The recovery point promised now: zero for synchronous (and semi-synchronous when the loss
+        is not the region's), else the measured lag of the replica that would be promoted.
+        """
+
+    def __init__(
+        self,
+        *,
+        shard_id: _builtins.str = ...,
+        primary_region: _builtins.str = ...,
+        preferred_region: _builtins.str = ...,
+        replication_mode: Global___ReplicationMode.ValueType = ...,
+        health_score: _builtins.float = ...,
+        nodes: _abc.Iterable[Global___NodeScore] | None = ...,
+        cross_region_lag_bytes: _builtins.int | None = ...,
+        promised_rpo: _duration_pb2.Duration | None = ...,
+        rpo_objective_breached: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cross_region_lag_bytes", b"_cross_region_lag_bytes", "cross_region_lag_bytes", b"cross_region_lag_bytes", "promised_rpo", b"promised_rpo"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cross_region_lag_bytes", b"_cross_region_lag_bytes", "cross_region_lag_bytes", b"cross_region_lag_bytes", "health_score", b"health_score", "nodes", b"nodes", "preferred_region", b"preferred_region", "primary_region", b"primary_region", "promised_rpo", b"promised_rpo", "replication_mode", b"replication_mode", "rpo_objective_breached", b"rpo_objective_breached", "shard_id", b"shard_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cross_region_lag_bytes: _TypeAlias = _typing.Literal["cross_region_lag_bytes"]  # noqa: Y015
+    _WhichOneofArgType__cross_region_lag_bytes: _TypeAlias = _typing.Literal["_cross_region_lag_bytes", b"_cross_region_lag_bytes"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cross_region_lag_bytes) -> _WhichOneofReturnType__cross_region_lag_bytes | None: ...
+
+Global___ShardDrStatus: _TypeAlias = ShardDrStatus  # noqa: Y015
+
+@_typing.final
+class NodeScore(_message.Message):
+    """A node's health score."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    LAG_BYTES_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    """The node."""
+    region: _builtins.str
+    """Its region."""
+    score: _builtins.float
+    """0 to 1: 0 when down, lowered by failed checks in the recent window and by replication lag."""
+    lag_bytes: _builtins.int
+    """Replicas: replay lag in bytes at the last check."""
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        region: _builtins.str = ...,
+        score: _builtins.float = ...,
+        lag_bytes: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_lag_bytes", b"_lag_bytes", "lag_bytes", b"lag_bytes"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_lag_bytes", b"_lag_bytes", "lag_bytes", b"lag_bytes", "node_id", b"node_id", "region", b"region", "score", b"score"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__lag_bytes: _TypeAlias = _typing.Literal["lag_bytes"]  # noqa: Y015
+    _WhichOneofArgType__lag_bytes: _TypeAlias = _typing.Literal["_lag_bytes", b"_lag_bytes"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__lag_bytes) -> _WhichOneofReturnType__lag_bytes | None: ...
+
+Global___NodeScore: _TypeAlias = NodeScore  # noqa: Y015
+
+@_typing.final
+class GetDrStatusResponse(_message.Message):
+    """The disaster-recovery status."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGIONS_FIELD_NUMBER: _builtins.int
+    SHARDS_FIELD_NUMBER: _builtins.int
+    RECENT_REGION_FAILOVERS_FIELD_NUMBER: _builtins.int
+    RPO_OBJECTIVE_FIELD_NUMBER: _builtins.int
+    TOPOLOGY_VERSION_FIELD_NUMBER: _builtins.int
+    topology_version: _builtins.int
+    """The topology version reported."""
+    @_builtins.property
+    def regions(self) -> _containers.RepeatedCompositeFieldContainer[Global___RegionStatus]:
+        """Regions by priority."""
+
+    @_builtins.property
+    def shards(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShardDrStatus]:
+        """Shards by id."""
+
+    @_builtins.property
+    def recent_region_failovers(self) -> _containers.RepeatedCompositeFieldContainer[Global___RegionFailover]:
+        """The latest region failovers, newest first (at most 10)."""
+
+    @_builtins.property
+    def rpo_objective(self) -> _duration_pb2.Duration:
+        """The configured RPO objective."""
+
+    def __init__(
+        self,
+        *,
+        regions: _abc.Iterable[Global___RegionStatus] | None = ...,
+        shards: _abc.Iterable[Global___ShardDrStatus] | None = ...,
+        recent_region_failovers: _abc.Iterable[Global___RegionFailover] | None = ...,
+        rpo_objective: _duration_pb2.Duration | None = ...,
+        topology_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rpo_objective", b"rpo_objective"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recent_region_failovers", b"recent_region_failovers", "regions", b"regions", "rpo_objective", b"rpo_objective", "shards", b"shards", "topology_version", b"topology_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDrStatusResponse: _TypeAlias = GetDrStatusResponse  # noqa: Y015

@@ -114,6 +114,31 @@ class ShardingServiceStub:
                 request_serializer=shieldx_dot_sharding_dot_v1_dot_sharding__pb2.GetShardHealthRequest.SerializeToString,
                 response_deserializer=shieldx_dot_sharding_dot_v1_dot_sharding__pb2.GetShardHealthResponse.FromString,
                 _registered_method=True)
+        self.PutRegion = channel.unary_unary(
+                '/shieldx.sharding.v1.ShardingService/PutRegion',
+                request_serializer=shieldx_dot_sharding_dot_v1_dot_sharding__pb2.PutRegionRequest.SerializeToString,
+                response_deserializer=shieldx_dot_sharding_dot_v1_dot_sharding__pb2.PutRegionResponse.FromString,
+                _registered_method=True)
+        self.SetShardPlacement = channel.unary_unary(
+                '/shieldx.sharding.v1.ShardingService/SetShardPlacement',
+                request_serializer=shieldx_dot_sharding_dot_v1_dot_sharding__pb2.SetShardPlacementRequest.SerializeToString,
+                response_deserializer=shieldx_dot_sharding_dot_v1_dot_sharding__pb2.SetShardPlacementResponse.FromString,
+                _registered_method=True)
+        self.SetReplicationMode = channel.unary_unary(
+                '/shieldx.sharding.v1.ShardingService/SetReplicationMode',
+                request_serializer=shieldx_dot_sharding_dot_v1_dot_sharding__pb2.SetReplicationModeRequest.SerializeToString,
+                response_deserializer=shieldx_dot_sharding_dot_v1_dot_sharding__pb2.SetReplicationModeResponse.FromString,
+                _registered_method=True)
+        self.FailoverRegion = channel.unary_unary(
+                '/shieldx.sharding.v1.ShardingService/FailoverRegion',
+                request_serializer=shieldx_dot_sharding_dot_v1_dot_sharding__pb2.FailoverRegionRequest.SerializeToString,
+                response_deserializer=shieldx_dot_sharding_dot_v1_dot_sharding__pb2.FailoverRegionResponse.FromString,
+                _registered_method=True)
+        self.GetDrStatus = channel.unary_unary(
+                '/shieldx.sharding.v1.ShardingService/GetDrStatus',
+                request_serializer=shieldx_dot_sharding_dot_v1_dot_sharding__pb2.GetDrStatusRequest.SerializeToString,
+                response_deserializer=shieldx_dot_sharding_dot_v1_dot_sharding__pb2.GetDrStatusResponse.FromString,
+                _registered_method=True)
 
 
 class ShardingServiceServicer:
@@ -237,6 +262,46 @@ class ShardingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutRegion(self, request, context):
+        """Declares a region (a failure domain) or changes its priority. Regions in the order of their
+        priority are where shards fail over to when a region is lost.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetShardPlacement(self, request, context):
+        """Sets the region a shard's primary should live in (primaries spread across regions).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetReplicationMode(self, request, context):
+        """Sets a shard's replication mode and applies it to its primary (`synchronous_standby_names`
+        through ALTER SYSTEM and a configuration reload).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FailoverRegion(self, request, context):
+        """Moves every primary out of a region: marks it STANDBY and promotes, for each shard whose
+        primary is there, the best healthy replica in the next region; a planned switchover fences
+        each old primary first and waits for the replica to catch up, so it loses nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDrStatus(self, request, context):
+        """Reports disaster-recovery readiness: regions with their state and health score, each
+        shard's replication mode, lag and promised RPO, and the last region failovers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShardingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -314,6 +379,31 @@ def add_ShardingServiceServicer_to_server(servicer, server):
                     servicer.GetShardHealth,
                     request_deserializer=shieldx_dot_sharding_dot_v1_dot_sharding__pb2.GetShardHealthRequest.FromString,
                     response_serializer=shieldx_dot_sharding_dot_v1_dot_sharding__pb2.GetShardHealthResponse.SerializeToString,
+            ),
+            'PutRegion': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutRegion,
+                    request_deserializer=shieldx_dot_sharding_dot_v1_dot_sharding__pb2.PutRegionRequest.FromString,
+                    response_serializer=shieldx_dot_sharding_dot_v1_dot_sharding__pb2.PutRegionResponse.SerializeToString,
+            ),
+            'SetShardPlacement': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetShardPlacement,
+                    request_deserializer=shieldx_dot_sharding_dot_v1_dot_sharding__pb2.SetShardPlacementRequest.FromString,
+                    response_serializer=shieldx_dot_sharding_dot_v1_dot_sharding__pb2.SetShardPlacementResponse.SerializeToString,
+            ),
+            'SetReplicationMode': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetReplicationMode,
+                    request_deserializer=shieldx_dot_sharding_dot_v1_dot_sharding__pb2.SetReplicationModeRequest.FromString,
+                    response_serializer=shieldx_dot_sharding_dot_v1_dot_sharding__pb2.SetReplicationModeResponse.SerializeToString,
+            ),
+            'FailoverRegion': grpc.unary_unary_rpc_method_handler(
+                    servicer.FailoverRegion,
+                    request_deserializer=shieldx_dot_sharding_dot_v1_dot_sharding__pb2.FailoverRegionRequest.FromString,
+                    response_serializer=shieldx_dot_sharding_dot_v1_dot_sharding__pb2.FailoverRegionResponse.SerializeToString,
+            ),
+            'GetDrStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDrStatus,
+                    request_deserializer=shieldx_dot_sharding_dot_v1_dot_sharding__pb2.GetDrStatusRequest.FromString,
+                    response_serializer=shieldx_dot_sharding_dot_v1_dot_sharding__pb2.GetDrStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -726,6 +816,141 @@ class ShardingService:
             '/shieldx.sharding.v1.ShardingService/GetShardHealth',
             shieldx_dot_sharding_dot_v1_dot_sharding__pb2.GetShardHealthRequest.SerializeToString,
             shieldx_dot_sharding_dot_v1_dot_sharding__pb2.GetShardHealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutRegion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shieldx.sharding.v1.ShardingService/PutRegion',
+            shieldx_dot_sharding_dot_v1_dot_sharding__pb2.PutRegionRequest.SerializeToString,
+            shieldx_dot_sharding_dot_v1_dot_sharding__pb2.PutRegionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetShardPlacement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shieldx.sharding.v1.ShardingService/SetShardPlacement',
+            shieldx_dot_sharding_dot_v1_dot_sharding__pb2.SetShardPlacementRequest.SerializeToString,
+            shieldx_dot_sharding_dot_v1_dot_sharding__pb2.SetShardPlacementResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetReplicationMode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shieldx.sharding.v1.ShardingService/SetReplicationMode',
+            shieldx_dot_sharding_dot_v1_dot_sharding__pb2.SetReplicationModeRequest.SerializeToString,
+            shieldx_dot_sharding_dot_v1_dot_sharding__pb2.SetReplicationModeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FailoverRegion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shieldx.sharding.v1.ShardingService/FailoverRegion',
+            shieldx_dot_sharding_dot_v1_dot_sharding__pb2.FailoverRegionRequest.SerializeToString,
+            shieldx_dot_sharding_dot_v1_dot_sharding__pb2.FailoverRegionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDrStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shieldx.sharding.v1.ShardingService/GetDrStatus',
+            shieldx_dot_sharding_dot_v1_dot_sharding__pb2.GetDrStatusRequest.SerializeToString,
+            shieldx_dot_sharding_dot_v1_dot_sharding__pb2.GetDrStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

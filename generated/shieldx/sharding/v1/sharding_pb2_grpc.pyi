@@ -82,6 +82,25 @@ class ShardingServiceStub:
     """Reports a rebalance's progress: accounts per state, failures, start and finish times."""
     GetShardHealth: _grpc.UnaryUnaryMultiCallable[_sharding_pb2.GetShardHealthRequest, _sharding_pb2.GetShardHealthResponse]
     """Reports the health of each node of a shard: check results, WAL position, replication lag."""
+    PutRegion: _grpc.UnaryUnaryMultiCallable[_sharding_pb2.PutRegionRequest, _sharding_pb2.PutRegionResponse]
+    """Declares a region (a failure domain) or changes its priority. Regions in the order of their
+    priority are where shards fail over to when a region is lost.
+    """
+    SetShardPlacement: _grpc.UnaryUnaryMultiCallable[_sharding_pb2.SetShardPlacementRequest, _sharding_pb2.SetShardPlacementResponse]
+    """Sets the region a shard's primary should live in (primaries spread across regions)."""
+    SetReplicationMode: _grpc.UnaryUnaryMultiCallable[_sharding_pb2.SetReplicationModeRequest, _sharding_pb2.SetReplicationModeResponse]
+    """Sets a shard's replication mode and applies it to its primary (`synchronous_standby_names`
+    through ALTER SYSTEM and a configuration reload).
+    """
+    FailoverRegion: _grpc.UnaryUnaryMultiCallable[_sharding_pb2.FailoverRegionRequest, _sharding_pb2.FailoverRegionResponse]
+    """Moves every primary out of a region: marks it STANDBY and promotes, for each shard whose
+    primary is there, the best healthy replica in the next region; a planned switchover fences
+    each old primary first and waits for the replica to catch up, so it loses nothing.
+    """
+    GetDrStatus: _grpc.UnaryUnaryMultiCallable[_sharding_pb2.GetDrStatusRequest, _sharding_pb2.GetDrStatusResponse]
+    """Reports disaster-recovery readiness: regions with their state and health score, each
+    shard's replication mode, lag and promised RPO, and the last region failovers.
+    """
 
 @_typing.type_check_only
 class ShardingServiceAsyncStub(ShardingServiceStub):
@@ -137,6 +156,25 @@ class ShardingServiceAsyncStub(ShardingServiceStub):
     """Reports a rebalance's progress: accounts per state, failures, start and finish times."""
     GetShardHealth: _aio.UnaryUnaryMultiCallable[_sharding_pb2.GetShardHealthRequest, _sharding_pb2.GetShardHealthResponse]  # type: ignore[assignment]
     """Reports the health of each node of a shard: check results, WAL position, replication lag."""
+    PutRegion: _aio.UnaryUnaryMultiCallable[_sharding_pb2.PutRegionRequest, _sharding_pb2.PutRegionResponse]  # type: ignore[assignment]
+    """Declares a region (a failure domain) or changes its priority. Regions in the order of their
+    priority are where shards fail over to when a region is lost.
+    """
+    SetShardPlacement: _aio.UnaryUnaryMultiCallable[_sharding_pb2.SetShardPlacementRequest, _sharding_pb2.SetShardPlacementResponse]  # type: ignore[assignment]
+    """Sets the region a shard's primary should live in (primaries spread across regions)."""
+    SetReplicationMode: _aio.UnaryUnaryMultiCallable[_sharding_pb2.SetReplicationModeRequest, _sharding_pb2.SetReplicationModeResponse]  # type: ignore[assignment]
+    """Sets a shard's replication mode and applies it to its primary (`synchronous_standby_names`
+    through ALTER SYSTEM and a configuration reload).
+    """
+    FailoverRegion: _aio.UnaryUnaryMultiCallable[_sharding_pb2.FailoverRegionRequest, _sharding_pb2.FailoverRegionResponse]  # type: ignore[assignment]
+    """Moves every primary out of a region: marks it STANDBY and promotes, for each shard whose
+    primary is there, the best healthy replica in the next region; a planned switchover fences
+    each old primary first and waits for the replica to catch up, so it loses nothing.
+    """
+    GetDrStatus: _aio.UnaryUnaryMultiCallable[_sharding_pb2.GetDrStatusRequest, _sharding_pb2.GetDrStatusResponse]  # type: ignore[assignment]
+    """Reports disaster-recovery readiness: regions with their state and health score, each
+    shard's replication mode, lag and promised RPO, and the last region failovers.
+    """
 
 class ShardingServiceServicer(metaclass=_abc_1.ABCMeta):
     """The sharding control plane: which PostgreSQL shard holds each account (a consistent-hash
@@ -279,5 +317,54 @@ class ShardingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_sharding_pb2.GetShardHealthResponse, _abc.Awaitable[_sharding_pb2.GetShardHealthResponse]]:
         """Reports the health of each node of a shard: check results, WAL position, replication lag."""
+
+    @_abc_1.abstractmethod
+    def PutRegion(
+        self,
+        request: _sharding_pb2.PutRegionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sharding_pb2.PutRegionResponse, _abc.Awaitable[_sharding_pb2.PutRegionResponse]]:
+        """Declares a region (a failure domain) or changes its priority. Regions in the order of their
+        priority are where shards fail over to when a region is lost.
+        """
+
+    @_abc_1.abstractmethod
+    def SetShardPlacement(
+        self,
+        request: _sharding_pb2.SetShardPlacementRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sharding_pb2.SetShardPlacementResponse, _abc.Awaitable[_sharding_pb2.SetShardPlacementResponse]]:
+        """Sets the region a shard's primary should live in (primaries spread across regions)."""
+
+    @_abc_1.abstractmethod
+    def SetReplicationMode(
+        self,
+        request: _sharding_pb2.SetReplicationModeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sharding_pb2.SetReplicationModeResponse, _abc.Awaitable[_sharding_pb2.SetReplicationModeResponse]]:
+        """Sets a shard's replication mode and applies it to its primary (`synchronous_standby_names`
+        through ALTER SYSTEM and a configuration reload).
+        """
+
+    @_abc_1.abstractmethod
+    def FailoverRegion(
+        self,
+        request: _sharding_pb2.FailoverRegionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sharding_pb2.FailoverRegionResponse, _abc.Awaitable[_sharding_pb2.FailoverRegionResponse]]:
+        """Moves every primary out of a region: marks it STANDBY and promotes, for each shard whose
+        primary is there, the best healthy replica in the next region; a planned switchover fences
+        each old primary first and waits for the replica to catch up, so it loses nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDrStatus(
+        self,
+        request: _sharding_pb2.GetDrStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sharding_pb2.GetDrStatusResponse, _abc.Awaitable[_sharding_pb2.GetDrStatusResponse]]:
+        """Reports disaster-recovery readiness: regions with their state and health score, each
+        shard's replication mode, lag and promised RPO, and the last region failovers.
+        """
 
 def add_ShardingServiceServicer_to_server(servicer: ShardingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
