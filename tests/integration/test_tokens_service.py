@@ -16,11 +16,9 @@ from typing import Any
 
 import grpc
 import nacl.signing
-import psycopg
 import pytest
 from google.protobuf import duration_pb2, field_mask_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from psycopg import sql
 
 from clients.credentials import CredentialsFile
 from clients.errors import ShieldxError
@@ -36,6 +34,7 @@ from servers.tokens.service import build
 from shieldx.deception.v1 import deception_pb2, deception_pb2_grpc
 from shieldx.tokens.v1 import tokens_pb2 as pb
 from tests.conftest import Running, StartService, stop_service, test_config
+from tests.support import rawstore
 from tests.support.fuzz import fuzz_service
 from tests.support.polling import eventually
 
@@ -608,21 +607,8 @@ async def test_the_active_key_rotates_automatically_at_its_maximum_age(
 
 
 def stored_bytes(config: Any) -> bytes:
-    """Everything the token store holds: the SQLite files (database, WAL, shared memory), or
-    every row of every table in the service's PostgreSQL schema, each value in its raw form."""
-    if not config.database_url:
-        return b"".join(path.read_bytes() for path in Path(config.data_dir).glob("tokens.db*"))
-    chunks: list[bytes] = []
-    with psycopg.connect(config.database_url) as connection:
-        tables = connection.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (config.database_schema,)
-        ).fetchall()
-        assert tables, "the schema holds the token store's tables"
-        for (table,) in tables:
-            query = sql.SQL("SELECT * FROM {}.{}").format(sql.Identifier(config.database_schema), sql.Identifier(table))
-            for row in connection.execute(query):
-                chunks += [value if isinstance(value, bytes) else str(value).encode() for value in row]
-    return b"\n".join(chunks)
+    """Everything the token store holds, raw (see `tests.support.rawstore`)."""
+    return rawstore.stored_bytes(config, "tokens")
 
 
 def secret_forms(secret: bytes) -> list[bytes]:
