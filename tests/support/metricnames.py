@@ -130,3 +130,15 @@ def exported_names(page: str) -> set[str]:
         names.update(family.name + suffix for suffix in suffixes.get(family.type, ()))
         names.update(sample.name for sample in family.samples)
     return names
+
+
+# Series that appear only after an event the e2e mesh does not stage; a panel reading one may be empty.
+APPEAR_AFTER_EVENT: dict[str, str] = {
+    "shieldx_deployment_analyses_total": "an analysis of a deployment in progress",
+    "shieldx_deployment_automatic_rollbacks_total": "an automatic rollback",
+    "shieldx_deployment_new_version_weight_percent": "a deployment in progress",
+    "shieldx_sharding_failovers_total": "a shard failover",
+    "shieldx_sharding_failover_recovery_seconds_bucket": "a shard failover",
+    "shieldx_sharding_replication_lag_seconds": "a shard with a replica",
+    "shieldx_sharding_replication_lag_bytes": "a shard with a replica",
+}

@@ -32,7 +32,9 @@ def prometheus_binary() -> str | None:
 class PrometheusServer:
     """One Prometheus process scraping `targets` (`host:port` of `/metrics` endpoints)."""
 
-    def __init__(self, directory: Path, targets: Sequence[str], *, scrape_interval: str = "500ms") -> None:
+    def __init__(
+        self, directory: Path, targets: Sequence[str], *, scrape_interval: str = "500ms", job: str = "mesh"
+    ) -> None:
         binary = prometheus_binary()
         if binary is None:
             raise FileNotFoundError("prometheus is not installed (Debian package `prometheus`)")
@@ -44,7 +46,7 @@ class PrometheusServer:
         self.url = f"http://127.0.0.1:{self.port}"
         config = {
             "global": {"scrape_interval": scrape_interval, "scrape_timeout": scrape_interval},
-            "scrape_configs": [{"job_name": "mesh", "static_configs": [{"targets": self.targets}]}],
+            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": self.targets}]}],
         }
         # JSON is YAML: no YAML writer needed.
         (self.directory / "prometheus.yml").write_text(json.dumps(config))
