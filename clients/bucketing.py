@@ -4,12 +4,17 @@ Flag splits and sticky routes both hash a key to pick one of several weighted ch
 algorithm that maps a hash to a choice is part of the stored flag format (metadata
 `bucketing`), because changing it would silently move users between variants:
 
-- `murmur3-v2` (the default, flagd's current `fractional`): `bucket = (hash * total) >> 32`,
-  exact integer arithmetic; the first choice whose cumulative weight exceeds the bucket wins.
+- `murmur3-v3` (the default for new flags, flagd's current `fractional`, as OpenFeature's
+  flagd providers evaluate it in-process): the bucketing value is any JSON value (by default
+  the array `[flagKey, targetingKey]`), integral floats read as integers, hashed as canonical
+  CBOR; then `bucket = (hash * total) >> 32` as in v2.
+- `murmur3-v2` (flagd's previous `fractional`): `bucket = (hash * total) >> 32`, exact integer
+  arithmetic; the first choice whose cumulative weight exceeds the bucket wins.
 - `murmur3-v1` (flagd's legacy `fractional`): the hash read as a signed 32-bit integer,
   `abs(hash) / (2**31 - 1) * 100` compared with cumulative percentages as floats.
 
-Both hash the UTF-8 bytes of the bucketing value with MurmurHash3 x86_32, seed 0.
+v1 and v2 hash the UTF-8 bytes of a string bucketing value (by default flag key followed by
+targeting key) with MurmurHash3 x86_32, seed 0.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from enum import StrEnum
+from typing import Any
+
+import cbor2
 
 _MASK = 0xFFFFFFFF
 _C1 = 0xCC9E2D51
@@ -29,9 +37,26 @@ class BucketingAlgorithm(StrEnum):
 
     MURMUR3_V1 = "murmur3-v1"
     MURMUR3_V2 = "murmur3-v2"
+    MURMUR3_V3 = "murmur3-v3"
 
 
-DEFAULT_BUCKETING = BucketingAlgorithm.MURMUR3_V2
+DEFAULT_BUCKETING = BucketingAlgorithm.MURMUR3_V3
+
+
+def cbor_key(value: Any) -> bytes:
+    """`murmur3-v3`: the bytes hashed for a JSON bucketing value (canonical CBOR, integral floats
+    as integers, as flagd's fractional specification says)."""
+    return cbor2.dumps(_integral_as_int(value), canonical=True)
+
+
+def _integral_as_int(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _integral_as_int(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_integral_as_int(item) for item in value]
+    if isinstance(value, float) and value.is_integer() and -(2**63) <= value <= 2**64 - 1:
+        return int(value)
+    return value
 
 
 def murmur3_x86_32(data: bytes | str, seed: int = 0) -> int:
@@ -67,7 +92,7 @@ def scaled_bucket(hash_value: int, total_weight: int) -> int:
     return (hash_value * total_weight) >> 32
 
 
-def choose(algorithm: BucketingAlgorithm, bucketing_value: str, weights: Sequence[int]) -> int | None:
+def choose(algorithm: BucketingAlgorithm, bucketing_value: str | bytes, weights: Sequence[int]) -> int | None:
     """Index of the weighted choice `bucketing_value` falls in, or None if there is none.
 
     `weights` are non-negative integers; None comes back when they sum to zero (and, with

@@ -11,10 +11,8 @@ people and tools, and one per server for the calls servers make to each other:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -24,6 +22,7 @@ import grpc
 from google.protobuf import duration_pb2
 
 from clients.errors import ShieldxError
+from clients.secret_files import write_secret_file
 from shieldx.tokens.v1 import tokens_pb2, tokens_pb2_grpc
 
 CREDENTIALS_FILE = "credentials"
@@ -72,19 +71,7 @@ class CredentialsFile:
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         document = {"token_endpoint": self.token_endpoint, "clients": {n: asdict(c) for n, c in self.clients.items()}}
-        descriptor, scratch = tempfile.mkstemp(dir=target.parent, prefix=".credentials-")
-        try:
-            os.fchmod(descriptor, 0o600)
-            with os.fdopen(descriptor, "w") as handle:
-                json.dump(document, handle, indent=2)
-                handle.write("\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(scratch, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(scratch)
-            raise
+        write_secret_file(target, (json.dumps(document, indent=2) + "\n").encode())
 
 
 class ClientCredentialsTokenSource:

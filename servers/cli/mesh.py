@@ -1,4 +1,4 @@
-"""`shieldx up`, `serve` and `status`: run the mesh or one server, and see whether it is healthy."""
+"""`shieldx up`, `serve`, `health` and `status`: run the mesh or one server, and see whether it is healthy."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from shieldx.deception.v1 import deception_pb2 as deception_pb
 
 
 def register(commands: Any) -> None:
-    """Add `up`, `serve` and `status`."""
+    """Add `up`, `serve`, `health` and `status`."""
     up = commands.add_parser("up", help="run all six servers on this machine (SQLite under --data-dir)")
     up.add_argument("--config", help="YAML config file passed to every server")
     up.add_argument("--only", help="comma-separated subset of services to run")
@@ -38,6 +38,14 @@ def register(commands: Any) -> None:
     serve.add_argument("--config", help="YAML config file")
     serve.add_argument("--port", type=int, help="gRPC port")
     serve.set_defaults(run=_serve, parser=serve)
+
+    health = commands.add_parser(
+        "health", help="one gRPC health check (exit 0 only if SERVING): the container HEALTHCHECK and probes"
+    )
+    health.add_argument("--address", required=True, help="HOST:PORT of the server")
+    health.add_argument("--service", default="", help='health service name ("" overall, "liveness", a service)')
+    health.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the answer")
+    health.set_defaults(run=_health, parser=health)
 
     status = commands.add_parser("status", help="health of each server (exit 1 unless all SERVING)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -75,6 +83,14 @@ def _serve(args: argparse.Namespace) -> int:
         forwarded += ["--port", str(args.port)]
     serve_main(args.service, forwarded)
     return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    if args.timeout <= 0:
+        args.parser.error("--timeout: must be above 0")
+    status = asyncio.run(health_status(args.address, args.service, timeout=args.timeout))
+    print(status)
+    return 0 if status == "SERVING" else 1
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from servers.credits.events import SealedPaymentReference
 from servers.mesh.errors import InvalidArgument
+from servers.mesh.text import check_free_text
 
 MAX_DESCRIPTION_LENGTH = 1024
 MAX_REFERENCE_LENGTH = 256
@@ -122,12 +123,12 @@ def validate_command(command: AccountCommand, now: datetime, limits: LedgerLimit
                 raise InvalidArgument("payment_reference", "is required")
         case Consume():
             validate_amount(command.amount, "amount", limits)
-            validate_text(command.description, "description", MAX_DESCRIPTION_LENGTH)
-            validate_text(command.reference, "reference", MAX_REFERENCE_LENGTH)
+            check_free_text(command.description, "description", MAX_DESCRIPTION_LENGTH, multiline=True)
+            check_free_text(command.reference, "reference", MAX_REFERENCE_LENGTH)
         case Reserve():
             validate_identifier(command.reservation_id, "reservation_id")
             validate_amount(command.amount, "amount", limits)
-            validate_text(command.description, "description", MAX_DESCRIPTION_LENGTH)
+            check_free_text(command.description, "description", MAX_DESCRIPTION_LENGTH, multiline=True)
             _validate_expiry(command, now, limits)
         case CommitReservation():
             validate_identifier(command.reservation_id, "reservation_id")
@@ -174,14 +175,6 @@ def validate_identifier(value: str, field: str) -> None:
         raise InvalidArgument(field, "must be 1-128 characters from [A-Za-z0-9._:@-], starting with a letter or digit")
 
 
-def validate_text(value: str, field: str, longest: int) -> None:
-    """Raise InvalidArgument(field) if `value` is too long or holds control characters."""
-    if len(value) > longest:
-        raise InvalidArgument(field, f"must be at most {longest} characters")
-    if any(ord(ch) < 32 and ch not in "\t\n" for ch in value) or "\x7f" in value:
-        raise InvalidArgument(field, "must not contain control characters")
-
-
 def validate_transfer(command: Transfer, limits: LedgerLimits) -> None:
     """Raise InvalidArgument, naming the field, unless the transfer is well formed."""
     validate_identifier(command.from_account_id, "from_account_id")
@@ -190,4 +183,4 @@ def validate_transfer(command: Transfer, limits: LedgerLimits) -> None:
     if command.from_account_id == command.to_account_id:
         raise InvalidArgument("to_account_id", "must differ from from_account_id")
     validate_amount(command.amount, "amount", limits)
-    validate_text(command.description, "description", MAX_DESCRIPTION_LENGTH)
+    check_free_text(command.description, "description", MAX_DESCRIPTION_LENGTH, multiline=True)

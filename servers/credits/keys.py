@@ -3,12 +3,12 @@ older version made in its data directory (moved into the vault, `servers.mesh.va
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import stat
 from collections.abc import Callable
 from pathlib import Path
+
+from clients.secret_files import create_secret_file
 
 log = logging.getLogger(__name__)
 
@@ -24,18 +24,8 @@ def read_or_create_secret(path: Path, make: Callable[[], str]) -> str:
     except FileNotFoundError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    candidate = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    descriptor = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(make() + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        with contextlib.suppress(FileExistsError):
-            os.link(candidate, path)
-    finally:
-        candidate.unlink(missing_ok=True)
-    log.info("created secret file", extra={"path": str(path)})
+    if create_secret_file(path, (make() + "\n").encode()):
+        log.info("created secret file", extra={"path": str(path)})
     return _read(path)
 
 

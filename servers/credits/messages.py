@@ -25,6 +25,7 @@ from servers.credits.events import (
 )
 from servers.credits.readmodels import ReservationRow, ReservationState
 from servers.mesh.errors import InvalidArgument
+from servers.mesh.timestamps import timestamp
 from shieldx.credits.v1 import credits_pb2
 
 # google.protobuf.Timestamp's valid range (0001-01-01 to 9999-12-31 UTC) and Duration's (±10,000 years).
@@ -79,14 +80,6 @@ class BalanceView(Protocol):
     def threshold(self) -> int: ...
     @property
     def updated_at(self) -> datetime | None: ...
-
-
-def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
-    """A protobuf Timestamp of an aware datetime."""
-    # Timestamp.FromDatetime goes through a time tuple; plain arithmetic on the delta is exact
-    # (whole microseconds) and several times cheaper, and every response carries a timestamp.
-    delta = moment - _EPOCH
-    return timestamp_pb2.Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000)
 
 
 def instant(stamp: timestamp_pb2.Timestamp, field: str) -> datetime:

@@ -21,6 +21,7 @@ import nacl.secret
 
 from servers.credits.events import SealedPaymentReference
 from servers.mesh.errors import InvalidArgument
+from servers.mesh.text import check_free_text
 
 MAX_PAYMENT_REFERENCE_LENGTH = 256
 _FORMAT = "v1"
@@ -98,13 +99,8 @@ class PaymentReferenceCipher:
 
 
 def validate_payment_reference(reference: str, field: str = "payment_reference") -> None:
-    """Raise InvalidArgument(field) unless `reference` is 1-256 characters without control characters."""
-    if not reference:
-        raise InvalidArgument(field, "is required")
-    if len(reference) > MAX_PAYMENT_REFERENCE_LENGTH:
-        raise InvalidArgument(field, f"must be at most {MAX_PAYMENT_REFERENCE_LENGTH} characters")
-    if any(ord(ch) < 32 or ch == "\x7f" for ch in reference):
-        raise InvalidArgument(field, "must not contain control characters")
+    """Raise InvalidArgument(field) unless `reference` is 1-256 characters of single-line free text."""
+    check_free_text(reference, field, MAX_PAYMENT_REFERENCE_LENGTH, required=True)
     try:
         reference.encode()
     except UnicodeEncodeError as exc:

@@ -42,7 +42,6 @@ from servers.credits.commands import (
     SetThreshold,
     Transfer,
     validate_identifier,
-    validate_text,
     validate_transfer,
 )
 from servers.credits.crossshard import CrossShardTransfers
@@ -62,11 +61,14 @@ from servers.credits.shards import TopologyPlacement
 from servers.credits.signing import HeadSigner
 from servers.credits.store import CreditsStore
 from servers.credits.twophase import CoordinatorLog, CrashPoint, TransferCoordinator
+from servers.mesh.background import repeat
 from servers.mesh.config import service_settings
 from servers.mesh.errors import InvalidArgument
 from servers.mesh.logs import current_trace_ids
 from servers.mesh.pagination import PageRequest, page_request
 from servers.mesh.server import Mount, Runtime, Service
+from servers.mesh.text import check_free_text
+from servers.mesh.timestamps import timestamp
 from servers.sharding.follower import TopologyFollower
 from shieldx.credits.v1 import credits_pb2, credits_pb2_grpc
 
@@ -284,7 +286,7 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
         end = messages.instant(request.end_time, "end_time") if request.HasField("end_time") else None
         if start is not None and end is not None and end <= start:
             raise InvalidArgument("end_time", "must be after start_time")
-        validate_text(request.reference, "reference", MAX_REFERENCE_LENGTH)
+        check_free_text(request.reference, "reference", MAX_REFERENCE_LENGTH)
         query = TransactionQuery(
             account_id=request.account_id,
             types=tuple(messages.TRANSACTION_TYPES[number] for number in types),
@@ -372,8 +374,8 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
             rows=[
                 credits_pb2.UsageRow(
                     account_id=row.account_id,
-                    period_start_time=messages.timestamp(row.period_start),
-                    period_end_time=messages.timestamp(row.period_end),
+                    period_start_time=timestamp(row.period_start),
+                    period_end_time=timestamp(row.period_end),
                     consumed=row.consumed,
                     operations=row.operations,
                 )
@@ -418,7 +420,7 @@ class CreditsServicer(credits_pb2_grpc.CreditsServiceServicer):
             digest=head.digest,
             signature=signed.signature,
             public_key=signed.public_key,
-            sign_time=messages.timestamp(head.taken_at),
+            sign_time=timestamp(head.taken_at),
             account_count=head.account_count,
             event_count=head.event_count,
         )
@@ -456,26 +458,12 @@ def every(seconds: float, name: str, action: Callable[[], Awaitable[None]]) -> C
     last statement and its commit can leave the connection idle in transaction, holding locks.
     """
 
-    async def round_() -> bool:
-        try:
-            with tracer.start_as_current_span(f"credits.{name}"):
-                await action()
-        except Exception:
-            log.exception("background task failed; retrying", extra={"task": name})
-            return False
-        return True
+    async def traced() -> None:
+        with tracer.start_as_current_span(f"credits.{name}"):
+            await action()
 
     async def loop() -> None:
-        failures = 0
-        while True:
-            current = asyncio.ensure_future(round_())
-            try:
-                succeeded = await asyncio.shield(current)
-            except asyncio.CancelledError:
-                await asyncio.wait([current])
-                raise
-            failures = 0 if succeeded else failures + 1
-            await asyncio.sleep(min(seconds * 2 ** min(failures, 6), max(seconds, 300.0)))
+        await repeat(name, traced, seconds, max_backoff=300.0, finish_round_on_cancel=True)
 
     loop.__qualname__ = f"credits.{name}"
     return loop

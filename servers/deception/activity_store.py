@@ -8,10 +8,11 @@ from datetime import datetime
 from typing import Any
 
 from servers.deception.domain import Credential, Interaction, Protocol, ReconKind, ReconReport, ReconStage
-from servers.deception.records import from_micros, to_json, to_micros
+from servers.deception.records import to_json
 from servers.deception.sessions import Session, SessionEvent
 from servers.mesh.pagination import PageRequest
 from servers.mesh.storage import Database, Row, Transaction
+from servers.mesh.timestamps import from_micros, to_micros
 
 _INTERACTION_COLUMNS = (
     "interaction_id, decoy_id, protocol, source_address, source_port, start_time_us, end_time_us, bytes_received,"

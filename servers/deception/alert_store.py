@@ -9,8 +9,9 @@ from datetime import datetime
 
 from servers.deception.alerts import Alert
 from servers.deception.domain import AlertKind, ReconStage, Severity
-from servers.deception.records import from_micros, to_json, to_micros
+from servers.deception.records import to_json
 from servers.mesh.storage import Database, Row, Transaction
+from servers.mesh.timestamps import from_micros, to_micros
 
 
 @dataclass(frozen=True)

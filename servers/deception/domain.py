@@ -16,6 +16,7 @@ from enum import IntEnum
 from typing import Any
 
 from servers.mesh.errors import InvalidArgument
+from servers.mesh.text import check_free_text
 
 
 class Protocol(IntEnum):
@@ -170,16 +171,25 @@ MAX_TEXT = 4096
 """Longest free-text field accepted from callers (detail, labels, banners)."""
 
 
-def require_text(value: str, field_name: str, *, required: bool = False, limit: int = MAX_TEXT) -> str:
-    """`value` stripped of surrounding space; InvalidArgument if too long or (required) empty."""
+def require_text(
+    value: str, field_name: str, *, required: bool = False, limit: int = MAX_TEXT, evidence: bool = False
+) -> str:
+    """`value` stripped of surrounding space; InvalidArgument if too long or (required) empty.
+
+    Text from callers passes `check_free_text`. `evidence` is what an attacker sent, reported by
+    a server (a claimed subject, a detail quoting a request): refusing it would let a bidi or
+    control character hide an attack, so only NUL is refused there and the text is stored as is.
+    """
     text = value.strip()
     if required and not text:
         raise InvalidArgument(field_name, "must not be empty")
     if len(text) > limit:
         raise InvalidArgument(field_name, f"must be at most {limit} characters")
-    if "\x00" in text:
-        raise InvalidArgument(field_name, "must not contain NUL characters")
-    return text
+    if evidence:
+        if "\x00" in text:
+            raise InvalidArgument(field_name, "must not contain NUL characters")
+        return text
+    return check_free_text(text, field_name, limit, multiline=True)
 
 
 def parse_source_address(value: str, field_name: str = "source_address") -> str:

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
+from clients.secret_files import create_secret_file
 from servers.mesh.errors import InvalidArgument
 
 T = TypeVar("T")
@@ -82,23 +81,10 @@ def load_or_create_installation(path: Path, now: datetime | None = None) -> Inst
         return Installation.from_json(path.read_text(encoding="utf-8"))
     installation = Installation.generate(now)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, scratch = tempfile.mkstemp(dir=path.parent, prefix=".installation-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(installation.to_json())
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(scratch, 0o600)
-        # Two processes racing to create it: the first rename wins, the loser reads the winner's.
-        if path.exists():
-            os.unlink(scratch)
-            return Installation.from_json(path.read_text(encoding="utf-8"))
-        os.replace(scratch, path)
-    except BaseException:
-        if os.path.exists(scratch):
-            os.unlink(scratch)
-        raise
-    return installation
+    # Two processes racing to create it: the first one's file stays, the other reads it.
+    if create_secret_file(path, installation.to_json().encode("utf-8")):
+        return installation
+    return Installation.from_json(path.read_text(encoding="utf-8"))
 
 
 class Draw:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from servers.deception.books import DeceptionBooks
 from servers.deception.domain import Interaction
+from servers.mesh.background import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +78,13 @@ class InteractionIntake:
             if not self._in_flight:
                 self._in_flight = [await self._queue.get()]
                 self._take(self._in_flight)
-            failures = 0
+            backoff = Backoff(0.2, 30.0)
             while True:
                 try:
                     await self._record(self._in_flight)
                     break
                 except Exception:
-                    failures += 1
-                    delay = min(30.0, 0.1 * 2**failures) * random.uniform(0.8, 1.2)
+                    delay = backoff.next()
                     log.exception("recording %d interaction(s) failed; retrying in %.1f s", len(self._in_flight), delay)
                     await asyncio.sleep(delay)
             self._in_flight = []

@@ -33,6 +33,7 @@ from servers.deception.synthetic import DatasetKind
 from servers.deception.synthetic_stream import StreamedChunk
 from servers.deception.templates import Template
 from servers.mesh.errors import InvalidArgument
+from servers.mesh.timestamps import timestamp
 from shieldx.deception.v1 import deception_pb2 as pb
 
 E = TypeVar("E", bound=enum.Enum)
@@ -73,13 +74,6 @@ def enum_member(kind: type[E], number: int, field: str, *, default: E | None = N
 
 
 # --- to responses -----------------------------------------------------------------------------
-
-
-def timestamp(moment: datetime) -> Timestamp:
-    """A Timestamp of an aware datetime."""
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
 
 
 def template_message(template: Template, now: datetime) -> pb.Template:

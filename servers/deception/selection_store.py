@@ -11,8 +11,9 @@ from typing import Any
 from servers.deception.bandit import Selection, SelectionCounts
 from servers.deception.policies import ArmScore, SelectionPolicy
 from servers.deception.policy_evaluation import LoggedRound
-from servers.deception.records import to_json, to_micros
+from servers.deception.records import to_json
 from servers.mesh.storage import Database, Row, Transaction
+from servers.mesh.timestamps import to_micros
 
 
 @dataclass(frozen=True)

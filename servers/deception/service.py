@@ -61,7 +61,6 @@ from servers.deception.messages import (
     session_message,
     stats_message,
     template_message,
-    timestamp,
 )
 from servers.deception.policies import BanditConfig, SelectionPolicy
 from servers.deception.policy_evaluation import replay
@@ -77,6 +76,7 @@ from servers.mesh.idempotency import RequestLedger
 from servers.mesh.pagination import page_request
 from servers.mesh.server import Mount, Runtime, Service
 from servers.mesh.storage import Transaction
+from servers.mesh.timestamps import timestamp
 from shieldx.deception.v1 import deception_pb2 as pb
 from shieldx.deception.v1 import deception_pb2_grpc
 

@@ -142,10 +142,10 @@ class SessionBook:
         source); without, to the source's open session or a new one.
         """
         source = parse_source_address(source_address)
-        detail = require_text(report.detail, "report.detail")
+        detail = require_text(report.detail, "report.detail", evidence=True)
         reporter = require_text(report.reporting_service, "report.reporting_service", limit=256)
         method = require_text(report.method, "report.method", limit=512)
-        subject = require_text(report.claimed_subject, "report.claimed_subject", limit=512)
+        subject = require_text(report.claimed_subject, "report.claimed_subject", limit=512, evidence=True)
         report = replace(report, detail=detail, reporting_service=reporter, method=method, claimed_subject=subject)
         when = _utc(time, "time") if time is not None else self._clock()
         if session_id:

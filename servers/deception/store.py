@@ -19,10 +19,11 @@ from servers.deception.alert_store import AlertStore
 from servers.deception.honeytokens import HoneytokenKind, HoneytokenRecord
 from servers.deception.installation import Installation
 from servers.deception.quality import QualityReport
-from servers.deception.records import from_micros, to_json, to_micros
+from servers.deception.records import to_json
 from servers.deception.selection_store import SelectionStore
 from servers.deception.synthetic import DatasetKind
 from servers.mesh.storage import Database, Transaction
+from servers.mesh.timestamps import from_micros, to_micros
 
 
 def seed_digest(installation: Installation) -> str:

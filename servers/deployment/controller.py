@@ -14,7 +14,6 @@ deployment's revision, so only one of them moves a deployment on any one event.
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -28,6 +27,7 @@ from servers.deployment.progress import Deployment, State
 from servers.deployment.routes import Instance
 from servers.deployment.store import DeploymentStore
 from servers.mesh import storage
+from servers.mesh.background import Backoff
 from servers.mesh.errors import DomainError
 
 log = logging.getLogger(__name__)
@@ -95,18 +95,16 @@ class DeliveryController:
 
     async def run_forever(self) -> None:
         """Tick until cancelled; a failing tick is logged and retried with backoff."""
-        failures = 0
+        backoff = Backoff(2 * self.settings.tick_seconds, self.settings.max_backoff_seconds)
         while True:
             seen = self.signals.controller.generation
             try:
                 await self.tick()
-                failures = 0
+                backoff.reset()
                 pause = self.settings.tick_seconds
             except Exception:  # the loop must survive anything; the next tick retries
-                failures += 1
                 self.metrics.tick_failures.inc()
-                pause = min(self.settings.tick_seconds * 2**failures, self.settings.max_backoff_seconds)
-                pause *= random.uniform(0.8, 1.2)
+                pause = backoff.next()
                 log.exception("deployment controller tick failed; retrying in %.1f s", pause)
             await self.signals.controller.wait_after(seen, pause)
 

@@ -16,8 +16,9 @@ from servers.deployment.plans import PauseMode, Strategy
 from servers.deployment.progress import Deployment, HistoryEntry, PauseReason, State
 from servers.deployment.registry import RegisteredInstance
 from servers.deployment.store import StoredDeployment
-from servers.deployment.timestamps import duration_message, seconds_of, timestamp_message
+from servers.deployment.timestamps import duration_message, seconds_of
 from servers.mesh.errors import InvalidArgument
+from servers.mesh.timestamps import optional_timestamp
 from shieldx.deployment.v1 import deployment_pb2, faults_pb2, routing_pb2
 
 E = TypeVar("E")
@@ -108,14 +109,14 @@ def analysis_message(outcome: AnalysisOutcome, stored: StoredDeployment) -> depl
         p95_latency=duration_message(outcome.p95_latency),
         healthy_share=outcome.healthy_share,
         reasons=list(outcome.reasons),
-        analysis_time=timestamp_message(stored.analysed_at),
+        analysis_time=optional_timestamp(stored.analysed_at),
     )
 
 
 def history_message(entry: HistoryEntry) -> deployment_pb2.DeploymentHistoryEntry:
     """One history entry."""
     return deployment_pb2.DeploymentHistoryEntry(
-        time=timestamp_message(entry.at),
+        time=optional_timestamp(entry.at),
         from_state=STATES[entry.from_state] if entry.from_state else deployment_pb2.DEPLOYMENT_STATE_UNSPECIFIED,
         to_state=STATES[entry.to_state],
         step=entry.step,
@@ -155,8 +156,8 @@ def deployment_message(stored: StoredDeployment, *, history: bool = True) -> dep
         current_step=deployment.step,
         current_weight_percent=deployment.weight_percent,
         consecutive_failures=deployment.consecutive_failures,
-        create_time=timestamp_message(deployment.created_at),
-        update_time=timestamp_message(deployment.updated_at),
+        create_time=optional_timestamp(deployment.created_at),
+        update_time=optional_timestamp(deployment.updated_at),
         revision=deployment.revision,
     )
     if deployment.last_analysis is not None:
@@ -174,7 +175,7 @@ def instance_message(registered: RegisteredInstance) -> routing_pb2.Instance:
         version=instance.version,
         address=instance.address,
         metrics_endpoint=instance.metrics_endpoint,
-        register_time=timestamp_message(instance.registered_at),
+        register_time=optional_timestamp(instance.registered_at),
         drained=registered.drained,
     )
 
@@ -189,7 +190,7 @@ def route_message(route: Route) -> routing_pb2.Route:
             for v in route.versions
         ],
         sticky_metadata_key=route.sticky_metadata_key,
-        update_time=timestamp_message(route.updated_at),
+        update_time=optional_timestamp(route.updated_at),
     )
 
 
@@ -202,7 +203,7 @@ def fault_message(fault: FaultInjection) -> faults_pb2.FaultInjection:
         delay=duration_message(fault.delay) if fault.delay > 0 else None,
         abort_code=fault.abort_code,
         percentage=fault.percentage,
-        create_time=timestamp_message(fault.created_at),
-        expire_time=timestamp_message(fault.expires_at),
+        create_time=optional_timestamp(fault.created_at),
+        expire_time=optional_timestamp(fault.expires_at),
         version=fault.version,
     )

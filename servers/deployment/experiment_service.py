@@ -41,11 +41,12 @@ from servers.deployment.notifications import Signals
 from servers.deployment.requests import actor, check_id, check_text
 from servers.deployment.routes import check_service
 from servers.deployment.store import DeploymentStore
-from servers.deployment.timestamps import epoch, timestamp_message
+from servers.deployment.timestamps import epoch
 from servers.mesh import storage
 from servers.mesh.errors import FailedPrecondition, InvalidArgument, NotFound
 from servers.mesh.idempotency import RequestLedger
 from servers.mesh.pagination import page_request
+from servers.mesh.timestamps import optional_timestamp
 from shieldx.deployment.v1 import experiments_pb2, experiments_pb2_grpc
 
 MAX_BATCH = 1000
@@ -98,8 +99,8 @@ def experiment_message(experiment: Experiment) -> experiments_pb2.Experiment:
         win_probability=experiment.win_probability,
         state=STATES[experiment.state],
         winner=experiment.winner,
-        create_time=timestamp_message(experiment.created_at),
-        conclude_time=timestamp_message(experiment.concluded_at),
+        create_time=optional_timestamp(experiment.created_at),
+        conclude_time=optional_timestamp(experiment.concluded_at),
     )
     if experiment.binding is BindingKind.FLAG:
         message.flag.flag_key = experiment.target

@@ -14,7 +14,7 @@ from google.protobuf import json_format, struct_pb2
 from servers.deployment.flag_store import AuditRecord, StoredFlag, StoredGroup
 from servers.deployment.flags import FlagDefinition, FlagState, GradualRollout
 from servers.deployment.flagset import ChangeType, ErrorCode, FlagChange, Reason, Resolution
-from servers.deployment.timestamps import timestamp_message
+from servers.mesh.timestamps import optional_timestamp
 from shieldx.deployment.v1 import flags_pb2
 
 REASONS = {
@@ -124,8 +124,8 @@ def flag_message(stored: StoredFlag) -> flags_pb2.Flag:
         definition=definition_message(stored.definition),
         definition_json=stored.definition.to_json(),
         revision=stored.revision,
-        create_time=timestamp_message(stored.created_at),
-        update_time=timestamp_message(stored.updated_at),
+        create_time=optional_timestamp(stored.created_at),
+        update_time=optional_timestamp(stored.updated_at),
         update_actor=stored.update_actor,
     )
 
@@ -136,7 +136,7 @@ def group_message(stored: StoredGroup, used_by: list[str]) -> flags_pb2.TargetGr
         name=stored.group.name,
         rule=struct_of(stored.group.rule),
         revision=stored.revision,
-        update_time=timestamp_message(stored.updated_at),
+        update_time=optional_timestamp(stored.updated_at),
         used_by=used_by,
     )
 
@@ -149,7 +149,7 @@ def audit_message(record: AuditRecord) -> flags_pb2.FlagAuditEntry:
         subject=entry.subject,
         change_type=CHANGE_TYPES[entry.change_type],
         actor=entry.actor,
-        time=timestamp_message(entry.time),
+        time=optional_timestamp(entry.time),
         before_json=entry.before_json,
         after_json=entry.after_json,
         comment=entry.comment,

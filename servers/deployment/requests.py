@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from servers.mesh.auth import current_caller
 from servers.mesh.errors import InvalidArgument
+from servers.mesh.text import check_free_text
 
 MAX_ID_LENGTH = 64
 """Longest resource id (server-assigned ids are much shorter)."""
@@ -28,12 +29,9 @@ def check_id(value: str, field_name: str) -> str:
 
 
 def check_text(value: str, field_name: str, max_length: int) -> str:
-    """Free text for people (reasons, comments, names): at most `max_length` characters, no NUL."""
-    if len(value) > max_length:
-        raise InvalidArgument(field_name, f"at most {max_length} characters")
-    if "\x00" in value:
-        raise InvalidArgument(field_name, "must not contain NUL characters")
-    return value
+    """Free text for people (reasons, comments, names): at most `max_length` characters, tab and
+    newline allowed, no other control, bidi or separator character (`check_free_text`)."""
+    return check_free_text(value, field_name, max_length, multiline=True)
 
 
 def check_filter(value: str, field_name: str, max_length: int = 256) -> str:

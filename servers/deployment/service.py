@@ -3,9 +3,14 @@ with the controller that drives deployments and the loop that keeps the flags cu
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
+
+from flagd.evaluation.v1 import evaluation_pb2 as evaluation_v1
+from flagd.evaluation.v1 import evaluation_pb2_grpc as evaluation_v1_grpc
+from flagd.evaluation.v2 import evaluation_pb2 as evaluation_v2
+from flagd.evaluation.v2 import evaluation_pb2_grpc as evaluation_v2_grpc
+from flagd.sync.v1 import sync_pb2, sync_pb2_grpc
 
 from servers.deployment.controller import ControllerSettings, DeliveryController
 from servers.deployment.delivery import Delivery
@@ -16,6 +21,7 @@ from servers.deployment.experiments import DEFAULT_DRAWS
 from servers.deployment.flag_feed import FlagFeed
 from servers.deployment.flag_service import FlagServicer
 from servers.deployment.flag_store import FlagStore
+from servers.deployment.flagd_service import FlagdEvaluationServicer, FlagdSyncServicer
 from servers.deployment.notifications import Signals
 from servers.deployment.observer import PrometheusObserver, ScrapeObserver, VersionObserver
 from servers.deployment.routing_service import RoutingRpcs
@@ -66,18 +72,6 @@ def _checked(settings: DeploymentSettings) -> DeploymentSettings:
     return settings
 
 
-async def forget_request_ids_forever(ledger: RequestLedger, retention_seconds: float) -> None:
-    """Purge request ids older than the retention, hourly (or more often for short retentions)."""
-    while True:
-        try:
-            forgotten = await ledger.purge(retention_seconds)
-            if forgotten:
-                log.info("forgot %d request ids", forgotten)
-        except Exception:  # the store may be down; the next round retries
-            log.exception("could not purge request ids; retrying")
-        await asyncio.sleep(min(3600.0, retention_seconds / 4))
-
-
 class DeploymentServicer(DeliveryRpcs, RoutingRpcs, deployment_pb2_grpc.DeploymentServiceServicer):
     """DeploymentService: deployments (`DeliveryRpcs`), registry, routes and faults (`RoutingRpcs`)."""
 
@@ -126,11 +120,24 @@ async def build(runtime: Runtime) -> Service:
         await feed.follow_forever(settings.watch_poll_seconds)
 
     async def forget_request_ids() -> None:
-        await forget_request_ids_forever(ledger, settings.request_id_retention_seconds)
+        await ledger.purge_forever(settings.request_id_retention_seconds)
 
     mounts = [
         Mount.of(deployment_pb2, deployment_pb2_grpc, "DeploymentService", servicer=DeploymentServicer(parts)),
         Mount.of(flags_pb2, flags_pb2_grpc, "FlagService", servicer=flag_servicer),
         Mount.of(experiments_pb2, experiments_pb2_grpc, "ExperimentService", servicer=ExperimentServicer(experiments)),
+        # flagd's own contracts over the same flags, for OpenFeature's flagd providers; the
+        # scope is that of FlagService's Resolve RPCs.
+        *(
+            Mount.of(
+                messages,
+                stubs,
+                "Service",
+                FlagdEvaluationServicer(feed, settings.flag_keepalive_seconds, messages),
+                foreign_scope="flags.evaluate",
+            )
+            for messages, stubs in ((evaluation_v1, evaluation_v1_grpc), (evaluation_v2, evaluation_v2_grpc))
+        ),
+        Mount.of(sync_pb2, sync_pb2_grpc, "FlagSyncService", FlagdSyncServicer(feed), foreign_scope="flags.evaluate"),
     ]
     return Service(mounts=mounts, tasks=[controller.run_forever, follow_flags, forget_request_ids])

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any
 
-from clients.bucketing import DEFAULT_BUCKETING, BucketingAlgorithm, choose, scaled_bucket
+from clients.bucketing import DEFAULT_BUCKETING, BucketingAlgorithm, cbor_key, choose, scaled_bucket
 from clients.bucketing import murmur3_x86_32 as murmur3
 from servers.deployment.jsonlogic import Constant, Environment, Evaluator, OperationFailed, RuleCompiler, RuleError
 from servers.deployment.jsvalues import is_number, js_string
@@ -46,10 +46,24 @@ class FlagEnvironment(Environment):
         self.bucketing = bucketing
 
 
+def _algorithm(env: Environment) -> BucketingAlgorithm:
+    return env.bucketing if isinstance(env, FlagEnvironment) else DEFAULT_BUCKETING
+
+
 def _targeting_key_value(env: Environment) -> str | None:
-    """flagd's default bucketing value: the flag key followed by the targeting key."""
+    """The flag key followed by the targeting key (flagd's default bucketing value before
+    murmur3-v3, and `rollout`'s); None without a string targeting key."""
     targeting_key = (env.context or {}).get("targetingKey")
     return env.flag_key + targeting_key if isinstance(targeting_key, str) else None
+
+
+def _default_bucketing_value(env: Environment) -> str | list[str] | None:
+    """`fractional`'s bucketing value when none is given: `[flagKey, targetingKey]` with
+    murmur3-v3 (None without a non-empty string targeting key), else `_targeting_key_value`."""
+    if _algorithm(env) is not BucketingAlgorithm.MURMUR3_V3:
+        return _targeting_key_value(env)
+    targeting_key = (env.context or {}).get("targetingKey")
+    return [env.flag_key, targeting_key] if isinstance(targeting_key, str) and targeting_key else None
 
 
 def _weight(bucket: list[Any]) -> int:
@@ -84,8 +98,9 @@ class _Distribution:
         self.variants, self.weights = variants, weights
         self.cumulative = list(accumulate(weights))
 
-    def pick(self, bucketing_value: str | None, env: Environment) -> Any:
-        """The variant `bucketing_value` falls on (a lone bucket needs no value)."""
+    def pick(self, bucketing_value: Any, env: Environment) -> Any:
+        """The variant `bucketing_value` falls on (a lone bucket needs no value); a string, or with
+        murmur3-v3 any JSON value."""
         if len(self.variants) == 1 and self.total > 0:
             chosen = self.variants[0]
         elif bucketing_value is None:
@@ -93,9 +108,10 @@ class _Distribution:
         elif self.total <= 0:
             raise OperationFailed("fractional weights sum to zero")
         else:
-            algorithm = env.bucketing if isinstance(env, FlagEnvironment) else DEFAULT_BUCKETING
-            if algorithm is BucketingAlgorithm.MURMUR3_V2:
-                bucket = scaled_bucket(murmur3(bucketing_value), self.total)
+            algorithm = _algorithm(env)
+            if algorithm is not BucketingAlgorithm.MURMUR3_V1:
+                key = cbor_key(bucketing_value) if algorithm is BucketingAlgorithm.MURMUR3_V3 else bucketing_value
+                bucket = scaled_bucket(murmur3(key), self.total)
                 index: int | None = bisect_right(self.cumulative, bucket)
             else:
                 index = choose(algorithm, bucketing_value, self.weights)
@@ -110,15 +126,26 @@ def fractional(args: list[Any], data: Any, env: Environment) -> Any:
     """flagd `fractional`: a deterministic weighted split on the hash of the bucketing value.
 
     The first argument is the bucketing value if it is a string; if it is null (a missing
-    `var`) or absent, flag key + targeting key is used instead.
+    `var`) or absent, flag key + targeting key is used instead. With murmur3-v3 (flagd's
+    current rules) any first argument that is not a bucket is the bucketing value, and a null
+    one splits nobody.
     """
     if not args:
         raise OperationFailed("fractional needs buckets")
     first = args[0]
+    if _algorithm(env) is BucketingAlgorithm.MURMUR3_V3 and not isinstance(first, list):
+        return _Distribution(args[1:]).pick(_v3_value(first), env)
     if isinstance(first, str):
         return _Distribution(args[1:]).pick(first, env)
     buckets = args[1:] if first is None else args
-    return _Distribution(buckets).pick(_targeting_key_value(env), env)
+    return _Distribution(buckets).pick(_default_bucketing_value(env), env)
+
+
+def _v3_value(value: Any) -> Any:
+    """murmur3-v3 takes any JSON bucketing value; a null one splits nobody (as flagd)."""
+    if value is None:
+        raise OperationFailed("the bucketing value is null")
+    return value
 
 
 def specialize_fractional(compiled: list[Evaluator]) -> Evaluator | None:
@@ -146,8 +173,10 @@ def specialize_fractional(compiled: list[Evaluator]) -> Evaluator | None:
 
     def run(data: Any, env: Environment) -> Any:
         value = expression(data, env) if expression is not None else None
+        if expression is not None and _algorithm(env) is BucketingAlgorithm.MURMUR3_V3:
+            return distribution.pick(_v3_value(value), env)
         if value is None:
-            value = _targeting_key_value(env)
+            value = _default_bucketing_value(env)
         elif not isinstance(value, str):
             raise OperationFailed("the bucketing value must be a string")
         return distribution.pick(value, env)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2
 
 
 def epoch(moment_: datetime) -> float:
@@ -16,15 +16,6 @@ def epoch(moment_: datetime) -> float:
 def moment(seconds: float) -> datetime:
     """The aware UTC datetime of Unix seconds."""
     return datetime.fromtimestamp(seconds, UTC)
-
-
-def timestamp_message(value: datetime | None) -> timestamp_pb2.Timestamp | None:
-    """A Timestamp, or None to leave the field unset."""
-    if value is None:
-        return None
-    message = timestamp_pb2.Timestamp()
-    message.FromDatetime(value)
-    return message
 
 
 def duration_message(seconds: float | None) -> duration_pb2.Duration | None:
@@ -38,9 +29,4 @@ def duration_message(seconds: float | None) -> duration_pb2.Duration | None:
 
 def seconds_of(value: duration_pb2.Duration) -> float:
     """The seconds a request's Duration says (possibly negative or absurd: callers validate)."""
-    return value.seconds + value.nanos / 1e9
-
-
-def timestamp_seconds(value: timestamp_pb2.Timestamp) -> float:
-    """Unix seconds of a Timestamp."""
     return value.seconds + value.nanos / 1e9

@@ -23,7 +23,6 @@ import asyncio
 import dataclasses
 import logging
 import math
-import random
 import socket
 import time
 from collections.abc import Mapping
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from servers.mesh.background import Backoff
 from servers.mesh.config import MeshConfig, bounded, section_settings
 from servers.mesh.faults import Fault
 from shieldx.deployment.v1 import deployment_pb2_grpc, faults_pb2, routing_pb2
@@ -88,22 +88,6 @@ def fault_of(message: faults_pb2.FaultInjection, *, wall: float, monotonic: floa
     )
 
 
-class _Backoff:
-    """Exponential pauses with jitter, reset after a success."""
-
-    def __init__(self, initial: float, ceiling: float) -> None:
-        self.initial, self.ceiling = initial, ceiling
-        self.current = initial
-
-    def reset(self) -> None:
-        self.current = self.initial
-
-    def next(self) -> float:
-        pause = self.current * random.uniform(0.8, 1.2)
-        self.current = min(self.current * 2, self.ceiling)
-        return pause
-
-
 class DeploymentAgent:
     """Registration and fault following for one server process."""
 
@@ -117,8 +101,8 @@ class DeploymentAgent:
         self._stub = deployment_pb2_grpc.DeploymentServiceStub(runtime.channel("deployment"))
         self._withdrawn = False
 
-    def _backoff(self) -> _Backoff:
-        return _Backoff(self.settings.retry_initial_seconds, self.settings.retry_max_seconds)
+    def _backoff(self) -> Backoff:
+        return Backoff(self.settings.retry_initial_seconds, self.settings.retry_max_seconds)
 
     async def register_forever(self) -> None:
         """Register once the server serves, renew every heartbeat, deregister when cancelled (the process stops)."""

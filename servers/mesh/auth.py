@@ -81,11 +81,18 @@ class Rule:
     public: bool
 
 
-def rules_from_contracts(services: Iterable[ServiceDescriptor]) -> dict[str, Rule]:
-    """Method path → rule, from the `shieldx.mesh.v1.auth` option of every RPC."""
+def rules_from_contracts(
+    services: Iterable[ServiceDescriptor], foreign_scopes: Mapping[str, str] | None = None
+) -> dict[str, Rule]:
+    """Method path → rule, from the `shieldx.mesh.v1.auth` option of every RPC; a service named in
+    `foreign_scopes` (a contract we do not own, so without the option) needs that scope throughout."""
     rules: dict[str, Rule] = {}
     for service in services:
+        foreign = (foreign_scopes or {}).get(service.full_name)
         for method in service.methods:
+            if foreign:
+                rules[f"/{service.full_name}/{method.name}"] = Rule(foreign, public=False)
+                continue
             options = method.GetOptions()
             if not options.HasExtension(options_pb2.auth):
                 continue

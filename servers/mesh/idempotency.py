@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,7 +33,10 @@ from google.protobuf.message import Message
 
 from servers.mesh import errors, postgres, storage
 from servers.mesh.auth import current_caller
+from servers.mesh.background import repeat
 from servers.mesh.status import ReplayedRejection, to_status_proto
+
+log = logging.getLogger(__name__)
 
 R = TypeVar("R", bound=Message)
 Work = Callable[[storage.Transaction], Awaitable[R]]
@@ -298,3 +302,14 @@ class RequestLedger:
         """Forget request ids older than the retention period; returns how many."""
         cutoff = self._clock() - older_than_seconds
         return await self.database.execute("DELETE FROM request_ids WHERE created_at < ?", (cutoff,))
+
+    async def purge_forever(self, retention_seconds: float) -> None:
+        """Background loop for a service whose request ids need no other housekeeping: purge hourly
+        (or four times per retention period, if shorter) until cancelled."""
+
+        async def purge_once() -> None:
+            forgotten = await self.purge(retention_seconds)
+            if forgotten:
+                log.info("forgot %d request ids", forgotten, extra={"domain": self.domain})
+
+        await repeat("purge request ids", purge_once, min(3600.0, retention_seconds / 4))

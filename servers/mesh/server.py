@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -44,6 +44,11 @@ from shieldx.mesh.v1 import posture_pb2, posture_pb2_grpc
 
 log = logging.getLogger(__name__)
 
+LIVENESS = "liveness"
+"""Health service name that is SERVING while the process answers, whatever its peers do: what a
+liveness probe asks, so an outage of the token service or the database never restarts every pod
+(readiness asks "" and goes NOT_SERVING until the server can do its work)."""
+
 
 @dataclass
 class Mount:
@@ -55,15 +60,21 @@ class Mount:
     """The servicer instance."""
     add_to_server: Callable[[Any, grpc.aio.Server], None]
     """The generated `add_<Service>Servicer_to_server`."""
+    foreign_scope: str = ""
+    """For a contract we do not own (flagd's), which cannot carry the `shieldx.mesh.v1.auth`
+    option: the scope every one of its RPCs requires. Our own contracts leave it empty."""
 
     @classmethod
-    def of(cls, messages: ModuleType, stubs: ModuleType, name: str, servicer: Any = None) -> Mount:
+    def of(
+        cls, messages: ModuleType, stubs: ModuleType, name: str, servicer: Any = None, *, foreign_scope: str = ""
+    ) -> Mount:
         """Mount service `name` of a generated module pair; without a servicer, the generated base
         class answers every RPC with UNIMPLEMENTED (a service whose implementation is still to come)."""
         return cls(
             messages.DESCRIPTOR.services_by_name[name],
             servicer if servicer is not None else getattr(stubs, f"{name}Servicer")(),
             getattr(stubs, f"add_{name}Servicer_to_server"),
+            foreign_scope,
         )
 
 
@@ -171,15 +182,20 @@ class Runtime:
             await database.close()
 
 
-def interceptor_chain(runtime: Runtime, services: Sequence[ServiceDescriptor]) -> list[CallInterceptor[Any]]:
-    """The server interceptors, outermost first: tracing → metrics → auth → rate limit → faults → errors."""
+def interceptor_chain(
+    runtime: Runtime, services: Sequence[ServiceDescriptor], foreign_scopes: Mapping[str, str] | None = None
+) -> list[CallInterceptor[Any]]:
+    """The server interceptors, outermost first: tracing → metrics → auth → rate limit → faults → errors.
+
+    `foreign_scopes` names the scope of each service whose contract is not ours (by full name)."""
     config = runtime.config
     chain: list[CallInterceptor[Any]] = [TracingInterceptor(), MetricsInterceptor(runtime.registry)]
     if config.auth.enabled:
         if runtime.verifier is None:
             raise RuntimeError("auth is enabled but no token verifier was configured")
         reverify = runtime.trust.verify if runtime.trust is not None else None
-        chain.append(AuthInterceptor(runtime.verifier, rules_from_contracts(services), reverify))
+        rules = rules_from_contracts(services, foreign_scopes or {})
+        chain.append(AuthInterceptor(runtime.verifier, rules, reverify))
     if config.rate_limit.enabled:
         chain.append(RateLimitInterceptor(TokenBuckets(config.rate_limit.rate_per_second, config.rate_limit.burst)))
     chain.append(FaultInjectionInterceptor(runtime.faults))
@@ -203,6 +219,7 @@ class MeshServer:
         """Start the server and `/metrics` (unless told not to); report SERVING now or, with
         `serving=False`, NOT_SERVING until `set_serving()`."""
         await self.server.start()
+        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         if serving:
             await self.set_serving()
         else:
@@ -255,8 +272,9 @@ def create_server(mounts: Sequence[Mount], runtime: Runtime, address: str | None
     posture = PostureServicer(runtime.config, runtime.posture)
     mounts = [*mounts, Mount.of(posture_pb2, posture_pb2_grpc, "PostureService", posture)]
     descriptors = [m.descriptor for m in mounts]
+    foreign_scopes = {m.descriptor.full_name: m.foreign_scope for m in mounts if m.foreign_scope}
     server = grpc.aio.server(
-        interceptors=[InterceptorChain(interceptor_chain(runtime, descriptors))],
+        interceptors=[InterceptorChain(interceptor_chain(runtime, descriptors, foreign_scopes))],
         options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 * 1024 * 1024)],
     )
     for mount in mounts:

@@ -129,6 +129,11 @@ class Database(ABC):
             log.info("applied migrations", extra={"package": package, "versions": applied})
         return applied
 
+    async def applied_migrations(self) -> set[tuple[str, int]]:
+        """(package, version) of every migration applied to this store."""
+        await self.execute(MIGRATIONS_TABLE)
+        return {(row[0], int(row[1])) for row in await self.fetchall("SELECT package, version FROM schema_migrations")}
+
     @abstractmethod
     async def _apply(self, migration: Migration) -> bool:
         """Apply one migration atomically unless already applied; True if it ran."""

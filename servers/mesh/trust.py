@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
@@ -26,6 +25,7 @@ import grpc
 from prometheus_client import CollectorRegistry, Gauge
 
 from servers.mesh import errors, paseto
+from servers.mesh.background import Backoff
 from servers.mesh.claims import TOKEN_UNKNOWN_KEY, TokenClaims
 from servers.mesh.verifier import TokenVerifier, TrustedKey
 from shieldx.tokens.v1 import tokens_pb2, tokens_pb2_grpc
@@ -120,15 +120,15 @@ class MeshTrust:
 
     async def refresh_keys_forever(self) -> None:
         """Background loop: reload keys every `refresh_seconds`, or at once when asked."""
-        failures = 0
+        backoff = Backoff(0.4, 30.0)
         while True:
             try:
                 await self.load_keys()
-                failures = 0
+                backoff.reset()
+                delay = self._refresh_seconds
             except grpc.aio.AioRpcError as error:
-                failures += 1
+                delay = backoff.next()
                 log.warning("could not fetch public keys: %s", error.code().name)
-            delay = self._refresh_seconds if failures == 0 else min(30.0, 0.2 * 2**failures)
             self._refresh_now.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._refresh_now.wait(), delay)
@@ -154,18 +154,17 @@ class MeshTrust:
 
     async def follow_revocations_forever(self) -> None:
         """Background loop: apply the revocation stream, reconnecting from the last sequence."""
-        failures = 0
+        backoff = Backoff(0.1, 10.0)
         while True:
             try:
                 call = self._stub.WatchRevocations(tokens_pb2.WatchRevocationsRequest(after_sequence=self.sequence))
                 async for update in call:
                     self._apply(update)
-                    failures = 0
+                    backoff.reset()
             except grpc.aio.AioRpcError as error:
-                failures += 1
                 log.warning("revocation stream interrupted: %s", error.code().name)
             self.stream_up.set(0)
-            await asyncio.sleep(min(10.0, 0.1 * 2**failures) * random.uniform(0.5, 1.0))
+            await asyncio.sleep(backoff.next())
 
     def _apply(self, update: tokens_pb2.WatchRevocationsResponse) -> None:
         if update.HasField("keys"):

@@ -9,8 +9,11 @@ malformed, and `dsn_endpoint` gives the credential-free `host:port/dbname` to sh
 
 from __future__ import annotations
 
+import ipaddress
 import re
-from urllib.parse import parse_qsl, quote, urlsplit
+import socket
+from collections.abc import Collection, Iterator
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from servers.mesh.errors import InvalidArgument
 
@@ -18,6 +21,46 @@ MAX_DSN_LENGTH = 4096
 """Longest DSN accepted."""
 REDACTED = "***"
 """What a secret is replaced with."""
+ALLOWED_PARAMETERS = frozenset(
+    {
+        "host",
+        "hostaddr",
+        "port",
+        "dbname",
+        "user",
+        "password",
+        "connect_timeout",
+        "sslmode",
+        "channel_binding",
+        "gssencmode",
+        "application_name",
+        "target_session_attrs",
+        "keepalives",
+        "keepalives_idle",
+        "keepalives_interval",
+        "keepalives_count",
+        "tcp_user_timeout",
+    }
+)
+"""The libpq parameters a shard's DSN may set: where the server is, who connects and how (TLS
+mode, timeouts, keepalives). Parameters that make the sharding server read a file (`sslkey`,
+`sslcert`, `sslrootcert`, `sslcrl`, `passfile`, `service`, ...) or set session options
+(`options`) are refused: TLS roots come from the server's own environment (`PGSSLROOTCERT`)."""
+
+METADATA_HOSTS = frozenset(
+    {
+        "metadata",
+        "metadata.google.internal",
+        "metadata.goog",
+        "metadata.azure.internal",
+        "instance-data",
+        "instance-data.ec2.internal",
+        "fd00:ec2::254",
+        "100.100.100.200",
+    }
+)
+"""Cloud instance-metadata endpoints outside the link-local ranges (GCP, Azure, AWS IPv6,
+Alibaba); with 169.254.0.0/16 and fe80::/10 a shard may not name them unless allowed."""
 
 _URI_SCHEMES = ("postgresql", "postgres")
 _SQLITE_SCHEME = "sqlite"
@@ -46,6 +89,76 @@ def validate_dsn(dsn: str, field: str = "dsn") -> None:
         _validate_uri(dsn, field)
     else:
         _validate_keywords(dsn, field)
+    refused = sorted(set(_parameters(dsn)) - ALLOWED_PARAMETERS)
+    if refused:
+        raise InvalidArgument(
+            field,
+            f"may set only {', '.join(sorted(ALLOWED_PARAMETERS))}; not {', '.join(refused)[:200]}",
+            reason="DSN_PARAMETER_NOT_ALLOWED",
+        )
+
+
+def check_dsn_hosts(dsn: str, field: str = "dsn", allowed: Collection[str] = ()) -> None:
+    """Raise InvalidArgument (reason DSN_HOST_NOT_ALLOWED) if `dsn` names a link-local address
+    (169.254.0.0/16, fe80::/10, also IPv4-mapped or in the legacy numeric forms libpq's resolver
+    accepts) or a cloud metadata host, unless `allowed` lists that host. Names are checked as
+    written, never resolved: nothing leaves the process. `dsn` must already be valid."""
+    permitted = {host.lower().rstrip(".") for host in allowed}
+    for host in _hosts(dsn):
+        name = host.lower().rstrip(".")
+        if name in permitted or not _is_forbidden_host(name):
+            continue
+        raise InvalidArgument(
+            field,
+            f"must not name the link-local or metadata address {host[:64]!r} (allow it in config if meant)",
+            reason="DSN_HOST_NOT_ALLOWED",
+        )
+
+
+def _is_forbidden_host(name: str) -> bool:
+    if name in METADATA_HOSTS:
+        return True
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    try:
+        address = ipaddress.ip_address(name.split("%", 1)[0])
+    except ValueError:
+        if ":" in name or name.startswith("/"):
+            return False
+        try:  # 2852039166, 0xa9fea9fe, 169.254.43518: what inet_aton (and so libpq) accepts
+            address = ipaddress.IPv4Address(socket.inet_aton(name))
+        except OSError:
+            return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_link_local or str(address) in METADATA_HOSTS
+
+
+def _parameters(dsn: str) -> Iterator[str]:
+    """The libpq parameter names `dsn` sets (a valid DSN): URI parts count as host, user, password, dbname."""
+    if not is_uri(dsn):
+        yield from (key for key, _ in _parse_keywords(dsn))
+        return
+    parts = urlsplit(dsn)
+    if parts.scheme == _SQLITE_SCHEME:
+        return
+    yield from (key.lower() for key, _ in parse_qsl(parts.query, keep_blank_values=True))
+
+
+def _hosts(dsn: str) -> Iterator[str]:
+    """Every host and hostaddr a valid DSN names (a list may hold several)."""
+    if not is_uri(dsn):
+        values = {key: _unquote(value) for key, value in _parse_keywords(dsn)}
+        for key in ("host", "hostaddr"):
+            yield from filter(None, values.get(key, "").split(","))
+        return
+    parts = urlsplit(dsn)
+    if parts.scheme == _SQLITE_SCHEME:
+        return
+    for host in filter(None, parts.netloc.rpartition("@")[2].split(",")):
+        yield unquote(host[1 : host.find("]")] if host.startswith("[") else host.partition(":")[0])
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key.lower() in ("host", "hostaddr"):
+            yield from filter(None, value.split(","))
 
 
 def redact_dsn(dsn: str) -> str:

@@ -303,6 +303,7 @@ class DisasterRecovery:
             records = await self._publish(promotions, trigger, started, reason)
             detail.append(f"topology {records[0].topology_version}" if records else "nothing promoted")
         with step(RegionFailoverStep.VERIFY_LAG) as detail:
+            detail.append(await self._reapply_modes(region_id, records))
             detail.append(await self._verify_lag([r.shard_id for r in records]))
         with step(RegionFailoverStep.CONFIRM) as detail:
             detail.append(await self._confirm(records))
@@ -387,6 +388,31 @@ class DisasterRecovery:
                 self.metrics.last_rpo_bytes.labels(promotion.shard_id).set(max(0, old_lsn - promotion.promoted_lsn))
         await asyncio.gather(*(self.failovers.completed(topology, r) for r in written))
         return written
+
+    async def _reapply_modes(self, region_id: str, records: list[FailoverRecord]) -> str:
+        """Stop every managed primary waiting for replicas in the standby region (a promoted shard's
+        mode was re-applied when its failover completed)."""
+        promoted = {r.shard_id for r in records}
+        shards = [
+            s
+            for s in self.registry.current.shards
+            if s.shard_id not in promoted
+            and s.replication_mode is not ReplicationMode.UNMANAGED
+            and any(n.region == region_id for n in s.replicas)
+        ]
+        outcomes = await asyncio.gather(
+            *(self.apply_mode(s, s.replication_mode) for s in shards), return_exceptions=True
+        )
+        notes = []
+        for shard, outcome in zip(shards, outcomes, strict=True):
+            if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+                raise outcome
+            notes.append(
+                f"{shard.shard_id} waits for {outcome!r}"
+                if isinstance(outcome, str)
+                else f"{shard.shard_id}: {_why(outcome)}"
+            )
+        return "; ".join(notes)
 
     async def _verify_lag(self, shard_ids: list[str]) -> str:
         notes = []

@@ -9,7 +9,7 @@ wrote it has committed.
 from __future__ import annotations
 
 import importlib
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine
 from datetime import timedelta
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -22,8 +22,10 @@ from servers.mesh.idempotency import RequestLedger, fingerprint, validate_reques
 from servers.mesh.pagination import page_request
 from servers.mesh.server import Mount, Runtime, Service
 from servers.mesh.storage import Transaction
+from servers.mesh.timestamps import duration
 from servers.sharding import wire
-from servers.sharding.domain import Reason, ReplicationMode, validate_priority, validate_region_id
+from servers.sharding.domain import NodeSpec, Reason, ReplicationMode, validate_priority, validate_region_id
+from servers.sharding.dsn import check_dsn_hosts, validate_dsn
 from servers.sharding.failover import MAX_ERROR_LENGTH
 from servers.sharding.leadership import leadership_for
 from servers.sharding.monitor import HealthMonitor, MonitorMetrics
@@ -139,7 +141,14 @@ async def build_service(runtime: Runtime, *, mover: AccountMover | None = None, 
         clock=clock,
     )
     servicer = ShardingServicer(
-        registry, store, monitor, failovers, rebalancer, RequestLedger(database, DOMAIN), recovery
+        registry,
+        store,
+        monitor,
+        failovers,
+        rebalancer,
+        RequestLedger(database, DOMAIN),
+        recovery,
+        dsn_allowed_hosts=tuple(settings.dsn_allowed_hosts),
     )
     tasks: list[Callable[[], Coroutine[Any, Any, None]]] = [rebalancer.run]
     if settings.health_monitor:
@@ -165,8 +174,11 @@ class ShardingServicer(sharding_pb2_grpc.ShardingServiceServicer):
         rebalancer: Rebalancer,
         ledger: RequestLedger,
         recovery: DisasterRecovery,
+        *,
+        dsn_allowed_hosts: Collection[str] = (),
     ) -> None:
         self.registry = registry
+        self.dsn_allowed_hosts = dsn_allowed_hosts
         self.store = store
         self.monitor = monitor
         self.failovers = failovers
@@ -191,8 +203,8 @@ class ShardingServicer(sharding_pb2_grpc.ShardingServiceServicer):
 
     async def RegisterShard(self, request: pb.RegisterShardRequest, context: Any) -> pb.RegisterShardResponse:
         shard_id = request.shard_id
-        primary = wire.node_spec(request.primary)
-        replicas = [wire.node_spec(r) for r in request.replicas]
+        primary = self._checked_node(request.primary, "primary")
+        replicas = [self._checked_node(r, f"replicas[{i}]") for i, r in enumerate(request.replicas)]
         weight = request.weight or 1.0
 
         def respond(topology: Topology) -> pb.RegisterShardResponse:
@@ -209,6 +221,14 @@ class ShardingServicer(sharding_pb2_grpc.ShardingServiceServicer):
         )
         self.monitor.kick()
         return response
+
+    def _checked_node(self, message: pb.NodeSpec, prefix: str) -> NodeSpec:
+        """The node of a request, its DSN refused here (before the registry or the monitor could
+        connect) if it sets other libpq parameters or names a link-local or metadata host."""
+        node = wire.node_spec(message)
+        validate_dsn(node.dsn, f"{prefix}.dsn")
+        check_dsn_hosts(node.dsn, f"{prefix}.dsn", self.dsn_allowed_hosts)
+        return node
 
     async def RemoveShard(self, request: pb.RemoveShardRequest, context: Any) -> pb.RemoveShardResponse:
         shard_id = request.shard_id
@@ -233,7 +253,7 @@ class ShardingServicer(sharding_pb2_grpc.ShardingServiceServicer):
     async def AddReplica(self, request: pb.AddReplicaRequest, context: Any) -> pb.AddReplicaResponse:
         shard_id = request.shard_id
         validate_shard_id(shard_id)
-        replica = wire.node_spec(request.replica)
+        replica = self._checked_node(request.replica, "replica")
 
         def respond(topology: Topology) -> pb.AddReplicaResponse:
             return pb.AddReplicaResponse(
@@ -305,7 +325,7 @@ class ShardingServicer(sharding_pb2_grpc.ShardingServiceServicer):
         return pb.GetShardHealthResponse(
             shard_id=shard.shard_id,
             nodes=[wire.node_health_message(node, self.monitor.health(node)) for node in shard.nodes],
-            check_interval=wire.duration(policy.check_interval),
+            check_interval=duration(policy.check_interval),
             failure_threshold=policy.failure_threshold,
         )
 

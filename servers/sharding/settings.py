@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from servers.mesh.config import ConfigError, bounded
@@ -48,6 +48,10 @@ class ShardingSettings:
     """The account mover rebalances run with, as `module:factory` (the factory takes the runtime and returns
     a `rebalancer.AccountMover`), e.g. `servers.credits.moves:create_mover` when credits runs on the shards.
     Empty: rebalancing is refused (REBALANCE_MOVER_UNAVAILABLE)."""
+    dsn_allowed_hosts: list[str] = field(default_factory=list)
+    """Link-local or cloud-metadata hosts a shard's DSN may name all the same (e.g. `169.254.10.5`).
+    Without an entry here RegisterShard and AddReplica refuse them (DSN_HOST_NOT_ALLOWED) before any
+    connection is made, so a registration cannot point the monitor at an instance-metadata service."""
     topology_refresh_seconds: float = 2.0
     """How often the stored topology version is read, so that versions written by other sharding
     servers sharing the registry reach this server's watchers (0 turns it off)."""

@@ -8,10 +8,9 @@ DSNs are redacted everywhere except in the topology stream, which the followers 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 
-from google.protobuf import duration_pb2, timestamp_pb2
-
+from servers.mesh.timestamps import duration, timestamp
 from servers.sharding.domain import (
     HealthState,
     Node,
@@ -91,20 +90,6 @@ REGION_FAILOVER_STEPS: Mapping[RegionFailoverStep, pb.RegionFailoverStep.ValueTy
 
 class UnsupportedTopology(ValueError):
     """A streamed topology this code cannot follow (an unknown hash scheme or enum value)."""
-
-
-def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
-    """A `Timestamp` of an aware datetime."""
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment.astimezone(UTC))
-    return stamp
-
-
-def duration(span: timedelta) -> duration_pb2.Duration:
-    """A `Duration` of a timedelta."""
-    value = duration_pb2.Duration()
-    value.FromTimedelta(span)
-    return value
 
 
 def node_spec(message: pb.NodeSpec) -> NodeSpec:

@@ -6,15 +6,14 @@ again after a growing delay, so a database outage slows housekeeping down but ne
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 
 from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from servers.mesh import storage
+from servers.mesh.background import repeat
 from servers.mesh.idempotency import RequestLedger
 from servers.tokens.authority import TokenAuthority
 from servers.tokens.settings import TokenServiceSettings
@@ -23,7 +22,6 @@ from shieldx.tokens.v1 import tokens_pb2
 
 log = logging.getLogger(__name__)
 
-_MAX_BACKOFF_SECONDS = 60.0
 # Stored answers that carry a one-time secret, and the field holding it.
 _ONE_TIME_SECRETS: dict[str, tuple[type[Message], str]] = {
     "CreateClient": (tokens_pb2.CreateClientResponse, "client_secret"),
@@ -51,23 +49,6 @@ class TokenMetrics:
         self.purged = Counter(
             "shieldx_tokens_purged_total", "Expired records forgotten, by kind.", ["kind"], registry=registry
         )
-
-
-async def repeat(name: str, step: Callable[[], Awaitable[None]], interval: float) -> None:
-    """Run `step` every `interval` seconds forever; on failure log it and back off (up to a minute)."""
-    failures = 0
-    while True:
-        try:
-            await step()
-        except Exception:
-            failures += 1
-            log.exception("background step failed; retrying", extra={"task": name, "failures": failures})
-        else:
-            failures = 0
-        delay = (
-            interval if not failures else min(interval * 2 ** min(failures, 10), max(interval, _MAX_BACKOFF_SECONDS))
-        )
-        await asyncio.sleep(delay)
 
 
 class Housekeeping:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2
 
 from servers.mesh.claims import IssuedToken, TokenClaims
 from servers.mesh.errors import InvalidArgument
+from servers.mesh.timestamps import duration, timestamp
 from servers.tokens.domain import Client, ClientKind, MfaProvisioning, TokenSettings
 from servers.tokens.keys import KeyRing, KeyState, SigningKeyRecord
 from servers.tokens.revocations import Revocation
@@ -22,20 +23,6 @@ _KINDS: dict[tokens_pb2.ClientKind.ValueType, ClientKind] = {
 }
 _KIND_NUMBERS = {kind: number for number, kind in _KINDS.items()}
 _KEY_STATES = {KeyState.ACTIVE: tokens_pb2.KEY_STATE_ACTIVE, KeyState.PREVIOUS: tokens_pb2.KEY_STATE_PREVIOUS}
-
-
-def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
-    """An aware datetime as a Timestamp."""
-    message = timestamp_pb2.Timestamp()
-    message.FromDatetime(moment)
-    return message
-
-
-def duration(value: timedelta) -> duration_pb2.Duration:
-    """A timedelta as a Duration."""
-    message = duration_pb2.Duration()
-    message.FromTimedelta(value)
-    return message
 
 
 def optional_duration(message: duration_pb2.Duration, present: bool, field: str) -> timedelta | None:

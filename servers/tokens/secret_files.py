@@ -21,7 +21,6 @@ import base64
 import contextlib
 import os
 import stat
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import nacl.exceptions
 import nacl.secret
 import nacl.utils
 
+from clients.secret_files import create_secret_file, fsync_directory, write_secret_file
 from servers.mesh import paseto
 from servers.mesh.vault import SecretVault
 
@@ -47,23 +47,6 @@ _ORPHAN_GRACE_SECONDS = 3600.0
 
 class SecretFileError(RuntimeError):
     """A secret file exists but cannot be trusted (wrong mode, wrong content)."""
-
-
-def write_secret_file(path: Path, content: bytes) -> None:
-    """Write `content` to `path` atomically with mode 0600, durable before the rename is."""
-    descriptor, scratch = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    try:
-        os.fchmod(descriptor, 0o600)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(scratch, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(scratch)
-        raise
-    _fsync_directory(path.parent)
 
 
 def read_secret_file(path: Path) -> bytes | None:
@@ -85,33 +68,12 @@ def _create_once(path: Path, content: bytes) -> bytes:
     The content is complete on disk before the name appears (hard link of a finished
     temporary file), so a process starting at the same moment reads all of it or nothing.
     """
-    descriptor, scratch = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    try:
-        os.fchmod(descriptor, 0o600)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.link(scratch, path)
-        except FileExistsError:
-            existing = read_secret_file(path)
-            if existing is None:
-                raise SecretFileError(f"{path} vanished while being created") from None
-            return existing
-        _fsync_directory(path.parent)
+    if create_secret_file(path, content):
         return content
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(scratch)
-
-
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    existing = read_secret_file(path)
+    if existing is None:
+        raise SecretFileError(f"{path} vanished while being created")
+    return existing
 
 
 def secrets_directory(data_dir: Path) -> Path:
@@ -162,7 +124,7 @@ class SigningKeyFiles:
         """Delete the secret half of `kid` (a key that will never sign again)."""
         with contextlib.suppress(FileNotFoundError):
             self.path(kid).unlink()
-            _fsync_directory(self.directory)
+            fsync_directory(self.directory)
 
     def prune(self, active: str | None, known: set[str]) -> list[str]:
         """Destroy every secret but the active one's; returns the kids destroyed.

@@ -23,6 +23,7 @@ from servers.mesh.idempotency import RequestLedger
 from servers.mesh.pagination import page_request
 from servers.mesh.server import Mount, Runtime, Service
 from servers.mesh.storage import Transaction
+from servers.mesh.timestamps import to_micros
 from servers.mesh.verifier import TokenVerifier
 from servers.tokens import messages
 from servers.tokens.authority import TokenAuthority
@@ -47,7 +48,7 @@ from servers.tokens.revocations import Revocation, introspect, plan_revocation
 from servers.tokens.secret_files import KEYS_DIRECTORY, TOTP_KEY_FILE, AtRestCipher, SigningKeyFiles
 from servers.tokens.settings import TokenServiceSettings
 from servers.tokens.signing_secrets import SigningKeySecrets
-from servers.tokens.store import TokenStore, to_micros
+from servers.tokens.store import TokenStore
 from servers.tokens.watch import revocation_stream
 from shieldx.tokens.v1 import tokens_pb2, tokens_pb2_grpc
 

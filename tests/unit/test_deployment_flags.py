@@ -154,7 +154,7 @@ def test_a_shared_seed_buckets_like_flagd(bucketing: BucketingAlgorithm, name: s
     assert resolution.value == expected
 
 
-@pytest.mark.parametrize("bucketing", list(BucketingAlgorithm))
+@pytest.mark.parametrize("bucketing", [BucketingAlgorithm.MURMUR3_V1, BucketingAlgorithm.MURMUR3_V2])
 def test_shorthand_fractional_hashes_flag_key_and_targeting_key(bucketing: BucketingAlgorithm) -> None:
     flags = conformance_flags(bucketing)
     assert resolve(flags, "fractional-flag-shorthand", {"targetingKey": "jon@company.com"}).value == "heads"
@@ -172,6 +172,7 @@ def test_hash_boundary_keys_fall_on_flagds_side(key: str, expected: str) -> None
             "edge": {
                 "variants": {"lower": "lower", "upper": "upper"},
                 "defaultVariant": "lower",
+                "metadata": {"bucketing": "murmur3-v2"},
                 "targeting": {"fractional": [{"var": "targetingKey"}, ["lower", 50], ["upper", 50]]},
             }
         }
@@ -516,7 +517,7 @@ def test_resolve_all_leaves_out_disabled_and_failing_flags() -> None:
 
 def test_resolutions_carry_the_flag_metadata_with_its_bucketing() -> None:
     flags = flag_set({"f": {"variants": {"a": 1}, "defaultVariant": "a", "metadata": {"team": "payments"}}})
-    assert dict(flags.resolve("f", ValueType.INTEGER).metadata) == {"team": "payments", "bucketing": "murmur3-v2"}
+    assert dict(flags.resolve("f", ValueType.INTEGER).metadata) == {"team": "payments", "bucketing": "murmur3-v3"}
 
 
 # -- validation -----------------------------------------------------------------------------------------
@@ -612,7 +613,7 @@ def test_too_deep_targeting_is_refused() -> None:
 def test_stored_definitions_record_their_bucketing_and_round_trip() -> None:
     definition = FlagSet().parse("f", '{"variants": {"on": true, "off": false}, "defaultVariant": "off"}')
     stored = json.loads(definition.to_json())
-    assert stored["metadata"]["bucketing"] == "murmur3-v2"
+    assert stored["metadata"]["bucketing"] == "murmur3-v3", "new flags bucket as flagd does today"
     assert stored["state"] == "ENABLED"
     assert parse_definition("f", definition.to_json()) == definition
 
@@ -753,3 +754,26 @@ def test_bad_structured_rollouts_name_the_field(rollout: GradualRollout, targeti
             rollout=rollout,
         )
     assert caught.value.metadata["field"] == field
+
+
+def test_murmur3_v3_splits_exactly_as_flagds_own_fractional() -> None:
+    # The oracle: OpenFeature's flagd-core (what its providers evaluate in-process), written by
+    # others; the shorthand hashes [flagKey, targetingKey], an explicit value any JSON value.
+    from openfeature.contrib.tools.flagd.core.targeting.custom_ops import fractional as flagds_fractional
+
+    buckets = [["red", 10], ["green", 25], ["blue", 65]]
+    flags = flag_set(
+        {
+            "shorthand": {"variants": {c: c for c in ("red", "green", "blue")}, "defaultVariant": "red",
+                          "targeting": {"fractional": buckets}},
+            "by-age": {"variants": {c: c for c in ("red", "green", "blue")}, "defaultVariant": "red",
+                       "targeting": {"fractional": [{"var": "age"}, *buckets]}},
+        }
+    )  # fmt: skip
+    for i in range(3000):
+        key = f"user-{i}"
+        theirs = flagds_fractional({"targetingKey": key, "$flagd": {"flagKey": "shorthand"}}, *buckets)
+        assert resolve(flags, "shorthand", {"targetingKey": key}).value == theirs, key
+        age = i / 2 if i % 3 else float(i)  # integral floats hash as integers
+        theirs = flagds_fractional({"targetingKey": key}, age, *buckets)
+        assert resolve(flags, "by-age", {"targetingKey": key, "age": age}).value == theirs, (key, age)
