@@ -299,9 +299,14 @@ class RequestLedger:
             pass  # a concurrent attempt recorded its answer first; retries will replay that one
 
     async def purge(self, older_than_seconds: float) -> int:
-        """Forget request ids older than the retention period; returns how many."""
+        """Forget this service's request ids older than the retention period (another service sharing
+        the table keeps its own, under its own retention); returns how many."""
         cutoff = self._clock() - older_than_seconds
-        return await self.database.execute("DELETE FROM request_ids WHERE created_at < ?", (cutoff,))
+        prefix = f"{self.domain} "
+        return await self.database.execute(
+            "DELETE FROM request_ids WHERE created_at < ? AND (scope = '' OR substr(scope, 1, ?) = ?)",
+            (cutoff, len(prefix), prefix),
+        )
 
     async def purge_forever(self, retention_seconds: float) -> None:
         """Background loop for a service whose request ids need no other housekeeping: purge hourly

@@ -187,6 +187,8 @@ async def test_services_sharing_a_store_never_refuse_each_others_request_ids(dat
     assert (revoked, consumed) == (Response(text="1"), Response(text="6")), "both ran"
     again = await credits.execute("Consume", Request(text="consume 5", request_id="same"), Response, deposit(5))
     assert again == consumed and await balance(database) == 6
+    assert await tokens.purge(-60) == 1, "a service forgets only its own request ids"
+    assert await credits.execute("Consume", Request(text="consume 5", request_id="same"), Response, deposit(5)) == again
 
 
 def test_only_state_dependent_rejections_are_recorded() -> None:
