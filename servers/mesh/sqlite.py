@@ -113,7 +113,16 @@ class SQLiteDatabase(Database):
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
         async with self._lock:
-            await self.run(lambda c: c.execute("BEGIN IMMEDIATE"))
+            begin = asyncio.ensure_future(self.run(lambda c: c.execute("BEGIN IMMEDIATE")))
+            try:
+                await asyncio.shield(begin)
+            except asyncio.CancelledError:
+                # BEGIN runs on the database thread whatever happens to this task: end what it
+                # started, or the next transaction on this connection fails.
+                with contextlib.suppress(Exception):
+                    await begin
+                    await self.run(lambda c: c.execute("ROLLBACK"))
+                raise
             try:
                 yield _SQLiteTransaction(self)
             except BaseException:
