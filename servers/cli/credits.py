@@ -1,4 +1,4 @@
-"""`shieldx rebuild-credits`: replay every credits event into fresh read models."""
+"""`shieldx credits rebuild`: replay every credits event into fresh read models."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from typing import Any
 
 
 def register(commands: Any) -> None:
-    """Add `rebuild-credits`."""
-    rebuild = commands.add_parser(
-        "rebuild-credits", help="replay every credits event into fresh read models (progress bar on stderr)"
+    """Add `credits rebuild`."""
+    credits = commands.add_parser("credits", help="work on the credits ledger's own store")
+    jobs = credits.add_subparsers(dest="credits_command", required=True)
+    rebuild = jobs.add_parser(
+        "rebuild", help="replay every credits event into fresh read models (progress bar on stderr)"
     )
     rebuild.add_argument("--config", help="YAML config file of the credits server")
     rebuild.add_argument("--batch", type=int, help="events read per query")

@@ -78,9 +78,7 @@ class CrossShardTransfers:
         digest = fingerprint(method, request) if request_id else ""
         accounts = (source[1], target[1])
         scope = caller_scope(LEDGER_DOMAIN)
-        if request_id:
-            self.store.claim_request(request_id, scope)
-        try:
+        with self.store.in_flight.claim(request_id, scope):
             async with self.store.hold(*accounts):
                 for attempt in range(self.attempts):
                     try:
@@ -114,9 +112,6 @@ class CrossShardTransfers:
                 raise errors.Conflict(
                     f"gave up after {self.attempts} concurrent modifications; retry", reason="CONCURRENT_MODIFICATION"
                 )
-        finally:
-            if request_id:
-                self.store.release_request(request_id, scope)
 
     async def _attempt(
         self,

@@ -48,13 +48,7 @@ from servers.credits.groupcommit import (
 )
 from servers.credits.placement import LEDGER_DOMAIN, AccountPlacement, Shard, unreachable_as_unavailable
 from servers.mesh import errors, storage
-from servers.mesh.idempotency import (
-    RecordedAnswer,
-    caller_scope,
-    fingerprint,
-    request_in_progress,
-    validate_request_id,
-)
+from servers.mesh.idempotency import InFlightRequests, RecordedAnswer, caller_scope, fingerprint
 from servers.mesh.storage import Transaction
 
 if TYPE_CHECKING:
@@ -101,8 +95,8 @@ class CreditsStore:
         self._on_alert = on_alert
         self._cache = AccountCache(cache_size)
         self._locks = AccountLocks()
-        self._in_flight: set[tuple[str, str]] = set()
-        """(scope, request id) of requests running in this process."""
+        self.in_flight = InFlightRequests()
+        """(scope, request id) of requests being decided in this process (group commits and two-phase transfers)."""
         self._answered: OrderedDict[tuple[str, str], None] = OrderedDict()
         self.group_commit = group_commit
         self.max_group = max_group
@@ -145,17 +139,6 @@ class CreditsStore:
         for account_id in account_ids:
             self._cache.drop(account_id)
 
-    def claim_request(self, request_id: str, scope: str) -> None:
-        """Mark a request id of `scope` as in flight in this process (ABORTED REQUEST_IN_PROGRESS if it already is)."""
-        validate_request_id(request_id)
-        if (scope, request_id) in self._in_flight:
-            raise request_in_progress(request_id)
-        self._in_flight.add((scope, request_id))
-
-    def release_request(self, request_id: str, scope: str) -> None:
-        """The request id of `scope` is no longer in flight here."""
-        self._in_flight.discard((scope, request_id))
-
     def unreachable_as_unavailable(self, shard: Shard) -> contextlib.AbstractContextManager[None]:
         """On shards, a database that cannot be reached (or refuses writes) is UNAVAILABLE."""
         return unreachable_as_unavailable(self.placement, shard)
@@ -183,9 +166,7 @@ class CreditsStore:
         if committer is None or (scope, request_id) in self._answered:
             # A retry of a request this process answered: the request ledger replays the answer.
             return await self._execute_alone(shard, method, request, response_type, account_id, decide, respond)
-        if request_id:
-            self.claim_request(request_id, scope)
-        try:
+        with self.in_flight.claim(request_id, scope):
             operation = Operation(
                 method,
                 request,
@@ -198,8 +179,6 @@ class CreditsStore:
                 scope,
             )
             answer = await committer.submit(operation)
-        finally:
-            self.release_request(request_id, scope)
         assert isinstance(answer, response_type)
         return answer
 

@@ -22,7 +22,7 @@ from types import MappingProxyType
 from typing import Any
 
 from clients.bucketing import DEFAULT_BUCKETING, BucketingAlgorithm
-from servers.deployment.jsonlogic import Evaluator, RuleError
+from servers.deployment.jsonlogic import Evaluator, RuleError, check_rule_cost
 from servers.deployment.jsvalues import is_number
 from servers.deployment.targeting import compile_targeting, referenced_groups, resolve_refs
 from servers.mesh.errors import InvalidArgument
@@ -226,7 +226,7 @@ def build_definition(
         targeting=_check_targeting_shape(targeting, f"{root}.targeting"),
         metadata=_check_metadata(metadata, f"{root}.metadata"),
     )
-    compile_definition(definition, groups or {}, f"{root}.targeting")
+    compile_definition(definition, groups or {}, f"{root}.targeting", bounded=True)
     return definition
 
 
@@ -327,17 +327,25 @@ def _check_metadata(metadata: Any, field_name: str) -> Mapping[str, str | int | 
 
 
 def compile_definition(
-    definition: FlagDefinition, groups: Mapping[str, TargetGroup], field_name: str = "definition_json.targeting"
+    definition: FlagDefinition,
+    groups: Mapping[str, TargetGroup],
+    field_name: str = "definition_json.targeting",
+    *,
+    bounded: bool = False,
 ) -> Evaluator | None:
     """The compiled targeting of `definition` (None if static), `$ref`s resolved from `groups`.
 
-    Raises InvalidArgument on `field_name` + the path inside the rule.
+    `bounded` (a flag being stored) also refuses rules past the size and cost bounds
+    (`check_rule_cost`); flags already stored compile as they are and are held to the
+    evaluation bound when they run. Raises InvalidArgument on `field_name` + the path inside the rule.
     """
     if definition.targeting is None:
         return None
     rules = {name: group.rule for name, group in groups.items()}
     try:
         resolved = resolve_refs(definition.targeting, rules)
+        if bounded:
+            check_rule_cost(resolved)
         return compile_targeting(resolved, definition.variants, "")
     except RuleError as exc:
         where = f"{field_name}.{exc.path}" if exc.path else field_name
@@ -354,7 +362,9 @@ def parse_target_group(
         raise InvalidArgument(field_name, "must be a JSON Logic rule")
     others = {key: group.rule for key, group in (groups or {}).items() if key != name}
     try:
-        compile_targeting(resolve_refs(rule, {**others, name: _self_reference_guard(name)}), None, "")
+        resolved = resolve_refs(rule, {**others, name: _self_reference_guard(name)})
+        check_rule_cost(resolved)
+        compile_targeting(resolved, None, "")
     except RuleError as exc:
         raise InvalidArgument(f"{field_name}.{exc.path}" if exc.path else field_name, exc.message) from exc
     return TargetGroup(name, rule)

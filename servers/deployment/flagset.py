@@ -352,7 +352,7 @@ class FlagSet:
         for key in affected:
             definition = flags[key].definition
             try:
-                flags[key] = CompiledFlag(definition, compile_definition(definition, groups))
+                flags[key] = CompiledFlag(definition, compile_definition(definition, groups, bounded=True))
             except InvalidArgument as exc:
                 raise InvalidArgument("rule_json", f"breaks flag {key!r}: {exc.message}") from exc
         return FlagSet(flags, groups), affected

@@ -21,11 +21,12 @@ database schema.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, NamedTuple, Protocol, TypeVar
 
@@ -171,6 +172,34 @@ def request_in_progress(request_id: str) -> errors.Conflict:
     )
 
 
+class InFlightRequests:
+    """The request ids this process is working on: a retry arriving while its first attempt runs is
+    refused (ABORTED `REQUEST_IN_PROGRESS`) rather than run twice or queued behind it."""
+
+    def __init__(self) -> None:
+        self._request_ids: set[tuple[str, str]] = set()
+
+    @contextlib.contextmanager
+    def claim(self, request_id: str, scope: str) -> Iterator[None]:
+        """Hold `request_id` of `scope` (`caller_scope`; validated first) while the block runs; an empty
+        request id holds nothing."""
+        if not request_id:
+            yield
+            return
+        validate_request_id(request_id)
+        if (scope, request_id) in self._request_ids:
+            raise request_in_progress(request_id)
+        self._request_ids.add((scope, request_id))
+        try:
+            yield
+        finally:
+            self._request_ids.discard((scope, request_id))
+
+    def __contains__(self, scoped_id: object) -> bool:
+        """True for a `(scope, request_id)` being worked on."""
+        return scoped_id in self._request_ids
+
+
 class RequestLedger:
     """Runs mutating work exactly once per request_id against one store."""
 
@@ -190,7 +219,8 @@ class RequestLedger:
         self.domain = domain
         self.attempts = attempts
         self._clock = clock
-        self._in_flight: set[tuple[str, str]] = set()
+        self.in_flight = InFlightRequests()
+        """Request ids `execute` is running now."""
 
     async def execute(
         self, method: str, request: Message, response_type: type[R], work: Work[R], *, subject: str = ""
@@ -200,16 +230,10 @@ class RequestLedger:
         request_id: str = getattr(request, "request_id", "")
         if not request_id:
             return await self._attempt(work, None)
-        validate_request_id(request_id)
         scope = self.scope()
-        if (scope, request_id) in self._in_flight:
-            raise request_in_progress(request_id)
-        self._in_flight.add((scope, request_id))
-        try:
+        with self.in_flight.claim(request_id, scope):
             key = _Key(request_id, method, fingerprint(method, request), subject, scope, response_type)
             return await self._attempt(work, key)
-        finally:
-            self._in_flight.discard((scope, request_id))
 
     def scope(self) -> str:
         """The scope of the current caller's request ids here (`caller_scope` of this ledger's domain)."""

@@ -12,6 +12,7 @@ import pytest
 from clients.bucketing import BucketingAlgorithm, choose, murmur3_x86_32
 from servers.deployment.flags import (
     FlagDefinition,
+    FlagState,
     GradualRollout,
     build_definition,
     gradual_rollout_targeting,
@@ -28,6 +29,7 @@ from servers.deployment.flagset import (
     group_audit,
     group_changes,
 )
+from servers.deployment.jsonlogic import MAX_EVALUATION_STEPS, Environment, EvaluationTooCostly, RuleCompiler
 from servers.mesh.errors import FailedPrecondition, InvalidArgument
 
 NOW = 1_900_000_000.0
@@ -777,3 +779,101 @@ def test_murmur3_v3_splits_exactly_as_flagds_own_fractional() -> None:
         age = i / 2 if i % 3 else float(i)  # integral floats hash as integers
         theirs = flagds_fractional({"targetingKey": key}, age, *buckets)
         assert resolve(flags, "by-age", {"targetingKey": key, "age": age}).value == theirs, (key, age)
+
+
+# -- bounded rules -----------------------------------------------------------------------------------
+
+
+def nested_all(levels: int, width: int) -> dict[str, Any]:
+    """The shape that blocked the server: `all` over literal arrays, nested; width**levels runs."""
+    rule: Any = {">=": [{"var": ""}, 0]}
+    for level in range(levels):
+        rule = {"all": [list(range(1000 * level, 1000 * level + width)), rule]}
+    return {"if": [rule, "on", "off"]}
+
+
+def test_a_nested_all_rule_of_2_8_kb_is_refused_when_stored() -> None:
+    rule = nested_all(5, 90)
+    assert 2_600 < len(json.dumps(rule)) < 3_000  # the 2.8 KB rule of the report
+    with pytest.raises(InvalidArgument) as caught:
+        FlagSet().parse("heavy", {"variants": {"on": True, "off": False}, "defaultVariant": "off", "targeting": rule})
+    assert caught.value.metadata["field"] == "definition_json.targeting"
+    assert caught.value.reason == "INVALID_ARGUMENT"
+
+
+def test_too_many_nodes_are_refused_and_ordinary_large_rules_pass() -> None:
+    variants = {"variants": {"on": True, "off": False}, "defaultVariant": "off"}
+    many = {"or": [{"==": [{"var": "user"}, f"user-{i}"]} for i in range(1_000)]}
+    with pytest.raises(InvalidArgument) as caught:
+        FlagSet().parse("many", {**variants, "targeting": {"if": [many, "on", "off"]}})
+    assert caught.value.metadata["field"] == "definition_json.targeting"
+    # A long allow-list is one value, and iterating a short data array is cheap.
+    allowed = {"in": [{"var": "user"}, [f"user-{i}" for i in range(5_000)]]}
+    tags = {"some": [{"var": "tags"}, {"in": [{"var": ""}, ["beta", "staff"]]}]}
+    flags = flag_set({"f": {**variants, "targeting": {"if": [{"or": [allowed, tags]}, "on", "off"]}}})
+    assert resolve(flags, "f", {"user": "user-4999"}, ValueType.BOOLEAN).value is True
+    assert resolve(flags, "f", {"user": "x", "tags": ["staff"]}, ValueType.BOOLEAN).value is True
+
+
+def counting_compiler() -> tuple[RuleCompiler, list[int]]:
+    runs = [0]
+
+    def tick(args: list[Any], data: Any, env: Environment) -> Any:
+        runs[0] += 1
+        return True
+
+    return RuleCompiler(custom={"tick": tick}), runs
+
+
+def test_a_stored_rule_past_the_bounds_stops_after_bounded_work() -> None:
+    # Rules stored before the bound compile as they are; evaluating one stops early.
+    compiler, runs = counting_compiler()
+    heavy = {"all": [list(range(90)), {"all": [list(range(90)), {"all": [list(range(90)), {"tick": []}]}]}]}
+    evaluator = compiler.compile(heavy)
+    env = Environment()
+    with pytest.raises(EvaluationTooCostly):
+        evaluator({}, env)
+    assert runs[0] <= MAX_EVALUATION_STEPS  # 729,000 before the bound
+
+    definition = FlagDefinition(
+        key="legacy", state=FlagState.ENABLED, variants={"on": True, "off": False}, default_variant="off",
+        targeting=nested_all(5, 90), metadata={},
+    )  # fmt: skip
+    resolution = FlagSet.build([definition], groups=[]).resolve("legacy", ValueType.BOOLEAN, {})
+    assert (resolution.reason, resolution.error_code) == (Reason.ERROR, ErrorCode.GENERAL)
+
+
+@pytest.mark.parametrize(
+    ("rule", "context"),
+    [
+        # Each array is data: the stored rule looks cheap, the context makes it quadratic.
+        (
+            {"some": [{"var": "a"}, {"some": [{"var": "b"}, {"tick": []}]}]},
+            {"a": list(range(3_000)), "b": list(range(3_000))},
+        ),
+        # An accumulator that doubles each step.
+        (
+            {"reduce": [{"var": "a"}, {"merge": [{"var": "accumulator"}, {"var": "accumulator"}, {"tick": []}]}, []]},
+            {"a": list(range(64))},
+        ),
+    ],
+)
+def test_data_cannot_make_an_evaluation_unbounded(rule: dict[str, Any], context: dict[str, Any]) -> None:
+    compiler, runs = counting_compiler()
+    evaluator = compiler.compile(rule)
+    env = Environment(context=context)
+    with pytest.raises(EvaluationTooCostly):
+        evaluator(context, env)
+    assert runs[0] <= MAX_EVALUATION_STEPS
+
+
+def test_a_group_change_that_makes_a_flag_too_costly_is_refused() -> None:
+    flags = flag_set(
+        {"f": {"variants": {"on": True, "off": False}, "defaultVariant": "off",
+               "targeting": {"if": [{"all": [list(range(50)), {"$ref": "g"}]}, "on", "off"]}}},
+        groups={"g": {"==": [1, 1]}},
+    )  # fmt: skip
+    heavy = json.dumps({"all": [list(range(50)), {"all": [list(range(50)), {"==": [1, 1]}]}]})
+    with pytest.raises(InvalidArgument) as caught:
+        flags.put_group(flags.parse_group("g", heavy))
+    assert caught.value.metadata["field"] == "rule_json"
