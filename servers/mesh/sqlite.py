@@ -61,6 +61,11 @@ class _SQLiteTransaction(Transaction):
             yield [tuple(r) for r in rows]
 
 
+def _rollback_if_open(connection: sqlite3.Connection) -> None:
+    if connection.in_transaction:
+        connection.execute("ROLLBACK")
+
+
 class SQLiteDatabase(Database):
     """One SQLite file in WAL mode, used from one worker thread; transactions run one at a time."""
 
@@ -113,15 +118,12 @@ class SQLiteDatabase(Database):
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
         async with self._lock:
-            begin = asyncio.ensure_future(self.run(lambda c: c.execute("BEGIN IMMEDIATE")))
             try:
-                await asyncio.shield(begin)
+                await self.run(lambda c: c.execute("BEGIN IMMEDIATE"))
             except asyncio.CancelledError:
-                # BEGIN runs on the database thread whatever happens to this task: end what it
-                # started, or the next transaction on this connection fails.
-                with contextlib.suppress(Exception):
-                    await begin
-                    await self.run(lambda c: c.execute("ROLLBACK"))
+                # The BEGIN still runs on the database thread; queue its undo there (in order)
+                # before the lock goes, or the next transaction would find this one open.
+                self._executor.submit(self._guarded, _rollback_if_open)
                 raise
             try:
                 yield _SQLiteTransaction(self)
@@ -154,6 +156,47 @@ class SQLiteDatabase(Database):
 
         async with self._lock:
             return await self.run(apply)
+
+    async def _revert(self, migration: Migration) -> None:
+        def revert(c: sqlite3.Connection) -> None:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in sql_statements(migration.down or ""):
+                    c.execute(statement)
+                c.execute(
+                    "DELETE FROM schema_migrations WHERE package = ? AND version = ?",
+                    (migration.package, migration.version),
+                )
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+
+        async with self._lock:
+            await self.run(revert)
+
+    async def backup(self, path: Path) -> None:
+        def copy(c: sqlite3.Connection) -> None:
+            # The online backup API: a consistent copy while the store stays usable.
+            target = sqlite3.connect(path)
+            try:
+                c.backup(target)
+            finally:
+                target.close()
+
+        async with self._lock:
+            await self.run(copy)
+
+    async def restore(self, path: Path) -> None:
+        def copy_back(c: sqlite3.Connection) -> None:
+            source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                source.backup(c)
+            finally:
+                source.close()
+
+        async with self._lock:
+            await self.run(copy_back)
 
     async def close(self) -> None:
         def shut(_: sqlite3.Connection) -> None:
