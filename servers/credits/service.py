@@ -474,6 +474,8 @@ async def build(runtime: Runtime) -> Service:
     settings = service_settings(CreditsSettings, runtime.config)
     settings.check()
     data_dir = runtime.config.data_path
+    runtime.posture.protections.update({"payment_references_encrypted": True, "audit_chain_signed": True})
+    runtime.posture.retention_seconds["events"] = 0  # the ledger's events are never deleted
     if settings.topology:
         ledger = await sharded_ledger(runtime, settings)
     else:

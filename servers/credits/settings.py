@@ -12,10 +12,10 @@ from datetime import timedelta
 from pathlib import Path
 
 from servers.credits.commands import LedgerLimits
-from servers.credits.keys import existing_or_new, read_or_create_secret
 from servers.credits.payment_refs import PaymentReferenceCipher, PaymentReferenceConfig, generate_key
 from servers.credits.twophase import CrashPoint
 from servers.mesh.config import ConfigError, bounded
+from servers.mesh.keyfiles import existing_or_new, read_or_create_secret
 from servers.mesh.vault import SecretVault
 
 PAYMENT_REFERENCE_KEY = "credits/payment-reference-key"

@@ -12,7 +12,7 @@ import nacl.signing
 
 from servers.credits.audit import LedgerHead, head_signing_bytes
 from servers.credits.eventstore import Instants
-from servers.credits.keys import existing_or_new, read_or_create_secret
+from servers.mesh.keyfiles import existing_or_new, read_or_create_secret
 from servers.mesh.storage import Dialect, Transaction
 from servers.mesh.vault import SecretVault
 

@@ -1,5 +1,5 @@
-"""Secrets the credits server keeps in files: an operator's mounted key file, or the key files an
-older version made in its data directory (moved into the vault, `servers.mesh.vault`, on first start)."""
+"""Secrets a server keeps in files of its own (created once with mode 0600, never rewritten), and
+the key files an older version made, read once to move them into the vault (`servers.mesh.vault`)."""
 
 from __future__ import annotations
 
