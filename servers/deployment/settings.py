@@ -6,8 +6,10 @@ naming the key; `check()` adds what a range cannot say.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from servers.deployment.chaos.settings import ChaosSettings
+from servers.deployment.chaos.settings import checked as checked_chaos
 from servers.deployment.experiments import DEFAULT_DRAWS
 from servers.mesh.config import ConfigError, bounded
 
@@ -33,8 +35,11 @@ class DeploymentSettings:
     """Monte Carlo draws per arm behind the experiment probabilities."""
     request_id_retention_seconds: float = bounded(86400.0, above=0)
     """How long AIP-155 request ids (and the answers replayed to retries) are kept."""
+    chaos: ChaosSettings = field(default_factory=ChaosSettings)
+    """Chaos experiments: safety limits and timing (YAML `deployment: {chaos: ...}`)."""
 
     def check(self) -> None:
         """ConfigError unless the settings that ranges cannot check are sound too."""
         if self.prometheus_url and not self.prometheus_url.startswith(("http://", "https://")):
             raise ConfigError("deployment.prometheus_url: must be an http:// or https:// URL")
+        checked_chaos(self.chaos)
