@@ -104,6 +104,16 @@ class AuthConfig:
 
 
 @dataclasses.dataclass
+class SecretsConfig:
+    """Where the key-encryption key of the secrets replicas share comes from (servers/mesh/vault.py)."""
+
+    kek: str = ""
+    """The KEK itself, 32 bytes base64 (e.g. `SHIELDX_SECRETS__KEK` from a Kubernetes Secret)."""
+    kek_file: str = ""
+    """A file holding the KEK in base64, mode 0600 (a mounted Secret); default `<data_dir>/kek`, made once."""
+
+
+@dataclasses.dataclass
 class RateLimitConfig:
     """Per-caller token bucket."""
 
@@ -151,6 +161,8 @@ class MeshConfig:
     """Bearer-token authentication."""
     rate_limit: RateLimitConfig = dataclasses.field(default_factory=RateLimitConfig)
     """Per-caller rate limit."""
+    secrets: SecretsConfig = dataclasses.field(default_factory=SecretsConfig)
+    """The key-encryption key of shared secrets."""
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)
     """The raw section of the YAML file named after the service; see `service_settings`."""
     sections: dict[str, Any] = dataclasses.field(default_factory=dict)
