@@ -4,7 +4,7 @@ with the controller that drives deployments and the loop that keeps the flags cu
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flagd.evaluation.v1 import evaluation_pb2 as evaluation_v1
 from flagd.evaluation.v1 import evaluation_pb2_grpc as evaluation_v1_grpc
@@ -64,6 +64,9 @@ class DeploymentSettings:
     """Monte Carlo draws per arm behind the experiment probabilities."""
     request_id_retention_seconds: float = bounded(86400.0, above=0)
     """How long AIP-155 request ids (and the answers replayed to retries) are kept."""
+    metrics_hosts: list[str] = field(default_factory=list)
+    """Hosts a registered instance's `metrics_endpoint` may name besides the instance's own host
+    (a metrics sidecar, a node exporter); any other host is refused (METRICS_HOST_NOT_ALLOWED)."""
 
 
 def _checked(settings: DeploymentSettings) -> DeploymentSettings:
@@ -103,7 +106,7 @@ async def build(runtime: Runtime) -> Service:
         ControllerSettings(tick_seconds=settings.controller_tick_seconds),
         registry=runtime.registry,
     )
-    parts = DeliveryParts(store, delivery, ledger, signals, settings.watch_poll_seconds)
+    parts = DeliveryParts(store, delivery, ledger, signals, settings.watch_poll_seconds, tuple(settings.metrics_hosts))
     experiments = ExperimentParts(
         experiments=ExperimentStore(database),
         flags=flag_store,
