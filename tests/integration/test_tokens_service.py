@@ -746,3 +746,21 @@ async def test_fuzzing_the_token_service_finds_no_crash(guarded: tuple[Running, 
         skip=[m.name for m in service.methods if m.name != "RotateSigningKey"],
     )
     rotations.assert_clean()
+
+
+async def test_a_restart_on_another_address_points_the_credentials_file_there(
+    config: Any, start_service: StartService
+) -> None:
+    # `shieldx up --free-ports` twice in one folder: the servers read the token endpoint from
+    # the credentials file, which kept the first run's address (five servers NOT_SERVING).
+    first = await start_service(build, config)
+    path = Path(config.data_dir) / "credentials"
+    written = CredentialsFile.load(path)
+    await stop_service(first)
+
+    config.endpoints = {**config.endpoints, "tokens": "127.0.0.1:7101"}
+    await start_service(build, config)
+    moved = CredentialsFile.load(path)
+    assert moved.token_endpoint == "127.0.0.1:7101" and written.token_endpoint != moved.token_endpoint
+    assert moved.clients == written.clients, "the secrets stay as they were"
+    assert path.stat().st_mode & 0o777 == 0o600
