@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from clients.channel import Keepalive
 from clients.endpoints import DEFAULT_PORTS, SERVICES
 
 T = TypeVar("T")
@@ -116,6 +117,21 @@ class RateLimitConfig:
 
 
 @dataclasses.dataclass
+class KeepaliveConfig:
+    """Connection keepalive: one policy for the server and the channels it opens to its peers,
+    so that servers accept the pings clients send (`clients.channel.Keepalive`)."""
+
+    interval_seconds: float = bounded(30.0, above=0)
+    """Quiet time after which a connection is pinged; servers accept pings every half of it."""
+    timeout_seconds: float = bounded(10.0, above=0)
+    """How long a ping may go unanswered before the connection is dropped."""
+
+    def policy(self) -> Keepalive:
+        """The policy as the channel factory and the server take it."""
+        return Keepalive(self.interval_seconds, self.timeout_seconds)
+
+
+@dataclasses.dataclass
 class MeshConfig:
     """Everything the runtime needs to run one server process."""
 
@@ -151,6 +167,8 @@ class MeshConfig:
     """Bearer-token authentication."""
     rate_limit: RateLimitConfig = dataclasses.field(default_factory=RateLimitConfig)
     """Per-caller rate limit."""
+    keepalive: KeepaliveConfig = dataclasses.field(default_factory=KeepaliveConfig)
+    """Connection keepalive, agreed with the clients (SHIELDX_KEEPALIVE__INTERVAL_SECONDS)."""
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)
     """The raw section of the YAML file named after the service; see `service_settings`."""
     sections: dict[str, Any] = dataclasses.field(default_factory=dict)

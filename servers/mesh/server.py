@@ -124,7 +124,10 @@ class Runtime:
 
         def token_channel(target: str) -> grpc.aio.Channel:
             secure = ChannelTls(tls.ca_file, tls.cert_file, tls.key_file) if tls.enabled else None
-            return open_channel(target, ChannelOptions(tls=secure, metrics_registry=self.registry))
+            options = ChannelOptions(
+                tls=secure, metrics_registry=self.registry, keepalive=self.config.keepalive.policy()
+            )
+            return open_channel(target, options)
 
         self.token_source = CredentialsFileTokenSource(self.credentials_path(), self.config.service, token_channel)
 
@@ -149,6 +152,7 @@ class Runtime:
                 tls=ChannelTls(tls.ca_file, tls.cert_file, tls.key_file) if tls.enabled else None,
                 token_source=self.token_source,
                 metrics_registry=self.registry,
+                keepalive=self.config.keepalive.policy(),
             )
             self._channels[service] = open_channel(self.config.endpoint(service), options)
         return self._channels[service]
@@ -266,7 +270,11 @@ def create_server(mounts: Sequence[Mount], runtime: Runtime, address: str | None
     foreign_scopes = {m.descriptor.full_name: m.foreign_scope for m in mounts if m.foreign_scope}
     server = grpc.aio.server(
         interceptors=[InterceptorChain(interceptor_chain(runtime, descriptors, foreign_scopes))],
-        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 * 1024 * 1024)],
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            *runtime.config.keepalive.policy().server_options(),
+        ],
     )
     for mount in mounts:
         mount.add_to_server(mount.servicer, server)
