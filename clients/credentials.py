@@ -127,21 +127,6 @@ class ClientCredentialsTokenSource:
         self._token = reply.access_token
         self._renew_at = issued + (expires - issued) * self._renew_fraction
 
-    @property
-    def expires_in(self) -> float:
-        """Seconds until the current token should be renewed (negative if due)."""
-        return self._renew_at - self._clock()
-
-
-def load_client(data_dir: str | os.PathLike[str], principal: str) -> tuple[str, ClientCredentials] | None:
-    """(token endpoint, credentials) of `principal` from `<data_dir>/credentials`, if present."""
-    path = Path(data_dir) / CREDENTIALS_FILE
-    if not path.exists():
-        return None
-    credentials = CredentialsFile.load(path)
-    client = credentials.clients.get(principal)
-    return None if client is None else (credentials.token_endpoint, client)
-
 
 class CredentialsFileTokenSource:
     """A token source for one principal of a credentials file, read when the first token is needed.

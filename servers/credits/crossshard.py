@@ -77,9 +77,7 @@ class CrossShardTransfers:
         request_id: str = getattr(request, "request_id", "")
         digest = fingerprint(method, request) if request_id else ""
         accounts = (source[1], target[1])
-        if request_id:
-            self.store.claim_request(request_id)
-        try:
+        with self.store.in_flight.claim(request_id):
             async with self.store.hold(*accounts):
                 for attempt in range(self.attempts):
                     try:
@@ -111,9 +109,6 @@ class CrossShardTransfers:
                 raise errors.Conflict(
                     f"gave up after {self.attempts} concurrent modifications; retry", reason="CONCURRENT_MODIFICATION"
                 )
-        finally:
-            if request_id:
-                self.store.release_request(request_id)
 
     async def _attempt(
         self,

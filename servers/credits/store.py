@@ -48,7 +48,7 @@ from servers.credits.groupcommit import (
 )
 from servers.credits.placement import LEDGER_DOMAIN, AccountPlacement, Shard, unreachable_as_unavailable
 from servers.mesh import errors, storage
-from servers.mesh.idempotency import RecordedAnswer, fingerprint, request_in_progress, validate_request_id
+from servers.mesh.idempotency import InFlightRequests, RecordedAnswer, fingerprint
 from servers.mesh.storage import Transaction
 
 if TYPE_CHECKING:
@@ -95,7 +95,8 @@ class CreditsStore:
         self._on_alert = on_alert
         self._cache = AccountCache(cache_size)
         self._locks = AccountLocks()
-        self._in_flight: set[str] = set()
+        self.in_flight = InFlightRequests()
+        """Request ids being decided in this process (group commits and two-phase transfers)."""
         self._answered: OrderedDict[str, None] = OrderedDict()
         self.group_commit = group_commit
         self.max_group = max_group
@@ -138,17 +139,6 @@ class CreditsStore:
         for account_id in account_ids:
             self._cache.drop(account_id)
 
-    def claim_request(self, request_id: str) -> None:
-        """Mark a request id as in flight in this process (ABORTED REQUEST_IN_PROGRESS if it already is)."""
-        validate_request_id(request_id)
-        if request_id in self._in_flight:
-            raise request_in_progress(request_id)
-        self._in_flight.add(request_id)
-
-    def release_request(self, request_id: str) -> None:
-        """The request id is no longer in flight here."""
-        self._in_flight.discard(request_id)
-
     def unreachable_as_unavailable(self, shard: Shard) -> contextlib.AbstractContextManager[None]:
         """On shards, a database that cannot be reached (or refuses writes) is UNAVAILABLE."""
         return unreachable_as_unavailable(self.placement, shard)
@@ -175,12 +165,7 @@ class CreditsStore:
         if committer is None or request_id in self._answered:
             # A retry of a request this process answered: the request ledger replays the answer.
             return await self._execute_alone(shard, method, request, response_type, account_id, decide, respond)
-        if request_id:
-            validate_request_id(request_id)
-            if request_id in self._in_flight:
-                raise request_in_progress(request_id)
-            self._in_flight.add(request_id)
-        try:
+        with self.in_flight.claim(request_id):
             operation = Operation(
                 method,
                 request,
@@ -192,8 +177,6 @@ class CreditsStore:
                 fingerprint(method, request) if request_id else "",
             )
             answer = await committer.submit(operation)
-        finally:
-            self._in_flight.discard(request_id)
         assert isinstance(answer, response_type)
         return answer
 

@@ -152,10 +152,6 @@ class Connection:
         chunk, self._pending = self._pending[:count], self._pending[count:]
         return chunk
 
-    def unread(self, data: bytes) -> None:
-        """Give bytes back to be read again (a dialogue that peeked too far)."""
-        self._pending = data + self._pending
-
     async def _receive(self) -> bytes:
         budget = self.limits.max_bytes - self.bytes_received
         if budget <= 0 or self.peer_closed:

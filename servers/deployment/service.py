@@ -4,7 +4,6 @@ with the controller that drives deployments and the loop that keeps the flags cu
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 
 from flagd.evaluation.v1 import evaluation_pb2 as evaluation_v1
 from flagd.evaluation.v1 import evaluation_pb2_grpc as evaluation_v1_grpc
@@ -17,7 +16,6 @@ from servers.deployment.delivery import Delivery
 from servers.deployment.delivery_service import DeliveryParts, DeliveryRpcs
 from servers.deployment.experiment_service import ExperimentParts, ExperimentServicer
 from servers.deployment.experiment_store import ExperimentStore
-from servers.deployment.experiments import DEFAULT_DRAWS
 from servers.deployment.flag_feed import FlagFeed
 from servers.deployment.flag_service import FlagServicer
 from servers.deployment.flag_store import FlagStore
@@ -25,8 +23,9 @@ from servers.deployment.flagd_service import FlagdEvaluationServicer, FlagdSyncS
 from servers.deployment.notifications import Signals
 from servers.deployment.observer import PrometheusObserver, ScrapeObserver, VersionObserver
 from servers.deployment.routing_service import RoutingRpcs
+from servers.deployment.settings import DeploymentSettings
 from servers.deployment.store import DeploymentStore
-from servers.mesh.config import ConfigError, bounded, service_settings
+from servers.mesh.config import service_settings
 from servers.mesh.idempotency import RequestLedger
 from servers.mesh.server import Mount, Runtime, Service
 from shieldx.deployment.v1 import (
@@ -43,38 +42,6 @@ LEDGER_DOMAIN = "shieldx.deployment.v1"
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class DeploymentSettings:
-    """The deployment server's own settings (YAML section `deployment:`, env `SHIELDX_DEPLOYMENT__*`)."""
-
-    controller_tick_seconds: float = bounded(0.5, above=0)
-    """How often the controller looks at the active deployments (how late a due timer or
-    analysis may be seen)."""
-    prometheus_url: str = ""
-    """Base URL of a Prometheus server (e.g. `http://prometheus:9090`) to read the new version's
-    metrics from; empty scrapes the instances' `/metrics` endpoints directly."""
-    scrape_timeout_seconds: float = bounded(2.0, above=0)
-    """Timeout of one GET of an instance's metrics (or of one Prometheus query)."""
-    watch_poll_seconds: float = bounded(5.0, above=0)
-    """How often watch streams and the flag set re-read the store, to see changes made by other
-    replicas of this server (changes made here wake them at once)."""
-    flag_keepalive_seconds: float = bounded(30.0, above=0)
-    """Idle time after which EventStream sends KEEP_ALIVE."""
-    experiment_draws: int = bounded(DEFAULT_DRAWS, at_least=1000)
-    """Monte Carlo draws per arm behind the experiment probabilities."""
-    request_id_retention_seconds: float = bounded(86400.0, above=0)
-    """How long AIP-155 request ids (and the answers replayed to retries) are kept."""
-    metrics_hosts: list[str] = field(default_factory=list)
-    """Hosts a registered instance's `metrics_endpoint` may name besides the instance's own host
-    (a metrics sidecar, a node exporter); any other host is refused (METRICS_HOST_NOT_ALLOWED)."""
-
-
-def _checked(settings: DeploymentSettings) -> DeploymentSettings:
-    if settings.prometheus_url and not settings.prometheus_url.startswith(("http://", "https://")):
-        raise ConfigError("deployment.prometheus_url: must be an http:// or https:// URL")
-    return settings
-
-
 class DeploymentServicer(DeliveryRpcs, RoutingRpcs, deployment_pb2_grpc.DeploymentServiceServicer):
     """DeploymentService: deployments (`DeliveryRpcs`), registry, routes and faults (`RoutingRpcs`)."""
 
@@ -84,7 +51,8 @@ class DeploymentServicer(DeliveryRpcs, RoutingRpcs, deployment_pb2_grpc.Deployme
 
 async def build(runtime: Runtime) -> Service:
     """The three services of the deployment server, its controller and its flag refresher."""
-    settings = _checked(service_settings(DeploymentSettings, runtime.config))
+    settings = service_settings(DeploymentSettings, runtime.config)
+    settings.check()
     database = await runtime.database("servers.deployment.migrations")
     store = DeploymentStore(database)
     flag_store = FlagStore(database)

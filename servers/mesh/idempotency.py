@@ -16,11 +16,12 @@ moves that subject to another database can take its answers along.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, NamedTuple, TypeVar
 
@@ -139,6 +140,32 @@ def request_in_progress(request_id: str) -> errors.Conflict:
     )
 
 
+class InFlightRequests:
+    """The request ids this process is working on: a retry arriving while its first attempt runs is
+    refused (ABORTED `REQUEST_IN_PROGRESS`) rather than run twice or queued behind it."""
+
+    def __init__(self) -> None:
+        self._request_ids: set[str] = set()
+
+    @contextlib.contextmanager
+    def claim(self, request_id: str) -> Iterator[None]:
+        """Hold `request_id` (validated first) while the block runs; an empty request id holds nothing."""
+        if not request_id:
+            yield
+            return
+        validate_request_id(request_id)
+        if request_id in self._request_ids:
+            raise request_in_progress(request_id)
+        self._request_ids.add(request_id)
+        try:
+            yield
+        finally:
+            self._request_ids.discard(request_id)
+
+    def __contains__(self, request_id: object) -> bool:
+        return request_id in self._request_ids
+
+
 class RequestLedger:
     """Runs mutating work exactly once per request_id against one store."""
 
@@ -154,7 +181,8 @@ class RequestLedger:
         self.domain = domain
         self.attempts = attempts
         self._clock = clock
-        self._in_flight: set[str] = set()
+        self.in_flight = InFlightRequests()
+        """Request ids `execute` is running now."""
 
     async def execute(
         self, method: str, request: Message, response_type: type[R], work: Work[R], *, subject: str = ""
@@ -164,15 +192,9 @@ class RequestLedger:
         request_id: str = getattr(request, "request_id", "")
         if not request_id:
             return await self._attempt(work, None)
-        validate_request_id(request_id)
-        if request_id in self._in_flight:
-            raise request_in_progress(request_id)
-        self._in_flight.add(request_id)
-        try:
+        with self.in_flight.claim(request_id):
             key = _Key(request_id, method, fingerprint(method, request), subject, response_type)
             return await self._attempt(work, key)
-        finally:
-            self._in_flight.discard(request_id)
 
     async def record(self, tx: storage.Transaction, answers: Sequence[RecordedAnswer]) -> None:
         """Store answers decided outside `execute` in `tx`, in the form `execute` replays.

@@ -53,6 +53,7 @@ from servers.credits.rebuild import MIGRATIONS, rebuild  # noqa: E402
 from servers.mesh.errors import DomainError  # noqa: E402
 from servers.mesh.storage import open_database  # noqa: E402
 from shieldx.credits.v1 import credits_pb2, credits_pb2_grpc  # noqa: E402
+from tests.bench.latency import percentile  # noqa: E402
 from tests.support.processes import ServerProcess  # noqa: E402
 
 POSTGRES_URL = os.environ.get("SHIELDX_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -166,11 +167,6 @@ async def fund(address: str, accounts: list[str]) -> None:
                     for a in accounts[start : start + 64]
                 )
             )
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def line(name: str, rate: float, latencies: list[float], cpu: float, refused: int = 0) -> str:

@@ -35,6 +35,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "generated")]
 from servers.mesh.config import load_config  # noqa: E402
 from servers.mesh.server import Runtime, create_server  # noqa: E402
 from servers.mesh.tracing import configure_tracing  # noqa: E402
+from tests.bench.latency import percentile  # noqa: E402
 from tests.support.echo import EchoServicer, echo_mount, echo_pb2, echo_pb2_grpc  # noqa: E402
 
 Metadata = tuple[tuple[str, str], ...]
@@ -61,11 +62,6 @@ async def drive(address: str, calls: int, concurrency: int, metadata: Metadata) 
         await asyncio.gather(*(caller() for _ in range(concurrency)))
         elapsed = time.perf_counter() - began
     return calls / elapsed, latencies
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def bare_server(runtime: Runtime) -> tuple[grpc.aio.Server, int]:

@@ -41,6 +41,7 @@ from servers.sharding.store import ShardingStore  # noqa: E402
 from servers.sharding.topology import MigrationRouting, Topology  # noqa: E402
 from shieldx.sharding.v1 import sharding_pb2 as pb  # noqa: E402
 from shieldx.sharding.v1 import sharding_pb2_grpc  # noqa: E402
+from tests.bench.latency import percentile  # noqa: E402
 from tests.support.processes import ServerProcess  # noqa: E402
 
 SHARDS = 8
@@ -115,11 +116,6 @@ async def over_rpc(
     await asyncio.gather(*(caller(i) for i in range(in_flight)))
     elapsed = time.perf_counter() - began
     return calls * batch / elapsed, calls / elapsed, latencies
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def check(stub: sharding_pb2_grpc.ShardingServiceAsyncStub, topology: Topology, keys: list[str]) -> None:

@@ -44,6 +44,7 @@ from servers.tokens.client_secrets import Argon2idCost, ClientSecretHasher  # no
 from servers.tokens.service import TokenServicer, build  # noqa: E402
 from shieldx.tokens.v1 import tokens_pb2, tokens_pb2_grpc  # noqa: E402
 from tests.bench.bench_token_verify import measure  # noqa: E402
+from tests.bench.latency import percentile  # noqa: E402
 
 
 class ConstantTokenService(tokens_pb2_grpc.TokenServiceServicer):
@@ -78,11 +79,6 @@ async def drive(
         await asyncio.gather(*(caller() for _ in range(concurrency)))
         elapsed = time.perf_counter() - began
     return calls / elapsed, latencies
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def report(name: str, rates: list[float], latencies: list[float]) -> None:

@@ -35,6 +35,7 @@ import grpc  # noqa: E402
 from clients.credits import CreditsClient  # noqa: E402
 from clients.sharding import ShardingClient  # noqa: E402
 from shieldx.credits.v1 import credits_pb2 as cpb  # noqa: E402
+from tests.bench.latency import percentile  # noqa: E402
 from tests.support.pgcluster import PgShard, PgWorkspace  # noqa: E402
 from tests.support.shardedmesh import (  # noqa: E402
     TWO_PHASE,
@@ -82,11 +83,6 @@ async def run_round(
 def two_of(rng: random.Random, accounts: list[str]) -> Pair:
     first, second = rng.sample(accounts, 2)
     return first, second
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
 async def bench(args: argparse.Namespace, clusters: dict[str, PgShard], tmp: Path) -> None:

@@ -36,6 +36,7 @@ from shieldx.tokens.v1 import tokens_pb2 as tokens_pb
 from tests.conftest import Running, StartServer, StartService, stop_service, test_config
 from tests.support.fuzz import fuzz_service
 from tests.support.polling import eventually
+from tests.support.sockets import read_line
 
 HOST = "127.0.0.1"
 TOKENS = "shieldx.tokens.v1.TokenService"
@@ -106,16 +107,6 @@ async def decoy_ports(client: DeceptionClient) -> dict[str, int]:
 
 
 # --- real clients -----------------------------------------------------------------------------
-
-
-def read_line(sock: socket.socket) -> bytes:
-    data = b""
-    while not data.endswith(b"\r\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def http_get(port: int, path: str) -> tuple[int, dict[str, str]]:

@@ -34,6 +34,7 @@ from servers.deception.protocols.ssh import parse_kexinit, parse_ssh_binary_pack
 from servers.deception.sessions import SessionBook
 from servers.deception.templates import TemplateCatalog
 from servers.mesh.errors import AlreadyExists, InvalidArgument
+from tests.support.sockets import read_line
 
 CREATED = datetime(2024, 3, 1, tzinfo=UTC)
 HOST = "127.0.0.1"
@@ -109,16 +110,6 @@ async def decoys() -> AsyncIterator[Deployment]:
 def blocking_socket(port: int) -> socket.socket:
     sock = socket.create_connection((HOST, port), timeout=5)
     return sock
-
-
-def read_line(sock: socket.socket) -> bytes:
-    data = b""
-    while not data.endswith(b"\r\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def read_reply(sock: socket.socket) -> list[bytes]:

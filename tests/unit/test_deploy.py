@@ -3,31 +3,170 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
 import yaml
+from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
+
+# The typed configs the sidecar names: importing them registers their @type for Any parsing.
+from envoy.extensions.filters.http.health_check.v3 import health_check_pb2  # noqa: F401
+from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
+from envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2 import (
+    HttpConnectionManager,
+)
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
+from google.protobuf import json_format
 
 from clients.endpoints import DEFAULT_PORTS
+from servers.mesh.server import LIVENESS
 from tests.support.metricnames import SCRAPE_SERIES, deploy_expressions, metric_names
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
-def test_every_server_has_a_deployment_probed_over_grpc_health_on_its_port() -> None:
-    documents = [d for d in yaml.safe_load_all((DEPLOY / "kubernetes" / "shieldx.yaml").read_text()) if d]
-    deployments = {d["metadata"]["name"]: d for d in documents if d["kind"] == "Deployment"}
-    services = {d["metadata"]["name"]: d for d in documents if d["kind"] == "Service"}
-    assert set(deployments) == set(services) == set(DEFAULT_PORTS)
-    for name, (grpc_port, metrics_port) in DEFAULT_PORTS.items():
-        container = deployments[name]["spec"]["template"]["spec"]["containers"][0]
-        assert container["args"] == [name]
-        assert container["readinessProbe"]["grpc"]["port"] == grpc_port
-        annotations = deployments[name]["spec"]["template"]["metadata"]["annotations"]
-        assert annotations["prometheus.io/port"] == str(metrics_port)
-        assert {p["port"] for p in services[name]["spec"]["ports"]} == {grpc_port, metrics_port}
+MANIFESTS = [DEPLOY / "kubernetes" / "shieldx.yaml", DEPLOY / "kubernetes" / "shieldx-envoy.yaml"]
+
+
+def manifest(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    documents = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return {(d["kind"], d["metadata"]["name"]): d for d in documents}
+
+
+def test_kubernetes_manifests_validate_strictly_against_a_current_kubernetes() -> None:
+    validate = shutil.which("kubernetes-validate", path=str(Path(sys.executable).parent))
+    assert validate, "kubernetes-validate comes with the dev extra"
+    for path in MANIFESTS:
+        result = subprocess.run(
+            [validate, "--strict", "--kubernetes-version", "1.37.0", str(path)],
+            check=False,
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_server_runs_unprivileged_probed_over_grpc_health_with_a_budget() -> None:
+    for path in MANIFESTS:
+        objects = manifest(path)
+        for name, (grpc_port, metrics_port) in DEFAULT_PORTS.items():
+            deployment = objects["Deployment", name]
+            pod = deployment["spec"]["template"]["spec"]
+            container = pod["containers"][0]
+            assert container["args"] == [name]
+            assert container["readinessProbe"]["grpc"] == {"port": grpc_port}, "ready: health of the whole server"
+            assert container["livenessProbe"]["grpc"] == {"port": grpc_port, "service": LIVENESS}
+            security = container["securityContext"]
+            assert security["runAsNonRoot"] and security["runAsUser"] == 10001
+            assert security["readOnlyRootFilesystem"] and not security["allowPrivilegeEscalation"]
+            assert security["capabilities"]["drop"] == ["ALL"]
+            mounts = {m["mountPath"] for m in container["volumeMounts"]}
+            assert {"/var/lib/shieldx", "/tmp"} <= mounts, "the data dir and /tmp are writable volumes"
+            assert pod["securityContext"]["fsGroup"] == 10001
+            assert container["resources"]["requests"] and container["resources"]["limits"]
+            assert {"configMapRef": {"name": "shieldx-config"}} in container["envFrom"]
+            database = next(e for e in container["env"] if e["name"] == "SHIELDX_DATABASE_URL")
+            assert database["valueFrom"]["secretKeyRef"]["name"] in {n for k, n in objects if k == "Secret"}
+            annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+            assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": str(metrics_port)}
+            service = objects["Service", name]
+            assert {p["port"] for p in service["spec"]["ports"]} == {grpc_port, metrics_port}
+            assert objects["PodDisruptionBudget", name]["spec"]["selector"] == deployment["spec"]["selector"]
+            for volume in pod["volumes"]:
+                if "persistentVolumeClaim" in volume:
+                    assert ("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"]) in objects
+        migrate = [o for (kind, _), o in objects.items() if kind == "Job"]
+        assert [job["spec"]["template"]["spec"]["containers"][0]["command"][-2:] for job in migrate] == [
+            ["migrate", "up"]
+        ]
+
+
+def test_network_policies_allow_only_the_calls_the_mesh_makes() -> None:
+    objects = manifest(MANIFESTS[0])
+    assert objects["NetworkPolicy", "default-deny"]["spec"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+
+    def peers(rules: list[dict[str, Any]], port: int) -> set[str]:
+        return {
+            peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+            for rule in rules
+            if any(p["port"] == port for p in rule["ports"])
+            for peer in rule["to" if "to" in rule else "from"]
+            if "app.kubernetes.io/name" in peer.get("podSelector", {}).get("matchLabels", {})
+        }
+
+    policy = {name: objects["NetworkPolicy", name]["spec"] for name in DEFAULT_PORTS}
+    tokens_port, credits_port = DEFAULT_PORTS["tokens"][0], DEFAULT_PORTS["credits"][0]
+    assert peers(policy["credits"]["egress"], DEFAULT_PORTS["sharding"][0]) == {"sharding"}, "topology stream"
+    assert peers(policy["tokens"]["ingress"], tokens_port) == set(DEFAULT_PORTS) - {"tokens"}, "keys, revocations"
+    assert peers(policy["credits"]["ingress"], credits_port) == {"sharding", "compliance"}
+    assert peers(policy["deception"]["egress"], DEFAULT_PORTS["compliance"][0]) == {"compliance"}
+    assert peers(policy["deployment"]["egress"], credits_port) == set(), "deployment never calls credits' gRPC"
+    assert "compliance" not in peers(policy["tokens"]["egress"], DEFAULT_PORTS["compliance"][0])
+
+
+def test_prometheus_discovers_the_pods_the_manifests_annotate_as_job_shieldx() -> None:
+    config = yaml.safe_load((DEPLOY / "kubernetes" / "prometheus.yml").read_text())
+    job = config["scrape_configs"][0]
+    assert job["job_name"] == "shieldx", "the job every alert rule selects"
+    assert config["rule_files"] == ["shieldx.rules.yml"]
+    relabel = {tuple(r["source_labels"]): r for r in job["relabel_configs"]}
+    assert relabel[("__meta_kubernetes_pod_annotation_prometheus_io_scrape",)]["regex"] == "true"
+    address = relabel[("__address__", "__meta_kubernetes_pod_annotation_prometheus_io_port")]
+    rewritten = re.fullmatch(address["regex"], "10.1.2.3:5004;9004")
+    assert (
+        rewritten and address["replacement"].replace("$1", rewritten[1]).replace("$2", rewritten[2]) == "10.1.2.3:9004"
+    )
+    part_of = relabel[("__meta_kubernetes_pod_label_app_kubernetes_io_part_of",)]["regex"]
+    for name in DEFAULT_PORTS:
+        labels = manifest(MANIFESTS[0])["Deployment", name]["spec"]["template"]["metadata"]["labels"]
+        assert labels["app.kubernetes.io/part-of"] == part_of
+
+
+def test_envoy_sidecar_loads_as_envoy_parses_it_and_keeps_watch_streams_open() -> None:
+    bootstrap = envoy_bootstrap((DEPLOY / "envoy" / "sidecar.yaml").read_text())
+    for listener in bootstrap.static_resources.listeners:
+        manager = HttpConnectionManager()
+        assert listener.filter_chains[0].filters[0].typed_config.Unpack(manager)
+        assert manager.stream_idle_timeout.ToSeconds() == 0 and not manager.stream_idle_timeout.nanos, "idle: off"
+        assert not manager.HasField("tracing"), "traceparent passes through untouched"
+        for host in manager.route_config.virtual_hosts:
+            assert "traceparent" not in host.request_headers_to_remove
+            for route in host.routes:
+                assert route.route.timeout.ToSeconds() == 0, "no route timeout cuts a stream"
+                if route.match.safe_regex.regex or listener.name == "outbound":
+                    assert route.route.HasField("idle_timeout") and route.route.idle_timeout.ToSeconds() == 0
+    for cluster in bootstrap.static_resources.clusters:
+        assert [check.WhichOneof("health_checker") for check in cluster.health_checks] == ["grpc_health_check"]
+    watch = next(r for r in manager_routes(bootstrap, "inbound") if r.match.safe_regex.regex)
+    assert re.fullmatch(watch.match.safe_regex.regex, "/shieldx.tokens.v1.TokenService/WatchRevocations")
+    assert not re.fullmatch(watch.match.safe_regex.regex, "/shieldx.credits.v1.CreditsService/Consume")
+    embedded = manifest(MANIFESTS[1])["ConfigMap", "shieldx-envoy-credits"]["data"]["sidecar.yaml"]
+    assert embedded == (DEPLOY / "envoy" / "sidecar.yaml").read_text(), "the Kubernetes variant mounts this file"
+
+
+def test_envoy_bootstrap_check_refuses_unknown_fields_and_wrong_types() -> None:
+    text = (DEPLOY / "envoy" / "sidecar.yaml").read_text()
+    with pytest.raises(json_format.ParseError):
+        envoy_bootstrap(text.replace("stat_prefix: inbound", "stat_prefix: inbound\n                stat_prefx: typo"))
+    with pytest.raises(json_format.ParseError):
+        envoy_bootstrap(text.replace("router.v3.Router", "router.v3.Routr"))
+
+
+def envoy_bootstrap(text: str) -> Bootstrap:
+    """The sidecar config parsed the way Envoy does: proto3 JSON of the Bootstrap, strict."""
+    return json_format.ParseDict(yaml.safe_load(text), Bootstrap())
+
+
+def manager_routes(bootstrap: Bootstrap, listener_name: str) -> list[Any]:
+    listener = next(item for item in bootstrap.static_resources.listeners if item.name == listener_name)
+    manager = HttpConnectionManager()
+    listener.filter_chains[0].filters[0].typed_config.Unpack(manager)
+    return [route for host in manager.route_config.virtual_hosts for route in host.routes]
 
 
 def test_compose_and_prometheus_scrape_the_default_ports() -> None:

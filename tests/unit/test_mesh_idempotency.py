@@ -10,7 +10,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from servers.mesh import errors, storage
-from servers.mesh.idempotency import RecordedAnswer, RequestLedger, fingerprint, is_recorded
+from servers.mesh.idempotency import InFlightRequests, RecordedAnswer, RequestLedger, fingerprint, is_recorded
 from servers.mesh.status import ReplayedRejection
 from servers.mesh.storage import Database, open_database
 from tests.support.echo import echo_pb2
@@ -180,3 +180,19 @@ def test_only_state_dependent_rejections_are_recorded() -> None:
     assert is_recorded(errors.NotFound("account", "a"))
     assert not is_recorded(errors.InvalidArgument("amount", "must be positive"))
     assert not is_recorded(errors.Unavailable("later"))
+
+
+def test_an_in_flight_request_id_is_refused_until_its_holder_ends_even_by_an_error() -> None:
+    in_flight = InFlightRequests()
+    with in_flight.claim("r-9"):
+        assert "r-9" in in_flight
+        with pytest.raises(errors.Conflict) as caught, in_flight.claim("r-9"):
+            pass
+        assert caught.value.reason == "REQUEST_IN_PROGRESS"
+        with in_flight.claim(""), in_flight.claim(""):
+            pass  # no request id: nothing to hold
+    with pytest.raises(RuntimeError), in_flight.claim("r-9"):
+        raise RuntimeError("the work failed")
+    assert "r-9" not in in_flight
+    with pytest.raises(errors.InvalidArgument), in_flight.claim("x" * 1000):
+        pass

@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 from grpc_status import rpc_status
 
+from clients.errors import ShieldxError
 from servers.mesh.faults import Fault
 from tests.conftest import StartServer, test_config
 from tests.support.echo import echo_mount, echo_pb2, echo_pb2_grpc
@@ -21,22 +22,10 @@ ECHO = "meshtest.v1.EchoService"
 
 
 def unpack(error: grpc.aio.AioRpcError) -> dict[str, object]:
+    """The error's google.rpc details by type name, decoded the way the typed clients decode them."""
     status = rpc_status.from_call(error)
     assert status is not None, f"every error carries google.rpc.Status details: {error.code()} {error.details()}"
-    found: dict[str, object] = {}
-    for packed in status.details:
-        for kind in (
-            error_details_pb2.ErrorInfo,
-            error_details_pb2.BadRequest,
-            error_details_pb2.PreconditionFailure,
-            error_details_pb2.QuotaFailure,
-            error_details_pb2.RetryInfo,
-        ):
-            if packed.Is(kind.DESCRIPTOR):
-                message = kind()
-                packed.Unpack(message)
-                found[kind.DESCRIPTOR.name] = message
-    return found
+    return {detail.DESCRIPTOR.name: detail for detail in ShieldxError.from_rpc_error(error).details}
 
 
 async def test_health_reports_serving_for_each_service_and_overall(start_server: StartServer, tmp_path: Path) -> None:
