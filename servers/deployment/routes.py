@@ -8,6 +8,7 @@ builds the routes the server publishes.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -72,13 +73,23 @@ def check_metrics_endpoint(
     if address:
         host = parts.hostname.lower().rstrip(".")
         own = address.rpartition(":")[0].strip("[]").lower().rstrip(".")
-        if host != own and host not in {h.lower().rstrip(".") for h in allowed_hosts}:
+        same = host == own or (_is_loopback(host) and _is_loopback(own))
+        if not same and host not in {h.lower().rstrip(".") for h in allowed_hosts}:
             raise InvalidArgument(
                 field_name,
                 f"must be on the instance's own host {own!r} (or a host the deployment server allows)",
                 reason="METRICS_HOST_NOT_ALLOWED",
             )
     return url
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def check_registrant(service: str, client_id: str, scopes: frozenset[str]) -> None:
