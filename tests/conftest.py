@@ -24,7 +24,8 @@ from tests.support.pgcluster import PgWorkspace, workspace_or_skip
 
 POSTGRES_URL = os.environ.get("SHIELDX_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 ROOT = Path(__file__).resolve().parents[1]
-pytest_plugins = ["tests.support.skip_guard"]  # a skip not listed in tests/allowed_skips.toml fails the run
+# The skip guard fails a run with a skip not in tests/allowed_skips.toml; fuzz prints its reports.
+pytest_plugins = ["tests.support.skip_guard", "tests.support.fuzz"]
 
 
 def test_config(tmp_path: Path, service: str = "compliance", **changes: Any) -> MeshConfig:

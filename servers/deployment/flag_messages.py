@@ -14,6 +14,7 @@ from google.protobuf import json_format, struct_pb2
 from servers.deployment.flag_store import AuditRecord, StoredFlag, StoredGroup
 from servers.deployment.flags import FlagDefinition, FlagState, GradualRollout
 from servers.deployment.flagset import ChangeType, ErrorCode, FlagChange, Reason, Resolution
+from servers.mesh.errors import InvalidArgument
 from servers.mesh.timestamps import optional_timestamp
 from shieldx.deployment.v1 import flags_pb2
 
@@ -52,9 +53,13 @@ def struct_of(value: Mapping[str, Any]) -> struct_pb2.Struct:
     return message
 
 
-def json_of(message: struct_pb2.Struct | struct_pb2.Value) -> Any:
-    """The JSON value of a Struct or Value (None for an empty Value)."""
-    return json_format.MessageToDict(message)
+def json_of(message: struct_pb2.Struct | struct_pb2.Value, field: str) -> Any:
+    """The JSON value of a Struct or Value (None for an empty Value); a number JSON cannot carry
+    (NaN, infinity) is INVALID_ARGUMENT naming `field`."""
+    try:
+        return json_format.MessageToDict(message)
+    except ValueError as error:
+        raise InvalidArgument(field, "holds a number JSON cannot carry (NaN or infinity)") from error
 
 
 def resolution_fields(resolution: Resolution) -> dict[str, Any]:
@@ -105,10 +110,10 @@ def definition_parts(message: flags_pb2.FlagDefinition) -> dict[str, Any]:
     """The keyword arguments of `flags.build_definition` for a structured definition."""
     return {
         "state": STATE_NAMES.get(message.state, f"unknown state {message.state}"),
-        "variants": {name: json_of(value) for name, value in message.variants.items()},
+        "variants": {name: json_of(value, f"variants[{name}]") for name, value in message.variants.items()},
         "default_variant": message.default_variant,
-        "targeting": json_of(message.targeting) if message.HasField("targeting") else None,
-        "metadata": json_of(message.metadata) if message.HasField("metadata") else None,
+        "targeting": json_of(message.targeting, "targeting") if message.HasField("targeting") else None,
+        "metadata": json_of(message.metadata, "metadata") if message.HasField("metadata") else None,
         "rollout": (
             GradualRollout(message.rollout.variant, message.rollout.percentage, message.rollout.otherwise_variant)
             if message.HasField("rollout")

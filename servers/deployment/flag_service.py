@@ -79,7 +79,7 @@ class FlagServicer(flags_pb2_grpc.FlagServiceServicer):
     # -- resolving ---------------------------------------------------------------------------
 
     def _resolve(self, request: Any, value_type: ValueType) -> tuple[Any, dict[str, Any]]:
-        resolution = self.feed.flags.resolve(request.flag_key, value_type, json_of(request.context))
+        resolution = self.feed.flags.resolve(request.flag_key, value_type, json_of(request.context, "context"))
         return resolution.value, resolution_fields(resolution)
 
     async def ResolveBoolean(
@@ -117,7 +117,7 @@ class FlagServicer(flags_pb2_grpc.FlagServiceServicer):
 
     async def ResolveAll(self, request: flags_pb2.ResolveAllRequest, context: Any) -> flags_pb2.ResolveAllResponse:
         """Every enabled flag that resolves, in its own type."""
-        resolved = self.feed.flags.resolve_all(json_of(request.context))
+        resolved = self.feed.flags.resolve_all(json_of(request.context, "context"))
         response = flags_pb2.ResolveAllResponse()
         for key, resolution in resolved.items():
             response.flags[key].CopyFrom(any_flag(resolution))

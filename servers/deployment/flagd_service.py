@@ -72,7 +72,7 @@ class FlagdEvaluationServicer:
         self.messages = messages
 
     async def _resolve(self, request: Any, value_type: ValueType, context: Any) -> Resolution:
-        resolution = self.feed.flags.resolve(request.flag_key, value_type, json_of(request.context))
+        resolution = self.feed.flags.resolve(request.flag_key, value_type, json_of(request.context, "context"))
         if resolution.reason is Reason.DISABLED:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"FLAG_DISABLED: flag {request.flag_key!r} is disabled")
         if resolution.error_code is not None:
@@ -121,7 +121,7 @@ class FlagdEvaluationServicer:
     async def ResolveAll(self, request: Any, context: Any) -> Message:
         """Every enabled flag that resolves, in its own type."""
         response: Any = self.messages.ResolveAllResponse()
-        for key, resolution in self.feed.flags.resolve_all(json_of(request.context)).items():
+        for key, resolution in self.feed.flags.resolve_all(json_of(request.context, "context")).items():
             flag = response.flags[key]
             flag.reason, flag.variant = resolution.reason.value, resolution.variant
             flag.metadata.CopyFrom(struct_of(resolution.metadata))

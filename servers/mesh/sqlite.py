@@ -60,6 +60,11 @@ class _SQLiteTransaction(Transaction):
             yield [tuple(r) for r in rows]
 
 
+def _rollback_if_open(connection: sqlite3.Connection) -> None:
+    if connection.in_transaction:
+        connection.execute("ROLLBACK")
+
+
 class SQLiteDatabase(Database):
     """One SQLite file in WAL mode, used from one worker thread; transactions run one at a time."""
 
@@ -107,7 +112,13 @@ class SQLiteDatabase(Database):
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
         async with self._lock:
-            await self.run(lambda c: c.execute("BEGIN IMMEDIATE"))
+            try:
+                await self.run(lambda c: c.execute("BEGIN IMMEDIATE"))
+            except asyncio.CancelledError:
+                # The BEGIN still runs on the database thread; queue its undo there (in order)
+                # before the lock goes, or the next transaction would find this one open.
+                self._executor.submit(self._guarded, _rollback_if_open)
+                raise
             try:
                 yield _SQLiteTransaction(self)
             except BaseException:

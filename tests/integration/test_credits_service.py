@@ -763,9 +763,43 @@ async def test_snapshots_are_taken_every_n_events_and_used_after_a_restart(
 # -- the service as a whole -----------------------------------------------------------------------------
 
 
-async def test_fuzzed_requests_never_crash_the_service(running: Running) -> None:
-    report = await fuzz_service(running.channel, pb.DESCRIPTOR.services_by_name["CreditsService"])
+async def test_fuzzed_requests_never_crash_the_service_and_most_reach_the_ledger(
+    running: Running, client: CreditsClient
+) -> None:
+    await purchase(client, "acme", 10**9)
+    await purchase(client, "bob", 10)
+    held = await client.reserve(pb.ReserveRequest(account_id="acme", amount=1, request_id=request_id()))
+    values = {
+        "account_id": "acme",
+        "from_account_id": "acme",
+        "to_account_id": "bob",
+        "amount": 1,
+        "reservation_id": held.reservation.reservation_id,
+        "expire_time": ts(datetime.now(UTC) + timedelta(hours=1)),
+        "threshold": 10**9,
+    }
+
+    async def keep_crossing_the_threshold() -> None:
+        # Alerts keep coming while the harness runs, so a valid watch (which starts "from now")
+        # has something to stream instead of waiting out its deadline. (Fuzzed SetThreshold
+        # calls move the threshold too, so it is set again each time.)
+        while True:
+            await client.set_threshold(pb.SetThresholdRequest(account_id="acme", threshold=10**9))
+            available = (await client.get_balance(pb.GetBalanceRequest(account_id="acme"))).balance.available
+            if available <= 10**9:
+                await purchase(client, "acme", 10**9 - available + 50)
+            await client.consume(pb.ConsumeRequest(account_id="acme", amount=100))
+            await asyncio.sleep(0.05)
+
+    activity = asyncio.create_task(keep_crossing_the_threshold())
+    try:
+        report = await fuzz_service(running.channel, pb.DESCRIPTOR.services_by_name["CreditsService"], values=values)
+    finally:
+        activity.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await activity
     report.assert_clean()
+    report.assert_reaches_logic()
 
 
 async def test_a_token_without_credits_write_cannot_consume(

@@ -440,7 +440,7 @@ async def test_a_real_token_service_refusing_a_planted_honeytoken_reports_it_to_
         assert (refused.value.code, refused.value.reason) == (grpc.StatusCode.UNAUTHENTICATED, "INVALID_CLIENT")
 
     def reports(outcome: str) -> float:
-        value = tokens.runtime.registry.get_sample_value("tokens_recon_reports_total", {"outcome": outcome})
+        value = tokens.runtime.registry.get_sample_value("shieldx_tokens_recon_reports_total", {"outcome": outcome})
         return value or 0.0
 
     async def honeytoken_alerts() -> list[pb.Alert]:
@@ -782,5 +782,9 @@ async def test_the_event_loop_keeps_answering_while_a_large_batch_streams(client
 
 
 async def test_fuzzing_every_rpc_never_yields_internal_or_unknown(running: Running) -> None:
-    report = await fuzz_service(running.channel, pb.DESCRIPTOR.services_by_name["DeceptionService"], rounds=15)
+    values = {"source_address": "127.0.0.2", "presented_credential_fingerprint": ""}
+    report = await fuzz_service(
+        running.channel, pb.DESCRIPTOR.services_by_name["DeceptionService"], rounds=15, values=values
+    )
     report.assert_clean()
+    report.assert_reaches_logic()

@@ -1092,15 +1092,27 @@ async def test_everything_survives_a_restart(
 async def test_the_fuzz_harness_finds_nothing(running: Running, deployments: DeploymentClient) -> None:
     await register(deployments, "v1", 5001)
     await register(deployments, "v2", 5002)
+    values = {
+        "service": "echo",
+        "version": "v2",
+        "services": ["echo"],
+        "win_probability": 0.95,
+        "rule_json": json.dumps({"==": [{"var": "country"}, "NZ"]}),
+        "address": "127.0.0.1:5003",  # registered, never called
+        "metrics_endpoint": "",  # nothing to scrape
+        "weight_bp": 10000,
+        "weight_percent": 100,
+    }
     for messages, name in (
         (deployment_pb2, "DeploymentService"),
         (flags_pb2, "FlagService"),
         (experiments_pb2, "ExperimentService"),
     ):
         report = await fuzz_service(
-            running.channel, messages.DESCRIPTOR.services_by_name[name], rounds=15, concurrency=64
+            running.channel, messages.DESCRIPTOR.services_by_name[name], rounds=15, concurrency=64, values=values
         )
         report.assert_clean()
+        report.assert_reaches_logic()
         assert report.calls > 100
 
 

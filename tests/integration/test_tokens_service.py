@@ -735,8 +735,21 @@ async def test_fuzzing_the_token_service_finds_no_crash(guarded: tuple[Running, 
     client = TokenClient(running.channel)
     service = pb.DESCRIPTOR.services_by_name["TokenService"]
     metadata = bearer(await admin_token(client, config))
-    report = await fuzz_service(running.channel, service, metadata=metadata, rounds=12, skip=["RotateSigningKey"])
+    admin = credentials(config).clients["admin"]
+    examples = {
+        "IssueToken": [pb.IssueTokenRequest(client_id=admin.client_id, client_secret=admin.client_secret)],
+        "UpdateClient": [
+            pb.UpdateClientRequest(
+                client=pb.Client(client_id="fuzz-nobody", enabled=True),
+                update_mask=field_mask_pb2.FieldMask(paths=["enabled"]),
+            )
+        ],
+    }
+    report = await fuzz_service(
+        running.channel, service, metadata=metadata, rounds=12, skip=["RotateSigningKey"], examples=examples
+    )
     report.assert_clean()
+    report.assert_reaches_logic()
     # Rotations last: a zero overlap retires the key the admin token was signed with.
     rotations = await fuzz_service(
         running.channel,
@@ -746,6 +759,7 @@ async def test_fuzzing_the_token_service_finds_no_crash(guarded: tuple[Running, 
         skip=[m.name for m in service.methods if m.name != "RotateSigningKey"],
     )
     rotations.assert_clean()
+    rotations.assert_reaches_logic()
 
 
 async def test_a_restart_on_another_address_points_the_credentials_file_there(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -184,6 +186,37 @@ async def test_two_processes_opening_one_sqlite_file_migrate_it_once(tmp_path: P
         assert len(every) >= 2 and sorted(one + other) == every, (package, one, other)
     await first.close()
     await second.close()
+
+
+async def test_a_transaction_cancelled_while_its_begin_runs_leaves_none_open(tmp_path: Path) -> None:
+    # A call cancelled (deadline, client gone) while its BEGIN waits for another writer's lock:
+    # the BEGIN still completes on the database thread, and the next transaction must not find
+    # it open ("cannot start a transaction within a transaction").
+    database = SQLiteDatabase(tmp_path / "cancel.db")
+    other = sqlite3.connect(tmp_path / "cancel.db", isolation_level=None)
+    try:
+        await database.run(lambda c: c.execute("CREATE TABLE t (x INTEGER)"))
+        begin_runs = threading.Event()
+        await database.run(lambda c: c.set_trace_callback(lambda sql: sql == "BEGIN IMMEDIATE" and begin_runs.set()))
+        other.execute("BEGIN IMMEDIATE")  # another writer holds the lock: the BEGIN will wait for it
+
+        async def write() -> None:
+            async with database.transaction() as tx:
+                await tx.execute("INSERT INTO t VALUES (1)")
+
+        cancelled = asyncio.create_task(write())
+        await asyncio.to_thread(begin_runs.wait, 10)
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        other.execute("COMMIT")  # the waiting BEGIN now succeeds on the database thread
+
+        async with database.transaction() as tx:
+            await tx.execute("INSERT INTO t VALUES (2)")
+        assert [tuple(row) for row in await database.fetchall("SELECT x FROM t")] == [(2,)]
+    finally:
+        other.close()
+        await database.close()
 
 
 def test_sql_statements_keep_trigger_bodies_whole() -> None:
