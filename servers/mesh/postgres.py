@@ -6,8 +6,11 @@ import asyncio
 import contextlib
 import functools
 import json
+import os
+import shutil
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -200,16 +203,20 @@ class PostgresDatabase(Database):
             raise ValueError(f"schema {schema!r} is not a plain lower-case identifier")
         self.url = url
         self.schema = schema
-        self._pool = AsyncConnectionPool(
-            url,
-            min_size=min_size,
-            max_size=max_size,
+        self._sizes = (min_size, max_size)
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> AsyncConnectionPool[Any]:
+        return AsyncConnectionPool(
+            self.url,
+            min_size=self._sizes[0],
+            max_size=self._sizes[1],
             open=False,
             kwargs={
                 "row_factory": _pg_row,
                 "autocommit": True,
-                "options": f"-c search_path={schema}",
-                "application_name": f"shieldx:{schema}",
+                "options": f"-c search_path={self.schema}",
+                "application_name": f"shieldx:{self.schema}",
             },
         )
 
@@ -254,5 +261,52 @@ class PostgresDatabase(Database):
             )
             return True
 
+    async def _revert(self, migration: Migration) -> None:
+        async with self._pool.connection() as connection, connection.transaction():
+            await connection.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema()))")
+            await connection.execute((migration.down or "").encode())
+            await connection.execute(
+                "DELETE FROM schema_migrations WHERE package = %s AND version = %s",
+                (migration.package, migration.version),
+            )
+
+    async def backup(self, path: Path) -> None:
+        """`pg_dump` of this schema alone, in the custom format `pg_restore` reads."""
+        await _run_client(
+            "pg_dump", "--dbname", self.url, "--schema", self.schema, "--format", "custom", "--file", str(path)
+        )
+
+    async def restore(self, path: Path) -> None:
+        """Drop the schema and load the dump (which creates it again) in one transaction."""
+        await self._pool.close()
+        async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as connection:
+            await connection.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
+        await _run_client("pg_restore", "--dbname", self.url, "--no-owner", "--single-transaction", str(path))
+        self._pool = self._new_pool()
+        await self._pool.open(wait=True)
+
     async def close(self) -> None:
         await self._pool.close()
+
+
+def client_binary(name: str) -> str:
+    """A PostgreSQL client program: from `$SHIELDX_PG_BINDIR`, the newest Debian install, or PATH."""
+    override = os.environ.get("SHIELDX_PG_BINDIR")
+    candidates = [Path(override)] if override else []
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name), reverse=True)
+    for bindir in [*candidates, *versions]:
+        if (bindir / name).is_file():
+            return str(bindir / name)
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name} not found (install postgresql-client or set SHIELDX_PG_BINDIR)")
+    return found
+
+
+async def _run_client(name: str, *args: str) -> None:
+    process = await asyncio.create_subprocess_exec(
+        client_binary(name), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    _out, err = await process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"{name} failed ({process.returncode}): {err.decode(errors='replace').strip()}")

@@ -151,6 +151,47 @@ class SQLiteDatabase(Database):
         async with self._lock:
             return await self.run(apply)
 
+    async def _revert(self, migration: Migration) -> None:
+        def revert(c: sqlite3.Connection) -> None:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in sql_statements(migration.down or ""):
+                    c.execute(statement)
+                c.execute(
+                    "DELETE FROM schema_migrations WHERE package = ? AND version = ?",
+                    (migration.package, migration.version),
+                )
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+
+        async with self._lock:
+            await self.run(revert)
+
+    async def backup(self, path: Path) -> None:
+        def copy(c: sqlite3.Connection) -> None:
+            # The online backup API: a consistent copy while the store stays usable.
+            target = sqlite3.connect(path)
+            try:
+                c.backup(target)
+            finally:
+                target.close()
+
+        async with self._lock:
+            await self.run(copy)
+
+    async def restore(self, path: Path) -> None:
+        def copy_back(c: sqlite3.Connection) -> None:
+            source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                source.backup(c)
+            finally:
+                source.close()
+
+        async with self._lock:
+            await self.run(copy_back)
+
     async def close(self) -> None:
         def shut(_: sqlite3.Connection) -> None:
             if self._connection is not None:

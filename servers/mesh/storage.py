@@ -129,6 +129,24 @@ class Database(ABC):
             log.info("applied migrations", extra={"package": package, "versions": applied})
         return applied
 
+    async def revert(self, migration: Migration) -> None:
+        """Run `migration`'s down SQL and forget it was applied, in one transaction."""
+        if migration.down is None:
+            raise ValueError(f"{migration.package} {migration.version:04d} {migration.name} has no down migration")
+        await self._revert(migration)
+
+    @abstractmethod
+    async def _revert(self, migration: Migration) -> None:
+        """Run the down SQL and delete the migration's row, atomically."""
+
+    @abstractmethod
+    async def backup(self, path: Path) -> None:
+        """Copy the whole store to `path` (SQLite: the online backup API; PostgreSQL: pg_dump of the schema)."""
+
+    @abstractmethod
+    async def restore(self, path: Path) -> None:
+        """Replace the store's contents with a copy `backup` made (no server may be using the store)."""
+
     async def applied_migrations(self) -> set[tuple[str, int]]:
         """(package, version) of every migration applied to this store."""
         await self.execute(MIGRATIONS_TABLE)
@@ -153,6 +171,8 @@ class Migration:
     version: int
     name: str
     sql: str
+    down: str | None = None
+    """The SQL that reverts it (`NNNN_name[.dialect].down.sql` beside it), if the package has one."""
 
 
 MIGRATIONS_TABLE = (
@@ -163,9 +183,10 @@ MIGRATIONS_TABLE = (
 
 def discover_migrations(package: str, dialect: Dialect) -> list[Migration]:
     """`NNNN_name.sql` files of a package, with `NNNN_name.<dialect>.sql` replacing the generic one."""
+    files = {entry.name: entry for entry in resources.files(package).iterdir()}
     chosen: dict[int, tuple[bool, str, str]] = {}
-    for entry in resources.files(package).iterdir():
-        match = re.fullmatch(r"(\d{4})_(\w+?)(?:\.(sqlite|postgres))?\.sql", entry.name)
+    for filename in files:
+        match = re.fullmatch(r"(\d{4})_(\w+?)(?:\.(sqlite|postgres))?\.sql", filename)
         if match is None:
             continue
         version, name, only_for = int(match[1]), match[2], match[3]
@@ -174,8 +195,14 @@ def discover_migrations(package: str, dialect: Dialect) -> list[Migration]:
         specific = only_for is not None
         if version in chosen and chosen[version][0] and not specific:
             continue
-        chosen[version] = (specific, name, entry.read_text())
-    return [Migration(package, v, name, sql) for v, (_, name, sql) in sorted(chosen.items())]
+        chosen[version] = (specific, name, filename)
+    migrations = []
+    for version, (_, name, filename) in sorted(chosen.items()):
+        down = files.get(filename.removesuffix(".sql") + ".down.sql")
+        migrations.append(
+            Migration(package, version, name, files[filename].read_text(), down.read_text() if down else None)
+        )
+    return migrations
 
 
 async def open_database(

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+
+import psycopg
 
 from servers.cli.migrate import MIGRATIONS
 from servers.mesh.storage import discover_migrations
@@ -41,3 +44,61 @@ def test_migrate_up_applies_what_status_shows_pending_once(store_config: dict[st
 
     again = shieldx(store_config, "migrate", "up", "--service", "tokens")
     assert again.returncode == 0 and " applied 0" not in again.stdout, "nothing is applied twice"
+
+
+def test_every_migration_the_cli_applies_can_be_reverted() -> None:
+    for service, packages in MIGRATIONS.items():
+        for dialect in ("sqlite", "postgres"):
+            for package in packages:
+                for migration in discover_migrations(package, dialect):
+                    assert migration.down, f"{service}: {package} {migration.version:04d} ({dialect}) has no down"
+
+
+def test_down_reverts_the_newest_after_a_backup_that_restore_brings_back(store_config: dict[str, str]) -> None:
+    assert shieldx(store_config, "migrate", "up", "--service", "deployment").returncode == 0
+    backups = Path(store_config["data_dir"]) / "state" / "backups"
+    before_down = set(backups.iterdir())
+
+    down = shieldx(store_config, "migrate", "down", "2", "--service", "deployment")
+    assert down.returncode == 0, down.stderr
+    assert "reverted 0004 experiments" in down.stdout and "reverted 0003 flags" in down.stdout
+    (backup,) = set(backups.iterdir()) - before_down
+    assert backup.stat().st_mode & 0o777 == 0o600
+    assert backup.suffix == (".dump" if store_config["database_url"] else ".db")
+    status = shieldx(store_config, "migrate", "status", "--service", "deployment")
+    assert status.returncode == 1
+    pending = [line.split()[3] for line in status.stdout.splitlines() if line.endswith("pending")]
+    assert pending == ["flags", "experiments"]
+    assert not table_exists(store_config, "flags") and table_exists(store_config, "deployments")
+
+    restored = shieldx(store_config, "migrate", "restore", str(backup))
+    assert restored.returncode == 0, restored.stderr
+    assert shieldx(store_config, "migrate", "status", "--service", "deployment").returncode == 0
+    assert table_exists(store_config, "flags") and table_exists(store_config, "experiments")
+
+    assert shieldx(store_config, "migrate", "down", "1", "--service", "deployment").returncode == 0
+    again = shieldx(store_config, "migrate", "up", "--service", "deployment")
+    assert again.returncode == 0 and "servers.deployment.migrations applied 0004" in again.stdout
+
+
+def test_down_refuses_what_it_cannot_do_before_touching_the_store(store_config: dict[str, str]) -> None:
+    assert shieldx(store_config, "migrate", "up", "--service", "sharding").returncode == 0
+    backups = set((Path(store_config["data_dir"]) / "state" / "backups").iterdir())
+    for args in (["0", "--service", "sharding"], ["99", "--service", "sharding"], ["1"]):
+        refused = shieldx(store_config, "migrate", "down", *args)
+        assert refused.returncode == 2, refused.stdout
+    assert set((Path(store_config["data_dir"]) / "state" / "backups").iterdir()) == backups, "no backup either"
+    assert shieldx(store_config, "migrate", "status", "--service", "sharding").returncode == 0, "nothing reverted"
+
+
+def table_exists(store: dict[str, str], table: str) -> bool:
+    if not store["database_url"]:
+        with sqlite3.connect(Path(store["data_dir"]) / "state" / "deployment.db") as connection:
+            found = connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,))
+            return found.fetchone() is not None
+    with psycopg.connect(store["database_url"]) as connection:
+        found = connection.execute(
+            "SELECT 1 FROM information_schema.tables WHERE table_schema = %s AND table_name = %s",
+            (store["database_schema"], table),
+        )
+        return found.fetchone() is not None

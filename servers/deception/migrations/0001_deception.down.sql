@@ -1,0 +1,21 @@
+-- Reverts 0001_deception.sql (`shieldx migrate down`): drops what it created, newest first.
+DROP INDEX IF EXISTS synthetic_batches_seed;
+DROP TABLE IF EXISTS synthetic_batches;
+DROP INDEX IF EXISTS honeytokens_batch;
+DROP TABLE IF EXISTS honeytokens;
+DROP INDEX IF EXISTS decoy_selections_time;
+DROP INDEX IF EXISTS decoy_selections_draw;
+DROP TABLE IF EXISTS decoy_selections;
+DROP TABLE IF EXISTS bandit_evidence;
+DROP INDEX IF EXISTS alert_notifications_due;
+DROP TABLE IF EXISTS alert_notifications;
+DROP TABLE IF EXISTS alerts;
+DROP INDEX IF EXISTS session_events_timeline;
+DROP TABLE IF EXISTS session_events;
+DROP INDEX IF EXISTS interactions_decoy;
+DROP INDEX IF EXISTS interactions_source;
+DROP INDEX IF EXISTS interactions_newest;
+DROP TABLE IF EXISTS interactions;
+DROP INDEX IF EXISTS sessions_create_time;
+DROP TABLE IF EXISTS sessions;
+DROP TABLE IF EXISTS installation;

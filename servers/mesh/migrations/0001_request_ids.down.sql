@@ -1,0 +1,3 @@
+-- Reverts 0001_request_ids.sql (`shieldx migrate down`): drops what it created, newest first.
+DROP INDEX IF EXISTS request_ids_created_at;
+DROP TABLE IF EXISTS request_ids;
