@@ -120,11 +120,14 @@ class RoutedChannel(grpc.aio.Channel):
         retry_initial_seconds: float = 0.2,
         retry_max_seconds: float = 10.0,
         seed: float | None = None,
+        close_control: bool = False,
     ) -> None:
         """`fallback` serves calls while no route exists; `control` reaches the deployment server
-        (it is not closed by `close`); `channel_factory` opens the channel of one instance."""
+        (`close` closes it only with `close_control`); `channel_factory` opens the channel of one
+        instance."""
         self.service = service
         self._fallback = fallback
+        self._control = control if close_control else None
         self._stub = deployment_pb2_grpc.DeploymentServiceStub(control)
         self._factory = channel_factory
         self._close_grace = close_grace_seconds
@@ -135,6 +138,7 @@ class RoutedChannel(grpc.aio.Channel):
         self._channels: dict[str, grpc.aio.Channel] = {}
         self.epoch = 0
         self._has_route = asyncio.Event()
+        self._synced = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
         self._follower: asyncio.Task[None] | None = None
 
@@ -156,6 +160,13 @@ class RoutedChannel(grpc.aio.Channel):
             await asyncio.wait_for(self._has_route.wait(), timeout)
         return self._has_route.is_set()
 
+    async def wait_until_synced(self, timeout: float) -> bool:
+        """Wait until the deployment server first answered (with a route or with none), so the
+        next call goes where the route says; False if `timeout` seconds passed first."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._synced.wait(), timeout)
+        return self._synced.is_set()
+
     async def _follow(self) -> None:
         delay = self._retry[0]
         while True:
@@ -164,6 +175,7 @@ class RoutedChannel(grpc.aio.Channel):
                 async for message in self._stub.WatchRoutes(routing_pb2.WatchRoutesRequest(services=[self.service])):
                     self._apply(message, replace=first)
                     first = False
+                    self._synced.set()
                     delay = self._retry[0]
                 log.info("route watch of %s ended; reconnecting", self.service)
             except grpc.aio.AioRpcError as error:
@@ -287,7 +299,7 @@ class RoutedChannel(grpc.aio.Channel):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follower
             self._follower = None
-        channels = [*self._channels.values(), self._fallback]
+        channels = [*self._channels.values(), self._fallback, *([self._control] if self._control else [])]
         self._channels.clear()
         await asyncio.gather(*(channel.close(grace) for channel in channels), *self._background)
 
@@ -400,12 +412,14 @@ def open_routed_channel(
     options: ChannelOptions | None = None,
     *,
     seed: float | None = None,
+    close_control: bool = False,
 ) -> RoutedChannel:
     """A started `RoutedChannel` to `service`: its instances by route, `target` without one.
 
     `control` is a channel to the deployment server (e.g. `runtime.channel("deployment")`);
     every channel opened here (plain target and instances) gets `options` (TLS, token, retries,
-    telemetry). Call from a running event loop.
+    telemetry). Call from a running event loop. With `close_control`, closing the routed
+    channel closes `control` too (a channel opened for it alone).
     """
     shared = options or ChannelOptions()
     routed = RoutedChannel(
@@ -414,6 +428,7 @@ def open_routed_channel(
         control,
         channel_factory=lambda address: open_channel(address, shared),
         seed=seed,
+        close_control=close_control,
     )
     routed.start()
     return routed

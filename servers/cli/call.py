@@ -18,6 +18,7 @@ from google.protobuf.message import Message
 from clients.connect import connect
 from clients.endpoints import SERVICES
 from clients.errors import ShieldxError
+from clients.routing import RoutedChannel
 
 
 def register(commands: Any) -> None:
@@ -88,6 +89,8 @@ async def _send(
 ) -> int:
     path = f"/{descriptor.containing_service.full_name}/{descriptor.name}"
     async with connect(args.service, data_dir=args.data_dir, principal=args.principal) as channel:
+        if isinstance(channel, RoutedChannel):
+            await channel.wait_until_synced(2.0)  # so this one call already goes where the route says
         try:
             if descriptor.server_streaming:
                 stream: grpc.aio.UnaryStreamMultiCallable[bytes, Message] = channel.unary_stream(

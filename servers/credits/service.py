@@ -474,6 +474,8 @@ async def build(runtime: Runtime) -> Service:
     settings.check()
     data_dir = runtime.config.data_path
     cipher = settings.payment_reference_cipher(data_dir)
+    runtime.posture.protections.update({"payment_references_encrypted": True, "audit_chain_signed": True})
+    runtime.posture.retention_seconds["events"] = 0  # the ledger's events are never deleted
     signer = HeadSigner.from_file(Path(settings.head_signing_key_file or data_dir / "credits-head-signing.key"))
     if settings.topology:
         ledger = await sharded_ledger(runtime, settings)

@@ -11,10 +11,10 @@ from datetime import timedelta
 from pathlib import Path
 
 from servers.credits.commands import LedgerLimits
-from servers.credits.keys import read_or_create_secret
 from servers.credits.payment_refs import PaymentReferenceCipher, PaymentReferenceConfig, generate_key
 from servers.credits.twophase import CrashPoint
 from servers.mesh.config import ConfigError, bounded
+from servers.mesh.keyfiles import read_or_create_secret
 
 
 @dataclass

@@ -12,7 +12,7 @@ import nacl.signing
 
 from servers.credits.audit import LedgerHead, head_signing_bytes
 from servers.credits.eventstore import Instants
-from servers.credits.keys import read_or_create_secret
+from servers.mesh.keyfiles import read_or_create_secret
 from servers.mesh.storage import Dialect, Transaction
 
 

@@ -15,6 +15,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -27,6 +28,30 @@ Dialect = Literal["sqlite", "postgres"]
 T = TypeVar("T")
 
 SQL_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_micros(moment: datetime) -> int:
+    """An aware datetime as integer microseconds since the epoch (how stores keep instants portably)."""
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(micros: int) -> datetime:
+    """Integer microseconds since the epoch as an aware UTC datetime."""
+    return _EPOCH + timedelta(microseconds=int(micros))
+
+
+def maybe_micros(moment: datetime | None) -> int | None:
+    """`to_micros`, keeping None."""
+    return None if moment is None else to_micros(moment)
+
+
+def maybe_datetime(micros: int | None) -> datetime | None:
+    """`from_micros`, keeping None."""
+    return None if micros is None else from_micros(micros)
 
 
 class StorageError(Exception):

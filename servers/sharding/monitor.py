@@ -33,9 +33,9 @@ from datetime import timedelta
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 from servers.mesh.errors import DomainError
+from servers.mesh.leadership import Leadership, SoleLeadership
 from servers.sharding.domain import HealthState, Node, NodeRole, Shard
 from servers.sharding.failover import CheckResult, HealthPolicy, NodeHealth, needs_failover
-from servers.sharding.leadership import Leadership, SoleLeadership
 from servers.sharding.nodes import NodeError, NodeOperations, Observation
 from servers.sharding.regions import SCORE_WINDOW
 from servers.sharding.registry import Clock, TopologyRegistry, utc_now

@@ -41,9 +41,9 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from servers.mesh.errors import Conflict, FailedPrecondition
+from servers.mesh.leadership import Leadership, SoleLeadership
 from servers.mesh.storage import Transaction
 from servers.sharding.domain import Reason, Shard, ShardState
-from servers.sharding.leadership import Leadership, SoleLeadership
 from servers.sharding.nodes import one_line
 from servers.sharding.rebalance import (
     AccountMove,

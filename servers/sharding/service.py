@@ -19,6 +19,7 @@ from prometheus_client import Gauge
 from servers.mesh.config import ConfigError, service_settings
 from servers.mesh.errors import InvalidArgument, NotFound
 from servers.mesh.idempotency import RequestLedger, fingerprint, validate_request_id
+from servers.mesh.leadership import leadership_for
 from servers.mesh.pagination import page_request
 from servers.mesh.server import Mount, Runtime, Service
 from servers.mesh.storage import Transaction
@@ -27,7 +28,6 @@ from servers.sharding import wire
 from servers.sharding.domain import NodeSpec, Reason, ReplicationMode, validate_priority, validate_region_id
 from servers.sharding.dsn import check_dsn_hosts, validate_dsn
 from servers.sharding.failover import MAX_ERROR_LENGTH
-from servers.sharding.leadership import leadership_for
 from servers.sharding.monitor import HealthMonitor, MonitorMetrics
 from servers.sharding.nodes import DatabaseNodes
 from servers.sharding.promotion import FailoverMetrics, Failovers, FailoverTimeouts

@@ -12,6 +12,13 @@ from typing import Any
 
 import pytest
 import yaml
+from google.protobuf import json_format
+
+# Envoy's protos (xds-protos) carry an old copy of opentelemetry-proto's modules, which would
+# replace the ones our OTLP exporter needs if installed into the venv; tests/run installs them
+# into a folder of their own, and only this module reads from it.
+sys.path.append(str(Path(__file__).resolve().parents[2] / ".venv" / "xds-protos"))
+
 from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
 
 # The typed configs the sidecar names: importing them registers their @type for Any parsing.
@@ -21,7 +28,6 @@ from envoy.extensions.filters.network.http_connection_manager.v3.http_connection
     HttpConnectionManager,
 )
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
-from google.protobuf import json_format
 
 from clients.endpoints import DEFAULT_PORTS
 from servers.mesh.server import LIVENESS

@@ -1,5 +1,5 @@
-"""Which sharding server runs the health monitor, and which drives rebalances: exactly one per
-registry for each role, and another takes over when it stops.
+"""Which server plays an elected role (sharding's health monitor and rebalance engine, compliance's
+continuous assessments): exactly one per store for each role, and another takes over when it stops.
 
 Several sharding servers may share one registry (for reads and topology streams); if each ran
 its own monitor, two could fail the same shard over at once and promote two replicas, and two
@@ -50,28 +50,29 @@ class Leadership(Protocol):
         ...
 
 
-def leadership_for(database: Database, role: str) -> Leadership:
-    """The leadership of `role` that fits the registry's store."""
+def leadership_for(database: Database, role: str, *, owner: str = "sharding") -> Leadership:
+    """The leadership of `role` that fits the store; `owner` names the service playing it (part of the lock key)."""
     if isinstance(database, PostgresDatabase):
-        return AdvisoryLockLeadership(database.url, database.schema, role)
+        return AdvisoryLockLeadership(database.url, database.schema, role, owner=owner)
     if isinstance(database, SQLiteDatabase) and database.path != ":memory:":
         return FileLockLeadership(Path(f"{database.path}.{role}.lock"))
     return SoleLeadership()
 
 
-def lock_key(schema: str, role: str) -> int:
-    """The advisory lock key (a signed 64-bit integer) of `role` for the registry in `schema`."""
-    digest = hashlib.sha256(f"shieldx-sharding-{role}:{schema}".encode()).digest()
+def lock_key(schema: str, role: str, owner: str = "sharding") -> int:
+    """The advisory lock key (a signed 64-bit integer) of `owner`'s `role` for the store in `schema`."""
+    digest = hashlib.sha256(f"shieldx-{owner}-{role}:{schema}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
 class AdvisoryLockLeadership:
     """A PostgreSQL session-level advisory lock held on a connection of its own."""
 
-    def __init__(self, url: str, schema: str, role: str) -> None:
+    def __init__(self, url: str, schema: str, role: str, *, owner: str = "sharding") -> None:
         self.url = url
         self.role = role
-        self.key = lock_key(schema, role)
+        self.owner = owner
+        self.key = lock_key(schema, role, owner)
         self._connection: psycopg.AsyncConnection[Any] | None = None
         self._held = False
 
@@ -85,7 +86,7 @@ class AdvisoryLockLeadership:
                         self.url,
                         autocommit=True,
                         connect_timeout=max(2, int(timeout)),
-                        application_name=f"shieldx:sharding-{self.role}",
+                        application_name=f"shieldx:{self.owner}-{self.role}",
                         options=_KEEPALIVES,
                     )
                 if self._held:

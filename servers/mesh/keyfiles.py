@@ -1,4 +1,4 @@
-"""Secrets the credits server keeps in files of its own: created once with mode 0600, never rewritten."""
+"""Secrets a server keeps in files of its own: created once with mode 0600, never rewritten."""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""Security alerts: raised, folded, acknowledged, escalated, notified; the GDPR Art. 33 clock."""

@@ -1,0 +1,1 @@
+"""Assessments: controls evaluated on shared evidence, severity-weighted scores, their history."""

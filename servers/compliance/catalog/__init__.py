@@ -1,0 +1,1 @@
+"""The control catalog: frameworks and their controls, shipped as versioned data files."""

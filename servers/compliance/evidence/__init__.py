@@ -1,0 +1,1 @@
+"""Evidence: collected from the live mesh, hash-chained, its head signed, verifiable offline."""

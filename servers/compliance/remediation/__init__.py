@@ -1,0 +1,1 @@
+"""Remediation tasks opened for failing controls, with due times, resolved when the control passes."""

@@ -1,0 +1,1 @@
+"""Reports of an assessment for auditors: JSON, Markdown, PDF and OSCAL assessment-results."""
