@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,6 +120,10 @@ class GroupCommitter:
         self._expected = 0
         self._arrived: asyncio.Future[None] | None = None
         """While a group gathers: resolved once `_expected` operations are waiting."""
+        self.gather_endings: Counter[str] = Counter()
+        """How each gathering ended: `full` (max_group), `callers_stopped` (the expected callers
+        came and the loop brought nobody more), `quiet_slice` (a slice of the time brought
+        nobody), `deadline` (gather_seconds spent). A lone caller never gathers."""
 
     async def submit(self, operation: Operation) -> Message:
         """Queue `operation` for the next group and wait for its answer."""
@@ -167,9 +172,13 @@ class GroupCommitter:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.gather_seconds
         self._expected = expected
+        ending = "deadline"
         try:
-            while len(self._waiting) < self.max_group and loop.time() < deadline:
+            while loop.time() < deadline:
                 seen = len(self._waiting)
+                if seen >= self.max_group:
+                    ending = "full"
+                    break
                 if seen >= expected:
                     # As many as last time: more come only while other calls are still being
                     # taken in, which shows within a few turns of the loop (a busy server). An
@@ -179,7 +188,8 @@ class GroupCommitter:
                         if len(self._waiting) > seen:
                             break
                     else:
-                        return
+                        ending = "callers_stopped"
+                        break
                     continue
                 self._arrived = arrived = loop.create_future()
                 timer = loop.call_later(self.gather_seconds / _GATHER_SLICES, _resolve, arrived)
@@ -188,9 +198,11 @@ class GroupCommitter:
                 finally:
                     timer.cancel()
                 if len(self._waiting) == seen:
-                    return
+                    ending = "quiet_slice"
+                    break
         finally:
             self._arrived = None
+            self.gather_endings[ending] += 1
 
     async def close(self) -> None:
         """Wait for the group in progress (at shutdown)."""

@@ -3,10 +3,14 @@ chain and its tamper detection, reports in every format verified offline, alerts
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import http.server
 import io
 import json
+import threading
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +19,14 @@ import pytest
 from clients.compliance import ComplianceClient
 from clients.endpoints import SERVICES, free_port
 from clients.errors import ShieldxError
+from servers.compliance.alerts.notifications import SIGNATURE_HEADER, signature_valid
+from servers.compliance.evidence.store import EvidenceStore
 from servers.compliance.reports.document import verify_report
 from servers.compliance.service import build
 from shieldx.compliance.v1 import compliance_pb2 as pb
-from tests.conftest import Running, StartService, test_config
+from tests.conftest import Running, StartServer, StartService, test_config
+from tests.support.certs import ThrowawayCA
+from tests.support.echo import echo_mount
 from tests.support.fuzz import fuzz_service
 
 
@@ -214,3 +222,113 @@ async def test_fuzzed_requests_never_end_internal_and_the_server_keeps_serving(
         running.channel, pb.DESCRIPTOR.services_by_name["ComplianceService"], rounds=10, skip=("RunAssessment",)
     )
     report.assert_clean()
+
+
+async def test_tls_evidence_passes_on_tls_endpoints_and_fails_on_plaintext(
+    start_server: StartServer, start_service: StartService, tmp_path: Path
+) -> None:
+    ca = ThrowawayCA(tmp_path / "ca")
+    issued = ca.issue("server", server=True)
+    tls = test_config(
+        tmp_path / "tls", tls__cert_file=str(issued.cert), tls__key_file=str(issued.key), tls__ca_file=str(ca.cert)
+    )
+    secure = await start_server(lambda rt: [echo_mount(rt)], tls)
+    plain = await start_server(lambda rt: [echo_mount(rt)], test_config(tmp_path / "plain"))
+    peers = {s: f"127.0.0.1:{secure.server.port}" for s in SERVICES if s not in ("compliance", "deception")}
+    peers["deception"] = f"127.0.0.1:{plain.server.port}"
+    config = test_config(tmp_path, endpoints=peers, tls__ca_file=str(ca.cert))
+    config.settings = {"monitoring": False, "certificate_min_days": 1, "call_timeout_seconds": 2.0}
+    running = await start_service(build, config)
+    client = ComplianceClient(running.channel)
+    done = (await client.run_assessment(pb.RunAssessmentRequest(framework=pb.FRAMEWORK_PCI_DSS))).assessment
+    evidence = await client.list_evidence(
+        pb.ListEvidenceRequest(assessment_id=done.assessment_id, kind=pb.EVIDENCE_KIND_TLS)
+    )
+    by_target = {e.target.split("@")[0]: e for e in evidence.evidence}
+    tokens = by_target["shieldx.tokens.v1.TokenService"]
+    assert tokens.passed and tokens.details["protocol"] in ("TLSv1.2", "TLSv1.3") and tokens.details["chain_verified"]
+    assert tokens.details["days_to_expiry"] >= 1
+    deception = by_target["shieldx.deception.v1.DeceptionService"]
+    assert not deception.passed and "plaintext" in deception.summary
+    result = next(r for r in done.results if r.control_id == "PCI-DSS-4.2.1")
+    assert result.status == pb.CONTROL_STATUS_FAILING and "DeceptionService" in result.summary
+    assert "TokenService" not in result.summary, "only the plaintext endpoint is named"
+
+
+async def test_a_purge_is_recorded_and_the_chain_still_verifies_from_its_anchor(
+    start_service: StartService, store_config: dict[str, str], tmp_path: Path
+) -> None:
+    running = await start(start_service, store_config, tmp_path)
+    client = ComplianceClient(running.channel)
+    first = (await client.run_assessment(pb.RunAssessmentRequest(framework=pb.FRAMEWORK_GDPR))).assessment
+    second = (await client.run_assessment(pb.RunAssessmentRequest(framework=pb.FRAMEWORK_GDPR))).assessment
+    store = EvidenceStore(running.runtime._databases[0])
+    purge = await store.purge(second.start_time.ToDatetime(UTC), datetime.now(UTC))
+    assert purge is not None and purge.records == first.evidence_count
+    left = await client.list_evidence(pb.ListEvidenceRequest(page_size=1000))
+    assert {e.assessment_id for e in left.evidence} == {second.assessment_id}
+    verified = await client.verify_evidence_chain(pb.VerifyEvidenceChainRequest())
+    assert verified.valid, verified.problem
+    assert verified.purged_records == first.evidence_count
+    assert verified.records_checked == second.evidence_count
+
+
+async def test_webhooks_are_signed_retried_with_backoff_and_every_attempt_recorded(
+    start_service: StartService, tmp_path: Path
+) -> None:
+    received: list[tuple[bytes, str]] = []
+
+    class Flaky(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append((self.rfile.read(int(self.headers["Content-Length"])), self.headers[SIGNATURE_HEADER]))
+            self.send_response(503 if len(received) <= 2 else 204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        running = await start(
+            start_service,
+            {"data_dir": str(tmp_path), "database_url": ""},
+            tmp_path,
+            webhooks=[f"http://127.0.0.1:{server.server_address[1]}/hook"],
+            webhook_secret="s3cret",
+            webhook_initial_backoff_seconds=0.1,
+            escalation_interval_seconds=0.1,
+        )
+        client = ComplianceClient(running.channel)
+        raised = await client.raise_alert(
+            pb.RaiseAlertRequest(
+                source="ops", category="personal_data_breach", severity=pb.SEVERITY_HIGH, title="t", request_id="w1"
+            )
+        )
+        alert_id = raised.alert.alert_id
+        assert raised.alert.notification_deadline.seconds - raised.alert.first_seen_time.seconds == 72 * 3600
+
+        async def webhook_attempts() -> list[pb.NotificationAttempt]:
+            listed = await client.list_notification_attempts(pb.ListNotificationAttemptsRequest(alert_id=alert_id))
+            return [a for a in listed.attempts if a.channel.startswith("webhook:")]
+
+        attempts: list[pb.NotificationAttempt] = []
+        for _ in range(100):
+            attempts = await webhook_attempts()
+            if any(a.delivered for a in attempts):
+                break
+            await asyncio.sleep(0.1)
+        assert [(a.attempt, a.delivered, a.status_code) for a in reversed(attempts)] == [
+            (1, False, 503),
+            (2, False, 503),
+            (3, True, 204),
+        ]
+        assert all(signature_valid("s3cret", body, signature) for body, signature in received)
+        assert not signature_valid("wrong", *received[0])
+        notified = await client.record_breach_notification(
+            pb.RecordBreachNotificationRequest(alert_id=alert_id, authority="CNIL", reference="n-1", request_id="b1")
+        )
+        assert notified.alert.HasField("authority_notify_time") and notified.alert.authority_reference == "n-1"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -418,12 +418,17 @@ async def test_manual_failover_of_a_live_primary_fences_it_and_loses_nothing(
         for i in range(200):
             await writer.execute("INSERT INTO ledger (id) VALUES (%s)", (i,))
     request = pb.FailoverRequest(shard_id="shard-a", reason="planned maintenance", request_id="fo-1")
+    asked = datetime.now(UTC)
     done = await client.failover(request)
+    answered = datetime.now(UTC)
     record = done.failover
     assert record.trigger == pb.FAILOVER_TRIGGER_MANUAL
     assert (record.old_primary_node_id, record.new_primary_node_id) == ("sa-p", "sa-r1")
     assert record.reason == "planned maintenance" and record.HasField("promoted_lsn")
-    assert record.recovery_time.ToTimedelta().total_seconds() < 10
+    # The outage is the call itself: it starts with the request and ends before the answer.
+    outage_start, complete = record.outage_start_time.ToDatetime(UTC), record.complete_time.ToDatetime(UTC)
+    assert asked - timedelta(milliseconds=1) <= outage_start <= complete <= answered + timedelta(milliseconds=1)
+    assert record.recovery_time.ToTimedelta() == complete - outage_start
     assert await client.failover(request) == done, "the retry replays the answer; nothing promoted twice"
 
     replica = cluster.replicas[0]
