@@ -1,4 +1,4 @@
-"""The channel factory: target, TLS, bearer token, retry policy and telemetry in one call."""
+"""The channel factory: target, TLS, bearer token, retry policy, circuit breaker and telemetry in one call."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import grpc
 from prometheus_client import CollectorRegistry
 
+from clients.breaker import BreakerSettings, CircuitBreaker, Gate, breaker_metrics, guard_interceptors
 from clients.errors import ShieldxError
 from clients.telemetry import ClientTelemetry, client_metrics
 
@@ -236,6 +237,10 @@ class ChannelOptions:
     """Raw channel arguments."""
     keepalive: Keepalive = field(default_factory=Keepalive)
     """How often idle connections are pinged (servers of the mesh accept this policy)."""
+    circuit_breaker: BreakerSettings | None = field(default_factory=BreakerSettings)
+    """When the channel's circuit breaker opens and closes; None disables it."""
+    outbound_gate: Gate | None = None
+    """Asked before each call: a reason to refuse it (a network-partition fault), or None."""
 
 
 def open_channel(target: str, options: ChannelOptions | None = None) -> grpc.aio.Channel:
@@ -244,6 +249,10 @@ def open_channel(target: str, options: ChannelOptions | None = None) -> grpc.aio
     interceptors: list[grpc.aio.ClientInterceptor] = []
     if options.telemetry:
         interceptors += ClientTelemetry(client_metrics(options.metrics_registry)).interceptors()
+    breaker = None
+    if options.circuit_breaker is not None:
+        breaker = CircuitBreaker(target, options.circuit_breaker, metrics=breaker_metrics(options.metrics_registry))
+    interceptors += guard_interceptors(breaker, options.outbound_gate)
     if options.token_source is not None:
         interceptors += bearer_auth(options.token_source)
     interceptors.extend(options.extra_interceptors)

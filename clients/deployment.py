@@ -1,9 +1,9 @@
-"""Typed clients of the deployment server: DeploymentClient, FlagClient and ExperimentClient."""
+"""Typed clients of the deployment server: DeploymentClient, FlagClient, ExperimentClient and ChaosClient."""
 
 from __future__ import annotations
 
 from clients.rpc import ServerStream, ServiceClient, Unary
-from shieldx.deployment.v1 import deployment_pb2, experiments_pb2, faults_pb2, flags_pb2, routing_pb2
+from shieldx.deployment.v1 import chaos_pb2, deployment_pb2, experiments_pb2, faults_pb2, flags_pb2, routing_pb2
 
 
 class DeploymentClient(ServiceClient):
@@ -107,3 +107,38 @@ class ExperimentClient(ServiceClient):
         experiments_pb2.GetExperimentResultsResponse,
     )
     deploy_winner = Unary("DeployWinner", experiments_pb2.DeployWinnerRequest, experiments_pb2.DeployWinnerResponse)
+
+
+class ChaosClient(ServiceClient):
+    """Chaos experiments: create, start, abort and watch them, their reports, and schedules."""
+
+    service = "shieldx.deployment.v1.ChaosService"
+
+    create_experiment = Unary(
+        "CreateChaosExperiment", chaos_pb2.CreateChaosExperimentRequest, chaos_pb2.CreateChaosExperimentResponse
+    )
+    get_experiment = Unary(
+        "GetChaosExperiment", chaos_pb2.GetChaosExperimentRequest, chaos_pb2.GetChaosExperimentResponse
+    )
+    list_experiments = Unary(
+        "ListChaosExperiments", chaos_pb2.ListChaosExperimentsRequest, chaos_pb2.ListChaosExperimentsResponse
+    )
+    start_experiment = Unary(
+        "StartChaosExperiment", chaos_pb2.StartChaosExperimentRequest, chaos_pb2.StartChaosExperimentResponse
+    )
+    abort_experiment = Unary(
+        "AbortChaosExperiment", chaos_pb2.AbortChaosExperimentRequest, chaos_pb2.AbortChaosExperimentResponse
+    )
+    watch_experiment = ServerStream(
+        "WatchChaosExperiment", chaos_pb2.WatchChaosExperimentRequest, chaos_pb2.WatchChaosExperimentResponse
+    )
+    get_report = Unary("GetChaosReport", chaos_pb2.GetChaosReportRequest, chaos_pb2.GetChaosReportResponse)
+    create_schedule = Unary(
+        "CreateChaosSchedule", chaos_pb2.CreateChaosScheduleRequest, chaos_pb2.CreateChaosScheduleResponse
+    )
+    list_schedules = Unary(
+        "ListChaosSchedules", chaos_pb2.ListChaosSchedulesRequest, chaos_pb2.ListChaosSchedulesResponse
+    )
+    delete_schedule = Unary(
+        "DeleteChaosSchedule", chaos_pb2.DeleteChaosScheduleRequest, chaos_pb2.DeleteChaosScheduleResponse
+    )

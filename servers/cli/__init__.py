@@ -14,9 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
-from servers.cli import call, compliance, credits, mesh, migrate, rebalance, synth, token
+from servers.cli import call, chaos, compliance, credits, mesh, migrate, rebalance, synth, token
 
-GROUPS: tuple[ModuleType, ...] = (mesh, token, call, credits, compliance, rebalance, synth, migrate)
+GROUPS: tuple[ModuleType, ...] = (mesh, token, call, credits, compliance, rebalance, synth, migrate, chaos)
 """Command groups in the order `shieldx --help` lists them."""
 
 Run = Callable[[argparse.Namespace], int]

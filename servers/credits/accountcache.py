@@ -11,19 +11,28 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from servers.credits.eventstore import LoadedAccount
+from servers.mesh.caches import CacheGate
 
 
 class AccountCache:
     """Recently used accounts as last committed (LRU), so a write needs no replay."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, gate: CacheGate | None = None) -> None:
         self.capacity = capacity
+        self.gate = gate
+        """Counts lookups, and bypasses the cache during a cache-failure fault."""
         self._entries: OrderedDict[str, LoadedAccount] = OrderedDict()
 
     def get(self, account_id: str) -> LoadedAccount | None:
+        gate = self.gate
+        if gate is not None and gate.bypassed():
+            gate.miss()
+            return None
         entry = self._entries.get(account_id)
         if entry is not None:
             self._entries.move_to_end(account_id)
+        if gate is not None:
+            gate.hit() if entry is not None else gate.miss()
         return entry
 
     def put(self, account_id: str, loaded: LoadedAccount) -> None:

@@ -493,6 +493,7 @@ async def build(runtime: Runtime) -> Service:
         cache_size=settings.account_cache_size,
         on_alert=feed.notify,
         group_commit=settings.group_commit,
+        cache_gate=runtime.cache_gate("credits_account"),
     )
     if ledger.coordinator is not None:
         store.cross_shard = CrossShardTransfers(store, ledger.coordinator)

@@ -48,6 +48,7 @@ from servers.credits.groupcommit import (
 )
 from servers.credits.placement import LEDGER_DOMAIN, AccountPlacement, Shard, unreachable_as_unavailable
 from servers.mesh import errors, storage
+from servers.mesh.caches import CacheGate
 from servers.mesh.idempotency import InFlightRequests, RecordedAnswer, fingerprint
 from servers.mesh.storage import Transaction
 
@@ -86,6 +87,7 @@ class CreditsStore:
         group_commit: bool = True,
         max_group: int = 128,
         cross_shard: CrossShardTransfers | None = None,
+        cache_gate: CacheGate | None = None,
     ) -> None:
         if snapshot_every < 1:
             raise ValueError("snapshot_every must be at least 1")
@@ -93,7 +95,7 @@ class CreditsStore:
         self.snapshot_every = snapshot_every
         self.clock = clock
         self._on_alert = on_alert
-        self._cache = AccountCache(cache_size)
+        self._cache = AccountCache(cache_size, cache_gate)
         self._locks = AccountLocks()
         self.in_flight = InFlightRequests()
         """Request ids being decided in this process (group commits and two-phase transfers)."""

@@ -206,4 +206,13 @@ def fault_message(fault: FaultInjection) -> faults_pb2.FaultInjection:
         create_time=optional_timestamp(fault.created_at),
         expire_time=optional_timestamp(fault.expires_at),
         version=fault.version,
+        kind=faults_pb2.FaultKind.ValueType(fault.kind),
+        jitter=duration_message(fault.jitter) if fault.jitter > 0 else None,
+        peer_service=fault.peer_service,
+        block_inbound=fault.block_inbound,
+        block_outbound=fault.block_outbound,
+        cpu_workers=fault.cpu_workers,
+        memory_mib=fault.memory_mib,
+        instance_address=fault.instance_address,
+        experiment_id=fault.experiment_id,
     )

@@ -46,6 +46,24 @@ class FaultInjection:
     """When it stops."""
     version: str = ""
     """Only instances of this version inject it; empty for all."""
+    kind: int = 0
+    """What it does (`FaultKind` of the contract; 0 is delay/abort on calls)."""
+    jitter: float = 0.0
+    """Random extra delay in seconds, uniform from zero to this."""
+    peer_service: str = ""
+    """Partition: the service on the other side."""
+    block_inbound: bool = False
+    """Partition: refuse calls from `peer_service`."""
+    block_outbound: bool = False
+    """Partition: refuse calls to `peer_service`."""
+    cpu_workers: int = 0
+    """Resource exhaustion: busy workers per instance."""
+    memory_mib: int = 0
+    """Resource exhaustion: memory ballast per instance, in MiB."""
+    instance_address: str = ""
+    """Only the instance at this address injects it; empty for all."""
+    experiment_id: str = ""
+    """The chaos experiment that owns it and renews its expiry; empty for none."""
 
     def active(self, now: datetime) -> bool:
         """True until it expires."""

@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import logging
 
+import grpc
 from flagd.evaluation.v1 import evaluation_pb2 as evaluation_v1
 from flagd.evaluation.v1 import evaluation_pb2_grpc as evaluation_v1_grpc
 from flagd.evaluation.v2 import evaluation_pb2 as evaluation_v2
 from flagd.evaluation.v2 import evaluation_pb2_grpc as evaluation_v2_grpc
 from flagd.sync.v1 import sync_pb2, sync_pb2_grpc
 
+from clients.channel import ChannelOptions, ChannelTls, open_channel
+from servers.deployment.chaos.controller import ChaosController
+from servers.deployment.chaos.metrics import ChaosMetrics
+from servers.deployment.chaos.probes import GrpcHealth, TargetProbes
+from servers.deployment.chaos.service import ChaosParts, ChaosServicer
+from servers.deployment.chaos.store import MIGRATIONS as CHAOS_MIGRATIONS
+from servers.deployment.chaos.store import ChaosStore
 from servers.deployment.controller import ControllerSettings, DeliveryController
 from servers.deployment.delivery import Delivery
 from servers.deployment.delivery_service import DeliveryParts, DeliveryRpcs
@@ -29,6 +37,8 @@ from servers.mesh.config import service_settings
 from servers.mesh.idempotency import RequestLedger
 from servers.mesh.server import Mount, Runtime, Service
 from shieldx.deployment.v1 import (
+    chaos_pb2,
+    chaos_pb2_grpc,
     deployment_pb2,
     deployment_pb2_grpc,
     experiments_pb2,
@@ -53,7 +63,7 @@ async def build(runtime: Runtime) -> Service:
     """The three services of the deployment server, its controller and its flag refresher."""
     settings = service_settings(DeploymentSettings, runtime.config)
     settings.check()
-    database = await runtime.database("servers.deployment.migrations")
+    database = await runtime.database("servers.deployment.migrations", CHAOS_MIGRATIONS)
     store = DeploymentStore(database)
     flag_store = FlagStore(database)
     ledger = RequestLedger(database, LEDGER_DOMAIN)
@@ -93,6 +103,8 @@ async def build(runtime: Runtime) -> Service:
     async def forget_request_ids() -> None:
         await ledger.purge_forever(settings.request_id_retention_seconds)
 
+    chaos = _chaos_parts(runtime, settings, store, signals, ledger, delivery)
+
     mounts = [
         Mount.of(deployment_pb2, deployment_pb2_grpc, "DeploymentService", servicer=DeploymentServicer(parts)),
         Mount.of(flags_pb2, flags_pb2_grpc, "FlagService", servicer=flag_servicer),
@@ -110,5 +122,38 @@ async def build(runtime: Runtime) -> Service:
             for messages, stubs in ((evaluation_v1, evaluation_v1_grpc), (evaluation_v2, evaluation_v2_grpc))
         ),
         Mount.of(sync_pb2, sync_pb2_grpc, "FlagSyncService", FlagdSyncServicer(feed), foreign_scope="flags.evaluate"),
+        Mount.of(chaos_pb2, chaos_pb2_grpc, "ChaosService", servicer=ChaosServicer(chaos)),
     ]
-    return Service(mounts=mounts, tasks=[controller.run_forever, follow_flags, forget_request_ids])
+    return Service(
+        mounts=mounts,
+        tasks=[controller.run_forever, follow_flags, forget_request_ids, chaos.controller.run_schedules_forever],
+        closers=[chaos.controller.close],
+    )
+
+
+def _chaos_parts(
+    runtime: Runtime,
+    settings: DeploymentSettings,
+    store: DeploymentStore,
+    signals: Signals,
+    ledger: RequestLedger,
+    delivery: Delivery,
+) -> ChaosParts:
+    tls = runtime.config.tls
+
+    def health_channel(address: str) -> grpc.aio.Channel:
+        secure = ChannelTls(tls.ca_file, tls.cert_file, tls.key_file) if tls.enabled else None
+        options = ChannelOptions(tls=secure, retry=None, telemetry=False, circuit_breaker=None)
+        return open_channel(address, options)
+
+    chaos_settings = settings.chaos
+    probes = TargetProbes(
+        GrpcHealth(health_channel, chaos_settings.health_timeout_seconds),
+        timeout=settings.scrape_timeout_seconds,
+        prometheus_url=settings.prometheus_url,
+    )
+    chaos_store = ChaosStore(store.database)
+    controller = ChaosController(
+        chaos_store, store, signals, probes, chaos_settings, ChaosMetrics(runtime.registry), delivery.clock
+    )
+    return ChaosParts(chaos_store, store, controller, ledger, delivery.clock, settings.watch_poll_seconds)

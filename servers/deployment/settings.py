@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from servers.deployment.chaos.settings import ChaosSettings
+from servers.deployment.chaos.settings import checked as checked_chaos
 from servers.deployment.experiments import DEFAULT_DRAWS
 from servers.mesh.config import ConfigError, bounded
 
@@ -36,8 +38,11 @@ class DeploymentSettings:
     metrics_hosts: list[str] = field(default_factory=list)
     """Hosts a registered instance's `metrics_endpoint` may name besides the instance's own host
     (a metrics sidecar, a node exporter); any other host is refused (METRICS_HOST_NOT_ALLOWED)."""
+    chaos: ChaosSettings = field(default_factory=ChaosSettings)
+    """Chaos experiments: safety limits and timing (YAML `deployment: {chaos: ...}`)."""
 
     def check(self) -> None:
         """ConfigError unless the settings that ranges cannot check are sound too."""
         if self.prometheus_url and not self.prometheus_url.startswith(("http://", "https://")):
             raise ConfigError("deployment.prometheus_url: must be an http:// or https:// URL")
+        checked_chaos(self.chaos)

@@ -182,7 +182,8 @@ class DeploymentStore:
         """Store a new fault injection."""
         await tx.execute(
             "INSERT INTO fault_injections (id, service, version, method_pattern, delay_seconds, abort_code,"
-            " percentage, created_at, expires_at, actor) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " percentage, created_at, expires_at, actor, experiment_id, chaos)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 fault.id,
                 fault.service,
@@ -194,6 +195,8 @@ class DeploymentStore:
                 epoch(fault.created_at),
                 epoch(fault.expires_at),
                 actor,
+                fault.experiment_id,
+                json.dumps(_chaos_document(fault)),
             ),
         )
 
@@ -242,7 +245,25 @@ def _stored(row: storage.Row) -> StoredDeployment:
     )
 
 
-_FAULT_COLUMNS = "id, service, version, method_pattern, delay_seconds, abort_code, percentage, created_at, expires_at"
+_FAULT_COLUMNS = (
+    "id, service, version, method_pattern, delay_seconds, abort_code, percentage, created_at, expires_at,"
+    " experiment_id, chaos"
+)
+_CHAOS_FIELDS = (
+    "kind",
+    "jitter",
+    "peer_service",
+    "block_inbound",
+    "block_outbound",
+    "cpu_workers",
+    "memory_mib",
+    "instance_address",
+)
+"""Fault fields only chaos experiments set, kept as one JSON column (`servers.deployment.chaos` migrations)."""
+
+
+def _chaos_document(fault: FaultInjection) -> dict[str, Any]:
+    return {name: getattr(fault, name) for name in _CHAOS_FIELDS if getattr(fault, name)}
 
 
 def _fault(row: storage.Row) -> FaultInjection:
@@ -256,6 +277,8 @@ def _fault(row: storage.Row) -> FaultInjection:
         created_at=moment(float(row["created_at"])),
         expires_at=moment(float(row["expires_at"])),
         version=row["version"],
+        experiment_id=row["experiment_id"],
+        **{k: v for k, v in json.loads(row["chaos"] or "{}").items() if k in _CHAOS_FIELDS},
     )
 
 

@@ -32,7 +32,7 @@ import grpc
 
 from servers.mesh.background import Backoff
 from servers.mesh.config import MeshConfig, bounded, section_settings
-from servers.mesh.faults import Fault
+from servers.mesh.faults import Fault, FaultKind
 from shieldx.deployment.v1 import deployment_pb2_grpc, faults_pb2, routing_pb2
 
 if TYPE_CHECKING:  # the server imports the agent
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 _STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]"})
+_FAULT_KINDS = frozenset(kind.value for kind in FaultKind)
 
 
 @dataclasses.dataclass
@@ -77,6 +78,8 @@ def fault_of(message: faults_pb2.FaultInjection, *, wall: float, monotonic: floa
     if message.HasField("expire_time"):
         expire_wall = message.expire_time.seconds + message.expire_time.nanos / 1e9
         expires = monotonic + (expire_wall - wall)
+    jitter = message.jitter.seconds + message.jitter.nanos / 1e9 if message.HasField("jitter") else 0.0
+    created = message.create_time.seconds + message.create_time.nanos / 1e9 if message.HasField("create_time") else 0.0
     return Fault(
         id=message.id,
         method_pattern=message.method_pattern or "*",
@@ -85,6 +88,15 @@ def fault_of(message: faults_pb2.FaultInjection, *, wall: float, monotonic: floa
         abort_code=_STATUS_CODES.get(message.abort_code) if message.abort_code else None,
         expires_at=expires,
         version=message.version,
+        kind=FaultKind(message.kind) if message.kind in _FAULT_KINDS else FaultKind.CALLS,
+        jitter_seconds=max(jitter, 0.0),
+        peer_service=message.peer_service,
+        block_inbound=message.block_inbound,
+        block_outbound=message.block_outbound,
+        cpu_workers=max(message.cpu_workers, 0),
+        memory_mib=max(message.memory_mib, 0),
+        instance_address=message.instance_address,
+        created_wall=created,
     )
 
 
@@ -98,6 +110,7 @@ class DeploymentAgent:
         self.version = runtime.config.version
         self.address = address
         self.metrics_endpoint = metrics_endpoint
+        runtime.faults.instance_address = address  # faults aimed at one instance (termination) find it
         self._stub = deployment_pb2_grpc.DeploymentServiceStub(runtime.channel("deployment"))
         self._withdrawn = False
 

@@ -28,7 +28,7 @@ N = TypeVar("N", int, float)
 # Default gRPC and metrics ports (DESIGN.md).
 # YAML sections that belong to a part of the runtime with its own typed settings (read with
 # `section_settings`), rather than to MeshConfig itself.
-EXTENSIONS = ("agent",)
+EXTENSIONS = ("agent", "faults")
 
 
 class ConfigError(ValueError):

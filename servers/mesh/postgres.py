@@ -232,7 +232,7 @@ class PostgresDatabase(Database):
         try:
             with _translated():
                 async with connection.transaction():
-                    yield _PostgresTransaction(connection)
+                    yield self.slowed(_PostgresTransaction(connection))
         finally:
             # A task cancelled mid-statement or mid-COMMIT must still hand its connection back
             # rolled back (or discarded), never idle in a transaction holding locks.

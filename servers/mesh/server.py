@@ -27,8 +27,9 @@ from clients.channel import ChannelOptions, ChannelTls, TokenSource, open_channe
 from clients.credentials import CREDENTIALS_FILE, CredentialsFileTokenSource
 from servers.mesh.agent import deployment_agent
 from servers.mesh.auth import AuthInterceptor, BearerVerifier, rules_from_contracts
+from servers.mesh.caches import CacheGate
 from servers.mesh.config import MeshConfig
-from servers.mesh.faults import FaultInjectionInterceptor, FaultTable
+from servers.mesh.faults import FaultInjectionInterceptor, FaultTable, fault_settings
 from servers.mesh.interception import CallInterceptor, InterceptorChain
 from servers.mesh.logs import configure_logging
 from servers.mesh.metrics import MetricsInterceptor, process_registry, serve_metrics
@@ -107,7 +108,7 @@ class Runtime:
         self.registry = registry or process_registry()
         self.verifier = verifier
         self.token_source = token_source
-        self.faults = FaultTable(config.version)
+        self.faults = FaultTable(config.version, settings=fault_settings(config))
         self.trust: MeshTrust | None = None
         self.posture = PostureFacts()
         """What the service reports in GetPosture beyond the runtime's settings (protections, retention)."""
@@ -142,7 +143,12 @@ class Runtime:
             registry=self.registry,
         )
         self.verifier = self.trust.verifier
+        self.trust.verifier.cache_gate = self.cache_gate("token_verification")
         return self.trust
+
+    def cache_gate(self, name: str) -> CacheGate:
+        """The lookup counters of cache `name`, bypassed while a cache-failure fault is in force."""
+        return CacheGate(name, self.registry, self.faults.caches_bypassed)
 
     def channel(self, service: str) -> grpc.aio.Channel:
         """A shared, traced, authenticated channel to a peer service."""
@@ -153,9 +159,19 @@ class Runtime:
                 token_source=self.token_source,
                 metrics_registry=self.registry,
                 keepalive=self.config.keepalive.policy(),
+                outbound_gate=self._partition_gate(service),
             )
             self._channels[service] = open_channel(self.config.endpoint(service), options)
         return self._channels[service]
+
+    def _partition_gate(self, service: str) -> Callable[[], str | None]:
+        faults = self.faults
+
+        def refused() -> str | None:
+            partition = faults.refuses_to(service)
+            return None if partition is None else f"network partitioned from {service} by {partition.id}"
+
+        return refused
 
     async def database(self, *migrations: str, name: str | None = None) -> Database:
         """The service's store, migrated (mesh tables first): PostgreSQL if configured, else SQLite."""
@@ -166,6 +182,7 @@ class Runtime:
             schema=self.config.database_schema or None,
             migrations=("servers.mesh.migrations", *migrations),
         )
+        database.statement_delay = self.faults.statement_delay  # db_slow_query, inside the transaction
         self._databases.append(database)
         return database
 
@@ -193,7 +210,7 @@ def interceptor_chain(
         chain.append(AuthInterceptor(runtime.verifier, rules, reverify))
     if config.rate_limit.enabled:
         chain.append(RateLimitInterceptor(TokenBuckets(config.rate_limit.rate_per_second, config.rate_limit.burst)))
-    chain.append(FaultInjectionInterceptor(runtime.faults))
+    chain.append(FaultInjectionInterceptor(runtime.faults, envoy_headers=runtime.faults.settings.envoy_fault_headers))
     chain.append(ErrorMappingInterceptor())
     return chain
 

@@ -120,7 +120,7 @@ class SQLiteDatabase(Database):
                 self._executor.submit(self._guarded, _rollback_if_open)
                 raise
             try:
-                yield _SQLiteTransaction(self)
+                yield self.slowed(_SQLiteTransaction(self))
             except BaseException:
                 await asyncio.shield(self.run(lambda c: c.execute("ROLLBACK")))
                 raise

@@ -9,11 +9,12 @@ Each service keeps its tables apart: its own SQLite file, or its own PostgreSQL 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -111,10 +112,51 @@ class Transaction(ABC):
         """Iterate over a large result in batches of plain tuples (for replays)."""
 
 
+class SlowedTransaction(Transaction):
+    """A transaction whose statements wait `delay()` seconds first, inside it: a slow database
+    as the chaos `db_slow_query` fault models it, holding its locks for longer."""
+
+    def __init__(self, inner: Transaction, delay: Callable[[], float]) -> None:
+        self.inner = inner
+        self.dialect = inner.dialect
+        self._delay = delay
+
+    async def _wait(self) -> None:
+        seconds = self._delay()
+        if seconds > 0:
+            await asyncio.sleep(seconds)
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        await self._wait()
+        return await self.inner.execute(sql, params)
+
+    async def executemany(self, sql: str, rows: Iterable[Params]) -> None:
+        await self._wait()
+        await self.inner.executemany(sql, rows)
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        await self._wait()
+        return await self.inner.fetchall(sql, params)
+
+    async def copy_rows(self, table: str, columns: Sequence[str], rows: Iterable[Params]) -> int:
+        await self._wait()
+        return await self.inner.copy_rows(table, columns, rows)
+
+    def stream(self, sql: str, params: Params = (), batch: int = 5000) -> AsyncIterator[list[tuple[Any, ...]]]:
+        return self.inner.stream(sql, params, batch)
+
+
 class Database(ABC):
     """A connection (pool) to one service's store."""
 
     dialect: Dialect
+    statement_delay: Callable[[], float] | None = None
+    """Seconds to hold each statement before it runs (the fault table's slow-query faults); None for never."""
+
+    def slowed(self, tx: Transaction) -> Transaction:
+        """`tx` itself, or wrapped so its statements honour `statement_delay` while a fault asks."""
+        delay = self.statement_delay
+        return tx if delay is None else SlowedTransaction(tx, delay)
 
     @abstractmethod
     def transaction(self) -> contextlib.AbstractAsyncContextManager[Transaction]:

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 import nacl.signing
 
 from servers.mesh import paseto
+from servers.mesh.caches import CacheGate
 from servers.mesh.claims import (
     DEFAULT_CACHE_SIZE,
     DEFAULT_LEEWAY,
@@ -124,6 +125,8 @@ class TokenVerifier:
         self._keys: dict[str, TrustedKey] = {}
         self._cache: OrderedDict[str, _Verified] = OrderedDict()
         self._cache_lock = threading.Lock()
+        self.cache_gate: CacheGate | None = None
+        """Counts lookups and bypasses the cache during a cache-failure fault (set by the runtime)."""
         self._revoked: dict[str, float] = {}
         self._revoked_lock = threading.Lock()
         self.replace_keys(keys)
@@ -188,11 +191,17 @@ class TokenVerifier:
     def _cached(self, token: str) -> _Verified | None:
         if not self._cache_size:
             return None
+        gate = self.cache_gate
+        if gate is not None and gate.bypassed():
+            gate.miss()
+            return None
         with self._cache_lock:
             verified = self._cache.get(token)
             if verified is not None:
                 self._cache.move_to_end(token)
-            return verified
+        if gate is not None:
+            gate.hit() if verified is not None else gate.miss()
+        return verified
 
     def _remember(self, token: str, verified: _Verified) -> None:
         if not self._cache_size or verified.exp + self._leeway <= self._clock():

@@ -51,7 +51,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from servers.sharding.domain import Node
 from servers.sharding.dsn import REDACTED
-from servers.sharding.failover import MAX_ERROR_LENGTH, parse_lsn
+from servers.sharding.failover import MAX_ERROR_LENGTH, format_lsn, parse_lsn
 
 APPLICATION_NAME = "shieldx-sharding"
 _OBSERVE = (
@@ -82,6 +82,18 @@ class Observation:
     """New sessions default to read-only: the server is fenced (or a replica that says so)."""
 
 
+@dataclass(frozen=True)
+class Divergence:
+    """Transactions a deposed primary committed that its successor never received."""
+
+    from_lsn: int
+    """The successor's timeline switch point."""
+    to_lsn: int
+    """The deposed primary's last WAL position."""
+    transactions: int
+    """Commits in between."""
+
+
 class NodeOperations(Protocol):
     """The operations the monitor and the failover need on a node."""
 
@@ -107,6 +119,14 @@ class NodeOperations(Protocol):
 
     async def set_standby_names(self, primary: Node, names: str, timeout: float) -> None:
         """Set a primary's `synchronous_standby_names` (persisted) and reload its configuration."""
+        ...
+
+    async def switch_point(self, primary: Node, timeout: float) -> int | None:
+        """Where a promoted primary's timeline left the previous one (None on timeline 1)."""
+        ...
+
+    async def divergence(self, node: Node, since: int, timeout: float) -> Divergence:
+        """What a deposed primary wrote after `since` (the new primary's switch point)."""
         ...
 
 
@@ -258,6 +278,38 @@ class DatabaseNodes:
             if time.monotonic() > deadline:
                 raise NodeError("the primary did not apply synchronous_standby_names in time")
             await asyncio.sleep(0.02)
+
+    async def switch_point(self, primary: Node, timeout: float) -> int | None:
+        """See `NodeOperations.switch_point`: the last entry of the current timeline's history file."""
+        self._refuse_sqlite(primary, "read")
+        async with self._connection(primary, timeout) as connection:
+            # The checkpoint's timeline lags a fresh promotion; the current WAL file names the timeline now.
+            timeline = int(
+                await self._value(connection, "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"), 16
+            )
+            if timeline <= 1:
+                return None
+            history = await self._value(connection, "SELECT pg_read_file(%s)", (f"pg_wal/{timeline:08X}.history",))
+        entries = [line.split("\t") for line in str(history or "").splitlines() if line and not line.startswith("#")]
+        return parse_lsn(entries[-1][1]) if entries and len(entries[-1]) > 1 else None
+
+    async def divergence(self, node: Node, since: int, timeout: float) -> Divergence:
+        """See `NodeOperations.divergence`: commits counted with `pg_walinspect` (contrib, PostgreSQL 15+),
+        in a session allowed to write despite the fence (creating the extension is the one write)."""
+        self._refuse_sqlite(node, "inspected")
+        async with self._connection(node, timeout) as connection:
+            end = parse_lsn(await self._value(connection, "SELECT pg_current_wal_flush_lsn()::text"))
+            await connection.execute("SET default_transaction_read_only = off")
+            await connection.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+            if end <= since:
+                return Divergence(since, end, 0)
+            commits = await self._value(
+                connection,
+                "SELECT count(*) FROM pg_get_wal_records_info(%s::pg_lsn, %s::pg_lsn)"
+                " WHERE resource_manager = 'Transaction' AND record_type LIKE 'COMMIT%%'",
+                (format_lsn(since), format_lsn(end)),
+            )
+        return Divergence(since, end, int(commits or 0))
 
     @asynccontextmanager
     async def _connection(self, node: Node, timeout: float) -> AsyncIterator[psycopg.AsyncConnection[Any]]:

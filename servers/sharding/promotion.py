@@ -215,17 +215,18 @@ class Failovers:
         """Write the failover history record of a committed promotion (in `tx`)."""
         return await self._record(tx, promotion, topology, trigger, outage_started, reason)
 
-    async def fence_deposed(self, shard: Shard, node: Node) -> None:
+    async def fence_deposed(self, shard: Shard, node: Node) -> bool:
         """Fence a node listed as a replica that answered as a writable primary, if it was failed over
-        from; any other writable "replica" is only reported (it may be a server registered by mistake)."""
+        from; any other writable "replica" is only reported (it may be a server registered by mistake).
+        True if it was fenced now."""
         async with self._locks[shard.shard_id]:
             pending = self._pending.get(shard.shard_id)
             if pending is not None and pending.new_primary == node.node_id:
-                return  # promoted a moment ago; its topology is being written
+                return False  # promoted a moment ago; its topology is being written
             if any(
                 s.shard_id == shard.shard_id and s.primary.node_id == node.node_id for s in self.registry.current.shards
             ):
-                return  # the topology has made it the primary meanwhile
+                return False  # the topology has made it the primary meanwhile
             if not await self.store.was_failed_over(shard.shard_id, node.node_id):
                 if node.node_id not in self._reported:
                     self._reported.add(node.node_id)
@@ -237,10 +238,10 @@ class Failovers:
                         shard.primary.node_id,
                         extra={"shard_id": shard.shard_id, "node_id": node.node_id},
                     )
-                return
-            await self._fence_deposed(shard, node)
+                return False
+            return await self._fence_deposed(shard, node)
 
-    async def _fence_deposed(self, shard: Shard, node: Node) -> None:
+    async def _fence_deposed(self, shard: Shard, node: Node) -> bool:
         try:
             await self.nodes.fence(node, self.timeouts.switchover.total_seconds())
         except NodeError as error:
@@ -251,7 +252,7 @@ class Failovers:
                 error,
                 extra={"shard_id": shard.shard_id, "node_id": node.node_id},
             )
-            return
+            return False
         log.warning(
             "deposed primary %s of %s came back writable; fenced (read-only, sessions ended)",
             node.node_id,
@@ -259,6 +260,7 @@ class Failovers:
             extra={"shard_id": shard.shard_id, "node_id": node.node_id},
         )
         self.metrics.deposed_fenced.labels(shard.shard_id).inc()
+        return True
 
     async def _repoint_replicas(self, shard: Shard, old_primary: str) -> None:
         """Point the shard's replicas (not the deposed primary) at its new primary; failures are logged."""

@@ -35,12 +35,13 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from servers.mesh.errors import FailedPrecondition, InvalidArgument, Unavailable
 from servers.mesh.storage import Transaction
-from servers.sharding.domain import Reason, RegionState, ReplicationMode, Shard
-from servers.sharding.failover import FailoverRecord, FailoverTrigger, NodeHealth
+from servers.sharding.domain import Node, Reason, RegionState, ReplicationMode, Shard
+from servers.sharding.failover import FailoverRecord, FailoverTrigger, NodeHealth, format_lsn
 from servers.sharding.monitor import HealthMonitor
 from servers.sharding.nodes import NodeError, NodeOperations
 from servers.sharding.promotion import Failovers, Promotion
 from servers.sharding.regions import (
+    DivergenceRecord,
     RegionFailoverRecord,
     RegionFailoverStep,
     ShardReading,
@@ -102,6 +103,18 @@ class DrMetrics:
             ("region",),
             registry=registry,
         )
+        self.incurred_transactions = Gauge(
+            "shieldx_dr_rpo_incurred_transactions",
+            "Transactions the last deposed primary had that its successor never received",
+            ("shard",),
+            registry=registry,
+        )
+        self.incurred_bytes = Gauge(
+            "shieldx_dr_rpo_incurred_bytes",
+            "WAL the last deposed primary had beyond its successor's switch point",
+            ("shard",),
+            registry=registry,
+        )
         self.last_rpo_bytes = Gauge(
             "shieldx_dr_last_failover_rpo_bytes",
             "WAL the old primary had beyond the promoted replica at their last checks (the most a failover lost)",
@@ -134,6 +147,7 @@ class DisasterRecovery:
         self.rpo_objective = rpo_objective
         self.clock = clock
         self._running = asyncio.Lock()
+        self._breached: set[str] = set()
 
     @property
     def _timeout(self) -> float:
@@ -168,6 +182,45 @@ class DisasterRecovery:
         current = self.registry.current.shard(shard.shard_id)
         if current.replication_mode is not ReplicationMode.UNMANAGED:
             await self.apply_mode(current, current.replication_mode)
+
+    # Deposed primaries
+
+    async def deposed_came_back(self, shard: Shard, node: Node) -> None:
+        """Fence a deposed primary found writable, then measure and keep what it had that the shard lost."""
+        if not await self.failovers.fence_deposed(shard, node):
+            return
+        timeout = self._timeout
+        try:
+            since = await self.nodes.switch_point(shard.primary, timeout)
+            if since is None:
+                log.warning("%s is still on its first timeline; nothing diverged", shard.primary.node_id)
+                return
+            found = await self.nodes.divergence(node, since, timeout)
+        except NodeError as error:
+            log.error(
+                "could not measure what deposed primary %s of %s had beyond %s: %s",
+                node.node_id,
+                shard.shard_id,
+                shard.primary.node_id,
+                error,
+                extra={"shard_id": shard.shard_id, "node_id": node.node_id},
+            )
+            return
+        record = DivergenceRecord(
+            shard.shard_id, node.node_id, found.from_lsn, found.to_lsn, found.transactions, self.clock()
+        )
+        await self.store.add_divergence(record)
+        self.metrics.incurred_transactions.labels(shard.shard_id).set(found.transactions)
+        self.metrics.incurred_bytes.labels(shard.shard_id).set(max(0, found.to_lsn - found.from_lsn))
+        log.warning(
+            "deposed primary %s of %s had %d transaction(s) its successor never received (WAL %s-%s): RPO incurred",
+            node.node_id,
+            shard.shard_id,
+            found.transactions,
+            format_lsn(found.from_lsn),
+            format_lsn(found.to_lsn),
+            extra={"shard_id": shard.shard_id, "node_id": node.node_id, "transactions": found.transactions},
+        )
 
     # Health rounds
 
@@ -238,7 +291,12 @@ class DisasterRecovery:
             seconds = float("inf") if reading.rpo == timedelta.max else reading.rpo.total_seconds()
             m.rpo.labels(shard.shard_id).set(seconds)
             m.rpo_breached.labels(shard.shard_id).set(1 if reading.breached else 0)
-            if reading.breached and shard.replication_mode is not ReplicationMode.UNMANAGED:
+            newly = reading.breached and shard.shard_id not in self._breached
+            if reading.breached:
+                self._breached.add(shard.shard_id)
+            else:
+                self._breached.discard(shard.shard_id)
+            if newly and shard.replication_mode is not ReplicationMode.UNMANAGED:
                 log.warning(
                     "shard %s: promised RPO %s is above the objective %s",
                     shard.shard_id,

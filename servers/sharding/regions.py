@@ -254,6 +254,24 @@ class RegionFailoverRecord:
         return self.completed_at - self.started_at
 
 
+@dataclass(frozen=True)
+class DivergenceRecord:
+    """What a deposed primary committed that its successor never received (RPO incurred)."""
+
+    shard_id: str
+    """The shard."""
+    node_id: str
+    """The deposed primary."""
+    from_lsn: int
+    """The successor's timeline switch point."""
+    to_lsn: int
+    """The deposed primary's last WAL position."""
+    transactions: int
+    """Commits in between."""
+    detected_at: datetime
+    """When it was measured."""
+
+
 def primaries_in(shards: Iterable[Shard], region_id: str) -> list[Shard]:
     """Shards whose primary lives in the region."""
     return [s for s in shards if s.primary.region == region_id and s.primary.role is NodeRole.PRIMARY]

@@ -116,7 +116,6 @@ async def build_service(runtime: Runtime, *, mover: AccountMover | None = None, 
         clock=clock,
     )
     monitor.on_primary_down = failovers.automatic
-    monitor.on_writable_replica = failovers.fence_deposed
     recovery = DisasterRecovery(
         registry,
         store,
@@ -128,6 +127,7 @@ async def build_service(runtime: Runtime, *, mover: AccountMover | None = None, 
         clock=clock,
     )
     monitor.on_round = recovery.after_round
+    monitor.on_writable_replica = recovery.deposed_came_back
     failovers.on_new_primary = recovery.reapply_mode
     rebalancer = Rebalancer(
         registry,
@@ -454,7 +454,9 @@ class ShardingServicer(sharding_pb2_grpc.ShardingServiceServicer):
         readings = self.recovery.shard_readings()
         scores = self.recovery.region_scores(readings)
         recent = await self.store.recent_region_failovers()
-        return wire.dr_status_message(topology, readings, scores, recent, self.recovery.rpo_objective)
+        message = wire.dr_status_message(topology, readings, scores, recent, self.recovery.rpo_objective)
+        message.recent_divergences.extend(wire.divergence_message(d) for d in await self.store.recent_divergences())
+        return message
 
     # Rebalancing
 

@@ -41,7 +41,7 @@ from servers.sharding.rebalance import (
     RebalanceProgress,
     RebalanceWorkflow,
 )
-from servers.sharding.regions import RegionFailoverRecord, RegionFailoverStep, StepTiming
+from servers.sharding.regions import DivergenceRecord, RegionFailoverRecord, RegionFailoverStep, StepTiming
 from servers.sharding.topology import MigrationRouting, Topology
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -304,6 +304,42 @@ class ShardingStore:
                 )
                 found.append(_region_failover(head, [_failover(r) for r in rows]))
         return found
+
+    async def add_divergence(self, record: DivergenceRecord) -> None:
+        """Keep a measured divergence (a repeat measurement of the same range replaces it)."""
+        async with self.database.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO divergences (shard_id, node_id, from_lsn, to_lsn, transactions, detected_us)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (shard_id, node_id, from_lsn) DO UPDATE SET"
+                " to_lsn = excluded.to_lsn, transactions = excluded.transactions, detected_us = excluded.detected_us",
+                (
+                    record.shard_id,
+                    record.node_id,
+                    format_lsn(record.from_lsn),
+                    format_lsn(record.to_lsn),
+                    record.transactions,
+                    to_us(record.detected_at),
+                ),
+            )
+
+    async def recent_divergences(self, limit: int = 10) -> list[DivergenceRecord]:
+        """The latest measured divergences, newest first."""
+        rows = await self.database.fetchall(
+            "SELECT shard_id, node_id, from_lsn, to_lsn, transactions, detected_us FROM divergences"
+            " ORDER BY detected_us DESC, shard_id, node_id LIMIT ?",
+            (limit,),
+        )
+        return [
+            DivergenceRecord(
+                r["shard_id"],
+                r["node_id"],
+                parse_lsn(r["from_lsn"]),
+                parse_lsn(r["to_lsn"]),
+                int(r["transactions"]),
+                from_us(r["detected_us"]),
+            )
+            for r in rows
+        ]
 
     # Rebalances
 

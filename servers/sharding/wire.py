@@ -24,7 +24,7 @@ from servers.sharding.domain import (
 )
 from servers.sharding.failover import FailoverRecord, FailoverTrigger, NodeHealth, format_lsn
 from servers.sharding.rebalance import AccountMove, AccountProgress, AccountState, RebalancePhase
-from servers.sharding.regions import RegionFailoverRecord, RegionFailoverStep, ShardReading
+from servers.sharding.regions import DivergenceRecord, RegionFailoverRecord, RegionFailoverStep, ShardReading
 from servers.sharding.ring import RingStats
 from servers.sharding.store import RebalanceSummary
 from servers.sharding.topology import KeyLocation, MigrationRouting, Topology
@@ -363,6 +363,19 @@ def dr_status_message(
         if reading.rpo != timedelta.max:
             status.promised_rpo.CopyFrom(duration(reading.rpo))
     return message
+
+
+def divergence_message(record: DivergenceRecord) -> pb.Divergence:
+    """What a deposed primary had that its successor never received."""
+    return pb.Divergence(
+        shard_id=record.shard_id,
+        node_id=record.node_id,
+        from_lsn=record.from_lsn,
+        to_lsn=record.to_lsn,
+        lsn_range=f"{format_lsn(record.from_lsn)}-{format_lsn(record.to_lsn)}",
+        transactions=record.transactions,
+        detect_time=timestamp(record.detected_at),
+    )
 
 
 def move_message(move: AccountMove) -> pb.AccountMove:

@@ -57,7 +57,7 @@ class Mesh:
             server.stop()
 
     def client(self, service: str) -> object:
-        return connect(service, data_dir=self.state, target=self.servers[service].address)
+        return connect(service, data_dir=self.state, target=self.servers[service].address, routed=False)
 
 
 @pytest.fixture

@@ -15,6 +15,10 @@ down after 3 failures.
   operation acknowledged after it.
 - A planned switchover of east under asynchronous replication: fenced, caught up, switched,
   nothing acknowledged lost.
+- Asynchronous replication whose west replica stopped receiving a second before east died: the
+  operations acknowledged meanwhile are lost, and reported when the deposed primary restarts
+  (fenced, its commits past the new timeline counted); rewound with `pg_rewind`, it streams from
+  the new primary.
 """
 
 from __future__ import annotations
@@ -31,14 +35,17 @@ from pathlib import Path
 import grpc
 import psycopg
 import pytest
+from psycopg import sql
 
 from clients.credits import CreditsClient
 from clients.errors import ShieldxError
 from clients.sharding import ShardingClient
 from servers.sharding.follower import TopologyFollower
+from servers.sharding.rejoin import Rejoined, rejoin
 from shieldx.credits.v1 import credits_pb2 as cpb
 from shieldx.sharding.v1 import sharding_pb2 as spb
 from tests.support.pgcluster import PgNode, PgWorkspace, workspace_or_skip
+from tests.support.polling import eventually, wait_until
 from tests.support.processes import ServerProcess
 from tests.support.shardedmesh import (
     TWO_PHASE,
@@ -347,4 +354,104 @@ async def test_a_planned_switchover_of_a_region_in_asynchronous_mode_loses_nothi
         f"\nplanned switchover of east (asynchronous replication) under credits load: "
         f"{record.recovery_time.ToTimedelta().total_seconds():.2f} s;"
         f" acknowledged on shard-a {len(applied)}, lost 0"
+    )
+
+
+def cut_stream(replica: PgNode) -> None:
+    """Point a replica's WAL receiver at a closed loopback port: it stops receiving, and stays a replica."""
+    with replica.connect() as connection:
+        connection.execute(
+            sql.SQL("ALTER SYSTEM SET primary_conninfo = {}").format(
+                sql.Literal(f"host=127.0.0.1 port=1 user=postgres application_name={replica.name}")
+            )
+        )
+        connection.execute("SELECT pg_reload_conf()")
+
+
+async def rejoin_as_replica(pg: PgWorkspace, regions: Regions, old_primary: PgNode, new_primary: PgNode) -> Rejoined:
+    """Stop the deposed primary, rejoin it (pg_rewind) to the new primary, start it; wait until it streams, replays."""
+    await asyncio.to_thread(old_primary.stop)
+    rejoined = await asyncio.to_thread(rejoin, old_primary.data_dir, new_primary.dsn, old_primary.name, pg.run)
+    assert rejoined.rewound, rejoined.output
+    await asyncio.to_thread(old_primary.start)
+    await asyncio.to_thread(
+        wait_until, lambda: new_primary.replication().get(old_primary.name, ("", ""))[0] == "streaming", 30, "streams"
+    )
+    await regions.follower.wait_until(
+        lambda t: t.shard("shard-a").node(old_primary.name).health.value == "healthy", timeout=30
+    )
+    marker = await asyncio.to_thread(new_primary.current_lsn)
+    await asyncio.to_thread(wait_until, lambda: old_primary.replay_lsn() >= marker, 30, "replays the new primary")
+    return rejoined
+
+
+async def test_asynchronous_loss_is_reported_and_the_deposed_primary_rejoins_after_a_rewind(
+    pg: PgWorkspace, tmp_path: Path
+) -> None:
+    modes = {"shard-a": spb.REPLICATION_MODE_ASYNCHRONOUS, "shard-b": spb.REPLICATION_MODE_ASYNCHRONOUS}
+    async with two_regions(pg, tmp_path, modes, "a") as regions:
+        old_primary, remote = regions.nodes["ra-p"], regions.nodes["ra-r2"]
+        load = await funded_load(regions)
+        workers = load.start()
+        try:
+            await asyncio.sleep(LOAD_BEFORE)
+            cut_started = time.monotonic()
+            await asyncio.to_thread(cut_stream, remote)
+            await asyncio.to_thread(
+                wait_until, lambda: remote.name not in old_primary.replication(), 15, "the west replica stopped"
+            )
+            await asyncio.sleep(1.0)  # east goes on acknowledging what west never receives
+            load.mark = time.monotonic()
+            for node in regions.region_nodes("east"):
+                await asyncio.to_thread(node.kill)
+            await regions.follower.wait_until(lambda t: t.shard("shard-a").primary.node_id == "ara-r2", timeout=30)
+            await load.enough_after_mark()
+        finally:
+            load.stop.set()
+            await asyncio.gather(*workers)
+
+        applied = load.applied("shard-a")
+        lost = {c.request.request_id for c in applied} - await stored_request_ids(remote, applied)
+        assert lost, "operations acknowledged while west received nothing are lost with east"
+        assert all(c.settled_at > cut_started for c in applied if c.request.request_id in lost), (
+            "nothing acknowledged before the stream was cut is lost"
+        )
+
+        # The deposed primary restarts writable on its old timeline: fenced, and what it had reported.
+        await asyncio.to_thread(old_primary.wait_stopped)
+        await asyncio.to_thread(old_primary.start)
+
+        async def reported() -> spb.Divergence | None:
+            status = await regions.sharding.get_dr_status(spb.GetDrStatusRequest())
+            return next((d for d in status.recent_divergences if d.node_id == "ara-p"), None)
+
+        try:
+            divergence = await eventually(reported, timeout=30, what="the divergence report")
+        except AssertionError:
+            print(regions.sharding_process.logs()[-6000:])
+            raise
+        lost_on_old = await asyncio.to_thread(
+            old_primary.query,
+            "SELECT request_id, xmin::text FROM credits.event_store WHERE request_id = ANY(%s)",
+            (sorted(lost),),
+        )
+        assert {r[0] for r in lost_on_old} == lost, "every lost operation is on the deposed primary"
+        lost_transactions = len({r[1] for r in lost_on_old})
+        assert divergence.shard_id == "shard-a" and divergence.to_lsn > divergence.from_lsn
+        assert divergence.transactions >= lost_transactions >= 1
+        incurred = metric(regions.sharding_process, "shieldx_dr_rpo_incurred_transactions", {"shard": "shard-a"})
+        assert incurred == divergence.transactions
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            await asyncio.to_thread(old_primary.query, "CREATE TABLE written_on_the_old_timeline (id INT)")
+
+        # Rejoined: rewound onto the new primary's timeline, streaming from it, healthy again.
+        rejoined = await rejoin_as_replica(pg, regions, old_primary, remote)
+        survivors = await stored_request_ids(old_primary, applied)
+        assert not survivors & lost, "the rewind removed the old timeline's transactions from the node"
+
+    print(
+        f"\nasynchronous region loss of shard-a's east primary (west replica cut off 1 s before):"
+        f"\n  acknowledged {len(applied)}, lost {len(lost)} in {lost_transactions} transaction(s);"
+        f" reported {divergence.transactions} transaction(s), WAL {divergence.lsn_range}"
+        f"\n  deposed primary {'rewound' if rejoined.rewound else 'not rewound'} and streaming from ara-r2"
     )

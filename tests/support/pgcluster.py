@@ -15,7 +15,8 @@ What you get, exactly:
   taken meanwhile). Authentication is `trust` for user `postgres`; `node.dsn` is
   `postgresql://postgres@127.0.0.1:<port>/postgres`.
 - Settings: small (`shared_buffers=16MB`, `max_connections=60`), `wal_level=replica`, eight WAL
-  senders and slots, `hot_standby=on`, `wal_receiver_status_interval=1s`. `fsync=off` unless
+  senders and slots, `hot_standby=on`, `wal_receiver_status_interval=1s`, `wal_log_hints=on`
+  (so `pg_rewind` can rejoin a deposed primary). `fsync=off` unless
   `durable=True`: the kernel still holds every write, so data survives a killed process (which is
   what these tests do), only not a machine crash. Port and `cluster_name` (= the node name, also
   the replica's `application_name` towards its primary) are passed on the server command line.
@@ -358,6 +359,7 @@ class PgWorkspace:
             "max_replication_slots": "8",
             "hot_standby": "on",
             "wal_receiver_status_interval": "1s",
+            "wal_log_hints": "on",  # lets pg_rewind bring a deposed primary back as a replica
             "fsync": "on" if durable else "off",
             **(settings or {}),
         }

@@ -26,29 +26,31 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"shieldx/deployment/v1/faults.proto\x12\x15shieldx.deployment.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8a\x02\n\x0e\x46\x61ultInjection\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x16\n\x0emethod_pattern\x18\x03 \x01(\t\x12(\n\x05\x64\x65lay\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nabort_code\x18\x05 \x01(\x05\x12\x12\n\npercentage\x18\x06 \x01(\x01\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\t \x01(\t\"\xea\x01\n\x1b\x43reateFaultInjectionRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x16\n\x0emethod_pattern\x18\x03 \x01(\t\x12(\n\x05\x64\x65lay\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nabort_code\x18\x05 \x01(\x05\x12\x12\n\npercentage\x18\x06 \x01(\x01\x12+\n\x08\x64uration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07version\x18\x08 \x01(\t\"^\n\x1c\x43reateFaultInjectionResponse\x12>\n\x0f\x66\x61ult_injection\x18\x01 \x01(\x0b\x32%.shieldx.deployment.v1.FaultInjection\"T\n\x1aListFaultInjectionsRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"w\n\x1bListFaultInjectionsResponse\x12?\n\x10\x66\x61ult_injections\x18\x01 \x03(\x0b\x32%.shieldx.deployment.v1.FaultInjection\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"M\n\x1b\x44\x65leteFaultInjectionRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1a\n\x12\x66\x61ult_injection_id\x18\x02 \x01(\t\"\x1e\n\x1c\x44\x65leteFaultInjectionResponse\"/\n\x1bWatchFaultInjectionsRequest\x12\x10\n\x08services\x18\x01 \x03(\t\"_\n\x1cWatchFaultInjectionsResponse\x12?\n\x10\x66\x61ult_injections\x18\x01 \x03(\x0b\x32%.shieldx.deployment.v1.FaultInjectionb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"shieldx/deployment/v1/faults.proto\x12\x15shieldx.deployment.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x84\x04\n\x0e\x46\x61ultInjection\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x16\n\x0emethod_pattern\x18\x03 \x01(\t\x12(\n\x05\x64\x65lay\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nabort_code\x18\x05 \x01(\x05\x12\x12\n\npercentage\x18\x06 \x01(\x01\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\t \x01(\t\x12.\n\x04kind\x18\n \x01(\x0e\x32 .shieldx.deployment.v1.FaultKind\x12)\n\x06jitter\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cpeer_service\x18\x0c \x01(\t\x12\x15\n\rblock_inbound\x18\r \x01(\x08\x12\x16\n\x0e\x62lock_outbound\x18\x0e \x01(\x08\x12\x13\n\x0b\x63pu_workers\x18\x0f \x01(\x05\x12\x12\n\nmemory_mib\x18\x10 \x01(\x05\x12\x18\n\x10instance_address\x18\x11 \x01(\t\x12\x15\n\rexperiment_id\x18\x12 \x01(\t\"\xea\x01\n\x1b\x43reateFaultInjectionRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x16\n\x0emethod_pattern\x18\x03 \x01(\t\x12(\n\x05\x64\x65lay\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nabort_code\x18\x05 \x01(\x05\x12\x12\n\npercentage\x18\x06 \x01(\x01\x12+\n\x08\x64uration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07version\x18\x08 \x01(\t\"^\n\x1c\x43reateFaultInjectionResponse\x12>\n\x0f\x66\x61ult_injection\x18\x01 \x01(\x0b\x32%.shieldx.deployment.v1.FaultInjection\"T\n\x1aListFaultInjectionsRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"w\n\x1bListFaultInjectionsResponse\x12?\n\x10\x66\x61ult_injections\x18\x01 \x03(\x0b\x32%.shieldx.deployment.v1.FaultInjection\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"M\n\x1b\x44\x65leteFaultInjectionRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1a\n\x12\x66\x61ult_injection_id\x18\x02 \x01(\t\"\x1e\n\x1c\x44\x65leteFaultInjectionResponse\"/\n\x1bWatchFaultInjectionsRequest\x12\x10\n\x08services\x18\x01 \x03(\t\"_\n\x1cWatchFaultInjectionsResponse\x12?\n\x10\x66\x61ult_injections\x18\x01 \x03(\x0b\x32%.shieldx.deployment.v1.FaultInjection*\xba\x01\n\tFaultKind\x12\x1a\n\x16\x46\x41ULT_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46\x41ULT_KIND_PARTITION\x10\x01\x12\x1c\n\x18\x46\x41ULT_KIND_DB_SLOW_QUERY\x10\x02\x12\x1b\n\x17\x46\x41ULT_KIND_CACHE_BYPASS\x10\x03\x12\"\n\x1e\x46\x41ULT_KIND_RESOURCE_EXHAUSTION\x10\x04\x12\x18\n\x14\x46\x41ULT_KIND_TERMINATE\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shieldx.deployment.v1.faults_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_FAULTKIND']._serialized_start=1443
+  _globals['_FAULTKIND']._serialized_end=1629
   _globals['_FAULTINJECTION']._serialized_start=127
-  _globals['_FAULTINJECTION']._serialized_end=393
-  _globals['_CREATEFAULTINJECTIONREQUEST']._serialized_start=396
-  _globals['_CREATEFAULTINJECTIONREQUEST']._serialized_end=630
-  _globals['_CREATEFAULTINJECTIONRESPONSE']._serialized_start=632
-  _globals['_CREATEFAULTINJECTIONRESPONSE']._serialized_end=726
-  _globals['_LISTFAULTINJECTIONSREQUEST']._serialized_start=728
-  _globals['_LISTFAULTINJECTIONSREQUEST']._serialized_end=812
-  _globals['_LISTFAULTINJECTIONSRESPONSE']._serialized_start=814
-  _globals['_LISTFAULTINJECTIONSRESPONSE']._serialized_end=933
-  _globals['_DELETEFAULTINJECTIONREQUEST']._serialized_start=935
-  _globals['_DELETEFAULTINJECTIONREQUEST']._serialized_end=1012
-  _globals['_DELETEFAULTINJECTIONRESPONSE']._serialized_start=1014
-  _globals['_DELETEFAULTINJECTIONRESPONSE']._serialized_end=1044
-  _globals['_WATCHFAULTINJECTIONSREQUEST']._serialized_start=1046
-  _globals['_WATCHFAULTINJECTIONSREQUEST']._serialized_end=1093
-  _globals['_WATCHFAULTINJECTIONSRESPONSE']._serialized_start=1095
-  _globals['_WATCHFAULTINJECTIONSRESPONSE']._serialized_end=1190
+  _globals['_FAULTINJECTION']._serialized_end=643
+  _globals['_CREATEFAULTINJECTIONREQUEST']._serialized_start=646
+  _globals['_CREATEFAULTINJECTIONREQUEST']._serialized_end=880
+  _globals['_CREATEFAULTINJECTIONRESPONSE']._serialized_start=882
+  _globals['_CREATEFAULTINJECTIONRESPONSE']._serialized_end=976
+  _globals['_LISTFAULTINJECTIONSREQUEST']._serialized_start=978
+  _globals['_LISTFAULTINJECTIONSREQUEST']._serialized_end=1062
+  _globals['_LISTFAULTINJECTIONSRESPONSE']._serialized_start=1064
+  _globals['_LISTFAULTINJECTIONSRESPONSE']._serialized_end=1183
+  _globals['_DELETEFAULTINJECTIONREQUEST']._serialized_start=1185
+  _globals['_DELETEFAULTINJECTIONREQUEST']._serialized_end=1262
+  _globals['_DELETEFAULTINJECTIONRESPONSE']._serialized_start=1264
+  _globals['_DELETEFAULTINJECTIONRESPONSE']._serialized_end=1294
+  _globals['_WATCHFAULTINJECTIONSREQUEST']._serialized_start=1296
+  _globals['_WATCHFAULTINJECTIONSREQUEST']._serialized_end=1343
+  _globals['_WATCHFAULTINJECTIONSRESPONSE']._serialized_start=1345
+  _globals['_WATCHFAULTINJECTIONSRESPONSE']._serialized_end=1440
 # @@protoc_insertion_point(module_scope)

@@ -9,6 +9,7 @@ from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -19,6 +20,42 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _FaultKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FaultKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FaultKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FAULT_KIND_UNSPECIFIED: _FaultKind.ValueType  # 0
+    """Delay and/or abort a share of the matching calls (high latency, packet loss)."""
+    FAULT_KIND_PARTITION: _FaultKind.ValueType  # 1
+    """Calls between the service and `peer_service` fail UNAVAILABLE."""
+    FAULT_KIND_DB_SLOW_QUERY: _FaultKind.ValueType  # 2
+    """The service's storage statements are delayed inside their transactions."""
+    FAULT_KIND_CACHE_BYPASS: _FaultKind.ValueType  # 3
+    """The service's caches are bypassed: every lookup goes to the source of truth."""
+    FAULT_KIND_RESOURCE_EXHAUSTION: _FaultKind.ValueType  # 4
+    """Busy workers and memory ballast inside the process, within its hard caps."""
+    FAULT_KIND_TERMINATE: _FaultKind.ValueType  # 5
+    """The instance's process exits once (its supervisor restarts it)."""
+
+class FaultKind(_FaultKind, metaclass=_FaultKindEnumTypeWrapper):
+    """What a fault injection does to the servers that apply it."""
+
+FAULT_KIND_UNSPECIFIED: FaultKind.ValueType  # 0
+"""Delay and/or abort a share of the matching calls (high latency, packet loss)."""
+FAULT_KIND_PARTITION: FaultKind.ValueType  # 1
+"""Calls between the service and `peer_service` fail UNAVAILABLE."""
+FAULT_KIND_DB_SLOW_QUERY: FaultKind.ValueType  # 2
+"""The service's storage statements are delayed inside their transactions."""
+FAULT_KIND_CACHE_BYPASS: FaultKind.ValueType  # 3
+"""The service's caches are bypassed: every lookup goes to the source of truth."""
+FAULT_KIND_RESOURCE_EXHAUSTION: FaultKind.ValueType  # 4
+"""Busy workers and memory ballast inside the process, within its hard caps."""
+FAULT_KIND_TERMINATE: FaultKind.ValueType  # 5
+"""The instance's process exits once (its supervisor restarts it)."""
+Global___FaultKind: _TypeAlias = FaultKind  # noqa: Y015
 
 @_typing.final
 class FaultInjection(_message.Message):
@@ -37,6 +74,15 @@ class FaultInjection(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    JITTER_FIELD_NUMBER: _builtins.int
+    PEER_SERVICE_FIELD_NUMBER: _builtins.int
+    BLOCK_INBOUND_FIELD_NUMBER: _builtins.int
+    BLOCK_OUTBOUND_FIELD_NUMBER: _builtins.int
+    CPU_WORKERS_FIELD_NUMBER: _builtins.int
+    MEMORY_MIB_FIELD_NUMBER: _builtins.int
+    INSTANCE_ADDRESS_FIELD_NUMBER: _builtins.int
+    EXPERIMENT_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned identifier."""
     service: _builtins.str
@@ -53,6 +99,22 @@ class FaultInjection(_message.Message):
     """Share of matching calls affected, 0..100 percent."""
     version: _builtins.str
     """Only instances running this version inject it (e.g. the canary); empty for all versions."""
+    kind: Global___FaultKind.ValueType
+    """What the fault does; unspecified is the delay and/or abort above."""
+    peer_service: _builtins.str
+    """FAULT_KIND_PARTITION: the service on the other side of the partition."""
+    block_inbound: _builtins.bool
+    """FAULT_KIND_PARTITION: refuse calls coming in from `peer_service` (server side)."""
+    block_outbound: _builtins.bool
+    """FAULT_KIND_PARTITION: refuse calls going out to `peer_service` (client side)."""
+    cpu_workers: _builtins.int
+    """FAULT_KIND_RESOURCE_EXHAUSTION: busy workers to run."""
+    memory_mib: _builtins.int
+    """FAULT_KIND_RESOURCE_EXHAUSTION: memory ballast to hold, in MiB."""
+    instance_address: _builtins.str
+    """Only the instance at this `host:port` injects it; empty for every instance."""
+    experiment_id: _builtins.str
+    """The chaos experiment that owns it and keeps renewing its expiry; empty for none."""
     @_builtins.property
     def delay(self) -> _duration_pb2.Duration:
         """Delay added before the call is handled; unset or zero for none."""
@@ -64,6 +126,10 @@ class FaultInjection(_message.Message):
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp:
         """When it stops on its own."""
+
+    @_builtins.property
+    def jitter(self) -> _duration_pb2.Duration:
+        """Random extra delay, uniform from zero to this, added to `delay`."""
 
     def __init__(
         self,
@@ -77,10 +143,19 @@ class FaultInjection(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         version: _builtins.str = ...,
+        kind: Global___FaultKind.ValueType = ...,
+        jitter: _duration_pb2.Duration | None = ...,
+        peer_service: _builtins.str = ...,
+        block_inbound: _builtins.bool = ...,
+        block_outbound: _builtins.bool = ...,
+        cpu_workers: _builtins.int = ...,
+        memory_mib: _builtins.int = ...,
+        instance_address: _builtins.str = ...,
+        experiment_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "delay", b"delay", "expire_time", b"expire_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "delay", b"delay", "expire_time", b"expire_time", "jitter", b"jitter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_code", b"abort_code", "create_time", b"create_time", "delay", b"delay", "expire_time", b"expire_time", "id", b"id", "method_pattern", b"method_pattern", "percentage", b"percentage", "service", b"service", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_code", b"abort_code", "block_inbound", b"block_inbound", "block_outbound", b"block_outbound", "cpu_workers", b"cpu_workers", "create_time", b"create_time", "delay", b"delay", "experiment_id", b"experiment_id", "expire_time", b"expire_time", "id", b"id", "instance_address", b"instance_address", "jitter", b"jitter", "kind", b"kind", "memory_mib", b"memory_mib", "method_pattern", b"method_pattern", "peer_service", b"peer_service", "percentage", b"percentage", "service", b"service", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

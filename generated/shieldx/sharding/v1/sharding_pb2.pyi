@@ -2421,6 +2421,7 @@ class GetDrStatusResponse(_message.Message):
     RECENT_REGION_FAILOVERS_FIELD_NUMBER: _builtins.int
     RPO_OBJECTIVE_FIELD_NUMBER: _builtins.int
     TOPOLOGY_VERSION_FIELD_NUMBER: _builtins.int
+    RECENT_DIVERGENCES_FIELD_NUMBER: _builtins.int
     topology_version: _builtins.int
     """The topology version reported."""
     @_builtins.property
@@ -2439,6 +2440,12 @@ class GetDrStatusResponse(_message.Message):
     def rpo_objective(self) -> _duration_pb2.Duration:
         """The configured RPO objective."""
 
+    @_builtins.property
+    def recent_divergences(self) -> _containers.RepeatedCompositeFieldContainer[Global___Divergence]:
+        """RPO incurred: what deposed primaries had committed that their successors never received,
+        measured when each came back (newest first, at most 10).
+        """
+
     def __init__(
         self,
         *,
@@ -2447,11 +2454,62 @@ class GetDrStatusResponse(_message.Message):
         recent_region_failovers: _abc.Iterable[Global___RegionFailover] | None = ...,
         rpo_objective: _duration_pb2.Duration | None = ...,
         topology_version: _builtins.int = ...,
+        recent_divergences: _abc.Iterable[Global___Divergence] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["rpo_objective", b"rpo_objective"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["recent_region_failovers", b"recent_region_failovers", "regions", b"regions", "rpo_objective", b"rpo_objective", "shards", b"shards", "topology_version", b"topology_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recent_divergences", b"recent_divergences", "recent_region_failovers", b"recent_region_failovers", "regions", b"regions", "rpo_objective", b"rpo_objective", "shards", b"shards", "topology_version", b"topology_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetDrStatusResponse: _TypeAlias = GetDrStatusResponse  # noqa: Y015
+
+@_typing.final
+class Divergence(_message.Message):
+    """Transactions a deposed primary committed after its successor's timeline began: lost to the
+    shard (asynchronous replication), reported rather than silently dropped.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHARD_ID_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    FROM_LSN_FIELD_NUMBER: _builtins.int
+    TO_LSN_FIELD_NUMBER: _builtins.int
+    LSN_RANGE_FIELD_NUMBER: _builtins.int
+    TRANSACTIONS_FIELD_NUMBER: _builtins.int
+    DETECT_TIME_FIELD_NUMBER: _builtins.int
+    shard_id: _builtins.str
+    """The shard."""
+    node_id: _builtins.str
+    """The deposed primary."""
+    from_lsn: _builtins.int
+    """Start of the range: where the successor's timeline left the old one."""
+    to_lsn: _builtins.int
+    """End of the range: the deposed primary's last WAL position."""
+    lsn_range: _builtins.str
+    """The same range as PostgreSQL prints it, e.g. `0/3000060-0/3012345`."""
+    transactions: _builtins.int
+    """Transactions committed in the range."""
+    @_builtins.property
+    def detect_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was measured."""
+
+    def __init__(
+        self,
+        *,
+        shard_id: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        from_lsn: _builtins.int = ...,
+        to_lsn: _builtins.int = ...,
+        lsn_range: _builtins.str = ...,
+        transactions: _builtins.int = ...,
+        detect_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["detect_time", b"detect_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detect_time", b"detect_time", "from_lsn", b"from_lsn", "lsn_range", b"lsn_range", "node_id", b"node_id", "shard_id", b"shard_id", "to_lsn", b"to_lsn", "transactions", b"transactions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Divergence: _TypeAlias = Divergence  # noqa: Y015

@@ -1,0 +1,1 @@
+"""Chaos experiments: a steady-state hypothesis, one controlled fault, probes, rollback and a report."""

@@ -1,0 +1,1 @@
+"""Schema of the chaos experiments (versions counted for this package alone)."""
