@@ -34,7 +34,7 @@ from servers.mesh.interception import CallInterceptor, InterceptorChain
 from servers.mesh.logs import configure_logging
 from servers.mesh.metrics import MetricsInterceptor, process_registry, serve_metrics
 from servers.mesh.posture import PostureFacts, PostureServicer
-from servers.mesh.ratelimit import RateLimitInterceptor, TokenBuckets
+from servers.mesh.ratelimit import AuthFailureGuard, RateLimitInterceptor, TokenBuckets
 from servers.mesh.reflection import enable_reflection
 from servers.mesh.status import ErrorMappingInterceptor
 from servers.mesh.storage import Database, open_database
@@ -197,11 +197,15 @@ class Runtime:
 def interceptor_chain(
     runtime: Runtime, services: Sequence[ServiceDescriptor], foreign_scopes: Mapping[str, str] | None = None
 ) -> list[CallInterceptor[Any]]:
-    """The server interceptors, outermost first: tracing → metrics → auth → rate limit → faults → errors.
+    """The server interceptors, outermost first: tracing → metrics → failed-auth guard → auth → rate limit →
+    faults → errors.
 
     `foreign_scopes` names the scope of each service whose contract is not ours (by full name)."""
     config = runtime.config
     chain: list[CallInterceptor[Any]] = [TracingInterceptor(), MetricsInterceptor(runtime.registry)]
+    if config.rate_limit.enabled:
+        failures = TokenBuckets(config.rate_limit.auth_failures_per_second, config.rate_limit.auth_failure_burst)
+        chain.append(AuthFailureGuard(failures))
     if config.auth.enabled:
         if runtime.verifier is None:
             raise RuntimeError("auth is enabled but no token verifier was configured")
