@@ -38,6 +38,7 @@ from typing import Any
 
 import grpc
 
+from clients.backoff import Backoff
 from clients.channel import ChannelOptions, open_channel
 from clients.routes import Route, RoutePicker, VersionRoute
 from shieldx.deployment.v1 import deployment_pb2_grpc, routing_pb2
@@ -168,7 +169,7 @@ class RoutedChannel(grpc.aio.Channel):
         return self._synced.is_set()
 
     async def _follow(self) -> None:
-        delay = self._retry[0]
+        backoff = Backoff(*self._retry)
         while True:
             try:
                 first = True
@@ -176,20 +177,18 @@ class RoutedChannel(grpc.aio.Channel):
                     self._apply(message, replace=first)
                     first = False
                     self._synced.set()
-                    delay = self._retry[0]
+                    backoff.reset()
                 log.info("route watch of %s ended; reconnecting", self.service)
             except grpc.aio.AioRpcError as error:
                 log.warning(
-                    "cannot follow the routes of %s (%s: %s); retrying in %.1f s",
+                    "cannot follow the routes of %s (%s: %s); retrying",
                     self.service,
                     error.code().name,
                     error.details(),
-                    delay,
                 )
             except Exception:  # the watch must outlive any bug in one message; calls keep the last route
-                log.exception("route watch of %s failed; retrying in %.1f s", self.service, delay)
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-            delay = min(delay * 2, self._retry[1])
+                log.exception("route watch of %s failed; retrying", self.service)
+            await asyncio.sleep(backoff.next())
 
     def _apply(self, message: routing_pb2.WatchRoutesResponse, *, replace: bool) -> None:
         for published in message.routes:

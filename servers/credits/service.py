@@ -478,26 +478,26 @@ async def build(runtime: Runtime) -> Service:
     runtime.posture.retention_seconds["events"] = 0  # the ledger's events are never deleted
     signer = HeadSigner.from_file(Path(settings.head_signing_key_file or data_dir / "credits-head-signing.key"))
     if settings.topology:
-        ledger = await sharded_ledger(runtime, settings)
+        account_storage = await sharded_storage(runtime, settings)
     else:
         database = await runtime.database("servers.credits.migrations")
-        ledger = Ledger(AccountPlacement([Shard.of("default", database)]))
+        account_storage = AccountStorage(AccountPlacement([Shard.of("default", database)]))
     feed: AlertStream
-    if ledger.placement.sharded:
-        feed = ShardAlerts(ledger.placement, poll_seconds=settings.alert_poll_seconds)
+    if account_storage.placement.sharded:
+        feed = ShardAlerts(account_storage.placement, poll_seconds=settings.alert_poll_seconds)
     else:
-        feed = StoreAlerts(AlertFeed(ledger.placement.home, poll_seconds=settings.alert_poll_seconds))
+        feed = StoreAlerts(AlertFeed(account_storage.placement.home, poll_seconds=settings.alert_poll_seconds))
     store = CreditsStore(
-        ledger.placement,
+        account_storage.placement,
         snapshot_every=settings.snapshot_every,
         cache_size=settings.account_cache_size,
         on_alert=feed.notify,
         group_commit=settings.group_commit,
         cache_gate=runtime.cache_gate("credits_account"),
     )
-    if ledger.coordinator is not None:
-        store.cross_shard = CrossShardTransfers(store, ledger.coordinator)
-    queries = LedgerQueries(ledger.placement, store.clock)
+    if account_storage.coordinator is not None:
+        store.cross_shard = CrossShardTransfers(store, account_storage.coordinator)
+    queries = LedgerQueries(account_storage.placement, store.clock)
     metrics = LedgerMetrics(runtime.registry)
     servicer = CreditsServicer(store, queries, feed, cipher, signer, metrics, settings.limits())
 
@@ -513,18 +513,18 @@ async def build(runtime: Runtime) -> Service:
     return Service(
         mounts=[Mount.of(credits_pb2, credits_pb2_grpc, "CreditsService", servicer=servicer)],
         tasks=[
-            *ledger.tasks,
+            *account_storage.tasks,
             every(settings.sweep_interval_seconds, "release_expired", release_expired),
             every(settings.head_sign_interval_seconds, "sign_head", sign_head),
             every(settings.lag_interval_seconds, "measure_lag", measure_lag),
         ],
-        closers=[store.close, *ledger.closers],
+        closers=[store.close, *account_storage.closers],
     )
 
 
 @dataclass
-class Ledger:
-    """Where the ledger lives: the placement of accounts, and what running it on shards needs."""
+class AccountStorage:
+    """Where the accounts are stored: their placement, and what running the ledger on shards needs."""
 
     placement: AccountPlacement
     coordinator: TransferCoordinator | None = None
@@ -532,8 +532,8 @@ class Ledger:
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
-async def sharded_ledger(runtime: Runtime, settings: CreditsSettings) -> Ledger:
-    """The ledger on the sharding topology: follower, shard pools, coordinator log and recovery loop."""
+async def sharded_storage(runtime: Runtime, settings: CreditsSettings) -> AccountStorage:
+    """Accounts on the sharding topology: follower, shard pools, coordinator log and recovery loop."""
     home = await runtime.database("servers.credits.migrations", "servers.credits.coordinator_migrations")
     follower = TopologyFollower(ShardingClient(runtime.channel("sharding")))
     placement = TopologyPlacement(
@@ -566,7 +566,7 @@ async def sharded_ledger(runtime: Runtime, settings: CreditsSettings) -> Ledger:
     recover_transfers.__qualname__ = "credits.recover_transfers"
     follow_topology = follower.run
     open_shards = placement.run
-    return Ledger(
+    return AccountStorage(
         placement,
         coordinator,
         tasks=[follow_topology, open_shards, recover_transfers],

@@ -14,9 +14,9 @@ import logging
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from clients.backoff import Backoff
 from servers.deception.books import DeceptionBooks
 from servers.deception.domain import Interaction
-from servers.mesh.background import Backoff
 
 log = logging.getLogger(__name__)
 

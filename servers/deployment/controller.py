@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from clients.backoff import Backoff
 from servers.deployment.analysis import judge
 from servers.deployment.delivery import Delivery
 from servers.deployment.events import AnalysisCompleted, Event, InstancesReady, TimerElapsed
@@ -27,7 +28,6 @@ from servers.deployment.progress import Deployment, State
 from servers.deployment.routes import Instance
 from servers.deployment.store import DeploymentStore
 from servers.mesh import storage
-from servers.mesh.background import Backoff
 from servers.mesh.errors import DomainError
 
 log = logging.getLogger(__name__)

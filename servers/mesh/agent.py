@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from servers.mesh.background import Backoff
+from clients.backoff import Backoff
 from servers.mesh.config import MeshConfig, bounded, section_settings
 from servers.mesh.faults import Fault, FaultKind
 from shieldx.deployment.v1 import deployment_pb2_grpc, faults_pb2, routing_pb2

@@ -24,8 +24,8 @@ from datetime import UTC, datetime, timedelta
 import grpc
 from prometheus_client import CollectorRegistry, Gauge
 
+from clients.backoff import Backoff
 from servers.mesh import errors, paseto
-from servers.mesh.background import Backoff
 from servers.mesh.claims import TOKEN_UNKNOWN_KEY, TokenClaims
 from servers.mesh.verifier import TokenVerifier, TrustedKey
 from shieldx.tokens.v1 import tokens_pb2, tokens_pb2_grpc

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import grpc
 from prometheus_client import CollectorRegistry, Counter
 
+from clients.backoff import Backoff
 from clients.deception import DeceptionClient, report_presented_credential
 from clients.errors import ShieldxError
 
@@ -58,7 +59,7 @@ class ReconReporter:
         client = DeceptionClient(self._channel(), default_timeout=10)
         while True:
             presented = await self._queue.get()
-            delay = 0.5
+            backoff = Backoff(0.5, 30.0)
             while True:
                 try:
                     answer = await report_presented_credential(
@@ -75,8 +76,7 @@ class ReconReporter:
                         log.warning("deception refused a recon report: %s", error)
                         self._outcomes.labels(outcome="refused").inc()
                         break
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 30.0)
+                    await asyncio.sleep(backoff.next())
                     continue
                 outcome = "honeytoken" if answer.honeytoken_matched else "reported"
                 self._outcomes.labels(outcome=outcome).inc()

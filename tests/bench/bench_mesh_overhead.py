@@ -5,12 +5,14 @@ channel with 64 concurrent callers) drives them alternately, round after round, 
 process, so machine noise hits both alike. Reported: calls/s, p50 and p99 latency, and the
 ratio mesh/bare (median of the rounds).
 
-    python tests/bench/bench_mesh_overhead.py [--calls 20000] [--rounds 3] [--auth] [--record-spans]
+    python tests/bench/bench_mesh_overhead.py [--calls 20000] [--rounds 3] [--auth] [--record-spans] [--idle-fault]
 
 With `--auth` the mesh server also verifies a real PASETO v4.public bearer token on every call.
 Without an exporter the runtime records no spans (see servers/mesh/tracing.py); with
 `--record-spans` every span is recorded and handed to a batch exporter (that discards them),
-which is the cost of a deployment exporting traces.
+which is the cost of a deployment exporting traces. With `--idle-fault` a third server, the
+same mesh server with a chaos fault installed that matches none of the calls (a delay on another
+method), is driven in the same rounds: the cost of the fault step when a fault is active elsewhere.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 from opentelemetry import trace
@@ -87,7 +90,17 @@ class _Discard(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-async def main(calls: int, rounds: int, concurrency: int, auth: bool, record_spans: bool) -> None:
+def idle_fault_server(config: object, metadata_runtime: Runtime) -> tuple[Runtime, object]:
+    """A second mesh server whose fault table holds a fault that matches no Echo call."""
+    from servers.mesh.faults import Fault
+
+    runtime = Runtime(config)  # type: ignore[arg-type]
+    runtime.verifier = metadata_runtime.verifier
+    runtime.faults.replace([Fault("idle", "meshtest.v1.EchoService/Ping", 100.0, delay_seconds=1.0)])
+    return runtime, create_server([echo_mount(runtime)], runtime, address="127.0.0.1:0")
+
+
+async def main(calls: int, rounds: int, concurrency: int, auth: bool, record_spans: bool, idle_fault: bool) -> None:
     if record_spans:
         provider = TracerProvider()
         provider.add_span_processor(BatchSpanProcessor(_Discard()))
@@ -108,26 +121,34 @@ async def main(calls: int, rounds: int, concurrency: int, auth: bool, record_spa
             "bare": lambda: drive(f"127.0.0.1:{bare_port}", calls, concurrency, ()),
             "mesh": lambda: drive(f"127.0.0.1:{mesh.port}", calls, concurrency, metadata),
         }
-        rates: dict[str, list[float]] = {"bare": [], "mesh": []}
-        latencies: dict[str, list[float]] = {"bare": [], "mesh": []}
+        idle: Any = None
+        if idle_fault:
+            _, idle = idle_fault_server(config, runtime)
+            await idle.start(metrics=False)
+            targets["mesh+idle fault"] = lambda: drive(f"127.0.0.1:{idle.port}", calls, concurrency, metadata)
+        rates: dict[str, list[float]] = {name: [] for name in targets}
+        latencies: dict[str, list[float]] = {name: [] for name in targets}
         for _ in range(rounds):
             for name, run in targets.items():
                 rate, lat = await run()
                 rates[name].append(rate)
                 latencies[name].extend(lat)
         await mesh.stop(grace=0, drain_delay=0)
+        if idle is not None:
+            await idle.stop(grace=0, drain_delay=0)
         await bare.stop(None)
     spans = "recorded and exported" if record_spans else "not recorded (no exporter)"
     shape = f"{calls} calls x {rounds} rounds, {concurrency} concurrent callers"
     print(f"{shape}, auth={'on' if auth else 'off'}, spans {spans}")
-    for name in ("bare", "mesh"):
-        lat = latencies[name]
+    for name, lat in latencies.items():
         print(
-            f"  {name:5s} {statistics.median(rates[name]):8.0f} calls/s   "
+            f"  {name:15s} {statistics.median(rates[name]):8.0f} calls/s   "
             f"p50 {percentile(lat, 0.5) * 1e3:6.2f} ms   p99 {percentile(lat, 0.99) * 1e3:6.2f} ms"
         )
-    ratios = [m / b for m, b in zip(rates["mesh"], rates["bare"], strict=True)]
-    print(f"  ratio mesh/bare: {statistics.median(ratios):.2f} (per round: {', '.join(f'{r:.2f}' for r in ratios)})")
+    for name in [n for n in rates if n != "bare"]:
+        ratios = [m / b for m, b in zip(rates[name], rates["bare"], strict=True)]
+        per_round = ", ".join(f"{r:.2f}" for r in ratios)
+        print(f"  ratio {name}/bare: {statistics.median(ratios):.2f} (per round: {per_round})")
 
 
 if __name__ == "__main__":
@@ -137,5 +158,6 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--auth", action="store_true")
     parser.add_argument("--record-spans", action="store_true")
+    parser.add_argument("--idle-fault", action="store_true")
     args = parser.parse_args()
-    asyncio.run(main(args.calls, args.rounds, args.concurrency, args.auth, args.record_spans))
+    asyncio.run(main(args.calls, args.rounds, args.concurrency, args.auth, args.record_spans, args.idle_fault))

@@ -6,18 +6,24 @@ RunAssessment still succeeds."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from clients.channel import ChannelOptions, ChannelTls, open_channel
 from clients.compliance import ComplianceClient
 from clients.connect import connect
+from clients.credentials import CredentialsFileTokenSource
 from clients.credits import CreditsClient
 from clients.endpoints import SERVICES
 from shieldx.compliance.v1 import compliance_pb2 as pb
 from shieldx.credits.v1 import credits_pb2
+from tests.support.certs import ThrowawayCA
 from tests.support.processes import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -27,16 +33,26 @@ AUDIT_CONTROLS = ("PCI-DSS-10.3.2", "ISO27001-A.8.15")
 
 
 class Mesh:
-    """The six servers as processes sharing one state directory (credentials, SQLite stores)."""
+    """The six servers as processes sharing one state directory (credentials, SQLite stores);
+    with `ca`, every server serves TLS with a certificate from it and verifies its peers'."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, ca: ThrowawayCA | None = None) -> None:
         self.state = tmp_path / "state"
+        self.ca = ca
         common = {
             "SHIELDX_AUTH__ENABLED": "true",
             "SHIELDX_DATA_DIR": str(self.state),
             "SHIELDX_TOKENS__BOOTSTRAP": "true",
             "SHIELDX_COMPLIANCE__MONITORING": "false",
         }
+        if ca is not None:
+            issued = ca.issue("mesh", server=True)
+            common |= {
+                "SHIELDX_TLS__CERT_FILE": str(issued.cert),
+                "SHIELDX_TLS__KEY_FILE": str(issued.key),
+                "SHIELDX_TLS__CA_FILE": str(ca.cert),
+                "SHIELDX_COMPLIANCE__CERTIFICATE_MIN_DAYS": "1",  # the throwaway CA issues for two days
+            }
         self.servers = {s: ServerProcess(f"servers.{s}", tmp_path, env=dict(common)) for s in SERVICES}
         peers = ",".join(f"{name}={server.address}" for name, server in self.servers.items())
         for server in self.servers.values():
@@ -44,7 +60,22 @@ class Mesh:
 
     def start(self) -> None:
         for server in self.servers.values():  # tokens first: the others fetch its keys
-            server.start()
+            server.start(wait=self.ca is None)
+            if self.ca is not None:
+                asyncio.run(self._wait_serving_tls(server))
+
+    async def _wait_serving_tls(self, server: ServerProcess) -> None:
+        channel = open_channel(server.address, ChannelOptions(tls=ChannelTls(str(self.ca.cert)), retry=None))  # type: ignore[union-attr]
+        try:
+            for _ in range(300):
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                await asyncio.sleep(0.1)
+            raise TimeoutError(f"{server.name} did not serve over TLS")
+        finally:
+            await channel.close()
 
     def restart(self, service: str, **env: str) -> None:
         server = self.servers[service]
@@ -57,7 +88,16 @@ class Mesh:
             server.stop()
 
     def client(self, service: str) -> object:
-        return connect(service, data_dir=self.state, target=self.servers[service].address, routed=False)
+        if self.ca is None:
+            return connect(service, data_dir=self.state, target=self.servers[service].address, routed=False)
+        tls = ChannelOptions(tls=ChannelTls(str(self.ca.cert)))
+
+        def token_channel(target: str) -> grpc.aio.Channel:
+            return open_channel(target, tls)
+
+        source = CredentialsFileTokenSource(self.state / "credentials", "admin", token_channel)
+        secure = ChannelOptions(tls=ChannelTls(str(self.ca.cert)), token_source=source)
+        return open_channel(self.servers[service].address, secure)
 
 
 @pytest.fixture
@@ -158,3 +198,27 @@ def test_a_changed_credits_event_and_a_stopped_server_show_in_the_evidence(mesh:
     deception = [e for e in health.evidence if e.target.startswith("shieldx.deception.v1.DeceptionService@")]  # type: ignore[attr-defined]
     assert len(deception) == 1 and not deception[0].passed
     assert results["SOC2-CC7.2"].status in (pb.CONTROL_STATUS_ERROR, pb.CONTROL_STATUS_FAILING)
+
+
+TLS_CONTROLS = ("PCI-DSS-4.2.1", "SOC2-CC6.7", "ISO27001-A.8.20")
+
+
+def test_tls_controls_fail_on_the_plaintext_mesh_and_pass_on_a_mesh_started_with_tls(
+    mesh: Mesh, tmp_path: Path
+) -> None:
+    _, plaintext = asyncio.run(assess(mesh))
+    for control_id in TLS_CONTROLS:
+        assert plaintext[control_id].status == pb.CONTROL_STATUS_FAILING, plaintext[control_id].summary
+        assert "plaintext" in plaintext[control_id].summary
+    mesh.stop()
+
+    secure = Mesh(tmp_path / "tls", ThrowawayCA(tmp_path / "ca"))
+    try:
+        secure.start()
+        _, results = asyncio.run(assess(secure))
+    finally:
+        secure.stop()
+    for control_id in TLS_CONTROLS:
+        assert results[control_id].status == pb.CONTROL_STATUS_PASSING, results[control_id].summary
+    for control_id in AUTH_CONTROLS:
+        assert results[control_id].status == pb.CONTROL_STATUS_PASSING, results[control_id].summary

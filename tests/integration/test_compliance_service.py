@@ -10,7 +10,7 @@ import io
 import json
 import threading
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -332,3 +332,43 @@ async def test_webhooks_are_signed_retried_with_backoff_and_every_attempt_record
     finally:
         server.shutdown()
         server.server_close()
+
+
+async def test_an_overdue_breach_fails_art_33_and_its_task_shows_overdue_in_the_list_and_metrics(
+    start_service: StartService, tmp_path: Path
+) -> None:
+    running = await start(
+        start_service,
+        {"data_dir": str(tmp_path), "database_url": ""},
+        tmp_path,
+        due_critical_days=0.00001,  # under a second
+        escalation_interval_seconds=0.1,
+    )
+    client = ComplianceClient(running.channel)
+    long_ago = pb.RaiseAlertRequest(
+        source="ops", category="personal_data_breach", severity=pb.SEVERITY_HIGH, title="export leaked", request_id="x1"
+    )
+    long_ago.occur_time.FromDatetime(datetime.now(UTC) - timedelta(hours=73))
+    breach = (await client.raise_alert(long_ago)).alert
+    done = (await client.run_assessment(pb.RunAssessmentRequest(framework=pb.FRAMEWORK_GDPR))).assessment
+    art33 = next(r for r in done.results if r.control_id == "GDPR-ART33")
+    assert art33.status == pb.CONTROL_STATUS_FAILING and breach.alert_id in art33.summary
+    await asyncio.sleep(1.0)
+    (task,) = (await client.list_remediations(pb.ListRemediationsRequest(control_id="GDPR-ART33"))).remediations
+    assert task.severity == pb.SEVERITY_CRITICAL and task.due_time.ToDatetime(UTC) < datetime.now(UTC)
+
+    def overdue() -> float:
+        return running.runtime.registry.get_sample_value("shieldx_compliance_remediations_overdue") or 0.0
+
+    for _ in range(50):
+        if overdue() == 1.0:
+            break
+        await asyncio.sleep(0.1)
+    assert overdue() == 1.0
+    await client.record_breach_notification(
+        pb.RecordBreachNotificationRequest(alert_id=breach.alert_id, authority="CNIL", request_id="n1")
+    )
+    again = (await client.run_assessment(pb.RunAssessmentRequest(framework=pb.FRAMEWORK_GDPR))).assessment
+    assert next(r for r in again.results if r.control_id == "GDPR-ART33").status == pb.CONTROL_STATUS_PASSING
+    (task,) = (await client.list_remediations(pb.ListRemediationsRequest(control_id="GDPR-ART33"))).remediations
+    assert task.state == pb.REMEDIATION_STATE_RESOLVED

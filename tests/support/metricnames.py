@@ -40,13 +40,6 @@ NOT_YET_EXPORTED: dict[str, str] = {
     "shieldx_chaos_recovery_time_seconds_bucket": "issue 12",
     "shieldx_chaos_active_faults": "issue 12",
     "shieldx_client_circuit_breaker_trips_total": "issue 12",
-    # issue 18 (multi-region DR); the issue fixes only the prefix, these are the names we chose
-    "shieldx_dr_region_state": "issue 18",
-    "shieldx_dr_health_score": "issue 18",
-    "shieldx_dr_replication_lag_seconds": "issue 18",
-    "shieldx_dr_region_failovers_total": "issue 18",
-    "shieldx_dr_rpo_seconds": "issue 18",
-    "shieldx_dr_rto_seconds": "issue 18",
 }
 
 # Series Prometheus itself adds to every target; no server exports them.
@@ -141,4 +134,13 @@ APPEAR_AFTER_EVENT: dict[str, str] = {
     "shieldx_sharding_failover_recovery_seconds_bucket": "a shard failover",
     "shieldx_sharding_replication_lag_seconds": "a shard with a replica",
     "shieldx_sharding_replication_lag_bytes": "a shard with a replica",
+    "shieldx_dr_region_state": "a registered region",
+    "shieldx_dr_region_health_score": "a registered region",
+    "shieldx_dr_node_health_score": "a node in a region",
+    "shieldx_dr_cross_region_lag_bytes": "a replica in another region",
+    "shieldx_dr_promised_rpo_seconds": "a shard with regions",
+    "shieldx_dr_rpo_objective_breached": "a shard with regions",
+    "shieldx_dr_last_region_failover_seconds": "a region failover",
+    "shieldx_dr_last_failover_rpo_bytes": "a failover",
+    "shieldx_dr_replication_mode": "a shard with a managed replication mode",
 }

@@ -6,8 +6,9 @@ import asyncio
 
 import pytest
 
+from clients.backoff import Backoff
 from servers.mesh import background
-from servers.mesh.background import Backoff, repeat
+from servers.mesh.background import repeat
 
 
 def test_backoff_doubles_to_its_ceiling_within_the_jitter_and_starts_over_after_a_success() -> None:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from prometheus_client import CollectorRegistry
 
 from clients.breaker import BreakerSettings, BreakerState, CircuitBreaker, breaker_metrics
@@ -17,6 +19,7 @@ from servers.mesh.faults import PROCESS_STARTED, Exhaustion, Fault, FaultKind, F
 from servers.mesh.storage import open_database
 from tests.conftest import StartServer, test_config
 from tests.support.echo import echo_mount, echo_pb2, echo_pb2_grpc
+from tests.support.tokens import TestAuthority
 
 ECHO = "meshtest.v1.EchoService"
 
@@ -227,3 +230,63 @@ async def test_a_channel_breaker_fails_fast_once_open(start_server: StartServer,
         assert registry.get_sample_value("shieldx_client_circuit_breaker_trips_total", {"target": running.address}) == 1
     finally:
         await channel.close()
+
+
+async def test_a_partition_refuses_the_named_callers_identity_on_the_server_side(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    authority = TestAuthority()
+    running = await start_server(
+        lambda rt: [echo_mount(rt)], test_config(tmp_path, auth__enabled=True), verifier=authority.verifier
+    )
+    stub = echo_pb2_grpc.EchoServiceStub(running.channel)
+    running.runtime.faults.replace(
+        [Fault("p", "*", 100.0, kind=FaultKind.PARTITION, peer_service="credits", block_inbound=True)]
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Echo(echo_pb2.EchoRequest(text="x"), metadata=authority.metadata(["echo.read"], client_id="credits"))
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert reason_of(caught.value) == "NETWORK_PARTITIONED"
+    answer = await stub.Echo(
+        echo_pb2.EchoRequest(text="x"), metadata=authority.metadata(["echo.read"], client_id="tokens")
+    )
+    assert answer.text == "x", "workloads outside the partition are untouched"
+
+
+@pytest.mark.parametrize(("scopes", "refused"), [(["echo.read", "chaos.inject"], True), (["echo.read"], False)])
+async def test_envoy_fault_headers_are_honoured_only_with_the_chaos_inject_scope(
+    start_server: StartServer, tmp_path: Path, scopes: list[str], refused: bool
+) -> None:
+    authority = TestAuthority()
+    config = test_config(tmp_path, auth__enabled=True)
+    config.sections["faults"] = {"envoy_fault_headers": True}
+    running = await start_server(lambda rt: [echo_mount(rt)], config, verifier=authority.verifier)
+    stub = echo_pb2_grpc.EchoServiceStub(running.channel)
+    metadata = (*authority.metadata(scopes), ("x-envoy-fault-abort-grpc-request", "14"))
+    if refused:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Echo(echo_pb2.EchoRequest(text="x"), metadata=metadata)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE and reason_of(caught.value) == "FAULT_INJECTED"
+    else:
+        assert (await stub.Echo(echo_pb2.EchoRequest(text="x"), metadata=metadata)).text == "x"
+
+
+async def test_envoy_fault_headers_are_ignored_unless_enabled(start_server: StartServer, tmp_path: Path) -> None:
+    authority = TestAuthority()
+    running = await start_server(
+        lambda rt: [echo_mount(rt)], test_config(tmp_path, auth__enabled=True), verifier=authority.verifier
+    )
+    metadata = (*authority.metadata(["echo.read", "chaos.inject"]), ("x-envoy-fault-abort-grpc-request", "14"))
+    stub = echo_pb2_grpc.EchoServiceStub(running.channel)
+    assert (await stub.Echo(echo_pb2.EchoRequest(text="x"), metadata=metadata)).text == "x"
+
+
+def reason_of(error: grpc.aio.AioRpcError) -> str:
+    status = rpc_status.from_call(error)
+    assert status is not None
+    for packed in status.details:
+        if packed.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            packed.Unpack(info)
+            return info.reason
+    return ""
