@@ -357,6 +357,9 @@ class DisasterRecovery:
                     detail.append(f"{shard.shard_id}: {outcome.new_primary} promoted")
                 else:
                     detail.append(f"{shard.shard_id}: not promoted ({_why(outcome)})")
+        if not promotions:  # every primary answered again (or none could be promoted): the region stays
+            previous = {region_id: RegionState.DEGRADED}
+            await self.registry.commit(lambda t: t.with_region_states(previous, now=self.clock()))
         with step(RegionFailoverStep.PUBLISH) as detail:
             records = await self._publish(promotions, trigger, started, reason)
             detail.append(f"topology {records[0].topology_version}" if records else "nothing promoted")
