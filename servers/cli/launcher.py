@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TextIO
 
 from clients.endpoints import ENDPOINTS_FILE, SERVICES, Endpoint, health_status, plan_endpoints
+from servers.mesh.filemodes import open_private_log, private_directory
 
 
 @dataclass
@@ -84,10 +85,9 @@ class Supervisor:
         return env
 
     async def _spawn(self, child: Child) -> None:
-        logs = self.data_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
+        logs = private_directory(self.data_dir / "logs")
         if child.log is None:
-            child.log = (logs / f"{child.endpoint.name}.log").open("a", buffering=1)
+            child.log = open_private_log(logs / f"{child.endpoint.name}.log")
         child.process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -214,7 +214,7 @@ async def run_up(
     extra_env: Mapping[str, str] | None = None,
 ) -> int:
     """Run the mesh until Ctrl-C/SIGTERM; returns the exit code (1 if a port is taken)."""
-    await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
+    await asyncio.to_thread(private_directory, data_dir)
     endpoints = plan_endpoints(services, host, free_ports, versions)
     try:
         check_ports_free(endpoints)

@@ -105,6 +105,16 @@ class AuthConfig:
 
 
 @dataclasses.dataclass
+class SecretsConfig:
+    """Where the key-encryption key of the secrets replicas share comes from (servers/mesh/vault.py)."""
+
+    kek: str = ""
+    """The KEK itself, 32 bytes base64 (e.g. `SHIELDX_SECRETS__KEK` from a Kubernetes Secret)."""
+    kek_file: str = ""
+    """A file holding the KEK in base64, mode 0600 (a mounted Secret); default `<data_dir>/kek`, made once."""
+
+
+@dataclasses.dataclass
 class RateLimitConfig:
     """Per-caller token bucket, and a per-source-address bucket of failed authentications.
 
@@ -182,6 +192,8 @@ class MeshConfig:
     """Per-caller rate limit."""
     keepalive: KeepaliveConfig = dataclasses.field(default_factory=KeepaliveConfig)
     """Connection keepalive, agreed with the clients (SHIELDX_KEEPALIVE__INTERVAL_SECONDS)."""
+    secrets: SecretsConfig = dataclasses.field(default_factory=SecretsConfig)
+    """The key-encryption key of shared secrets."""
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)
     """The raw section of the YAML file named after the service; see `service_settings`."""
     sections: dict[str, Any] = dataclasses.field(default_factory=dict)

@@ -40,6 +40,7 @@ from servers.mesh.status import ErrorMappingInterceptor
 from servers.mesh.storage import Database, open_database
 from servers.mesh.tracing import TracingInterceptor, configure_tracing, shutdown_tracing
 from servers.mesh.trust import MeshTrust
+from servers.mesh.vault import KeyEncryptionKey, SecretVault, load_kek
 from shieldx.mesh.v1 import posture_pb2, posture_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,7 @@ class Runtime:
         """What the service reports in GetPosture beyond the runtime's settings (protections, retention)."""
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._databases: list[Database] = []
+        self._kek: KeyEncryptionKey | None = None
 
     def credentials_path(self) -> Path:
         """Where this process's client credentials are (`auth.credentials_file` or `<data_dir>/credentials`)."""
@@ -185,6 +187,13 @@ class Runtime:
         database.statement_delay = self.faults.statement_delay  # db_slow_query, inside the transaction
         self._databases.append(database)
         return database
+
+    async def vault(self, database: Database) -> SecretVault:
+        """The shared secrets of this service in `database`, under the configured KEK."""
+        if self._kek is None:
+            secrets = self.config.secrets
+            self._kek = await asyncio.to_thread(load_kek, secrets.kek, secrets.kek_file, self.config.data_path)
+        return SecretVault(database, self._kek)
 
     async def close(self) -> None:
         """Close channels and stores."""
