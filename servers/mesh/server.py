@@ -34,7 +34,7 @@ from servers.mesh.interception import CallInterceptor, InterceptorChain
 from servers.mesh.logs import configure_logging
 from servers.mesh.metrics import MetricsInterceptor, process_registry, serve_metrics
 from servers.mesh.posture import PostureFacts, PostureServicer
-from servers.mesh.ratelimit import RateLimitInterceptor, TokenBuckets
+from servers.mesh.ratelimit import AuthFailureGuard, RateLimitInterceptor, TokenBuckets
 from servers.mesh.reflection import enable_reflection
 from servers.mesh.status import ErrorMappingInterceptor
 from servers.mesh.storage import Database, open_database
@@ -127,7 +127,10 @@ class Runtime:
 
         def token_channel(target: str) -> grpc.aio.Channel:
             secure = ChannelTls(tls.ca_file, tls.cert_file, tls.key_file) if tls.enabled else None
-            return open_channel(target, ChannelOptions(tls=secure, metrics_registry=self.registry))
+            options = ChannelOptions(
+                tls=secure, metrics_registry=self.registry, keepalive=self.config.keepalive.policy()
+            )
+            return open_channel(target, options)
 
         self.token_source = CredentialsFileTokenSource(self.credentials_path(), self.config.service, token_channel)
 
@@ -157,6 +160,7 @@ class Runtime:
                 tls=ChannelTls(tls.ca_file, tls.cert_file, tls.key_file) if tls.enabled else None,
                 token_source=self.token_source,
                 metrics_registry=self.registry,
+                keepalive=self.config.keepalive.policy(),
                 outbound_gate=self._partition_gate(service),
             )
             self._channels[service] = open_channel(self.config.endpoint(service), options)
@@ -202,11 +206,15 @@ class Runtime:
 def interceptor_chain(
     runtime: Runtime, services: Sequence[ServiceDescriptor], foreign_scopes: Mapping[str, str] | None = None
 ) -> list[CallInterceptor[Any]]:
-    """The server interceptors, outermost first: tracing → metrics → auth → rate limit → faults → errors.
+    """The server interceptors, outermost first: tracing → metrics → failed-auth guard → auth → rate limit →
+    faults → errors.
 
     `foreign_scopes` names the scope of each service whose contract is not ours (by full name)."""
     config = runtime.config
     chain: list[CallInterceptor[Any]] = [TracingInterceptor(), MetricsInterceptor(runtime.registry)]
+    if config.rate_limit.enabled:
+        failures = TokenBuckets(config.rate_limit.auth_failures_per_second, config.rate_limit.auth_failure_burst)
+        chain.append(AuthFailureGuard(failures))
     if config.auth.enabled:
         if runtime.verifier is None:
             raise RuntimeError("auth is enabled but no token verifier was configured")
@@ -292,7 +300,11 @@ def create_server(mounts: Sequence[Mount], runtime: Runtime, address: str | None
     foreign_scopes = {m.descriptor.full_name: m.foreign_scope for m in mounts if m.foreign_scope}
     server = grpc.aio.server(
         interceptors=[InterceptorChain(interceptor_chain(runtime, descriptors, foreign_scopes))],
-        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 * 1024 * 1024)],
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            *runtime.config.keepalive.policy().server_options(),
+        ],
     )
     for mount in mounts:
         mount.add_to_server(mount.servicer, server)

@@ -863,3 +863,38 @@ async def test_fuzzing_the_token_service_finds_no_crash(guarded: tuple[Running, 
     )
     rotations.assert_clean()
     rotations.assert_reaches_logic()
+
+
+async def test_a_restart_on_another_address_points_the_credentials_file_there(
+    config: Any, start_service: StartService
+) -> None:
+    # `shieldx up --free-ports` twice in one folder: the servers read the token endpoint from
+    # the credentials file, which kept the first run's address (five servers NOT_SERVING).
+    first = await start_service(build, config)
+    path = Path(config.data_dir) / "credentials"
+    written = CredentialsFile.load(path)
+    await stop_service(first)
+
+    config.endpoints = {**config.endpoints, "tokens": "127.0.0.1:7101"}
+    await start_service(build, config)
+    moved = CredentialsFile.load(path)
+    assert moved.token_endpoint == "127.0.0.1:7101" and written.token_endpoint != moved.token_endpoint
+    assert moved.clients == written.clients, "the secrets stay as they were"
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+async def test_a_source_failing_issue_token_is_limited_before_any_argon2_work(running: Running) -> None:
+    # 400 anonymous IssueToken calls from one address ran 400 Argon2id hashes and slowed
+    # every other call 50-fold; failures now cost a source 100, then 5 a second.
+    client = TokenClient(running.channel)
+    hasher = running.service.mounts[0].servicer.hasher if running.service else None
+    assert hasher is not None
+    before = hasher.verifications
+    reasons = []
+    for _ in range(200):
+        error = await refusal(issue(client, "nobody", "x" * 32))
+        reasons.append((error.code, error.reason))
+    refused = reasons.count((grpc.StatusCode.UNAUTHENTICATED, "INVALID_CLIENT"))
+    limited = reasons.count((grpc.StatusCode.RESOURCE_EXHAUSTED, "AUTH_FAILURES_LIMITED"))
+    assert refused + limited == 200 and limited >= 50, reasons
+    assert hasher.verifications - before == refused, "a limited call runs no Argon2id verification"
