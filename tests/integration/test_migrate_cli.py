@@ -120,3 +120,15 @@ def test_every_migrations_package_of_a_service_store_is_known_to_the_cli() -> No
     }
     known = {package for packages in MIGRATIONS.values() for package in packages}
     assert found - known == {"servers.credits.shard_migrations"}, "a new migrations package: add it to MIGRATIONS"
+
+
+def test_the_token_store_goes_all_the_way_down_and_up_again(store_config: dict[str, str]) -> None:
+    """Every down migration of the token service's store (mesh tables included) really runs."""
+    assert shieldx(store_config, "migrate", "up", "--service", "tokens").returncode == 0
+    dialect = "postgres" if store_config["database_url"] else "sqlite"
+    count = sum(len(discover_migrations(p, dialect)) for p in MIGRATIONS["tokens"])
+    down = shieldx(store_config, "migrate", "down", str(count), "--service", "tokens")
+    assert down.returncode == 0, down.stderr
+    status = shieldx(store_config, "migrate", "status", "--service", "tokens")
+    assert status.stdout.count(" pending") == count and " applied" not in status.stdout, status.stdout
+    assert shieldx(store_config, "migrate", "up", "--service", "tokens").returncode == 0
