@@ -377,7 +377,7 @@ async def run(config: MeshConfig, build: ServiceBuilder, runtime: Runtime | None
 def serve(config: MeshConfig, build: ServiceBuilder) -> None:
     """Entry point of `python -m servers.<name>`: logging, tracing, then `run` until a signal."""
     configure_logging(config.service, config.log_level, config.log_format)
-    configure_tracing(config.service)
+    configure_tracing(config.service, config.version)
     try:
         asyncio.run(run(config, build))
     finally:
