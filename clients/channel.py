@@ -173,6 +173,50 @@ def bearer_auth(source: TokenSource) -> list[grpc.aio.ClientInterceptor]:
     return [_UnaryBearer(source), _StreamBearer(source)]
 
 
+@dataclass(frozen=True)
+class Keepalive:
+    """The keepalive policy clients and servers of the mesh share, so that they agree.
+
+    Clients ping a connection that has been quiet for `interval_seconds` (also with no call
+    open, so idle channels stay usable behind NATs and balancers) and drop it if the answer takes
+    longer than `timeout_seconds`. A gRPC server by default counts a ping less than five
+    minutes after the last as a strike and, after two, ends the connection with GOAWAY
+    ENHANCE_YOUR_CALM `too_many_pings`, breaking watch streams; servers built with
+    `server_options` accept pings every half interval instead.
+    """
+
+    interval_seconds: float = 30.0
+    """Quiet time after which a ping is sent."""
+    timeout_seconds: float = 10.0
+    """How long a ping may go unanswered before the connection is closed."""
+
+    def client_options(self) -> list[tuple[str, int]]:
+        """Channel arguments of a client following this policy."""
+        return [
+            ("grpc.keepalive_time_ms", _ms(self.interval_seconds)),
+            ("grpc.keepalive_timeout_ms", _ms(self.timeout_seconds)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            # Keep pinging a watch stream on which nothing is sent for a long time.
+            ("grpc.http2.max_pings_without_data", 0),
+        ]
+
+    def server_options(self) -> list[tuple[str, int]]:
+        """Server arguments accepting clients that follow this policy (and pinging them alike)."""
+        return [
+            ("grpc.keepalive_time_ms", _ms(self.interval_seconds)),
+            ("grpc.keepalive_timeout_ms", _ms(self.timeout_seconds)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+            # Half the interval: timers drift and a reconnecting client pings early.
+            ("grpc.http2.min_ping_interval_without_data_ms", _ms(self.interval_seconds / 2)),
+            ("grpc.http2.max_ping_strikes", 2),
+        ]
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
 @dataclass
 class ChannelOptions:
     """Everything `open_channel` accepts besides the target."""
@@ -191,6 +235,8 @@ class ChannelOptions:
     """Further interceptors, innermost (e.g. traffic routing)."""
     grpc_options: Sequence[tuple[str, Any]] = ()
     """Raw channel arguments."""
+    keepalive: Keepalive = field(default_factory=Keepalive)
+    """How often idle connections are pinged (servers of the mesh accept this policy)."""
     circuit_breaker: BreakerSettings | None = field(default_factory=BreakerSettings)
     """When the channel's circuit breaker opens and closes; None disables it."""
     outbound_gate: Gate | None = None
@@ -211,7 +257,7 @@ def open_channel(target: str, options: ChannelOptions | None = None) -> grpc.aio
         interceptors += bearer_auth(options.token_source)
     interceptors.extend(options.extra_interceptors)
     channel_args: list[tuple[str, Any]] = [
-        ("grpc.keepalive_time_ms", 30_000),
+        *options.keepalive.client_options(),
         ("grpc.max_receive_message_length", 16 * 1024 * 1024),
         *options.grpc_options,
     ]

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import TextIO
 
 from clients.endpoints import ENDPOINTS_FILE, SERVICES, Endpoint, health_status, plan_endpoints
+from servers.mesh.filemodes import open_private_log, private_directory
 
 
 @dataclass
@@ -83,10 +85,9 @@ class Supervisor:
         return env
 
     async def _spawn(self, child: Child) -> None:
-        logs = self.data_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
+        logs = private_directory(self.data_dir / "logs")
         if child.log is None:
-            child.log = (logs / f"{child.endpoint.name}.log").open("a", buffering=1)
+            child.log = open_private_log(logs / f"{child.endpoint.name}.log")
         child.process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -180,6 +181,28 @@ class Supervisor:
                 child.log.close()
 
 
+class PortInUse(Exception):
+    """A port `shieldx up` means to listen on is taken."""
+
+
+def check_ports_free(endpoints: Mapping[str, Endpoint]) -> None:
+    """PortInUse naming the first gRPC or metrics port something else listens on: a server
+    could not bind it and would be restarted forever."""
+    for endpoint in endpoints.values():
+        for kind, port in (("gRPC", endpoint.port), ("metrics", endpoint.metrics_port)):
+            family = socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                # As the servers bind: a port a stopped run left in TIME_WAIT is free, a listener is not.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind((endpoint.host, port))
+                except OSError as exc:
+                    raise PortInUse(
+                        f"{endpoint.name}: {kind} port {endpoint.host}:{port} is already in use ({exc.strerror}); "
+                        "stop what listens there, or run `shieldx up --free-ports`"
+                    ) from exc
+
+
 async def run_up(
     data_dir: Path,
     *,
@@ -190,11 +213,15 @@ async def run_up(
     config_path: str | None = None,
     extra_env: Mapping[str, str] | None = None,
 ) -> int:
-    """Run the mesh until Ctrl-C/SIGTERM; returns the exit code."""
-    await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
-    supervisor = Supervisor(
-        plan_endpoints(services, host, free_ports, versions), data_dir, config_path=config_path, extra_env=extra_env
-    )
+    """Run the mesh until Ctrl-C/SIGTERM; returns the exit code (1 if a port is taken)."""
+    await asyncio.to_thread(private_directory, data_dir)
+    endpoints = plan_endpoints(services, host, free_ports, versions)
+    try:
+        check_ports_free(endpoints)
+    except PortInUse as exc:
+        print(f"shieldx up: {exc}", file=sys.stderr, flush=True)
+        return 1
+    supervisor = Supervisor(endpoints, data_dir, config_path=config_path, extra_env=extra_env)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -27,11 +27,13 @@ from servers.mesh.storage import Database, Migration, discover_migrations, open_
 MIGRATIONS: dict[str, tuple[str, ...]] = {
     "tokens": ("servers.mesh.migrations", "servers.tokens.migrations"),
     "credits": ("servers.mesh.migrations", "servers.credits.migrations", "servers.credits.coordinator_migrations"),
-    "deployment": ("servers.mesh.migrations", "servers.deployment.migrations"),
+    "deployment": ("servers.mesh.migrations", "servers.deployment.migrations", "servers.deployment.chaos.migrations"),
     "sharding": ("servers.mesh.migrations", "servers.sharding.migrations"),
     "deception": ("servers.mesh.migrations", "servers.deception.migrations"),
+    "compliance": ("servers.mesh.migrations", "servers.compliance.migrations"),
 }
-"""The migration packages each service's store applies, in order (compliance keeps no store)."""
+"""The migration packages each service's store applies, in order (what its `runtime.database` call
+names; credits' shard_migrations belong to the shards, which the sharding service registers)."""
 
 BACKUPS = "backups"
 

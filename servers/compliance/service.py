@@ -623,11 +623,13 @@ async def build(runtime: Runtime, *, clock: Any = _now) -> Service:
         await ledger.purge(settings.request_id_retention_seconds)
 
     async def alert_desk_forever() -> None:
-        """Escalate and deliver every interval, and at once when an alert is raised."""
+        """Escalate and deliver every interval, and at once when an alert is raised. Servers sharing a
+        store leave it to the elected one, so an alert is escalated and delivered once, not once each."""
         while True:
             notifier.wake.clear()
             try:
-                await escalate_and_deliver()
+                if not settings.monitoring or schedule.leading:
+                    await escalate_and_deliver()
             except Exception:
                 log.exception("escalation or delivery failed; retrying")
             with contextlib.suppress(TimeoutError):

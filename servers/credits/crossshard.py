@@ -41,7 +41,7 @@ from servers.credits.placement import LEDGER_DOMAIN, Shard
 from servers.credits.store import CreditsStore, DecideTransfer
 from servers.credits.twophase import PreparedName, TransferCoordinator, TransferRecord, prepare
 from servers.mesh import errors, storage
-from servers.mesh.idempotency import RecordedAnswer, fingerprint
+from servers.mesh.idempotency import RecordedAnswer, caller_scope, fingerprint
 from servers.mesh.storage import Transaction
 
 R = TypeVar("R", bound=Message)
@@ -77,7 +77,8 @@ class CrossShardTransfers:
         request_id: str = getattr(request, "request_id", "")
         digest = fingerprint(method, request) if request_id else ""
         accounts = (source[1], target[1])
-        with self.store.in_flight.claim(request_id):
+        scope = caller_scope(LEDGER_DOMAIN)
+        with self.store.in_flight.claim(request_id, scope):
             async with self.store.hold(*accounts):
                 for attempt in range(self.attempts):
                     try:
@@ -86,11 +87,13 @@ class CrossShardTransfers:
                             self.store.unreachable_as_unavailable(target[0]),
                         ):
                             if request_id:
-                                replayed = await source[0].ledger.replay(request_id, digest, response_type)
+                                replayed = await source[0].ledger.replay(request_id, digest, response_type, scope=scope)
                                 if replayed is not None:
                                     self.store.forget(*accounts)
                                     return replayed
-                            return await self._attempt(method, request_id, digest, source, target, decide, respond)
+                            return await self._attempt(
+                                method, (scope, request_id), digest, source, target, decide, respond
+                            )
                     except (storage.UniqueViolation, storage.TransientError):
                         # Another writer changed one of the accounts, or a lock timed out.
                         self.store.forget(*accounts)
@@ -99,7 +102,7 @@ class CrossShardTransfers:
                         if request_id:
                             with self.store.unreachable_as_unavailable(source[0]):
                                 answer = RecordedAnswer.rejected(
-                                    request_id, method, digest, rejection, LEDGER_DOMAIN, source[1]
+                                    request_id, method, digest, rejection, LEDGER_DOMAIN, source[1], scope=scope
                                 )
                                 await source[0].ledger.record_rejection(answer)
                         raise
@@ -113,13 +116,14 @@ class CrossShardTransfers:
     async def _attempt(
         self,
         method: str,
-        request_id: str,
+        scoped_id: tuple[str, str],
         digest: str,
         source: Party,
         target: Party,
         decide: DecideTransfer,
         respond: Callable[[TransferDecision, AccountState, AccountState], R],
     ) -> R:
+        scope, request_id = scoped_id
         transfer_id = uuid.uuid4().hex
         from_name, to_name = self.coordinator.names(transfer_id)
         (source_shard, from_account), (target_shard, to_account) = source, target
@@ -140,7 +144,7 @@ class CrossShardTransfers:
                     )
                     response = respond(decision, sent.state, received.state)
                     if request_id:
-                        answer = RecordedAnswer.ok(request_id, method, digest, response, from_account)
+                        answer = RecordedAnswer.ok(request_id, method, digest, response, from_account, scope=scope)
                         await record_answers(stx, [answer])
                     await self._prepare_both(prepared, (stx, source_shard, from_name), (ttx, target_shard, to_name))
             except BaseException:

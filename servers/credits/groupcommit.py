@@ -59,6 +59,8 @@ class Operation:
     request_id: str
     fingerprint: str
     """`idempotency.fingerprint` of the request (empty without a request id)."""
+    scope: str
+    """Whose request id it is (`idempotency.caller_scope`, read in the caller's task)."""
     future: asyncio.Future[Message] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
     def settle(self, outcome: Message | BaseException) -> None:
@@ -91,7 +93,7 @@ class GroupOutcome:
     accounts: dict[str, LoadedAccount]
     """The accounts the group wrote, as committed."""
     alerted: bool
-    answered: list[str]
+    answered: list[tuple[str, str]]
     """Request ids whose answers the group recorded."""
 
 

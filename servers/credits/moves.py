@@ -229,14 +229,14 @@ class CreditsAccountMover:
         carry (the other side of a transfer), so a retry on the target gets the same answer."""
         request_ids = sorted({row.request_id for row in rows if row.request_id})
         answers = await (await self._database(source)).fetchall(
-            "SELECT request_id, method, fingerprint, outcome, response, subject, created_at FROM request_ids"
+            "SELECT request_id, method, fingerprint, outcome, response, subject, scope, created_at FROM request_ids"
             " WHERE subject = ? OR request_id = ANY(?::text[])",
             (account_id, request_ids),
         )
         if answers:
             await tx.executemany(
-                "INSERT INTO request_ids (request_id, method, fingerprint, outcome, response, subject, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING",
+                "INSERT INTO request_ids (request_id, method, fingerprint, outcome, response, subject, scope,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (scope, request_id) DO NOTHING",
                 [tuple(row) for row in answers],
             )
 

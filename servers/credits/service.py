@@ -13,6 +13,7 @@ recovery loop finishes in-doubt prepared transactions at start and every few sec
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -473,15 +474,20 @@ async def build(runtime: Runtime) -> Service:
     settings = service_settings(CreditsSettings, runtime.config)
     settings.check()
     data_dir = runtime.config.data_path
-    cipher = settings.payment_reference_cipher(data_dir)
     runtime.posture.protections.update({"payment_references_encrypted": True, "audit_chain_signed": True})
     runtime.posture.retention_seconds["events"] = 0  # the ledger's events are never deleted
-    signer = HeadSigner.from_file(Path(settings.head_signing_key_file or data_dir / "credits-head-signing.key"))
     if settings.topology:
         account_storage = await sharded_storage(runtime, settings)
     else:
         database = await runtime.database("servers.credits.migrations")
         account_storage = AccountStorage(AccountPlacement([Shard.of("default", database)]))
+    # Keys every replica must share live in the home database, sealed under the KEK.
+    vault = await runtime.vault(account_storage.placement.home)
+    cipher = await settings.payment_reference_cipher(vault, data_dir)
+    if settings.head_signing_key_file:
+        signer = await asyncio.to_thread(HeadSigner.from_file, Path(settings.head_signing_key_file))
+    else:
+        signer = await HeadSigner.shared(vault, data_dir / "credits-head-signing.key")
     feed: AlertStream
     if account_storage.placement.sharded:
         feed = ShardAlerts(account_storage.placement, poll_seconds=settings.alert_poll_seconds)

@@ -6,6 +6,7 @@ naming the key; `check()` adds what relates two settings.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -14,7 +15,11 @@ from servers.credits.commands import LedgerLimits
 from servers.credits.payment_refs import PaymentReferenceCipher, PaymentReferenceConfig, generate_key
 from servers.credits.twophase import CrashPoint
 from servers.mesh.config import ConfigError, bounded
-from servers.mesh.keyfiles import read_or_create_secret
+from servers.mesh.keyfiles import existing_or_new, read_or_create_secret
+from servers.mesh.vault import SecretVault
+
+PAYMENT_REFERENCE_KEY = "credits/payment-reference-key"
+"""Vault name of the payment reference master key (base64, as configured keys are)."""
 
 
 @dataclass
@@ -83,10 +88,16 @@ class CreditsSettings:
             max_open_reservations=self.max_open_reservations,
         )
 
-    def payment_reference_cipher(self, data_dir: Path) -> PaymentReferenceCipher:
-        """The cipher for payment references: the configured key, or the one in the key file (made on first start)."""
+    async def payment_reference_cipher(self, vault: SecretVault, data_dir: Path) -> PaymentReferenceCipher:
+        """The cipher for payment references: the configured key or key file, else the key every replica
+        shares in the vault (made on first start, or taken from the key file an older version made)."""
         key = self.payment_reference_key
+        if not key and self.payment_reference_key_file:
+            key = await asyncio.to_thread(read_or_create_secret, Path(self.payment_reference_key_file), generate_key)
         if not key:
-            path = Path(self.payment_reference_key_file or data_dir / "credits-payment-reference.key")
-            key = read_or_create_secret(path, generate_key)
+            legacy = data_dir / "credits-payment-reference.key"
+            shared = await vault.get_or_create(
+                PAYMENT_REFERENCE_KEY, lambda: existing_or_new(legacy, generate_key).encode()
+            )
+            key = shared.decode()
         return PaymentReferenceCipher(PaymentReferenceConfig(key, tuple(self.payment_reference_previous_keys)))

@@ -12,8 +12,12 @@ import nacl.signing
 
 from servers.credits.audit import LedgerHead, head_signing_bytes
 from servers.credits.eventstore import Instants
-from servers.mesh.keyfiles import read_or_create_secret
+from servers.mesh.keyfiles import existing_or_new, read_or_create_secret
 from servers.mesh.storage import Dialect, Transaction
+from servers.mesh.vault import SecretVault
+
+HEAD_SIGNING_KEY = "credits/head-signing-seed"
+"""Vault name of the ledger head signing key's seed (base64)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,9 +45,19 @@ class HeadSigner:
         self.public_key = bytes(key.verify_key)
 
     @classmethod
+    async def shared(cls, vault: SecretVault, legacy: Path) -> HeadSigner:
+        """The signer whose seed every replica shares in `vault` (made on first start, or taken from the
+        `legacy` key file an older version made)."""
+        seed = await vault.get_or_create(HEAD_SIGNING_KEY, lambda: existing_or_new(legacy, _new_seed).encode())
+        try:
+            return cls(nacl.signing.SigningKey(base64.b64decode(seed, validate=True)))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{HEAD_SIGNING_KEY} is not a base64 Ed25519 seed") from exc
+
+    @classmethod
     def from_file(cls, path: Path) -> HeadSigner:
         """The signer whose key seed (base64) is in `path`, generating and storing one if absent."""
-        seed = read_or_create_secret(path, lambda: base64.b64encode(bytes(nacl.signing.SigningKey.generate())).decode())
+        seed = read_or_create_secret(path, _new_seed)
         try:
             return cls(nacl.signing.SigningKey(base64.b64decode(seed, validate=True)))
         except (ValueError, TypeError) as exc:
@@ -87,3 +101,7 @@ class SignedHeads:
                 head.event_count,
             ),
         )
+
+
+def _new_seed() -> str:
+    return base64.b64encode(bytes(nacl.signing.SigningKey.generate())).decode()

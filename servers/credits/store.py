@@ -49,7 +49,7 @@ from servers.credits.groupcommit import (
 from servers.credits.placement import LEDGER_DOMAIN, AccountPlacement, Shard, unreachable_as_unavailable
 from servers.mesh import errors, storage
 from servers.mesh.caches import CacheGate
-from servers.mesh.idempotency import InFlightRequests, RecordedAnswer, fingerprint
+from servers.mesh.idempotency import InFlightRequests, RecordedAnswer, caller_scope, fingerprint
 from servers.mesh.storage import Transaction
 
 if TYPE_CHECKING:
@@ -98,8 +98,8 @@ class CreditsStore:
         self._cache = AccountCache(cache_size, cache_gate)
         self._locks = AccountLocks()
         self.in_flight = InFlightRequests()
-        """Request ids being decided in this process (group commits and two-phase transfers)."""
-        self._answered: OrderedDict[str, None] = OrderedDict()
+        """(scope, request id) of requests being decided in this process (group commits and two-phase transfers)."""
+        self._answered: OrderedDict[tuple[str, str], None] = OrderedDict()
         self.group_commit = group_commit
         self.max_group = max_group
         self.cross_shard = cross_shard
@@ -164,10 +164,11 @@ class CreditsStore:
         shard = self.placement.shard_for(account_id)
         request_id: str = getattr(request, "request_id", "")
         committer = self._committer(shard)
-        if committer is None or request_id in self._answered:
+        scope = caller_scope(LEDGER_DOMAIN)
+        if committer is None or (scope, request_id) in self._answered:
             # A retry of a request this process answered: the request ledger replays the answer.
             return await self._execute_alone(shard, method, request, response_type, account_id, decide, respond)
-        with self.in_flight.claim(request_id):
+        with self.in_flight.claim(request_id, scope):
             operation = Operation(
                 method,
                 request,
@@ -177,6 +178,7 @@ class CreditsStore:
                 respond,
                 request_id,
                 fingerprint(method, request) if request_id else "",
+                scope,
             )
             answer = await committer.submit(operation)
         assert isinstance(answer, response_type)
@@ -302,6 +304,7 @@ class CreditsStore:
                                 refusal,
                                 LEDGER_DOMAIN,
                                 operation.account_id,
+                                scope=operation.scope,
                             )
                         )
                     continue
@@ -318,16 +321,19 @@ class CreditsStore:
                             operation.fingerprint,
                             response,
                             operation.account_id,
+                            scope=operation.scope,
                         )
                     )
             written = [account for account in working.values() if account.events]
             committed = await self._write_group(tx, shard, written)
             await record_answers(tx, records)
-        return GroupOutcome(answers, committed, alerted(written), [record.request_id for record in records])
+        return GroupOutcome(
+            answers, committed, alerted(written), [(record.scope, record.request_id) for record in records]
+        )
 
-    def _remember_answered(self, request_ids: Sequence[str]) -> None:
-        for request_id in request_ids:
-            self._answered[request_id] = None
+    def _remember_answered(self, request_ids: Sequence[tuple[str, str]]) -> None:
+        for scoped in request_ids:
+            self._answered[scoped] = None
         while len(self._answered) > _ANSWERED_MEMORY:
             self._answered.popitem(last=False)
 

@@ -51,6 +51,8 @@ class DeliveryParts:
     """Wakes watchers and the controller."""
     watch_poll_seconds: float
     """How often a watch re-reads the store with no local signal (changes made by other replicas)."""
+    metrics_hosts: tuple[str, ...] = ()
+    """Hosts an instance's metrics endpoint may name besides the instance's own."""
 
 
 def _reason(text: str) -> str:

@@ -8,6 +8,7 @@ builds the routes the server publishes.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -15,10 +16,13 @@ from datetime import datetime
 from urllib.parse import urlsplit
 
 from clients.routes import Route, VersionRoute
-from servers.mesh.errors import InvalidArgument
+from servers.mesh.errors import InvalidArgument, PermissionDenied
 
 TOTAL_BASIS_POINTS = 10_000
 """What the weights of a route sum to."""
+
+ADMIN_SCOPE = "deployment.admin"
+"""A caller holding it may register and deregister instances of any service (operators)."""
 
 _SERVICE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -48,8 +52,15 @@ def check_address(address: str, field_name: str = "address") -> str:
     return address
 
 
-def check_metrics_endpoint(url: str, field_name: str = "metrics_endpoint") -> str:
-    """`url` if empty or an http(s) URL with a host, else InvalidArgument."""
+def check_metrics_endpoint(
+    url: str, field_name: str = "metrics_endpoint", *, address: str = "", allowed_hosts: Iterable[str] = ()
+) -> str:
+    """`url` if empty or an http(s) URL with a host, else InvalidArgument.
+
+    With an instance `address`, the URL's host must be that address's host or one of
+    `allowed_hosts` (METRICS_HOST_NOT_ALLOWED): the controller fetches these URLs, so an
+    instance may not point it at another machine (a metadata service, an internal API).
+    """
     if not url:
         return url
     try:
@@ -59,7 +70,39 @@ def check_metrics_endpoint(url: str, field_name: str = "metrics_endpoint") -> st
         raise InvalidArgument(field_name, f"is not a URL ({exc})") from exc
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidArgument(field_name, "must be an http:// or https:// URL")
+    if address:
+        host = parts.hostname.lower().rstrip(".")
+        own = address.rpartition(":")[0].strip("[]").lower().rstrip(".")
+        same = host == own or (_is_loopback(host) and _is_loopback(own))
+        if not same and host not in {h.lower().rstrip(".") for h in allowed_hosts}:
+            raise InvalidArgument(
+                field_name,
+                f"must be on the instance's own host {own!r} (or a host the deployment server allows)",
+                reason="METRICS_HOST_NOT_ALLOWED",
+            )
     return url
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_registrant(service: str, client_id: str, scopes: frozenset[str]) -> None:
+    """PermissionDenied (INSTANCE_OF_ANOTHER_SERVICE) unless the caller may register or
+    deregister instances of `service`: that service's own workload (its token's client id is the
+    service name), or an operator holding `deployment.admin`. Without auth (no client id) the
+    server trusts every caller, as for every other RPC."""
+    if not client_id or client_id == service or ADMIN_SCOPE in scopes:
+        return
+    raise PermissionDenied(
+        f"workload {client_id!r} may register and deregister only instances of its own service, not {service!r}",
+        reason="INSTANCE_OF_ANOTHER_SERVICE",
+    )
 
 
 def check_sticky_key(key: str, field_name: str = "sticky_metadata_key") -> str:
@@ -87,13 +130,21 @@ class Instance:
     """When it was (last) registered."""
 
 
-def new_instance(service: str, version: str, address: str, metrics_endpoint: str, at: datetime) -> Instance:
-    """Validate a RegisterInstance request."""
+def new_instance(
+    service: str,
+    version: str,
+    address: str,
+    metrics_endpoint: str,
+    at: datetime,
+    *,
+    metrics_hosts: Iterable[str] = (),
+) -> Instance:
+    """Validate a RegisterInstance request (metrics on the instance's host or one of `metrics_hosts`)."""
     return Instance(
         service=check_service(service),
         version=check_version(version),
         address=check_address(address),
-        metrics_endpoint=check_metrics_endpoint(metrics_endpoint),
+        metrics_endpoint=check_metrics_endpoint(metrics_endpoint, address=address, allowed_hosts=metrics_hosts),
         registered_at=at,
     )
 

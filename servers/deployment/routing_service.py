@@ -19,6 +19,7 @@ from servers.deployment.registry import RouteState
 from servers.deployment.requests import actor, check_filter, check_id
 from servers.deployment.routes import (
     check_address,
+    check_registrant,
     check_service,
     check_sticky_key,
     check_weights,
@@ -26,6 +27,7 @@ from servers.deployment.routes import (
 )
 from servers.deployment.timestamps import epoch, seconds_of
 from servers.mesh import storage
+from servers.mesh.auth import current_caller
 from servers.mesh.errors import FailedPrecondition, InvalidArgument
 from servers.mesh.pagination import page_request
 from shieldx.deployment.v1 import faults_pb2, routing_pb2
@@ -55,8 +57,15 @@ class RoutingRpcs:
         parts, who = self.parts, actor()
         check_filter(request.metrics_endpoint, "metrics_endpoint", 2048)
         instance = new_instance(
-            request.service, request.version, request.address, request.metrics_endpoint, parts.delivery.clock()
+            request.service,
+            request.version,
+            request.address,
+            request.metrics_endpoint,
+            parts.delivery.clock(),
+            metrics_hosts=parts.metrics_hosts,
         )
+        caller = current_caller()
+        check_registrant(instance.service, caller.client_id, caller.scopes)
 
         async def work(tx: storage.Transaction) -> routing_pb2.RegisterInstanceResponse:
             registered, _ = await parts.store.registry.register_instance(tx, instance, actor=who)
@@ -73,6 +82,8 @@ class RoutingRpcs:
         parts, who = self.parts, actor()
         check_service(request.service)
         check_address(request.address)
+        caller = current_caller()
+        check_registrant(request.service, caller.client_id, caller.scopes)
 
         async def work(tx: storage.Transaction) -> routing_pb2.DeregisterInstanceResponse:
             at = parts.delivery.clock()

@@ -84,7 +84,7 @@ async def build(runtime: Runtime) -> Service:
         ControllerSettings(tick_seconds=settings.controller_tick_seconds),
         registry=runtime.registry,
     )
-    parts = DeliveryParts(store, delivery, ledger, signals, settings.watch_poll_seconds)
+    parts = DeliveryParts(store, delivery, ledger, signals, settings.watch_poll_seconds, tuple(settings.metrics_hosts))
     experiments = ExperimentParts(
         experiments=ExperimentStore(database),
         flags=flag_store,

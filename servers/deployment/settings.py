@@ -35,6 +35,9 @@ class DeploymentSettings:
     """Monte Carlo draws per arm behind the experiment probabilities."""
     request_id_retention_seconds: float = bounded(86400.0, above=0)
     """How long AIP-155 request ids (and the answers replayed to retries) are kept."""
+    metrics_hosts: list[str] = field(default_factory=list)
+    """Hosts a registered instance's `metrics_endpoint` may name besides the instance's own host
+    (a metrics sidecar, a node exporter); any other host is refused (METRICS_HOST_NOT_ALLOWED)."""
     chaos: ChaosSettings = field(default_factory=ChaosSettings)
     """Chaos experiments: safety limits and timing (YAML `deployment: {chaos: ...}`)."""
 

@@ -214,6 +214,8 @@ class FaultTable:
         self.exhaustion = Exhaustion(self.settings, clock)
         self._faults: tuple[Fault, ...] = ()
         self._calls: tuple[Fault, ...] = ()
+        self._matching: dict[str, tuple[Fault, ...]] = {}
+        """Method path → the call faults whose pattern matches it (filled as calls arrive)."""
         self._inbound: tuple[Fault, ...] = ()
         self._outbound: tuple[Fault, ...] = ()
         self._statements: tuple[Fault, ...] = ()
@@ -228,6 +230,7 @@ class FaultTable:
         mine = tuple(f for f in faults if self._applies_here(f))
         self._faults = mine
         self._calls = tuple(f for f in mine if f.kind is FaultKind.CALLS)
+        self._matching = {}
         self._inbound = tuple(f for f in mine if f.kind is FaultKind.PARTITION and f.block_inbound)
         self._outbound = tuple(f for f in mine if f.kind is FaultKind.PARTITION and f.block_outbound)
         self._statements = tuple(f for f in mine if f.kind is FaultKind.DB_SLOW_QUERY)
@@ -267,12 +270,21 @@ class FaultTable:
         return self._faults
 
     def pick(self, method: Method) -> Fault | None:
-        """The delay/abort fault to apply to this call, if any (the first match that the dice choose)."""
+        """The delay/abort fault to apply to this call, if any (the first match that the dice choose).
+
+        Which faults match a method is worked out once per installed set, so a fault aimed at
+        other methods costs a call one dictionary lookup, not a glob match per call.
+        """
+        matching = self._matching.get(method.path)
+        if matching is None:
+            name = method.span_name
+            matching = tuple(f for f in self._calls if fnmatch.fnmatchcase(name, f.method_pattern))
+            self._matching[method.path] = matching
+        if not matching:
+            return None
         now = self._clock()
-        for fault in self._calls:
-            if fault.expires_at <= now or not fnmatch.fnmatchcase(method.span_name, fault.method_pattern):
-                continue
-            if self._chance() * 100.0 < fault.percentage:
+        for fault in matching:
+            if fault.expires_at > now and self._chance() * 100.0 < fault.percentage:
                 return fault
         return None
 

@@ -11,6 +11,11 @@ Conflicts between concurrent writers are retried here, with backoff, before givi
 transaction) in exactly the form `execute` stores and replays them: `RecordedAnswer` is that form.
 An answer may name its `subject` (what the request acted on, such as an account), so whatever
 moves that subject to another database can take its answers along.
+
+Request ids are scoped (`caller_scope`): by the service (the ledger's domain) and by the calling
+client. Another client sending an id the admin used runs its own request (and never sees the
+admin's answer); an id used on one service is free on every other, also when services share one
+database schema.
 """
 
 from __future__ import annotations
@@ -23,11 +28,12 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Generic, NamedTuple, TypeVar
+from typing import Generic, NamedTuple, Protocol, TypeVar
 
 from google.protobuf.message import Message
 
 from servers.mesh import errors, postgres, storage
+from servers.mesh.auth import current_caller
 from servers.mesh.background import repeat
 from servers.mesh.status import ReplayedRejection, to_status_proto
 
@@ -40,9 +46,9 @@ MAX_REQUEST_ID_LENGTH = 128
 RECORDED_REJECTIONS = (errors.FailedPrecondition, errors.NotFound, errors.AlreadyExists)
 """Rejections that depend on the state the request met: recorded, so a retry sees the same answer."""
 
-_INSERT = "INSERT INTO request_ids (request_id, method, fingerprint, outcome, response, subject, created_at)"
+_INSERT = "INSERT INTO request_ids (request_id, method, fingerprint, outcome, response, subject, scope, created_at)"
 _POSTGRES_INSERT = f"{_INSERT} " + postgres.select_json_rows(
-    ["text", "text", "text", "text", "bytea", "text", "double precision"]
+    ["text", "text", "text", "text", "bytea", "text", "text", "double precision"]
 )
 _SQLITE_ROWS = 1000
 """Answers per SQLite statement (its parameter count is limited)."""
@@ -61,11 +67,16 @@ class RecordedAnswer(NamedTuple):
     """The serialized response (`ok`) or the serialized `google.rpc.Status` (`rejected`)."""
     subject: str = ""
     """What the request acted on (e.g. an account id), or empty."""
+    scope: str = ""
+    """Whose request id it is (`caller_scope`): only the same service and client see this answer."""
 
     @classmethod
-    def ok(cls, request_id: str, method: str, fingerprint: str, response: Message, subject: str = "") -> RecordedAnswer:
+    def ok(
+        cls, request_id: str, method: str, fingerprint: str, response: Message, subject: str = "", *, scope: str
+    ) -> RecordedAnswer:
         """The answer of a request that succeeded with `response`."""
-        return cls(request_id, method, fingerprint, "ok", response.SerializeToString(deterministic=True), subject)
+        serialized = response.SerializeToString(deterministic=True)
+        return cls(request_id, method, fingerprint, "ok", serialized, subject, scope)
 
     @classmethod
     def rejected(
@@ -76,10 +87,30 @@ class RecordedAnswer(NamedTuple):
         rejection: errors.DomainError,
         domain: str,
         subject: str = "",
+        *,
+        scope: str,
     ) -> RecordedAnswer:
         """The answer of a request refused with `rejection` (ErrorInfo domain `domain`)."""
         status = to_status_proto(rejection, domain).SerializeToString()
-        return cls(request_id, method, fingerprint, "rejected", status, subject)
+        return cls(request_id, method, fingerprint, "rejected", status, subject, scope)
+
+
+def caller_scope(domain: str) -> str:
+    """The scope of request ids the current caller sends to the service of ledger domain `domain`:
+    the domain and the caller's client id (read in the request's own task, where the caller is known)."""
+    return f"{domain} {current_caller().client_id}"
+
+
+class AnswerSeal(Protocol):
+    """Encrypts stored answers of a service whose answers carry secrets (shown once, replayed to retries)."""
+
+    def seal(self, answer: bytes) -> bytes:
+        """The stored form of a serialized answer."""
+        ...
+
+    def open(self, stored: bytes) -> bytes:
+        """The serialized answer of its stored form."""
+        ...
 
 
 def is_recorded(rejection: BaseException) -> bool:
@@ -97,7 +128,7 @@ async def record_answers(tx: storage.Transaction, answers: Sequence[RecordedAnsw
     for start in range(0, len(answers), _SQLITE_ROWS):
         chunk = answers[start : start + _SQLITE_ROWS]
         await tx.execute(
-            f"{_INSERT} VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(chunk)),
+            f"{_INSERT} VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk)),
             [value for answer in chunk for value in (*answer, created_at)],
         )
 
@@ -128,6 +159,7 @@ class _Key(Generic[R]):
     method: str
     fingerprint: str
     subject: str
+    scope: str
     response_type: type[R]
 
 
@@ -145,25 +177,27 @@ class InFlightRequests:
     refused (ABORTED `REQUEST_IN_PROGRESS`) rather than run twice or queued behind it."""
 
     def __init__(self) -> None:
-        self._request_ids: set[str] = set()
+        self._request_ids: set[tuple[str, str]] = set()
 
     @contextlib.contextmanager
-    def claim(self, request_id: str) -> Iterator[None]:
-        """Hold `request_id` (validated first) while the block runs; an empty request id holds nothing."""
+    def claim(self, request_id: str, scope: str) -> Iterator[None]:
+        """Hold `request_id` of `scope` (`caller_scope`; validated first) while the block runs; an empty
+        request id holds nothing."""
         if not request_id:
             yield
             return
         validate_request_id(request_id)
-        if request_id in self._request_ids:
+        if (scope, request_id) in self._request_ids:
             raise request_in_progress(request_id)
-        self._request_ids.add(request_id)
+        self._request_ids.add((scope, request_id))
         try:
             yield
         finally:
-            self._request_ids.discard(request_id)
+            self._request_ids.discard((scope, request_id))
 
-    def __contains__(self, request_id: object) -> bool:
-        return request_id in self._request_ids
+    def __contains__(self, scoped_id: object) -> bool:
+        """True for a `(scope, request_id)` being worked on."""
+        return scoped_id in self._request_ids
 
 
 class RequestLedger:
@@ -176,8 +210,12 @@ class RequestLedger:
         *,
         attempts: int = 12,
         clock: Callable[[], float] = time.time,
+        seal: AnswerSeal | None = None,
     ) -> None:
+        """A ledger over `database` for the service of ErrorInfo domain `domain`; with `seal`, answers
+        are stored encrypted (a service whose answers carry secrets keeps none in the clear)."""
         self.database = database
+        self._seal = seal
         self.domain = domain
         self.attempts = attempts
         self._clock = clock
@@ -192,9 +230,14 @@ class RequestLedger:
         request_id: str = getattr(request, "request_id", "")
         if not request_id:
             return await self._attempt(work, None)
-        with self.in_flight.claim(request_id):
-            key = _Key(request_id, method, fingerprint(method, request), subject, response_type)
+        scope = self.scope()
+        with self.in_flight.claim(request_id, scope):
+            key = _Key(request_id, method, fingerprint(method, request), subject, scope, response_type)
             return await self._attempt(work, key)
+
+    def scope(self) -> str:
+        """The scope of the current caller's request ids here (`caller_scope` of this ledger's domain)."""
+        return caller_scope(self.domain)
 
     async def record(self, tx: storage.Transaction, answers: Sequence[RecordedAnswer]) -> None:
         """Store answers decided outside `execute` in `tx`, in the form `execute` replays.
@@ -202,19 +245,23 @@ class RequestLedger:
         For a store that decides many requests in one transaction. `storage.UniqueViolation` if
         one of the request ids has an answer already (a retry: run it through `execute`).
         """
+        if self._seal is not None:
+            answers = [answer._replace(response=self._seal.seal(answer.response)) for answer in answers]
         await record_answers(tx, answers, self._clock())
 
     async def _attempt(self, work: Work[R], key: _Key[R] | None) -> R:
         for attempt in range(self.attempts):
             if key is not None:
-                stored = await self.replay(key.request_id, key.fingerprint, key.response_type)
+                stored = await self.replay(key.request_id, key.fingerprint, key.response_type, scope=key.scope)
                 if stored is not None:
                     return stored
             try:
                 async with self.database.transaction() as tx:
                     response = await work(tx)
                     if key is not None:
-                        answer = RecordedAnswer.ok(key.request_id, key.method, key.fingerprint, response, key.subject)
+                        answer = RecordedAnswer.ok(
+                            key.request_id, key.method, key.fingerprint, response, key.subject, scope=key.scope
+                        )
                         await self.record(tx, [answer])
                 return response
             except (storage.UniqueViolation, storage.TransientError):
@@ -225,7 +272,13 @@ class RequestLedger:
                 if key is not None:
                     await self.record_rejection(
                         RecordedAnswer.rejected(
-                            key.request_id, key.method, key.fingerprint, rejection, self.domain, key.subject
+                            key.request_id,
+                            key.method,
+                            key.fingerprint,
+                            rejection,
+                            self.domain,
+                            key.subject,
+                            scope=key.scope,
                         )
                     )
                 raise
@@ -233,13 +286,17 @@ class RequestLedger:
             f"gave up after {self.attempts} concurrent modifications; retry", reason="CONCURRENT_MODIFICATION"
         )
 
-    async def replay(self, request_id: str, digest: str, response_type: type[R]) -> R | None:
-        """The recorded answer to `request_id` (a rejection is raised again), or None if there is none.
+    async def replay(
+        self, request_id: str, digest: str, response_type: type[R], *, scope: str | None = None
+    ) -> R | None:
+        """The recorded answer to `request_id` in `scope` (default: the current caller's here; a
+        rejection is raised again), or None if there is none.
 
         FAILED_PRECONDITION `REQUEST_ID_REUSED` if it was recorded for a request with another fingerprint.
         """
         row = await self.database.fetchone(
-            "SELECT method, fingerprint, outcome, response FROM request_ids WHERE request_id = ?", (request_id,)
+            "SELECT method, fingerprint, outcome, response FROM request_ids WHERE scope = ? AND request_id = ?",
+            (self.scope() if scope is None else scope, request_id),
         )
         if row is None:
             return None
@@ -250,9 +307,11 @@ class RequestLedger:
                 metadata={"request_id": request_id, "first_method": row["method"]},
                 violations=(errors.PreconditionViolation("REQUEST_ID", request_id, "used for another request"),),
             )
+        stored = bytes(row["response"])
+        answer = stored if self._seal is None else self._seal.open(stored)
         if row["outcome"] == "rejected":
-            raise ReplayedRejection(bytes(row["response"]))
-        return response_type.FromString(bytes(row["response"]))
+            raise ReplayedRejection(answer)
+        return response_type.FromString(answer)
 
     async def record_rejection(self, answer: RecordedAnswer) -> None:
         """Store a business rejection in its own transaction (the refused work wrote nothing); a retry
@@ -264,9 +323,14 @@ class RequestLedger:
             pass  # a concurrent attempt recorded its answer first; retries will replay that one
 
     async def purge(self, older_than_seconds: float) -> int:
-        """Forget request ids older than the retention period; returns how many."""
+        """Forget this service's request ids older than the retention period (another service sharing
+        the table keeps its own, under its own retention); returns how many."""
         cutoff = self._clock() - older_than_seconds
-        return await self.database.execute("DELETE FROM request_ids WHERE created_at < ?", (cutoff,))
+        prefix = f"{self.domain} "
+        return await self.database.execute(
+            "DELETE FROM request_ids WHERE created_at < ? AND (scope = '' OR substr(scope, 1, ?) = ?)",
+            (cutoff, len(prefix), prefix),
+        )
 
     async def purge_forever(self, retention_seconds: float) -> None:
         """Background loop for a service whose request ids need no other housekeeping: purge hourly

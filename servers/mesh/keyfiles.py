@@ -1,4 +1,5 @@
-"""Secrets a server keeps in files of its own: created once with mode 0600, never rewritten."""
+"""Secrets a server keeps in files of its own (created once with mode 0600, never rewritten), and
+the key files an older version made, read once to move them into the vault (`servers.mesh.vault`)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,14 @@ def read_or_create_secret(path: Path, make: Callable[[], str]) -> str:
     if create_secret_file(path, (make() + "\n").encode()):
         log.info("created secret file", extra={"path": str(path)})
     return _read(path)
+
+
+def existing_or_new(path: Path, make: Callable[[], str]) -> str:
+    """The secret an older version stored in `path`, or a new one from `make()` if there is no such file."""
+    try:
+        return _read(path)
+    except FileNotFoundError:
+        return make()
 
 
 def _read(path: Path) -> str:

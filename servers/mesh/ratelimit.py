@@ -1,4 +1,5 @@
-"""Per-caller rate limiting with token buckets, answering RESOURCE_EXHAUSTED with RetryInfo."""
+"""Rate limiting with token buckets, answering RESOURCE_EXHAUSTED with RetryInfo: per caller after
+authentication, and per source address for failed authentication before any verification."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
+
+import grpc
 
 from servers.mesh import errors, status
 from servers.mesh.auth import current_caller, peer_address
@@ -52,6 +55,14 @@ class TokenBuckets:
             return 0.0
         return (1.0 - bucket[0]) / self.rate
 
+    def wait(self, key: str) -> float:
+        """Seconds until `key` has a token (0.0 if it has one now); takes nothing."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return 0.0
+        level = min(self.burst, bucket[0] + (self._clock() - bucket[1]) * self.rate)
+        return 0.0 if level >= 1.0 else (1.0 - level) / self.rate
+
 
 def caller_key(context: Context) -> str:
     """The authenticated client id, or the peer's address for anonymous callers."""
@@ -84,3 +95,41 @@ class RateLimitInterceptor(CallInterceptor[None]):
                 ),
                 "shieldx.mesh",
             )
+
+
+class AuthFailureGuard(CallInterceptor[str]):
+    """Limits failed authentication per source address, before any credential is verified.
+
+    Checking a credential is the costly part of a refused call (Ed25519 for a token, Argon2id
+    for a client secret), and auth runs before the per-caller limit, so a source sending bad
+    credentials made the server do that work as fast as it could ask. Each call from a source
+    that ends UNAUTHENTICATED takes a token from that address's bucket; while the bucket is
+    empty, the source's calls are refused (RESOURCE_EXHAUSTED, AUTH_FAILURES_LIMITED) before
+    verification. Calls that authenticate take nothing, so a busy, valid source is never slowed.
+    """
+
+    def __init__(self, buckets: TokenBuckets) -> None:
+        self.buckets = buckets
+
+    def applies_to(self, method: Method) -> bool:
+        return not method.is_infrastructure
+
+    async def enter(self, method: Method, context: Context, request: Any) -> str:
+        source = peer_address(context.peer() or "unknown")
+        wait = self.buckets.wait(source)
+        if wait:
+            await status.abort(
+                context,
+                errors.QuotaExceeded(
+                    f"source:{source}",
+                    f"too many failed authentications from {source}",
+                    retry_after=wait,
+                    reason="AUTH_FAILURES_LIMITED",
+                ),
+                "shieldx.mesh",
+            )
+        return source
+
+    async def exit(self, method: Method, context: Context, state: str, error: BaseException | None) -> None:
+        if context.final_code(error) == grpc.StatusCode.UNAUTHENTICATED:
+            self.buckets.take(state)

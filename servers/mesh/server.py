@@ -34,12 +34,13 @@ from servers.mesh.interception import CallInterceptor, InterceptorChain
 from servers.mesh.logs import configure_logging
 from servers.mesh.metrics import MetricsInterceptor, process_registry, serve_metrics
 from servers.mesh.posture import PostureFacts, PostureServicer
-from servers.mesh.ratelimit import RateLimitInterceptor, TokenBuckets
+from servers.mesh.ratelimit import AuthFailureGuard, RateLimitInterceptor, TokenBuckets
 from servers.mesh.reflection import enable_reflection
 from servers.mesh.status import ErrorMappingInterceptor
 from servers.mesh.storage import Database, open_database
 from servers.mesh.tracing import TracingInterceptor, configure_tracing, shutdown_tracing
 from servers.mesh.trust import MeshTrust
+from servers.mesh.vault import KeyEncryptionKey, SecretVault, load_kek
 from shieldx.mesh.v1 import posture_pb2, posture_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,7 @@ class Runtime:
         """What the service reports in GetPosture beyond the runtime's settings (protections, retention)."""
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._databases: list[Database] = []
+        self._kek: KeyEncryptionKey | None = None
 
     def credentials_path(self) -> Path:
         """Where this process's client credentials are (`auth.credentials_file` or `<data_dir>/credentials`)."""
@@ -125,7 +127,10 @@ class Runtime:
 
         def token_channel(target: str) -> grpc.aio.Channel:
             secure = ChannelTls(tls.ca_file, tls.cert_file, tls.key_file) if tls.enabled else None
-            return open_channel(target, ChannelOptions(tls=secure, metrics_registry=self.registry))
+            options = ChannelOptions(
+                tls=secure, metrics_registry=self.registry, keepalive=self.config.keepalive.policy()
+            )
+            return open_channel(target, options)
 
         self.token_source = CredentialsFileTokenSource(self.credentials_path(), self.config.service, token_channel)
 
@@ -155,6 +160,7 @@ class Runtime:
                 tls=ChannelTls(tls.ca_file, tls.cert_file, tls.key_file) if tls.enabled else None,
                 token_source=self.token_source,
                 metrics_registry=self.registry,
+                keepalive=self.config.keepalive.policy(),
                 outbound_gate=self._partition_gate(service),
             )
             self._channels[service] = open_channel(self.config.endpoint(service), options)
@@ -182,6 +188,13 @@ class Runtime:
         self._databases.append(database)
         return database
 
+    async def vault(self, database: Database) -> SecretVault:
+        """The shared secrets of this service in `database`, under the configured KEK."""
+        if self._kek is None:
+            secrets = self.config.secrets
+            self._kek = await asyncio.to_thread(load_kek, secrets.kek, secrets.kek_file, self.config.data_path)
+        return SecretVault(database, self._kek)
+
     async def close(self) -> None:
         """Close channels and stores."""
         for channel in self._channels.values():
@@ -193,11 +206,15 @@ class Runtime:
 def interceptor_chain(
     runtime: Runtime, services: Sequence[ServiceDescriptor], foreign_scopes: Mapping[str, str] | None = None
 ) -> list[CallInterceptor[Any]]:
-    """The server interceptors, outermost first: tracing → metrics → auth → rate limit → faults → errors.
+    """The server interceptors, outermost first: tracing → metrics → failed-auth guard → auth → rate limit →
+    faults → errors.
 
     `foreign_scopes` names the scope of each service whose contract is not ours (by full name)."""
     config = runtime.config
     chain: list[CallInterceptor[Any]] = [TracingInterceptor(), MetricsInterceptor(runtime.registry)]
+    if config.rate_limit.enabled:
+        failures = TokenBuckets(config.rate_limit.auth_failures_per_second, config.rate_limit.auth_failure_burst)
+        chain.append(AuthFailureGuard(failures))
     if config.auth.enabled:
         if runtime.verifier is None:
             raise RuntimeError("auth is enabled but no token verifier was configured")
@@ -283,7 +300,11 @@ def create_server(mounts: Sequence[Mount], runtime: Runtime, address: str | None
     foreign_scopes = {m.descriptor.full_name: m.foreign_scope for m in mounts if m.foreign_scope}
     server = grpc.aio.server(
         interceptors=[InterceptorChain(interceptor_chain(runtime, descriptors, foreign_scopes))],
-        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 * 1024 * 1024)],
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            *runtime.config.keepalive.policy().server_options(),
+        ],
     )
     for mount in mounts:
         mount.add_to_server(mount.servicer, server)
@@ -356,7 +377,7 @@ async def run(config: MeshConfig, build: ServiceBuilder, runtime: Runtime | None
 def serve(config: MeshConfig, build: ServiceBuilder) -> None:
     """Entry point of `python -m servers.<name>`: logging, tracing, then `run` until a signal."""
     configure_logging(config.service, config.log_level, config.log_format)
-    configure_tracing(config.service)
+    configure_tracing(config.service, config.version)
     try:
         asyncio.run(run(config, build))
     finally:

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from servers.mesh.filemodes import private_directory, private_file, restrict_if_present
 from servers.mesh.storage import (
     MIGRATIONS_TABLE,
     CheckViolation,
@@ -73,7 +74,7 @@ class SQLiteDatabase(Database):
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            private_directory(Path(self.path).parent)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._lock = asyncio.Lock()
         self._connection: sqlite3.Connection | None = None
@@ -82,6 +83,11 @@ class SQLiteDatabase(Database):
     def _connection_in_thread(self) -> sqlite3.Connection:
         with self._connect_once:
             if self._connection is None:
+                if self.path != ":memory:":
+                    # SQLite gives the WAL and shared-memory files the database file's mode.
+                    private_file(Path(self.path))
+                    for suffix in ("-wal", "-shm", "-journal"):
+                        restrict_if_present(Path(self.path + suffix))
                 connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
                 connection.row_factory = sqlite3.Row
                 connection.execute("PRAGMA journal_mode=WAL")

@@ -52,7 +52,14 @@ _SERVER_ERRORS = frozenset(
 _configured = False
 
 
-def configure_tracing(service: str) -> trace.TracerProvider:
+def tracing_resource(version: str) -> Resource:
+    """The resource every exported span carries: `service.namespace` and `service.version` (the
+    version the server runs as, `v1`, `v2`, as in its routes), plus what `OTEL_SERVICE_NAME` and
+    `OTEL_RESOURCE_ATTRIBUTES` say."""
+    return Resource.create({"service.namespace": "shieldx", "service.version": version})
+
+
+def configure_tracing(service: str, version: str = "v1") -> trace.TracerProvider:
     """Install the process-wide tracer provider once (OTLP export if an endpoint is configured)."""
     global _configured
     if _configured:
@@ -65,7 +72,7 @@ def configure_tracing(service: str) -> trace.TracerProvider:
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
     os.environ.setdefault("OTEL_SERVICE_NAME", f"shieldx-{service}")
-    provider = TracerProvider(resource=Resource.create({"service.namespace": "shieldx"}))
+    provider = TracerProvider(resource=tracing_resource(version))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     log.info("exporting traces over OTLP/gRPC")

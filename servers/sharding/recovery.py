@@ -413,8 +413,13 @@ class DisasterRecovery:
         candidates = target_regions(topology.regions, region_id, target_region_id)
         plan = []
         for shard in affected:
-            health = await self.monitor.check_shard(shard)
-            chosen = promotion_region(shard, health, candidates)
+            chosen = None
+            # One slow check must not refuse a failover: a replica is written off after the threshold, as anywhere.
+            for _ in range(self.monitor.policy.failure_threshold):
+                health = await self.monitor.check_shard(shard)
+                chosen = promotion_region(shard, health, candidates)
+                if chosen is not None:
+                    break
             if chosen is None:
                 raise FailedPrecondition(
                     f"shard {shard.shard_id!r} has no healthy replica in {', '.join(candidates) or 'any other region'}",

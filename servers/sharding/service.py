@@ -35,6 +35,7 @@ from servers.sharding.rebalancer import AccountMover, RebalanceMetrics, Rebalanc
 from servers.sharding.recovery import DisasterRecovery, DrMetrics
 from servers.sharding.registry import Change, Clock, TopologyRegistry, utc_now
 from servers.sharding.ring import validate_shard_id
+from servers.sharding.sealed_dsns import SealedDsns
 from servers.sharding.settings import ShardingSettings
 from servers.sharding.store import FailoverCursor, ShardingStore, to_us
 from servers.sharding.topology import Topology
@@ -87,7 +88,7 @@ async def build_service(runtime: Runtime, *, mover: AccountMover | None = None, 
     settings = service_settings(ShardingSettings, runtime.config)
     policy = settings.health_policy()
     database = await runtime.database("servers.sharding.migrations")
-    store = ShardingStore(database)
+    store = ShardingStore(database, await SealedDsns.shared(await runtime.vault(database)))
     registry = TopologyRegistry(
         store, clock=clock, history=settings.watch_history, refresh_seconds=settings.topology_refresh_seconds
     )

@@ -42,6 +42,7 @@ from servers.sharding.rebalance import (
     RebalanceWorkflow,
 )
 from servers.sharding.regions import DivergenceRecord, RegionFailoverRecord, RegionFailoverStep, StepTiming
+from servers.sharding.sealed_dsns import SealedDsns
 from servers.sharding.topology import MigrationRouting, Topology
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -100,8 +101,16 @@ class FailoverCursor:
 class ShardingStore:
     """Reads and writes of the sharding registry; writes take the caller's transaction."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, dsns: SealedDsns | None = None) -> None:
+        """A store over `database`; with `dsns`, node DSNs (and their passwords) are stored sealed."""
         self.database = database
+        self._dsns = dsns
+
+    def _stored_dsn(self, dsn: str) -> str:
+        return dsn if self._dsns is None else self._dsns.seal(dsn)
+
+    def _read_dsn(self, stored: str) -> str:
+        return stored if self._dsns is None else self._dsns.open(stored)
 
     # Topology
 
@@ -119,7 +128,13 @@ class ShardingStore:
         assert registry is not None, "the registry row is created by the first migration"
         nodes: dict[str, list[Node]] = {}
         for row in await tx.fetchall("SELECT node_id, shard_id, role, dsn, region, health FROM nodes"):
-            node = Node(row["node_id"], row["dsn"], row["region"], NodeRole(row["role"]), HealthState(row["health"]))
+            node = Node(
+                row["node_id"],
+                self._read_dsn(row["dsn"]),
+                row["region"],
+                NodeRole(row["role"]),
+                HealthState(row["health"]),
+            )
             nodes.setdefault(row["shard_id"], []).append(node)
         shards = tuple(
             Shard(
@@ -196,7 +211,7 @@ class ShardingStore:
         await tx.executemany(
             "INSERT INTO nodes (node_id, shard_id, role, dsn, region, health) VALUES (?, ?, ?, ?, ?, ?)",
             [
-                (n.node_id, s.shard_id, n.role.value, n.dsn, n.region, n.health.value)
+                (n.node_id, s.shard_id, n.role.value, self._stored_dsn(n.dsn), n.region, n.health.value)
                 for s in topology.shards
                 for n in s.nodes
             ],

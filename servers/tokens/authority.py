@@ -1,8 +1,8 @@
 """The token service's live signing state: its key ring, the signer, and the verifiers that follow it.
 
 `TokenAuthority` holds in memory what every request needs without touching the database:
-the key ring (public halves from the store, the active key's secret half from its 0600
-file), a `TokenSigner` for the active key, and the `TokenVerifier`s of this process — the
+the key ring (public halves from the store, the active key's secret half from the vault,
+sealed in the same database), a `TokenSigner` for the active key, and the `TokenVerifier`s of this process — the
 inspector behind IntrospectToken and RevokeToken, and, when the runtime has none, the
 verifier of the mesh auth interceptor. They follow the service's own rotations and
 revocations directly, in process, with no network call.
@@ -28,7 +28,7 @@ from servers.mesh.verifier import TokenVerifier
 from servers.tokens.domain import TokenSettings
 from servers.tokens.keys import KeyRing, SigningKeyRecord, generate_signing_key
 from servers.tokens.revocations import Revocation
-from servers.tokens.secret_files import SigningKeyFiles
+from servers.tokens.signing_secrets import SigningKeySecrets
 from servers.tokens.store import TokenStore
 
 log = logging.getLogger(__name__)
@@ -42,13 +42,13 @@ class TokenAuthority:
     def __init__(
         self,
         store: TokenStore,
-        key_files: SigningKeyFiles,
+        key_secrets: SigningKeySecrets,
         settings: TokenSettings,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
-        self.key_files = key_files
+        self.key_secrets = key_secrets
         self.settings = settings
         self.clock = clock
         self.inspector = TokenVerifier(audience=None, issuer=settings.issuer, leeway=settings.leeway, clock=clock)
@@ -114,16 +114,11 @@ class TokenAuthority:
         """The keys ListPublicKeys shows now: the active one and previous ones within their overlap."""
         return self._ring.published(self.now())
 
-    def new_signing_key(self) -> SigningKeyRecord:
-        """A fresh key whose secret half is already on disk (write it before the row commits)."""
-        key = generate_signing_key(self.now())
-        assert key.secret_key is not None
-        self.key_files.write(key.kid, key.secret_key)
-        return key
-
     async def rotate_in(self, tx: Transaction, overlap: timedelta) -> KeyRing:
-        """Install a new active key in `tx` (its secret file is written first); `reload_keys` after commit."""
-        new_key = await asyncio.to_thread(self.new_signing_key)
+        """Install a new active key, its secret half sealed beside it, in `tx`; `reload_keys` after commit."""
+        new_key = generate_signing_key(self.now())
+        assert new_key.secret_key is not None
+        await self.key_secrets.store(tx, new_key.kid, new_key.secret_key)
         return await self.store.install_signing_key(tx, new_key, self.now(), overlap)
 
     async def rotate(self, overlap: timedelta) -> KeyRing:
@@ -147,8 +142,8 @@ class TokenAuthority:
     async def reload_keys(self) -> None:
         """Read the ring from the store and the active key's secret half from its file; update verifiers.
 
-        Secret files of keys that no longer sign are destroyed here, so a rotation committed
-        by this or another replica leaves only the new key's secret on disk.
+        Secret halves of keys that no longer sign are destroyed here, so a rotation committed
+        by this or another replica leaves only the new key's secret.
         """
         async with self._reloading:  # one at a time, so a stale read never lands after a fresh one
             records = await self.store.signing_keys()
@@ -177,9 +172,7 @@ class TokenAuthority:
             if changed:
                 self._key_generation += 1
                 self._wake_watchers()
-            await asyncio.to_thread(
-                self.key_files.prune, None if active is None else active.kid, {key.kid for key in records}
-            )
+            await self.key_secrets.prune(None if active is None else active.kid, {key.kid for key in records})
 
     async def _secret_of(self, active: SigningKeyRecord | None) -> bytes | None:
         if active is None:
@@ -187,7 +180,7 @@ class TokenAuthority:
         for key in self._ring.keys:
             if key.kid == active.kid and key.secret_key is not None:
                 return key.secret_key  # read already; the file of an active key never changes
-        return await asyncio.to_thread(self.key_files.read, active.kid)
+        return await self.key_secrets.read(active.kid)
 
     def refresh_key_windows(self) -> None:
         """Give every verifier exactly the keys published now (drops keys whose overlap ended)."""

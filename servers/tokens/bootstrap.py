@@ -103,6 +103,20 @@ def token_endpoint(config: MeshConfig) -> str:
     return f"{host}:{config.port}"
 
 
+def follow_endpoint(path: Path, endpoint: str) -> bool:
+    """Point the credentials file at `endpoint`, where this token service listens now; True if it
+    named another (a restart on other ports: every server reads its token endpoint there)."""
+    credentials = CredentialsFile.load(path)
+    if credentials.token_endpoint == endpoint:
+        return False
+    log.info(
+        "credentials file now names this token service", extra={"was": credentials.token_endpoint, "now": endpoint}
+    )
+    credentials.token_endpoint = endpoint
+    credentials.save(path)
+    return True
+
+
 async def bootstrap(
     store: TokenStore, secrets: SecretChecker, path: Path, endpoint: str, audience: str
 ) -> CredentialsFile | None:
@@ -114,6 +128,8 @@ async def bootstrap(
     if await store.has_clients():
         if not await asyncio.to_thread(path.exists):
             log.warning("clients exist but the credentials file is missing", extra={"path": str(path)})
+        else:
+            await asyncio.to_thread(follow_endpoint, path, endpoint)
         return None
     now = datetime.now(UTC)
     specs = bootstrap_specs(audience)

@@ -20,6 +20,7 @@ from servers.mesh.errors import (
     InvalidArgument,
 )
 from servers.tokens import totp
+from servers.tokens.lockout import LockoutPolicy
 
 MFA_NOT_FOR_WORKLOADS = "MFA_NOT_FOR_WORKLOADS"
 """Reason: MFA enrolment asked for a workload client; only people enrol."""
@@ -56,6 +57,8 @@ class TokenSettings:
     mfa_issuer: str = "ShieldX"
     """Issuer name authenticator apps show next to the account."""
     totp_parameters: totp.TotpParameters = field(default_factory=totp.TotpParameters)
+    mfa_lockout: LockoutPolicy = field(default_factory=LockoutPolicy)
+    """When wrong TOTP codes lock a person out, and for how long."""
     """TOTP digits, period, algorithm and drift window."""
 
     def __post_init__(self) -> None:

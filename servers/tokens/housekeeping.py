@@ -111,7 +111,7 @@ class Housekeeping:
             response.ClearField(secret_field)
             if answer.method == "EnrollMfa":
                 response.ClearField("provisioning_uri")
-            await self.store.replace_answer(answer.request_id, response.SerializeToString(deterministic=True))
+            await self.store.replace_answer(answer, response.SerializeToString(deterministic=True))
             scrubbed += 1
         return scrubbed
 

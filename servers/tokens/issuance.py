@@ -16,6 +16,7 @@ from servers.tokens.domain import (
     TokenSettings,
     validate_scopes,
 )
+from servers.tokens.lockout import MfaFailures, refuse_if_locked
 
 INVALID_CLIENT = "INVALID_CLIENT"
 """Reason: unknown client id or wrong secret (deliberately the same answer for both)."""
@@ -78,12 +79,14 @@ def authorize_issue(
     settings: TokenSettings,
     secrets: SecretChecker,
     now: datetime,
+    mfa_failures: MfaFailures | None = None,
 ) -> TokenGrant:
     """Decide an IssueToken request for `client` (None if the id is unknown).
 
     Order matters: request shape first (cheap, reveals nothing), then the credentials
     (an unknown id and a wrong secret are the same INVALID_CLIENT), then what the client
-    may ask for, and the TOTP code last so a refused request does not spend it.
+    may ask for, and the TOTP code last so a refused request does not spend it. A client
+    locked by wrong codes (`mfa_failures`) is refused MFA_LOCKED before its code is looked at.
     """
     if not request.client_id:
         raise InvalidArgument("client_id", "is required")
@@ -98,7 +101,10 @@ def authorize_issue(
         raise PermissionDenied(f"client {client.client_id!r} is disabled", reason=CLIENT_DISABLED)
     granted_scopes = _granted_scopes(client, scopes)
     audience = _granted_audience(client, request.audience)
-    mfa_step = _check_second_factor(client, request.totp_code, settings, now) if client.mfa_enabled else None
+    mfa_step = None
+    if client.mfa_enabled:
+        refuse_if_locked(mfa_failures or MfaFailures(), now)
+        mfa_step = _check_second_factor(client, request.totp_code, settings, now)
     return TokenGrant(
         client_id=client.client_id,
         audience=audience,

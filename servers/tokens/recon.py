@@ -30,6 +30,8 @@ class PresentedCredential:
     source_address: str
     client_id: str
     secret: str
+    detail: str = "client credentials refused"
+    """What was refused, for the deception service's record."""
 
 
 class ReconReporter:
@@ -69,7 +71,7 @@ class ReconReporter:
                         secret=presented.secret,
                         reporting_service="shieldx.tokens.v1.TokenService",
                         method="/shieldx.tokens.v1.TokenService/IssueToken",
-                        detail="client credentials refused",
+                        detail=presented.detail,
                     )
                 except ShieldxError as error:
                     if error.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):

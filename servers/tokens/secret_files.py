@@ -1,4 +1,8 @@
-"""Secret material the token service keeps outside its database, in files of mode 0600.
+"""Secret files of older versions of the token service (mode 0600), read once to move them into the vault.
+
+Signing keys' secret halves and the TOTP encryption key now live in the database, sealed
+under the key-encryption key (`servers.mesh.vault`, `servers.tokens.signing_secrets`); what
+follows describes the files an older version wrote, which are imported on first use.
 
 `<data_dir>/keys/` (mode 0700) holds the secret half of the active signing key, one file per
 key named after its kid and holding its PASERK `k4.secret`, and the key that encrypts TOTP
@@ -26,12 +30,16 @@ import nacl.utils
 
 from clients.secret_files import create_secret_file, fsync_directory, write_secret_file
 from servers.mesh import paseto
+from servers.mesh.vault import SecretVault
 
 KEYS_DIRECTORY = "keys"
 """Directory under the data dir holding the secret files."""
 
 TOTP_KEY_FILE = "totp-secrets.key"
 """File holding the key that encrypts TOTP secrets at rest."""
+
+TOTP_VAULT_NAME = "tokens/totp-key"
+"""Vault name of the key that encrypts TOTP secrets (and one-time secrets in stored answers)."""
 
 _SIGNING_KEY_SUFFIX = ".k4.secret"
 _ORPHAN_GRACE_SECONDS = 3600.0
@@ -146,6 +154,20 @@ class AtRestCipher:
 
     def __init__(self, key: bytes) -> None:
         self._box = nacl.secret.SecretBox(key)
+
+    @classmethod
+    async def shared(cls, vault: SecretVault, legacy: Path) -> AtRestCipher:
+        """The cipher whose key the replicas share in `vault` (made on first start, or taken from
+        the `legacy` key file an older version wrote)."""
+
+        def make() -> bytes:
+            existing = read_secret_file(legacy)
+            return existing if existing is not None else nacl.utils.random(nacl.secret.SecretBox.KEY_SIZE)
+
+        key = await vault.get_or_create(TOTP_VAULT_NAME, make)
+        if len(key) != nacl.secret.SecretBox.KEY_SIZE:
+            raise SecretFileError(f"{TOTP_VAULT_NAME} does not hold a {nacl.secret.SecretBox.KEY_SIZE}-byte key")
+        return cls(key)
 
     @classmethod
     def open(cls, path: Path) -> AtRestCipher:

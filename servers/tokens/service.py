@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from servers.mesh.auth import current_caller, peer_address
@@ -41,12 +41,13 @@ from servers.tokens.domain import (
     validate_client_id,
 )
 from servers.tokens.housekeeping import Housekeeping, TokenMetrics
-from servers.tokens.issuance import INVALID_CLIENT, MFA_REPLAYED, TokenRequest, authorize_issue
+from servers.tokens.issuance import INVALID_CLIENT, MFA_INVALID, MFA_REPLAYED, TokenRequest, authorize_issue
 from servers.tokens.keys import check_overlap
 from servers.tokens.recon import PresentedCredential, ReconReporter
 from servers.tokens.revocations import Revocation, introspect, plan_revocation
-from servers.tokens.secret_files import TOTP_KEY_FILE, AtRestCipher, SigningKeyFiles, secrets_directory
+from servers.tokens.secret_files import KEYS_DIRECTORY, TOTP_KEY_FILE, AtRestCipher, SigningKeyFiles
 from servers.tokens.settings import TokenServiceSettings
+from servers.tokens.signing_secrets import SigningKeySecrets
 from servers.tokens.store import TokenStore
 from servers.tokens.watch import revocation_stream
 from shieldx.tokens.v1 import tokens_pb2, tokens_pb2_grpc
@@ -191,7 +192,7 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
     async def IssueToken(self, request: tokens_pb2.IssueTokenRequest, context: Any) -> tokens_pb2.IssueTokenResponse:
         """Client credentials grant: check the client (Argon2id in a worker thread), then sign."""
         try:
-            response = await self._issue(request)
+            response = await self._issue(request, peer_address(context.peer() or ""))
         except DomainError as refusal:
             self.metrics.issued.labels(outcome=refusal.reason).inc()
             if refusal.reason == INVALID_CLIENT and request.client_secret and self.recon is not None:
@@ -203,7 +204,7 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
         self.metrics.issued.labels(outcome="ISSUED").inc()
         return response
 
-    async def _issue(self, request: tokens_pb2.IssueTokenRequest) -> tokens_pb2.IssueTokenResponse:
+    async def _issue(self, request: tokens_pb2.IssueTokenRequest, peer: str) -> tokens_pb2.IssueTokenResponse:
         token_request = TokenRequest(
             client_id=request.client_id,
             client_secret=request.client_secret,
@@ -214,17 +215,27 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
         )
         client = await self._known_client(request.client_id)
         now = self.authority.now()
-        if client is not None and self.hasher.remembers(client.secret_hash, request.client_secret):
-            # The secret verified before: the decision takes microseconds, no worker thread needed.
-            grant = authorize_issue(client, token_request, self.token_settings, self.hasher, now)
-        else:
-            grant = await asyncio.to_thread(
-                authorize_issue, client, token_request, self.token_settings, self.hasher, now
-            )
+        failures = (
+            await self.store.mfa_failures(client.client_id) if client is not None and client.mfa_enabled else None
+        )
+        try:
+            if client is not None and self.hasher.remembers(client.secret_hash, request.client_secret):
+                # The secret verified before: the decision takes microseconds, no worker thread needed.
+                grant = authorize_issue(client, token_request, self.token_settings, self.hasher, now, failures)
+            else:
+                grant = await asyncio.to_thread(
+                    authorize_issue, client, token_request, self.token_settings, self.hasher, now, failures
+                )
+        except Unauthenticated as refusal:
+            if client is not None and refusal.reason == MFA_INVALID:
+                await self._wrong_code(client, request, peer, now)
+            raise
         if grant.mfa_step is not None and (
             client is None or not await self.store.advance_mfa_step(client, grant.mfa_step)
         ):
             raise Unauthenticated("this TOTP code was used already", reason=MFA_REPLAYED)
+        if failures is not None and failures.failures:
+            await self.store.clear_mfa_failures(grant.client_id)
         issued = self.authority.signer.mint(
             audience=grant.audience,
             ttl=grant.ttl,
@@ -233,6 +244,31 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
             client_id=grant.client_id,
         )
         return messages.issue_response(issued)
+
+    async def _wrong_code(
+        self, client: Client, request: tokens_pb2.IssueTokenRequest, peer: str, now: datetime
+    ) -> None:
+        """Count a wrong TOTP code; a lock it starts is audited and reported like a refused credential."""
+        before = await self.store.mfa_failures(client.client_id)
+        after = await self.store.record_wrong_code(client.client_id, self.token_settings.mfa_lockout, now)
+        if after.locked_until is None or after.locked_until == before.locked_until:
+            return
+        self.metrics.issued.labels(outcome="MFA_LOCKOUT").inc()
+        log.warning(
+            "client locked out after repeated wrong TOTP codes",
+            extra={
+                "subject": client.client_id,
+                "failures": after.failures,
+                "locked_until": after.locked_until.isoformat(),
+                "source": peer,
+            },
+        )
+        if self.recon is not None:
+            self.recon.report(
+                PresentedCredential(
+                    peer, client.client_id, request.client_secret, detail="TOTP lockout: repeated wrong codes"
+                )
+            )
 
     async def IntrospectToken(
         self, request: tokens_pb2.IntrospectTokenRequest, context: Any
@@ -358,11 +394,12 @@ async def build(runtime: Runtime) -> Service:
     config = runtime.config
     settings = service_settings(TokenServiceSettings, config)
     token_settings = settings.token_settings()
-    directory = await asyncio.to_thread(secrets_directory, config.data_path)
-    cipher = await asyncio.to_thread(AtRestCipher.open, directory / TOTP_KEY_FILE)
     database = await runtime.database("servers.tokens.migrations")
+    vault = await runtime.vault(database)
+    legacy = config.data_path / KEYS_DIRECTORY  # secret files an older version wrote, imported once
+    cipher = await AtRestCipher.shared(vault, legacy / TOTP_KEY_FILE)
     store = TokenStore(database, cipher)
-    authority = TokenAuthority(store, SigningKeyFiles(directory), token_settings)
+    authority = TokenAuthority(store, SigningKeySecrets(vault, SigningKeyFiles(legacy)), token_settings)
     if runtime.verifier is None:
         # The mesh auth interceptor of this very server trusts our own keys, in process.
         runtime.verifier = authority.follow(
@@ -376,7 +413,7 @@ async def build(runtime: Runtime) -> Service:
     hasher = ClientSecretHasher(settings.argon2_cost())
     if settings.bootstrap:
         await bootstrap(store, hasher, credentials_path(config), token_endpoint(config), settings.audience)
-    ledger = RequestLedger(database, LEDGER_DOMAIN)
+    ledger = RequestLedger(database, LEDGER_DOMAIN, seal=store.answers)
     metrics = TokenMetrics(runtime.registry)
     recon = ReconReporter(lambda: runtime.channel("deception"), runtime.registry)
     servicer = TokenServicer(

@@ -7,7 +7,8 @@ that finds the row changed since it was read raises `storage.TransientError`, wh
 ledger answers by running the work again.
 
 Times are stored as microseconds since the epoch. TOTP secrets are stored encrypted with
-`AtRestCipher`; signing keys' secret halves are never stored here (see `secret_files`).
+`AtRestCipher`, and so are the request ledger's stored answers (`SealedAnswers`); signing keys'
+secret halves are sealed in the vault (`signing_secrets`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from servers.mesh.storage import Database, Row, Transaction
 from servers.mesh.timestamps import from_micros, to_micros
 from servers.tokens.domain import Client, ClientKind, MfaEnrolment
 from servers.tokens.keys import KeyRing, SigningKeyRecord
+from servers.tokens.lockout import LockoutPolicy, MfaFailures, after_wrong_code
 from servers.tokens.revocations import Revocation
 from servers.tokens.secret_files import AtRestCipher
 
@@ -60,16 +62,38 @@ class StoredAnswer:
 
     request_id: str
     """Its request id."""
+    scope: str
+    """Whose request id it is (`idempotency.caller_scope`)."""
     method: str
     """The RPC it answered."""
     response: bytes
     """The serialized response message."""
 
 
+class SealedAnswers:
+    """The request ledger's stored answers, encrypted with the at-rest cipher: CreateClient and
+    EnrollMfa answers carry one-time secrets, which must never reach the database (or its WAL) in
+    the clear. An answer stored before answers were sealed is read as it is."""
+
+    def __init__(self, cipher: AtRestCipher) -> None:
+        self._cipher = cipher
+
+    def seal(self, answer: bytes) -> bytes:
+        """The encrypted form (base64 text, as bytes)."""
+        return self._cipher.encrypt(answer).encode("ascii")
+
+    def open(self, stored: bytes) -> bytes:
+        """The serialized answer."""
+        opened = self._cipher.decrypt(stored.decode("ascii", "replace"))
+        return stored if opened is None else opened
+
+
 class TokenStore:
     """The token service's tables behind a small async interface."""
 
     def __init__(self, database: Database, cipher: AtRestCipher) -> None:
+        self.answers = SealedAnswers(cipher)
+        """How the request ledger stores this service's answers."""
         self.database = database
         self._cipher = cipher
 
@@ -177,6 +201,37 @@ class TokenStore:
             ),
         )
         return changed == 1
+
+    async def mfa_failures(self, client_id: str) -> MfaFailures:
+        """The client's run of wrong TOTP codes (none recorded: zero)."""
+        row = await self.database.fetchone(
+            "SELECT failures, locked_until_us FROM mfa_lockouts WHERE client_id = ?", (client_id,)
+        )
+        return _failures(row)
+
+    async def record_wrong_code(self, client_id: str, policy: LockoutPolicy, now: datetime) -> MfaFailures:
+        """Count one more wrong TOTP code (atomically, so concurrent guesses all count); the new run."""
+        async with self.database.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO mfa_lockouts (client_id, failures) VALUES (?, 1)"
+                " ON CONFLICT (client_id) DO UPDATE SET failures = mfa_lockouts.failures + 1",
+                (client_id,),
+            )
+            row = await tx.fetchone(
+                "SELECT failures, locked_until_us FROM mfa_lockouts WHERE client_id = ?", (client_id,)
+            )
+            counted = _failures(row)
+            after = after_wrong_code(MfaFailures(counted.failures - 1, counted.locked_until), policy, now)
+            if after.locked_until != counted.locked_until and after.locked_until is not None:
+                await tx.execute(
+                    "UPDATE mfa_lockouts SET locked_until_us = ? WHERE client_id = ?",
+                    (to_micros(after.locked_until), client_id),
+                )
+        return after
+
+    async def clear_mfa_failures(self, client_id: str) -> None:
+        """A right code: the run of wrong ones is over."""
+        await self.database.execute("DELETE FROM mfa_lockouts WHERE client_id = ?", (client_id,))
 
     def _client(self, row: Row) -> Client:
         return Client(
@@ -343,12 +398,25 @@ class TokenStore:
         """Successful answers of `methods` recorded before `before` (epoch seconds)."""
         placeholders = ", ".join("?" for _ in methods)
         rows = await self.database.fetchall(
-            "SELECT request_id, method, response FROM request_ids"
+            "SELECT request_id, scope, method, response FROM request_ids"
             f" WHERE outcome = 'ok' AND method IN ({placeholders}) AND created_at < ?",
             (*methods, before),
         )
-        return [StoredAnswer(row["request_id"], row["method"], bytes(row["response"])) for row in rows]
+        return [
+            StoredAnswer(row["request_id"], row["scope"], row["method"], self.answers.open(bytes(row["response"])))
+            for row in rows
+        ]
 
-    async def replace_answer(self, request_id: str, response: bytes) -> None:
+    async def replace_answer(self, answer: StoredAnswer, response: bytes) -> None:
         """Overwrite a stored answer (to drop a one-time secret from it)."""
-        await self.database.execute("UPDATE request_ids SET response = ? WHERE request_id = ?", (response, request_id))
+        await self.database.execute(
+            "UPDATE request_ids SET response = ? WHERE scope = ? AND request_id = ?",
+            (self.answers.seal(response), answer.scope, answer.request_id),
+        )
+
+
+def _failures(row: Row | None) -> MfaFailures:
+    if row is None:
+        return MfaFailures()
+    locked = row["locked_until_us"]
+    return MfaFailures(int(row["failures"]), None if locked is None else from_micros(locked))

@@ -165,3 +165,23 @@ def test_up_restarts_a_crashed_server(
     wait_serving(f"127.0.0.1:{endpoints['credits']['port']}", timeout=5)
     process.send_signal(signal.SIGTERM)
     assert process.wait(30) == 0
+
+
+def test_up_again_in_the_same_folder_comes_up_on_new_ports(tmp_path: Path) -> None:
+    # Each `--free-ports` run listens elsewhere; the second used to leave five servers
+    # NOT_SERVING, asking the first run's token endpoint for tokens.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "generated")])}
+    command = [sys.executable, "-m", "servers.cli", "--data-dir", str(tmp_path / "state"), "up", "--free-ports"]
+    ports = []
+    for _ in range(2):
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        try:
+            _wait_for_line(process, "all servers SERVING", timeout=120)
+            ports.append(json.loads((tmp_path / "state" / "endpoints.json").read_text())["tokens"]["port"])
+        finally:
+            process.send_signal(signal.SIGINT)
+            assert process.wait(60) == 0
+    credentials = json.loads((tmp_path / "state" / "credentials").read_text())
+    assert ports[0] != ports[1] and credentials["token_endpoint"] == f"127.0.0.1:{ports[1]}"

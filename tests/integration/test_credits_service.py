@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import sys
@@ -636,7 +637,7 @@ async def test_changing_a_stored_event_makes_verification_fail_naming_that_event
     assert still_fine.ok
 
 
-async def test_audit_head_is_signed_with_the_key_kept_in_the_data_dir(
+async def test_audit_head_is_signed_with_the_key_sealed_in_the_database(
     client: CreditsClient, config: MeshConfig
 ) -> None:
     await purchase(client, "acme", 100)
@@ -650,9 +651,36 @@ async def test_audit_head_is_signed_with_the_key_kept_in_the_data_dir(
     assert (head.account_count, head.event_count) == (2, 3)
     signed = LedgerHead(head.digest, head.account_count, head.event_count, head.sign_time.ToDatetime(UTC))
     nacl.signing.VerifyKey(head.public_key).verify(head_signing_bytes(signed), head.signature)
-    key_file = Path(config.data_dir) / "credits-head-signing.key"
-    assert key_file.stat().st_mode & 0o777 == 0o600
-    assert (Path(config.data_dir) / "credits-payment-reference.key").stat().st_mode & 0o777 == 0o600
+    async with ledger_database(config) as database:
+        names = [row["name"] for row in await database.fetchall("SELECT name FROM sealed_secrets ORDER BY name")]
+    assert names == ["credits/head-signing-seed", "credits/payment-reference-key"]
+    assert not (Path(config.data_dir) / "credits-head-signing.key").exists(), "no key file beside the data"
+    assert (Path(config.data_dir) / "kek").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("store_config", ["postgres"], indirect=True)
+async def test_two_credits_servers_on_one_database_share_the_payment_reference_key(
+    start_service: StartService, config: MeshConfig, tmp_path: Path
+) -> None:
+    kek = base64.b64encode(os.urandom(32)).decode()
+    config.secrets.kek = kek
+    first = CreditsClient((await start_service(build, config)).channel)
+    other = credits_config(
+        tmp_path / "other", {"database_url": config.database_url, "database_schema": config.database_schema}
+    )
+    other.secrets.kek = kek
+    second = CreditsClient((await start_service(build, other)).channel)
+    await purchase(first, "acme", 100, reference="pay-shared")
+    found = await second.list_transactions(pb.ListTransactionsRequest(reference="pay-shared"))
+    assert [(t.account_id, t.reference) for t in found.transactions] == [("acme", "pay-shared")], (
+        "a reference sealed by one replica opens, and is found, on the other"
+    )
+    await purchase(second, "bob", 5, reference="pay-other")
+    opened = await first.list_transactions(pb.ListTransactionsRequest(account_id="bob"))
+    assert [t.reference for t in opened.transactions] == ["pay-other"]
+    first_head = await first.get_audit_head(pb.GetAuditHeadRequest())
+    second_head = await second.get_audit_head(pb.GetAuditHeadRequest())
+    assert first_head.public_key == second_head.public_key, "one head signing key for the ledger"
 
 
 # -- snapshots, rebuild ---------------------------------------------------------------------------------

@@ -1114,3 +1114,53 @@ async def test_the_fuzz_harness_finds_nothing(running: Running, deployments: Dep
         report.assert_clean()
         report.assert_reaches_logic()
         assert report.calls > 100
+
+
+async def test_a_workload_registers_and_deregisters_only_instances_of_its_own_service(
+    start_service: StartService, store_config: dict[str, str], tmp_path: Path
+) -> None:
+    authority = TestAuthority()
+    running = await start_service(
+        build, deployment_config(tmp_path, store_config, auth__enabled=True), verifier=authority.verifier
+    )
+    client = DeploymentClient(running.channel)
+    tokens = authority.metadata(["deployment.register"], client_id="tokens")
+    deception = authority.metadata(["deployment.register"], client_id="deception")
+    admin = authority.metadata(["deployment.register", "deployment.admin", "deployment.read"], client_id="admin")
+    own = routing_pb2.RegisterInstanceRequest(
+        service="tokens", version="v1", address="127.0.0.1:8080", metrics_endpoint="http://127.0.0.1:9080/metrics"
+    )
+    await client.register_instance(own, metadata=tokens)
+
+    # The reproduction: deception's workload token poisoning the token service's route.
+    poison = routing_pb2.RegisterInstanceRequest(service="tokens", version="v1", address="127.0.0.1:9")
+    denied = await refused(client.register_instance(poison, metadata=deception))
+    assert (denied.code, denied.reason) == (grpc.StatusCode.PERMISSION_DENIED, "INSTANCE_OF_ANOTHER_SERVICE")
+    leave = routing_pb2.DeregisterInstanceRequest(service="tokens", address="127.0.0.1:8080")
+    denied = await refused(client.deregister_instance(leave, metadata=deception))
+    assert (denied.code, denied.reason) == (grpc.StatusCode.PERMISSION_DENIED, "INSTANCE_OF_ANOTHER_SERVICE")
+
+    # Metrics endpoints on another host are refused before anything is stored or fetched.
+    for url in ("http://169.254.169.254/latest/meta-data/", "http://127.0.0.2:9089/metrics"):
+        metadata_service = routing_pb2.RegisterInstanceRequest(
+            service="deception", version="v1", address="127.0.0.1:8089", metrics_endpoint=url
+        )
+        bad = await refused(client.register_instance(metadata_service, metadata=deception))
+        assert (bad.code, bad.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "METRICS_HOST_NOT_ALLOWED")
+        assert bad.metadata["field"] == "metrics_endpoint"
+    await client.register_instance(
+        routing_pb2.RegisterInstanceRequest(
+            service="deception", version="v1", address="127.0.0.1:8089", metrics_endpoint="http://127.0.0.1:9089/m"
+        ),
+        metadata=deception,
+    )
+
+    listed = await client.list_instances(routing_pb2.ListInstancesRequest(), metadata=admin)
+    assert [(i.service, i.address) for i in listed.instances] == [
+        ("deception", "127.0.0.1:8089"),
+        ("tokens", "127.0.0.1:8080"),
+    ]
+    # Operators (deployment.admin) still manage any service's instances.
+    await client.deregister_instance(leave, metadata=admin)
+    listed = await client.list_instances(routing_pb2.ListInstancesRequest(service="tokens"), metadata=admin)
+    assert not listed.instances

@@ -31,6 +31,7 @@ from servers.sharding.service import build, build_service
 from servers.sharding.store import FailoverCursor, ShardingStore, to_us
 from shieldx.sharding.v1 import sharding_pb2 as pb
 from tests.conftest import POSTGRES_URL, Running, StartService, stop_service, test_config
+from tests.support import rawstore
 from tests.support.fuzz import fuzz_service
 from tests.support.pgcluster import PgWorkspace
 from tests.support.polling import eventually, wait_until
@@ -115,6 +116,20 @@ async def test_shards_register_join_and_leave_with_redacted_dsns(
     listed = await client.list_shards(pb.ListShardsRequest())
     assert [s.shard_id for s in listed.shards] == ["shard-a", "shard-c"]
     assert listed.topology_version == leaving.topology_version == 7
+
+
+async def test_shard_passwords_are_sealed_at_rest(
+    store_config: dict[str, str], start_service: StartService, tmp_path: Path
+) -> None:
+    config = sharding_config(tmp_path, store_config)
+    running, client = await start(start_service, config)
+    await client.register_shard(register("shard-a", replicas=1))
+    await client.add_replica(pb.AddReplicaRequest(shard_id="shard-a", replica=spec("shard-a-r2")))
+    assert b"s3cret" not in rawstore.stored_bytes(config, "sharding"), "no shard password in the store or its WAL"
+    await stop_service(running)
+    _, restarted = await start(start_service, config)
+    shard = (await restarted.get_shard(pb.GetShardRequest(shard_id="shard-a"))).shard
+    assert [n.dsn for n in shard.nodes] == ["postgresql://credits:***@127.0.0.1:1/credits"] * 3, "and it reads back"
 
 
 async def test_link_local_hosts_and_file_parameters_are_refused_before_the_monitor_sees_them(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import stat
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,11 +16,9 @@ from typing import Any
 
 import grpc
 import nacl.signing
-import psycopg
 import pytest
 from google.protobuf import duration_pb2, field_mask_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from psycopg import sql
 
 from clients.credentials import CredentialsFile
 from clients.errors import ShieldxError
@@ -29,11 +28,13 @@ from servers.mesh.claims import TokenSigner, footer_for
 from servers.mesh.errors import Unauthenticated
 from servers.mesh.verifier import TokenVerifier, TrustedKey
 from servers.tokens import totp
+from servers.tokens.authority import TokenAuthority
 from servers.tokens.bootstrap import WORKLOAD_SCOPES, contract_scopes
-from servers.tokens.secret_files import SigningKeyFiles
 from servers.tokens.service import build
+from shieldx.deception.v1 import deception_pb2, deception_pb2_grpc
 from shieldx.tokens.v1 import tokens_pb2 as pb
 from tests.conftest import Running, StartService, stop_service, test_config
+from tests.support import rawstore
 from tests.support.fuzz import fuzz_service
 from tests.support.polling import eventually
 
@@ -96,11 +97,22 @@ async def create(client: TokenClient, client_id: str, **fields: Any) -> pb.Creat
     )
 
 
-def service_signer(config: Any, kid: str, *, clock: Callable[[], float] = time.time) -> TokenSigner:
-    """A signer holding the service's own active secret key (read from its 0600 file)."""
-    secret = SigningKeyFiles(Path(config.data_dir) / "keys").read(kid)
-    assert secret is not None
-    return TokenSigner(nacl.signing.SigningKey(secret[:32]), issuer="shieldx-tokens", clock=clock)
+def authority_of(running: Running) -> TokenAuthority:
+    assert running.service is not None
+    return running.service.mounts[0].servicer.authority  # type: ignore[no-any-return]
+
+
+def service_signer(running: Running, kid: str, *, clock: Callable[[], float] = time.time) -> TokenSigner:
+    """A signer holding the service's own active secret key."""
+    active = authority_of(running).ring.active
+    assert active.kid == kid and active.secret_key is not None
+    return TokenSigner(nacl.signing.SigningKey(active.secret_key[:32]), issuer="shieldx-tokens", clock=clock)
+
+
+async def sealed_names(running: Running) -> list[str]:
+    """Names of the secrets the service keeps sealed in its database."""
+    rows = await authority_of(running).store.database.fetchall("SELECT name FROM sealed_secrets ORDER BY name")
+    return [row["name"] for row in rows]
 
 
 async def active_kid(client: TokenClient) -> str:
@@ -318,6 +330,64 @@ async def test_people_with_mfa_present_a_fresh_totp_code(running: Running) -> No
     assert (workload.code, workload.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "MFA_NOT_FOR_WORKLOADS")
 
 
+class RecordingDeception(deception_pb2_grpc.DeceptionServiceServicer):
+    """Stands in for the deception service's LogRecon only to see what the token service reports."""
+
+    def __init__(self) -> None:
+        self.reports: list[deception_pb2.LogReconRequest] = []
+
+    async def LogRecon(self, request: deception_pb2.LogReconRequest, context: Any) -> deception_pb2.LogReconResponse:
+        self.reports.append(request)
+        return deception_pb2.LogReconResponse()
+
+
+async def test_wrong_totp_codes_lock_a_person_out_with_an_audit_event_and_a_report_to_deception(
+    store_config: dict[str, str], tmp_path: Path, start_service: StartService, caplog: pytest.LogCaptureFixture
+) -> None:
+    deception = RecordingDeception()
+    fake = grpc.aio.server()
+    deception_pb2_grpc.add_DeceptionServiceServicer_to_server(deception, fake)
+    port = fake.add_insecure_port("127.0.0.1:0")
+    await fake.start()
+    config = tokens_config(tmp_path, store_config)
+    config.endpoints = {"deception": f"127.0.0.1:{port}"}
+    running = await start_service(build, config)
+    client = TokenClient(running.channel)
+    secret = (await create(client, "bob", kind=pb.CLIENT_KIND_PERSON, allowed_scopes=["tokens.read"])).client_secret
+    totp_secret = totp.decode_secret((await client.enroll_mfa(pb.EnrollMfaRequest(client_id="bob"))).totp_secret)
+
+    def right() -> str:
+        return totp.code_at(totp_secret, time.time())
+
+    def wrong() -> str:
+        return f"{(int(right()) + 500_000) % 1_000_000:06d}"
+
+    # Wrong codes below the threshold, then a right one: the run starts over.
+    for _ in range(4):
+        assert (await refusal(issue(client, "bob", secret, totp_code=wrong()))).reason == "MFA_INVALID"
+    assert (await issue(client, "bob", secret, totp_code=right())).access_token
+    caplog.clear()
+    for _ in range(4):
+        assert (await refusal(issue(client, "bob", secret, totp_code=wrong()))).reason == "MFA_INVALID"
+    assert not [r for r in caplog.records if "locked out" in r.getMessage()], "four wrong codes lock nobody"
+
+    assert (await refusal(issue(client, "bob", secret, totp_code=wrong()))).reason == "MFA_INVALID"
+    locked = await refusal(issue(client, "bob", secret, totp_code=wrong()))
+    assert (locked.code, locked.reason) == (grpc.StatusCode.UNAUTHENTICATED, "MFA_LOCKED")
+    assert "locked_until" in locked.metadata
+    # The next step's code (within the drift window, never used) would be accepted without the lock.
+    unused = totp.code_at(totp_secret, time.time() + 30)
+    assert (await refusal(issue(client, "bob", secret, totp_code=unused))).reason == "MFA_LOCKED", "even a right code"
+    assert (await refusal(issue(client, "bob", "not-the-secret", totp_code=right()))).reason == "INVALID_CLIENT"
+
+    audit = [r for r in caplog.records if "locked out" in r.getMessage()]
+    assert len(audit) == 1 and getattr(audit[0], "subject", "") == "bob"
+    await eventually(lambda: any(r.report.claimed_subject == "bob" for r in deception.reports), timeout=10)
+    reported = next(r for r in deception.reports if r.report.claimed_subject == "bob")
+    assert "TOTP lockout" in reported.report.detail
+    await fake.stop(None)
+
+
 # --- introspection and revocation ----------------------------------------------------------------
 
 
@@ -331,7 +401,7 @@ async def test_introspection_shows_claims_only_for_active_tokens(running: Runnin
     assert shown.exp.ToSeconds() - shown.iat.ToSeconds() == 900 and shown.nbf == shown.iat
 
     kid = await active_kid(client)
-    expired = service_signer(config, kid, clock=lambda: time.time() - 7200).mint(
+    expired = service_signer(running, kid, clock=lambda: time.time() - 7200).mint(
         audience="shieldx", ttl=timedelta(hours=1)
     )
     forged = TokenSigner(nacl.signing.SigningKey.generate(), issuer="shieldx-tokens").mint(
@@ -505,8 +575,8 @@ async def test_rotation_keeps_old_tokens_valid_until_the_overlap_ends(running: R
     with pytest.raises(Unauthenticated) as caught:
         after.verify(old.access_token)
     assert caught.value.reason == "TOKEN_KEY_INACTIVE"
-    keys_dir = Path(config.data_dir) / "keys"
-    assert SigningKeyFiles(keys_dir).kids() == [new_kid], "the replaced key's secret half is destroyed"
+    signing = [name for name in await sealed_names(running) if name.startswith("tokens/signing/")]
+    assert signing == [f"tokens/signing/{new_kid}"], "the replaced key's secret half is destroyed"
 
     cut = await client.rotate_signing_key(pb.RotateSigningKeyRequest(overlap=duration_pb2.Duration()))
     assert not cut.previous_keys, "overlap zero retires every older key at once"
@@ -534,21 +604,8 @@ async def test_the_active_key_rotates_automatically_at_its_maximum_age(
 
 
 def stored_bytes(config: Any) -> bytes:
-    """Everything the token store holds: the SQLite files (database, WAL, shared memory), or
-    every row of every table in the service's PostgreSQL schema, each value in its raw form."""
-    if not config.database_url:
-        return b"".join(path.read_bytes() for path in Path(config.data_dir).glob("tokens.db*"))
-    chunks: list[bytes] = []
-    with psycopg.connect(config.database_url) as connection:
-        tables = connection.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (config.database_schema,)
-        ).fetchall()
-        assert tables, "the schema holds the token store's tables"
-        for (table,) in tables:
-            query = sql.SQL("SELECT * FROM {}.{}").format(sql.Identifier(config.database_schema), sql.Identifier(table))
-            for row in connection.execute(query):
-                chunks += [value if isinstance(value, bytes) else str(value).encode() for value in row]
-    return b"\n".join(chunks)
+    """Everything the token store holds, raw (see `tests.support.rawstore`)."""
+    return rawstore.stored_bytes(config, "tokens")
 
 
 def secret_forms(secret: bytes) -> list[bytes]:
@@ -563,20 +620,36 @@ def secret_forms(secret: bytes) -> list[bytes]:
     ]
 
 
-async def test_secret_files_are_private_and_the_database_holds_no_secret_half(running: Running, config: Any) -> None:
+async def test_no_secret_is_stored_in_the_clear_and_every_file_is_private(running: Running, config: Any) -> None:
     client = TokenClient(running.channel)
-    kid = await active_kid(client)
-    keys_dir = Path(config.data_dir) / "keys"
-    assert stat.S_IMODE(keys_dir.stat().st_mode) == 0o700
-    for path in keys_dir.iterdir():
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
-    assert stat.S_IMODE((Path(config.data_dir) / "credentials").stat().st_mode) == 0o600
-    secret = SigningKeyFiles(keys_dir).read(kid)
-    assert secret is not None
+    created = await create(client, "carol", kind=pb.CLIENT_KIND_PERSON, request_id="create-carol")
+    enrolled = await client.enroll_mfa(pb.EnrollMfaRequest(client_id="carol", request_id="enroll-carol"))
+    again = await client.enroll_mfa(pb.EnrollMfaRequest(client_id="carol", request_id="enroll-carol"))
+    assert again.totp_secret == enrolled.totp_secret, "a retry within the window still gets the secret"
+    signing = authority_of(running).ring.active.secret_key
+    assert signing is not None
+    totp_secret = totp.decode_secret(enrolled.totp_secret)
+    forbidden = [
+        created.client_secret.encode(),
+        enrolled.totp_secret.encode(),
+        totp_secret,
+        totp_secret.hex().encode(),
+        base64.b64encode(totp_secret),
+        *secret_forms(signing),
+    ]
     stored = stored_bytes(config)
-    assert paseto.paserk_public(secret[32:]).encode() in stored, "the dump sees the key rows (public halves)"
-    for form in secret_forms(secret):
+    assert paseto.paserk_public(signing[32:]).encode() in stored, "the dump sees the key rows (public halves)"
+    for form in forbidden:
         assert form not in stored, form
+    assert f"tokens/signing/{authority_of(running).ring.active.kid}" in await sealed_names(running)
+
+    data_dir = Path(config.data_dir)
+    assert stat.S_IMODE(os.stat(data_dir).st_mode) == 0o700
+    private = [data_dir / "credentials", data_dir / "kek"]
+    if not config.database_url:
+        private += [data_dir / "tokens.db", data_dir / "tokens.db-wal", data_dir / "tokens.db-shm"]
+    for path in private:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path.name
 
 
 async def test_restart_keeps_clients_keys_revocations_and_the_bootstrap(
@@ -645,6 +718,39 @@ async def guarded(store_config: dict[str, str], tmp_path: Path, start_service: S
     return await start_service(build, config), config
 
 
+async def test_another_client_reusing_the_admins_request_id_gets_its_own_answer(
+    guarded: tuple[Running, Any],
+) -> None:
+    running, config = guarded
+    client = TokenClient(running.channel)
+    admin = bearer(await admin_token(client, config))
+    operator_secret = (
+        await client.create_client(
+            pb.CreateClientRequest(
+                client_id="operator",
+                client=pb.Client(kind=pb.CLIENT_KIND_WORKLOAD, enabled=True, allowed_scopes=["tokens.admin"]),
+            ),
+            metadata=admin,
+        )
+    ).client_secret
+    operator = bearer((await issue(client, "operator", operator_secret)).access_token)
+
+    wanted = pb.CreateClientRequest(
+        client_id="ops", client=pb.Client(kind=pb.CLIENT_KIND_WORKLOAD, enabled=True), request_id="shared-1"
+    )
+    first = await client.create_client(wanted, metadata=admin)
+    assert (await client.create_client(wanted, metadata=admin)) == first, "the admin's retry is replayed"
+    # The same request under the same id from another client runs as its own request: the
+    # client exists now, and the admin's answer (with the new client's secret) is never shown.
+    error = await refusal(client.create_client(wanted, metadata=operator))
+    assert (error.code, error.reason) == (grpc.StatusCode.ALREADY_EXISTS, "ALREADY_EXISTS")
+    other = pb.CreateClientRequest(
+        client_id="ops-2", client=pb.Client(kind=pb.CLIENT_KIND_WORKLOAD, enabled=True), request_id="shared-1"
+    )
+    reused = await refusal(client.create_client(other, metadata=admin))
+    assert reused.reason == "REQUEST_ID_REUSED", "within one client's scope, reuse is refused as before"
+
+
 def _tamper(token: str, part: int, change: Callable[[bytes], bytes]) -> str:
     pieces = token.split(".")
     pieces[part] = paseto.b64url_encode(change(paseto.b64url_decode(pieces[part])))
@@ -663,7 +769,7 @@ async def test_bad_bearer_tokens_are_unauthenticated_and_the_service_survives(
     token = await admin_token(client, config)
     kid = await active_kid(client)
     stranger = nacl.signing.SigningKey.generate()
-    ours = service_signer(config, kid)
+    ours = service_signer(running, kid)
     bad = {
         "tampered payload": (_tamper(token, 2, _flip_first), "TOKEN_SIGNATURE_INVALID"),
         "tampered footer": (
@@ -681,7 +787,7 @@ async def test_bad_bearer_tokens_are_unauthenticated_and_the_service_survives(
             "TOKEN_UNKNOWN_KEY",
         ),
         "expired": (
-            service_signer(config, kid, clock=lambda: time.time() - 7200)
+            service_signer(running, kid, clock=lambda: time.time() - 7200)
             .mint(audience="shieldx", ttl=timedelta(hours=1))
             .token,
             "TOKEN_EXPIRED",
@@ -757,3 +863,38 @@ async def test_fuzzing_the_token_service_finds_no_crash(guarded: tuple[Running, 
     )
     rotations.assert_clean()
     rotations.assert_reaches_logic()
+
+
+async def test_a_restart_on_another_address_points_the_credentials_file_there(
+    config: Any, start_service: StartService
+) -> None:
+    # `shieldx up --free-ports` twice in one folder: the servers read the token endpoint from
+    # the credentials file, which kept the first run's address (five servers NOT_SERVING).
+    first = await start_service(build, config)
+    path = Path(config.data_dir) / "credentials"
+    written = CredentialsFile.load(path)
+    await stop_service(first)
+
+    config.endpoints = {**config.endpoints, "tokens": "127.0.0.1:7101"}
+    await start_service(build, config)
+    moved = CredentialsFile.load(path)
+    assert moved.token_endpoint == "127.0.0.1:7101" and written.token_endpoint != moved.token_endpoint
+    assert moved.clients == written.clients, "the secrets stay as they were"
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+async def test_a_source_failing_issue_token_is_limited_before_any_argon2_work(running: Running) -> None:
+    # 400 anonymous IssueToken calls from one address ran 400 Argon2id hashes and slowed
+    # every other call 50-fold; failures now cost a source 100, then 5 a second.
+    client = TokenClient(running.channel)
+    hasher = running.service.mounts[0].servicer.hasher if running.service else None
+    assert hasher is not None
+    before = hasher.verifications
+    reasons = []
+    for _ in range(200):
+        error = await refusal(issue(client, "nobody", "x" * 32))
+        reasons.append((error.code, error.reason))
+    refused = reasons.count((grpc.StatusCode.UNAUTHENTICATED, "INVALID_CLIENT"))
+    limited = reasons.count((grpc.StatusCode.RESOURCE_EXHAUSTED, "AUTH_FAILURES_LIMITED"))
+    assert refused + limited == 200 and limited >= 50, reasons
+    assert hasher.verifications - before == refused, "a limited call runs no Argon2id verification"

@@ -21,7 +21,9 @@ def operation(number: int) -> Operation:
         raise AssertionError("the fake committer does not respond")
 
     request = credits_pb2.ConsumeRequest(account_id="acme", amount=1, request_id=f"r-{number}")
-    return Operation("Consume", request, credits_pb2.ConsumeResponse, "acme", decide, respond, f"r-{number}", "")
+    return Operation(
+        "Consume", request, credits_pb2.ConsumeResponse, "acme", decide, respond, f"r-{number}", "", "test"
+    )
 
 
 class Recorder:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -11,13 +12,14 @@ from clients.routes import NoRoute, Route, RoutePicker
 from servers.deployment.faults import FaultInjection, new_fault_injection
 from servers.deployment.routes import (
     build_route,
+    check_registrant,
     check_sticky_key,
     check_weights,
     new_instance,
     split_weights,
     weights_after_registration,
 )
-from servers.mesh.errors import InvalidArgument
+from servers.mesh.errors import InvalidArgument, PermissionDenied
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -142,6 +144,27 @@ def test_bad_instances_name_the_field(service: str, version: str, address: str, 
     with pytest.raises(InvalidArgument) as caught:
         new_instance(service, version, address, metrics, NOW)
     assert caught.value.metadata["field"] == field
+
+
+@pytest.mark.parametrize(
+    "metrics",
+    ["http://169.254.169.254/latest/meta-data/", "http://10.0.0.9:9004/metrics", "http://metadata.google.internal/"],
+)
+def test_metrics_endpoints_on_another_host_are_refused(metrics: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        new_instance("credits", "v1", "10.0.0.7:5004", metrics, NOW)
+    assert caught.value.metadata["field"] == "metrics_endpoint" and caught.value.reason == "METRICS_HOST_NOT_ALLOWED"
+    allowed = new_instance("credits", "v1", "10.0.0.7:5004", metrics, NOW, metrics_hosts=[urlsplit(metrics).hostname])
+    assert allowed.metrics_endpoint == metrics
+
+
+def test_only_the_services_own_workload_or_an_admin_may_register_it() -> None:
+    check_registrant("credits", "credits", frozenset({"deployment.register"}))
+    check_registrant("tokens", "admin", frozenset({"deployment.register", "deployment.admin"}))
+    check_registrant("tokens", "", frozenset())  # auth off: no identity to check
+    with pytest.raises(PermissionDenied) as caught:
+        check_registrant("tokens", "deception", frozenset({"deployment.register"}))
+    assert caught.value.reason == "INSTANCE_OF_ANOTHER_SERVICE"
 
 
 def test_good_instances_register() -> None:

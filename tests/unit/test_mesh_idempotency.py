@@ -131,18 +131,20 @@ async def test_answers_recorded_in_a_batch_are_replayed_like_their_own(database:
     ledger = RequestLedger(database, "test")
     paid = Request(text="deposit 5", request_id="b-1")
     refused = Request(text="spend 9", request_id="b-2")
+    scope = ledger.scope()
     async with database.transaction() as tx:
         await deposit(5)(tx)
         await ledger.record(
             tx,
             [
-                RecordedAnswer.ok("b-1", "Deposit", fingerprint("Deposit", paid), Response(text="5")),
+                RecordedAnswer.ok("b-1", "Deposit", fingerprint("Deposit", paid), Response(text="5"), scope=scope),
                 RecordedAnswer.rejected(
                     "b-2",
                     "Spend",
                     fingerprint("Spend", refused),
                     errors.FailedPrecondition("no credits", reason="INSUFFICIENT_CREDITS"),
                     "test",
+                    scope=scope,
                 ),
             ],
         )
@@ -167,12 +169,26 @@ async def test_recording_an_answered_id_again_writes_nothing(database: Database)
         async with database.transaction() as tx:
             await deposit(5)(tx)
             answers = [
-                RecordedAnswer.ok(f"b-{i}", "Deposit", fingerprint("Deposit", request), Response(text="10"))
+                RecordedAnswer.ok(
+                    f"b-{i}", "Deposit", fingerprint("Deposit", request), Response(text="10"), scope=ledger.scope()
+                )
                 for i in (4, 3)
             ]
             await ledger.record(tx, answers)
     assert await balance(database) == 5
     assert await database.fetchone("SELECT 1 FROM request_ids WHERE request_id = 'b-4'") is None
+
+
+async def test_services_sharing_a_store_never_refuse_each_others_request_ids(database: Database) -> None:
+    """Six services on one PostgreSQL schema share one request_ids table: ids are scoped per service."""
+    tokens, credits = RequestLedger(database, "shieldx.tokens.v1"), RequestLedger(database, "shieldx.credits.v1")
+    revoked = await tokens.execute("RevokeToken", Request(text="revoke j1", request_id="same"), Response, deposit(1))
+    consumed = await credits.execute("Consume", Request(text="consume 5", request_id="same"), Response, deposit(5))
+    assert (revoked, consumed) == (Response(text="1"), Response(text="6")), "both ran"
+    again = await credits.execute("Consume", Request(text="consume 5", request_id="same"), Response, deposit(5))
+    assert again == consumed and await balance(database) == 6
+    assert await tokens.purge(-60) == 1, "a service forgets only its own request ids"
+    assert await credits.execute("Consume", Request(text="consume 5", request_id="same"), Response, deposit(5)) == again
 
 
 def test_only_state_dependent_rejections_are_recorded() -> None:
@@ -184,15 +200,17 @@ def test_only_state_dependent_rejections_are_recorded() -> None:
 
 def test_an_in_flight_request_id_is_refused_until_its_holder_ends_even_by_an_error() -> None:
     in_flight = InFlightRequests()
-    with in_flight.claim("r-9"):
-        assert "r-9" in in_flight
-        with pytest.raises(errors.Conflict) as caught, in_flight.claim("r-9"):
+    with in_flight.claim("r-9", "svc alice"):
+        assert ("svc alice", "r-9") in in_flight
+        with pytest.raises(errors.Conflict) as caught, in_flight.claim("r-9", "svc alice"):
             pass
         assert caught.value.reason == "REQUEST_IN_PROGRESS"
-        with in_flight.claim(""), in_flight.claim(""):
+        with in_flight.claim("r-9", "svc bob"):
+            pass  # another caller's id of the same text is another request
+        with in_flight.claim("", "svc alice"), in_flight.claim("", "svc alice"):
             pass  # no request id: nothing to hold
-    with pytest.raises(RuntimeError), in_flight.claim("r-9"):
+    with pytest.raises(RuntimeError), in_flight.claim("r-9", "svc alice"):
         raise RuntimeError("the work failed")
-    assert "r-9" not in in_flight
-    with pytest.raises(errors.InvalidArgument), in_flight.claim("x" * 1000):
+    assert ("svc alice", "r-9") not in in_flight
+    with pytest.raises(errors.InvalidArgument), in_flight.claim("x" * 1000, "svc alice"):
         pass

@@ -14,9 +14,12 @@ from grpc_reflection.v1alpha import reflection_pb2
 from grpc_status import rpc_status
 
 from clients.errors import ShieldxError
+from servers.mesh.config import load_config
 from servers.mesh.faults import Fault
+from servers.mesh.ratelimit import TokenBuckets
 from tests.conftest import StartServer, test_config
 from tests.support.echo import echo_mount, echo_pb2, echo_pb2_grpc
+from tests.support.tokens import TestAuthority
 
 ECHO = "meshtest.v1.EchoService"
 
@@ -193,3 +196,41 @@ async def test_graceful_stop_finishes_in_flight_call_after_health_flips(
     assert not slow.done()
     assert (await slow).text == "slow"
     await stopping
+
+
+async def test_failed_authentication_is_limited_per_source_before_verification(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    authority = TestAuthority()
+    config = test_config(
+        tmp_path, auth__enabled=True, rate_limit__auth_failure_burst=3.0, rate_limit__auth_failures_per_second=0.01
+    )
+    running = await start_server(lambda rt: [echo_mount(rt)], config, verifier=authority.verifier)
+    stub = echo_pb2_grpc.EchoServiceStub(running.channel)
+    good = authority.metadata(["echo.read"])
+    for _ in range(20):  # calls that authenticate never use up the source's failures
+        await stub.Echo(echo_pb2.EchoRequest(text="ok"), metadata=good)
+    forged = (("authorization", "Bearer v4.public.not-a-token"),)
+    codes = []
+    for _ in range(6):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Echo(echo_pb2.EchoRequest(text="x"), metadata=forged)
+        codes.append((caught.value.code(), unpack(caught.value)["ErrorInfo"].reason))
+    assert codes[:3] == [(grpc.StatusCode.UNAUTHENTICATED, "TOKEN_MALFORMED")] * 3
+    assert codes[3:] == [(grpc.StatusCode.RESOURCE_EXHAUSTED, "AUTH_FAILURES_LIMITED")] * 3
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Echo(echo_pb2.EchoRequest(text="x"), metadata=good)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, "the source waits, whatever it presents"
+    assert isinstance(unpack(caught.value)["RetryInfo"], error_details_pb2.RetryInfo)
+
+
+def test_default_limits_trigger_for_one_fast_caller() -> None:
+    # 2,000 fast calls from one caller were never limited under 5,000/s with bursts of 10,000.
+    limits = load_config("credits", environ={}).rate_limit
+    clock = [0.0]
+    buckets = TokenBuckets(limits.rate_per_second, limits.burst, clock=lambda: clock[0])
+    refused = 0
+    for _ in range(2_000):
+        clock[0] += 1 / 765  # the full chain's rate in bench_mesh_overhead --auth on this machine
+        refused += buckets.take("client:greedy") > 0
+    assert refused > 0

@@ -228,3 +228,27 @@ def test_sql_statements_keep_trigger_bodies_whole() -> None:
     statements = list(sql_statements(script))
     assert len(statements) == 3
     assert "END;" in statements[1]
+
+
+async def test_a_transaction_cancelled_while_it_begins_leaves_the_sqlite_connection_usable(tmp_path: Path) -> None:
+    database = SQLiteDatabase(tmp_path / "cancel.db")
+    other = sqlite3.connect(tmp_path / "cancel.db", isolation_level=None)
+    try:
+        await database.migrate("servers.mesh.migrations")
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock: our BEGIN waits for it
+
+        async def begin_then_wait() -> None:
+            async with database.transaction():
+                await asyncio.Event().wait()
+
+        waiting = asyncio.ensure_future(begin_then_wait())
+        await asyncio.sleep(0.3)  # BEGIN IMMEDIATE is now running on the database thread
+        waiting.cancel()
+        other.execute("COMMIT")  # ... and succeeds once the lock is free, after the cancellation
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        async with database.transaction() as tx:  # failed with "cannot start a transaction within a transaction"
+            assert await tx.fetchval("SELECT 1") == 1
+    finally:
+        other.close()
+        await database.close()

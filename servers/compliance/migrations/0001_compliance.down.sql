@@ -1,0 +1,20 @@
+-- Reverts 0001_compliance.sql (`shieldx migrate down`): drops what it created, newest first.
+DROP INDEX IF EXISTS notification_attempts_recent;
+DROP TABLE IF EXISTS notification_attempts;
+DROP INDEX IF EXISTS notifications_due;
+DROP TABLE IF EXISTS notifications;
+DROP INDEX IF EXISTS alerts_fold;
+DROP INDEX IF EXISTS alerts_recent;
+DROP TABLE IF EXISTS alerts;
+DROP INDEX IF EXISTS remediations_control;
+DROP TABLE IF EXISTS remediations;
+DROP TABLE IF EXISTS evidence_purges;
+DROP TABLE IF EXISTS evidence_heads;
+DROP INDEX IF EXISTS evidence_assessment;
+DROP TABLE IF EXISTS evidence;
+DROP INDEX IF EXISTS framework_scores_history;
+DROP TABLE IF EXISTS framework_scores;
+DROP TABLE IF EXISTS latest_results;
+DROP TABLE IF EXISTS control_results;
+DROP INDEX IF EXISTS assessments_newest;
+DROP TABLE IF EXISTS assessments;
