@@ -17,7 +17,7 @@ import grpc
 
 from clients.channel import ChannelOptions, open_channel
 from clients.credentials import CREDENTIALS_FILE, CredentialsFileTokenSource
-from clients.endpoints import read_endpoints
+from clients.endpoints import ENDPOINTS_FILE, read_endpoints
 from clients.routing import open_routed_channel
 
 UNROUTED = frozenset({"deployment", "tokens"})
@@ -37,8 +37,9 @@ def connect(
     The target defaults to where `shieldx up` said the service listens. Without a credentials
     file the channel sends no token (a mesh running with auth off). Calls follow the route the
     deployment server publishes for the service (a canary's weights, sticky keys), falling back
-    to the target while there is none; `routed=False`, a call outside a running event loop, or
-    the deployment and token services themselves get a plain channel.
+    to the target while there is none. A plain channel instead with `routed=False`, an explicit
+    `target`, no endpoints file of `shieldx up`, outside a running event loop, and for the
+    deployment and token services themselves.
     """
     directory = Path(data_dir)
     endpoints = read_endpoints(directory)
@@ -48,7 +49,8 @@ def connect(
     if credentials.exists():
         source = CredentialsFileTokenSource(credentials, principal, open_channel)
     options = ChannelOptions(token_source=source)
-    if not routed or service in UNROUTED or "deployment" not in endpoints or not _in_event_loop():
+    local_mesh = target is None and (directory / ENDPOINTS_FILE).exists()  # never a stranger's default ports
+    if not routed or not local_mesh or service in UNROUTED or "deployment" not in endpoints or not _in_event_loop():
         return open_channel(address, options)
     control = open_channel(endpoints["deployment"].address, options)
     return open_routed_channel(service, address, control, options, close_control=True)
