@@ -23,18 +23,26 @@ from servers.mesh.server import MeshServer, Mount, Runtime, Service, ServiceBuil
 from tests.support.pgcluster import PgWorkspace, workspace_or_skip
 
 POSTGRES_URL = os.environ.get("SHIELDX_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+# Tests drive servers far past one production caller's share (servers/mesh/config.py derives
+# 400 calls/s per caller for this machine), from one address and often one client; the
+# servers they start as processes inherit this, and the rate limiter's own tests set theirs.
+TEST_CALLS_PER_SECOND = 1_000_000.0
+os.environ.setdefault("SHIELDX_RATE_LIMIT__RATE_PER_SECOND", str(TEST_CALLS_PER_SECOND))
+os.environ.setdefault("SHIELDX_RATE_LIMIT__BURST", str(TEST_CALLS_PER_SECOND))
 ROOT = Path(__file__).resolve().parents[1]
 # The skip guard fails a run with a skip not in tests/allowed_skips.toml; fuzz prints its reports.
 pytest_plugins = ["tests.support.skip_guard", "tests.support.fuzz"]
 
 
 def test_config(tmp_path: Path, service: str = "compliance", **changes: Any) -> MeshConfig:
-    """A config for an in-process test server: free ports, private data dir, auth off unless asked."""
+    """A config for an in-process test server: free ports, private data dir, auth off unless asked,
+    per-caller rate limit out of the way unless asked."""
     config = load_config(service, environ={})
     config.port = 0
     config.metrics_port = 0
     config.data_dir = str(tmp_path)
     config.auth.enabled = False
+    config.rate_limit.rate_per_second = config.rate_limit.burst = TEST_CALLS_PER_SECOND
     for key, value in changes.items():
         section, _, name = key.partition("__")
         if name:
