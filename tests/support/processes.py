@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import subprocess
@@ -16,6 +17,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from clients.endpoints import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+SHARED_KEK = base64.b64encode(os.urandom(32)).decode("ascii")
+"""One key-encryption key for every server a test run starts, as replicas are given one from a
+Secret: servers sharing a database must open each other's sealed keys (servers/mesh/vault.py)."""
 
 
 def wait_serving(address: str, timeout: float = 30.0, process: subprocess.Popen[bytes] | None = None) -> None:
@@ -62,6 +68,7 @@ class ServerProcess:
             "SHIELDX_METRICS_PORT": str(self.metrics_port),
             "SHIELDX_DATA_DIR": str(self.data_dir),
             "SHIELDX_AUTH__ENABLED": "false",
+            "SHIELDX_SECRETS__KEK": SHARED_KEK,
             "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "generated")]),
             **(env or {}),
         }
