@@ -105,7 +105,16 @@ def test_an_assessment_of_the_up_mesh_covers_every_automated_control_with_eviden
         channel = connect("compliance", data_dir=up)
         client = ComplianceClient(channel)
         try:
-            done = (await client.run_assessment(pb.RunAssessmentRequest(), timeout=120)).assessment
+            # A server the launcher restarts in the first seconds (a port another process took
+            # between choosing and binding it) is ERROR evidence for that round, by design; the
+            # steady mesh is what this test assesses, as continuous monitoring would next round.
+            evidence_total = 0
+            for _ in range(3):
+                done = (await client.run_assessment(pb.RunAssessmentRequest(), timeout=120)).assessment
+                evidence_total += done.evidence_count
+                if not any(r.status == pb.CONTROL_STATUS_ERROR for r in done.results):
+                    break
+                await asyncio.sleep(2)
             controls = (await client.list_controls(pb.ListControlsRequest(page_size=1000))).controls
             verified = await client.verify_evidence_chain(pb.VerifyEvidenceChainRequest())
         finally:
@@ -124,7 +133,7 @@ def test_an_assessment_of_the_up_mesh_covers_every_automated_control_with_eviden
         for control_id in ("SOC2-CC6.3", "ISO27001-A.5.15", "PCI-DSS-7.2.1"):
             assert results[control_id].status == pb.CONTROL_STATUS_PASSING, results[control_id].summary
         assert results["ISO27001-A.8.15"].status != pb.CONTROL_STATUS_ERROR, results["ISO27001-A.8.15"].summary
-        assert verified.valid and verified.records_checked == done.evidence_count
+        assert verified.valid and verified.records_checked == evidence_total, "every round's evidence is chained"
 
     asyncio.run(main())
 

@@ -1141,7 +1141,9 @@ async def test_a_workload_registers_and_deregisters_only_instances_of_its_own_se
     assert (denied.code, denied.reason) == (grpc.StatusCode.PERMISSION_DENIED, "INSTANCE_OF_ANOTHER_SERVICE")
 
     # Metrics endpoints on another host are refused before anything is stored or fetched.
-    for url in ("http://169.254.169.254/latest/meta-data/", "http://127.0.0.2:9089/metrics"):
+    # (Refused at validation: nothing connects to these. Every loopback address is the instance's
+    # own machine, so 127.0.0.2 would be allowed.)
+    for url in ("http://169.254.169.254/latest/meta-data/", "http://10.1.2.3:9089/metrics"):
         metadata_service = routing_pb2.RegisterInstanceRequest(
             service="deception", version="v1", address="127.0.0.1:8089", metrics_endpoint=url
         )
