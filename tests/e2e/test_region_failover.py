@@ -268,8 +268,11 @@ async def test_every_node_of_a_region_killed_under_load_fails_over_its_shards_an
             await asyncio.gather(*workers)
         status = await regions.sharding.get_dr_status(spb.GetDrStatusRequest())
         east_states = [state for _, region, state in regions.region_states if region == "east"]
-        standby_gauge = metric(
-            regions.sharding_process, "shieldx_dr_region_state", {"region": "east", "state": "standby"}
+        # The DR gauges are refreshed by the monitor's rounds, a moment after the failover is recorded.
+        standby_gauge = await eventually(
+            lambda: metric(regions.sharding_process, "shieldx_dr_region_state", {"region": "east", "state": "standby"}),
+            timeout=15,
+            what="east exported as standby",
         )
 
     # Every acknowledged operation is on the serving primary of its shard, exactly as acknowledged.
